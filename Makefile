@@ -1,0 +1,22 @@
+# The two commands of the README: `make demo` and `make test`. Both create or reuse .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_OUT ?= demo_out
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint format clean-demo
+
+install:
+	@VENV=$(VENV) bash scripts/install.sh
+
+demo: install
+	$(VENV)/bin/ctfm demo --out $(DEMO_OUT)
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .

@@ -1,0 +1,75 @@
+"""The ``ctfm`` command. Each subcommand group lives in its own module under ``ctfm.cli``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+from rich.console import Console
+
+from ctfm import __version__
+from ctfm.errors import CtfmError
+
+# (module under ctfm.cli, how it is mounted). A module exposes `app` (a Typer group) or `command`
+# (a single function). Only stages that exist are listed: an unimplemented command is absent.
+COMMAND_MODULES: list[str] = []
+
+app = typer.Typer(
+    name="ctfm",
+    help="Score 3D CT foundation models: data, masks, extraction, probing, evaluation, leaderboards.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ctfm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """ctfm: the toolkit that scores 3D CT foundation models."""
+
+
+def _register() -> None:
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"ctfm.cli.{name}")
+        module.register(app)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user mistakes (CtfmError) become one red line and exit status 2."""
+    try:
+        code = app(args=argv, standalone_mode=False, prog_name="ctfm")
+    except CtfmError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("[red]aborted[/]")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Reading ``labels/<target>.csv`` files: columns are found by name, never by position.
+
+Example:
+    >>> table = read_labels(Path("bench/labels/fatty_liver.csv"), "fatty_liver")  # doctest: +SKIP
+    >>> table.columns.tolist()[:4]  # doctest: +SKIP
+    ['case', 'file', 'split', 'label']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ctfm.benchmark import load_benchmark
+from ctfm.errors import DataError
+from ctfm.nifti import case_id
+
+
+def labels_path(labels_dir: Path, target: str) -> Path:
+    return Path(labels_dir) / f"{target}.csv"
+
+
+def read_labels(path: Path, target: str | None = None) -> pd.DataFrame:
+    """Normalise a label CSV to columns ``case, file, split, label`` plus any ``fold<k>`` columns.
+
+    ``case`` is the file name without ``.nii.gz``; ``label`` is an integer class. ``target`` defaults to the
+    file's stem. Raises :class:`DataError` naming the file and the problem.
+    """
+    path = Path(path)
+    target = target or path.stem
+    conf = load_benchmark().section("labels")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: label file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from exc
+    raw.columns = [c.strip() for c in raw.columns]
+    case_col = next(
+        (c for c in (conf["case_column"], *conf["case_column_aliases"]) if c in raw.columns), None
+    )
+    missing = [
+        name
+        for name, present in (
+            (conf["case_column"], case_col is not None),
+            (conf["split_column"], conf["split_column"] in raw.columns),
+            (target, target in raw.columns),
+        )
+        if not present
+    ]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(raw.columns)}")
+    splits = raw[conf["split_column"]].str.strip().str.lower()
+    unknown = sorted(set(splits) - set(conf["splits"]))
+    if unknown:
+        raise DataError(f"{path}: unknown split value(s) {unknown}; allowed: {', '.join(conf['splits'])}")
+    labels = pd.to_numeric(raw[target].str.strip(), errors="coerce")
+    bad = raw.loc[labels.isna() | (labels != labels.round()), case_col].tolist()
+    if bad:
+        raise DataError(f"{path}: non-integer {target} label for {len(bad)} case(s), e.g. {bad[:3]}")
+    files = raw[case_col].str.strip()
+    table = pd.DataFrame(
+        {
+            "case": [case_id(f) for f in files],
+            "file": [f if f.endswith((".nii.gz", ".nii")) else f + ".nii.gz" for f in files],
+            "split": splits,
+            "label": labels.astype(int),
+        }
+    )
+    dupes = table.loc[table["case"].duplicated(), "case"].tolist()
+    if dupes:
+        raise DataError(f"{path}: duplicated case(s) {dupes[:3]}")
+    for fold in conf["fold_columns"]:
+        if fold in raw.columns:
+            table[fold] = raw[fold].str.strip().str.lower()
+    return table
