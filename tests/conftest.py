@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from cli_support import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -46,24 +46,18 @@ def _docker_required() -> None:
         pytest.fail(f"CI=true but no Docker daemon is reachable: {why}")
 
 
-def run_cli(
-    *args: str, cwd: Path | None = None, check: bool = True, timeout: float = 600
-) -> subprocess.CompletedProcess:
-    """Run the real ``ctfm`` CLI in a subprocess, as a user would."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "ctfm.cli.main", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"ctfm {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-        )
-    return proc
-
-
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def synth_bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 40-case demo synthetic benchmark (seed 0), generated once per test session through the library.
+
+    Shared by every test that asks for it: never modify it in place (copy it first with shutil.copytree).
+    """
+    from ctfm.data.synth import generate_benchmark
+
+    root = tmp_path_factory.mktemp("synth_bench") / "bench"
+    return generate_benchmark(root, cases=40, seed=0, shape="demo", workers=min(2, os.cpu_count() or 1))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import gzip
+import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,3 +97,193 @@ def write(path: Path, data: np.ndarray, affine: np.ndarray, header: nib.Nifti1He
     with atomic_path(Path(path)) as tmp:
         nib.save(img, str(tmp))
     return Path(path)
+
+
+# Fast whole-file gzip codecs. Masks and label maps are mostly zeros: deflate, not disk, is the cost of reading
+# and writing them. `isal` (ISA-L) and `deflate` (libdeflate) are optional accelerators; zlib is the fallback and
+# every path produces standard gzip that nibabel, SimpleITK and ITK-SNAP read.
+SPARSE_BLOCK = 1 << 17  # 128 KiB: granularity at which all-zero stretches are skipped rather than compressed
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, OS unknown
+
+
+@functools.cache
+def _zero_block(size: int) -> tuple[bytes, int, tuple[int, ...]]:
+    """Self-contained raw-deflate encoding of ``size`` zero bytes (level 9, once per process: deflate's best
+    ratio, ~1000:1), and the affine map CRC-32 -> CRC-32 after those bytes.
+
+    crc32(zeros, s) is affine in s over GF(2): f(s) = f(0) ^ XOR of (f(2^i) ^ f(0)) over the bits i set in s.
+    """
+    zeros = bytes(size)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    encoded = comp.compress(zeros) + comp.flush(zlib.Z_FULL_FLUSH)
+    base = zlib.crc32(zeros, 0)
+    return encoded, base, tuple(zlib.crc32(zeros, 1 << i) ^ base for i in range(32))
+
+
+def _crc_after_zeros(crc: int, base: int, basis: tuple[int, ...]) -> int:
+    out, bit = base, 0
+    while crc:
+        if crc & 1:
+            out ^= basis[bit]
+        crc >>= 1
+        bit += 1
+    return out
+
+
+class _SparseGzip:
+    """A gzip stream written from data and runs of zeros; zero runs cost no deflate work (see below)."""
+
+    def __init__(self, level: int = 1) -> None:
+        try:
+            from isal import isal_zlib as backend
+
+            level = min(level, 3)
+        except ImportError:
+            backend = zlib
+        self._comp = backend.compressobj(level, backend.DEFLATED, -15)
+        self._zero, self._base, self._basis = _zero_block(SPARSE_BLOCK)
+        self.parts: list[bytes] = [_GZIP_HEADER]
+        self.crc = 0
+        self.size = 0
+
+    def data(self, chunk: bytes | np.ndarray) -> None:
+        self.parts.append(self._comp.compress(chunk))
+        self.crc = zlib.crc32(chunk, self.crc)
+        self.size += len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
+
+    def zeros(self, count: int) -> None:
+        blocks, rest = divmod(count, SPARSE_BLOCK)
+        if blocks:
+            self.parts.append(self._comp.flush(zlib.Z_FULL_FLUSH))  # byte-aligned, no reference crosses it
+            self.parts.extend([self._zero] * blocks)
+            for _ in range(blocks):
+                self.crc = _crc_after_zeros(self.crc, self._base, self._basis)
+            self.size += blocks * SPARSE_BLOCK
+        if rest:
+            self.data(bytes(rest))
+
+    def array(self, body: np.ndarray) -> None:
+        """Append an array's bytes, splicing in the cached encoding for its all-zero 128 KiB blocks."""
+        flat = body.reshape(-1, order="A").view(np.uint8)
+        block = SPARSE_BLOCK
+        n_full = flat.size // block
+        has_data = np.ones(n_full + 1, dtype=bool)  # the last, partial block is always compressed
+        if n_full:
+            has_data[:n_full] = flat[: n_full * block].reshape(n_full, block).any(axis=1)
+        edges = np.flatnonzero(np.diff(has_data.astype(np.int8))) + 1
+        for start, end in zip(np.r_[0, edges].tolist(), np.r_[edges, n_full + 1].tolist(), strict=True):
+            stop = min(end * block, flat.size)
+            if has_data[start]:
+                if stop > start * block:
+                    self.data(flat[start * block : stop])
+            else:
+                self.zeros(stop - start * block)
+
+    def finish(self) -> bytes:
+        self.parts.append(self._comp.flush(zlib.Z_FINISH))
+        self.parts.append(struct.pack("<II", self.crc & 0xFFFFFFFF, self.size & 0xFFFFFFFF))
+        return b"".join(self.parts)
+
+
+def gzip_compress_sparse(head: bytes, body: np.ndarray, zeros_before: int = 0, zeros_after: int = 0) -> bytes:
+    """gzip of ``head``, ``zeros_before`` zero bytes, ``body``'s bytes (contiguous array), ``zeros_after`` zeros.
+
+    Made for mostly-zero data such as masks: all-zero 128 KiB stretches are not compressed again; a cached,
+    byte-aligned deflate encoding of a zero block is spliced in after a full flush and the CRC is advanced
+    algebraically. The result is one standard gzip member (any inflater reads it), several times faster to make
+    than a plain level-1 deflate of the whole volume, and smaller.
+    """
+    stream = _SparseGzip()
+    stream.data(head)
+    stream.zeros(zeros_before)
+    stream.array(body)
+    stream.zeros(zeros_after)
+    return stream.finish()
+
+
+def gzip_decompress(data: bytes, min_size: int = 0) -> bytes:
+    """Decompress a whole gzip file: libdeflate when installed, else zlib.
+
+    libdeflate decodes only the first member of a multi-member file: a result shorter than ``min_size`` (what
+    the caller knows the content must hold) or an error falls back to :func:`gzip.decompress`, which reads all.
+    """
+    try:
+        import deflate
+
+        out = deflate.gzip_decompress(data)
+        if len(out) >= min_size:
+            return out
+    except ImportError:
+        pass
+    except Exception:  # e.g. streams over 4 GiB: let zlib handle them
+        pass
+    return gzip.decompress(data)
+
+
+def read_image_fast(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Like :func:`read_array` (stored dtype), reading a ``.nii.gz`` in one decompression instead of a stream.
+
+    About 2x (zlib) to 7x (libdeflate) faster than nibabel's streaming reader on large label maps. Unscaled
+    data is returned as a read-only view of the decompressed buffer.
+    """
+    path = Path(path)
+    if not path.name.endswith(".gz"):
+        return read_array(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        blob = path.read_bytes()
+        raw = gzip_decompress(blob, min_size=352)  # at least a NIfTI-1 header
+        head = nib.Nifti1Image.from_bytes(raw[: 1 << 16])  # header and extensions only: no copy of the data
+        proxy = head.dataobj  # holds the file's scaling (the image header's copy is reset on load)
+        offset = int(proxy.offset)
+        needed = offset + int(np.prod(head.shape)) * head.get_data_dtype().itemsize
+        if len(raw) < needed:  # a multi-member gzip cut short by libdeflate, or a truncated file
+            raw = gzip_decompress(blob, min_size=needed)
+        if float(proxy.slope) == 1.0 and float(proxy.inter) == 0.0 and offset < (1 << 16):
+            shape = tuple(int(s) for s in head.shape)
+            data = np.ndarray(shape, head.get_data_dtype(), buffer=raw, offset=offset, order="F")
+            img = nib.Nifti1Image(data, head.affine, header=head.header)
+        else:  # scaled data or huge extensions: let nibabel do it
+            img = nib.Nifti1Image.from_bytes(raw)
+            data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # zlib, nibabel header and shape errors all mean: unreadable
+        raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    return data, img
+
+
+def encode_gz(
+    data: np.ndarray,
+    affine: np.ndarray,
+    header: nib.Nifti1Header | None = None,
+    descrip: str = "",
+    full_shape: tuple[int, int, int] | None = None,
+    z0: int = 0,
+) -> bytes:
+    """The bytes of a ``.nii.gz`` holding ``data`` (its own dtype, unscaled), fast-gzipped.
+
+    With ``full_shape``, ``data`` is only the slab ``[:, :, z0 : z0 + data.shape[2]]`` of a volume that is zero
+    elsewhere (e.g. a mask around one organ): the zeros are never materialised. ``header`` (e.g. the source
+    image's) supplies qform/sform codes and units; write the result with :func:`ctfm.fsutil.write_bytes_atomic`.
+    Encoding once and writing the bytes to several files saves identical masks without compressing them again.
+    """
+    shape = tuple(full_shape) if full_shape is not None else data.shape
+    if full_shape is not None and (data.shape[:2] != shape[:2] or z0 < 0 or z0 + data.shape[2] > shape[2]):
+        raise ValueError(f"slab {data.shape} at z={z0} does not fit volume {shape}")
+    img = nib.Nifti1Image(np.empty((1,) * len(shape), data.dtype), affine, header=header)
+    hdr = img.header
+    hdr.set_data_dtype(data.dtype)
+    if header is None:
+        hdr.set_qform(affine, code=1)
+        hdr.set_sform(affine, code=1)
+    else:
+        img.update_header()
+    hdr.set_data_shape(shape)
+    hdr["scl_slope"], hdr["scl_inter"] = 1.0, 0.0
+    hdr["descrip"] = descrip.encode("ascii", "replace")[:79]
+    hdr.extensions.clear()
+    hdr["vox_offset"] = 352
+    head = bytes(hdr.binaryblock) + b"\x00\x00\x00\x00"
+    plane = int(np.prod(shape[:2])) * data.dtype.itemsize
+    after = (shape[2] - z0 - data.shape[2]) * plane if full_shape is not None else 0
+    return gzip_compress_sparse(head, np.asfortranarray(data), zeros_before=z0 * plane, zeros_after=after)

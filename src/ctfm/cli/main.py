@@ -13,7 +13,7 @@ from ctfm.errors import CtfmError
 
 # (module under ctfm.cli, how it is mounted). A module exposes `app` (a Typer group) or `command`
 # (a single function). Only stages that exist are listed: an unimplemented command is absent.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["data", "masks", "store", "extract", "check_container", "probe", "evaluate", "run"]
 
 app = typer.Typer(
     name="ctfm",

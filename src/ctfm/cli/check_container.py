@@ -1,0 +1,162 @@
+"""``ctfm check-container``: the participants' dry run of a team image, and the container branch of extract.
+
+Both run the image exactly as the organizers do (:mod:`ctfm.extract.docker`); this module only parses
+options and prints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def _settings(**kwargs: Any) -> Any:
+    from ctfm.extract.docker import RunSettings
+
+    gpus = kwargs.pop("gpus", "") or ""
+    return RunSettings(gpus=tuple(g.strip() for g in gpus.split(",") if g.strip()), **kwargs)
+
+
+def extract_with_containers(
+    containers: Path | None,
+    tags: list[str],
+    images: Path,
+    store: Path,
+    task: str,
+    masks: Path | None,
+    disease: str | None,
+    cases: str | None,
+    force: bool,
+    gpus: str,
+    memory: str,
+    timeout_per_case: float,
+    per_case: bool,
+    batch_cases: int,
+    keep_images: bool,
+    cpuset: str | None,
+) -> None:
+    """``ctfm extract --containers DIR | --image TAG``: run, print the team table, exit 1 on any failure."""
+    from rich.console import Console
+
+    from ctfm.extract.docker import run_containers, team_table
+    from ctfm.extract.local import read_case_list, resolve_view
+
+    console = Console()
+    view, mask_dir = resolve_view(masks, disease)
+    settings = _settings(
+        task=task,
+        gpus=gpus,
+        memory=memory,
+        timeout_per_case=timeout_per_case,
+        per_case=per_case,
+        batch_cases=batch_cases,
+        keep_images=keep_images,
+        cpuset=cpuset,
+        force=force,
+    )
+    reports = run_containers(
+        store,
+        images,
+        settings,
+        tarballs_dir=containers,
+        tags=tags,
+        masks_dir=mask_dir,
+        view=view,
+        cases=read_case_list(cases),
+        log=lambda msg: console.print(f"[yellow]{msg}[/]", highlight=False, soft_wrap=True),
+        progress=True,
+    )
+    console.print(team_table(reports))
+    failed = False
+    for r in reports:
+        if r.error:
+            failed = True
+            console.print(f"[red]not run[/] {r.team}: {r.error}", highlight=False, soft_wrap=True)
+            continue
+        for case, o in sorted(r.outcomes.items()):
+            if o.status != "ok":
+                failed = True
+                console.print(
+                    f"[red]{o.status}[/] {r.team} {case}: {o.error}", highlight=False, soft_wrap=True
+                )
+        if r.unexpected:
+            console.print(
+                f"[yellow]{r.team}: unexpected files (not copied): {', '.join(sorted(set(r.unexpected)))}"
+            )
+        console.print(f"{r.team}: container log {r.log_path}; timing {r.timing_csv or '-'}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _demo_inputs(images: Path | None, disease: str | None, tmp: Path) -> tuple[Path, Path | None]:
+    """Images (and the disease's masks) to try: ``--images`` (a test_demo folder or plain images) or synthetic."""
+    if images is None:
+        from ctfm.data.synth import generate_benchmark
+
+        root = generate_benchmark(tmp / "synth", cases=12, seed=0, shape="demo") / "test_demo"
+    else:
+        root = Path(images)
+    img_dir = root / "images" if (root / "images").is_dir() else root
+    masks = None
+    if disease is not None:
+        from ctfm.benchmark import load_benchmark
+
+        if load_benchmark().is_roi(disease):
+            from ctfm.extract.local import resolve_mask_dir
+
+            masks = resolve_mask_dir(root / "fg_masks" if (root / "fg_masks").is_dir() else root, disease)
+    return img_dir, masks
+
+
+def check_container_cmd(
+    image: str = typer.Argument(..., help="Team tarball (<team>_lp.tar.gz) or a local image tag."),
+    task: str = typer.Option("lp", "--task", help="lp or eao: which entry script to run."),
+    disease: str | None = typer.Option(None, "--disease", help="ROI disease: mount its masks as MASKS_DIR."),
+    images: Path | None = typer.Option(
+        None, "--images", help="test_demo folder or folder of .nii.gz (default: a synthetic test_demo)."
+    ),
+    gpus: str = typer.Option("", "--gpus", help="GPU ids, e.g. 0."),
+    memory: str = typer.Option("32g", "--memory", help="Memory limit (swap equal)."),
+    timeout_per_case: float = typer.Option(900.0, "--timeout-per-case", help="Seconds per case."),
+    log: Path | None = typer.Option(None, "--log", help="Write the container's stdout/stderr here."),
+) -> None:
+    """Dry-run a team image under the production settings; prints pass/fail per check, exit 1 on fail."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ctfm.extract.docker import check_container, temporary_folder
+
+    console = Console()
+    settings = _settings(task=task, gpus=gpus, memory=memory, timeout_per_case=timeout_per_case)
+    with temporary_folder("ctfm-demo-") as tmp:
+        img_dir, masks = _demo_inputs(images, disease, tmp)
+        report = check_container(
+            image,
+            img_dir,
+            settings,
+            masks_dir=masks,
+            log=lambda msg: console.print(f"[yellow]{msg}[/]", highlight=False),
+            log_path=log,
+        )
+    table = Table(
+        title=f"check-container {image} ({task}, {report.cases} cases, image {report.image.image_id[:19]})"
+    )
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail")
+    for item in report.items:
+        table.add_row(item.name, "[green]pass[/]" if item.passed else "[red]FAIL[/]", item.detail)
+    console.print(table)
+    if report.passed:
+        console.print("[bold green]PASS[/]: the container respects the contract")
+        return
+    console.print(
+        "[bold red]FAIL[/]: fix the failing checks above" + (f"; container log: {log}" if log else "")
+    )
+    raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("check-container")(check_container_cmd)

@@ -1,0 +1,172 @@
+"""``ctfm eval`` (score probe checkpoints or a predictions file) and ``ctfm leaderboard`` (rank models).
+
+List options take comma-separated values or repeat: ``--metrics balanced_acc,auroc`` or
+``--strategy val_auroc --strategy val_loss``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)
+    app.command("leaderboard")(leaderboard_command)
+
+
+def _split_list(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for v in values or []:
+        out.extend(t for t in v.replace(",", " ").split() if t)
+    return out
+
+
+def _metrics_table(rows: list[dict], title: str) -> None:
+    from rich.table import Table
+
+    from ctfm.evaluate.metrics import METRICS
+
+    table = Table(title=title)
+    for col in ("model", "disease", "strategy", "failed", *METRICS):
+        table.add_column(col, justify="left" if col in ("model", "disease", "strategy") else "right")
+    for r in rows:
+        cells = [
+            str(r["model"]),
+            str(r["disease"]),
+            str(r["strategy"] + (f" ({r['tag']})" if r.get("tag") else "")),
+        ]
+        cells.append(f"{r['failed_cases']}/{r['n_cases']}")
+        cells += [f"{r[m]:.3f} [{r[m + '_ci_low']:.3f}, {r[m + '_ci_high']:.3f}]" for m in METRICS]
+        table.add_row(*cells)
+    Console().print(table)
+
+
+def eval_command(
+    runs: Path = typer.Option(None, "--runs", help="Probe output folder (`ctfm probe --out`)."),
+    store: Path = typer.Option(None, "--store", help="Embedding store the heads were trained on."),
+    labels: Path = typer.Option(
+        None, "--labels", help="Labels folder (<disease>.csv), or one label CSV with --predictions."
+    ),
+    split: str = typer.Option(
+        None,
+        "--split",
+        help="Split to score: val or test (default val; with --predictions: all labelled cases).",
+    ),
+    strategy: list[str] = typer.Option(
+        None, "--strategy", help="Checkpoint strategies to score (default: all)."
+    ),
+    predictions: Path = typer.Option(
+        None, "--predictions", help="Score a per-sample predictions CSV instead of checkpoints."
+    ),
+    disease: str = typer.Option(
+        None, "--disease", help="With --predictions and a labels folder: the target."
+    ),
+    model: str = typer.Option(
+        None, "--model", help="With --predictions: model name (default: the CSV's folder)."
+    ),
+    bootstrap: int = typer.Option(
+        2000, "--bootstrap", help="Bootstrap resamples for the 95 % intervals (0: none)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+) -> None:
+    """Score probe heads on a split (every case counts; missing embeddings are failures) with 95 % CIs."""
+    from ctfm.errors import ConfigError, CtfmError
+    from ctfm.evaluate import inference
+
+    if predictions is not None:
+        result = inference.evaluate_predictions(
+            predictions, out, labels, disease, split, bootstrap, seed, model
+        )
+        _metrics_table([result.row()], f"{predictions.name}")
+        console.print(f"wrote {out}")
+        return
+    missing = [name for name, v in (("--runs", runs), ("--store", store), ("--labels", labels)) if v is None]
+    if missing:
+        raise ConfigError(f"ctfm eval needs {', '.join(missing)} (or --predictions CSV)")
+    split = split or "val"
+    if split not in ("val", "test", "train"):
+        raise ConfigError(f"--split must be val or test, not {split!r}")
+    from rich.progress import Progress
+
+    heads = inference.find_checkpoints(runs, _split_list(strategy) or None)
+    results, errors = [], []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("evaluating", total=len(heads))
+        for ref in heads:
+            try:
+                results.append(
+                    inference.evaluate_checkpoint(
+                        ref.path, store, labels, split, out, bootstrap, seed, ref.tag
+                    )
+                )
+            except CtfmError as exc:  # recorded; the others are still scored
+                errors.append(str(exc))
+            progress.advance(task)
+    if results:
+        inference.write_summary(results, out, split)
+        _metrics_table([r.row() for r in results], f"{split}: {len(results)} head(s)")
+        failed = sum(r.failed_cases for r in results)
+        if failed:
+            console.print(f"[yellow]{failed} case(s) without an embedding were scored as failures[/]")
+    if errors:
+        if len(errors) == 1 and not results:
+            raise CtfmError(errors[0])
+        for err in errors:
+            console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[red]{len(errors)} of {len(heads)} head(s) could not be evaluated[/]")
+        raise typer.Exit(1)
+    console.print(f"wrote {out}")
+
+
+def leaderboard_table(frame: pd.DataFrame, title: str) -> Table:
+    """The ranking as a rich table (also printed by ``ctfm run`` / ``ctfm demo``)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("rank", "model", "mean_rank", "rank 95 % CI", "wins", "agg-then-rank"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for _, r in frame.iterrows():
+        table.add_row(
+            f"{r['rank']:g}",
+            str(r["model"]),
+            f"{r['mean_rank']:.2f}",
+            f"[{r['rank_ci_low']:g}, {r['rank_ci_high']:g}]",
+            f"{r['win_share']:.1%}",
+            f"{r['rank_aggregate_then_rank']:g}",
+        )
+    return table
+
+
+def leaderboard_command(
+    results: Path = typer.Option(..., "--results", help="Folder with `ctfm eval` outputs."),
+    metrics: list[str] = typer.Option(None, "--metrics", help="Ranking metrics (default: the challenge's)."),
+    split: str = typer.Option(None, "--split", help="Split to rank when results hold several."),
+    strategy: list[str] = typer.Option(None, "--strategy", help="Only these checkpoint strategies."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Case resamples per disease for rank stability."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    title: str = typer.Option("ctfm leaderboard", "--title", help="Page title."),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+) -> None:
+    """Rank models per disease, aggregate by mean rank, and measure ranking stability by bootstrap."""
+    from ctfm.benchmark import load_benchmark
+    from ctfm.evaluate.leaderboard import build_leaderboard, gather, write_leaderboard
+
+    names = _split_list(metrics) or list(load_benchmark().section("ranking")["metrics"])
+    data, entries = gather(results, split, _split_list(strategy) or None)
+    lb = build_leaderboard(data, entries, names, n_boot=bootstrap, seed=seed)
+    paths = write_leaderboard(lb, out, title)
+    title = f"{title}: {len(entries)} model(s) x {len(data)} disease(s), ranked on {', '.join(names)}"
+    table = leaderboard_table(lb.table(), title)
+    Console().print(table)
+    console.print(f"wrote {', '.join(str(p) for p in paths)}")

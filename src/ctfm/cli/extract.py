@@ -1,0 +1,126 @@
+"""``ctfm extract``: embeddings of every image into the store, in-process (``run_local``).
+
+The command only builds an :class:`ctfm.extract.local.ExtractConfig` and hands it to a runner, then prints the
+summary, so another runner (containers) is one more branch in :func:`extract_cmd`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def extract_cmd(
+    extractor: str | None = typer.Option(
+        None, "--extractor", help="Extractor name: hu-stats, cnn3d or a ctfm.extractors plug-in."
+    ),
+    images: Path = typer.Option(..., "--images", help="Folder of <case>.nii.gz CT volumes (HU)."),
+    store: Path = typer.Option(..., "--store", help="Embedding store root."),
+    task: str = typer.Option("lp", "--task", help="lp (vector per case) or eao (token grid per case)."),
+    masks: Path | None = typer.Option(
+        None, "--masks", help="fg_masks/<disease> or the fg_masks root; without it the view is 'full'."
+    ),
+    disease: str | None = typer.Option(None, "--disease", help="ROI disease whose mask centres the crop."),
+    model: str | None = typer.Option(None, "--model", help="Model name in the store (default: extractor)."),
+    workers: int = typer.Option(1, "--workers", help="DataLoader workers reading/preprocessing ahead."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Volumes per model call."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    weights: Path | None = typer.Option(
+        None, "--weights", help="Model weights (state_dict) instead of seeded."
+    ),
+    force: bool = typer.Option(False, "--force", help="Redo cases that are already ok."),
+    cases: str | None = typer.Option(None, "--cases", help="File with one case per line, or a,b,c."),
+    seed: int = typer.Option(0, "--seed", help="Seed for extractors with random weights."),
+    containers: Path | None = typer.Option(
+        None, "--containers", help="Run team containers: folder of <team>_lp.tar.gz / <team>_eao.tar.gz."
+    ),
+    image: list[str] = typer.Option([], "--image", help="Run a local team image by tag (repeatable)."),
+    gpus: str = typer.Option("", "--gpus", help="Containers: GPU ids, e.g. 0,1 (one container per GPU)."),
+    memory: str = typer.Option("32g", "--memory", help="Containers: memory limit (swap equal)."),
+    timeout_per_case: float = typer.Option(
+        900.0, "--timeout-per-case", help="Containers: wall-clock seconds per case (batch: x cases)."
+    ),
+    per_case: bool = typer.Option(False, "--per-case", help="Containers: one container per case."),
+    batch_cases: int = typer.Option(16, "--batch-cases", help="Containers: cases per container."),
+    keep_images: bool = typer.Option(False, "--keep-images", help="Containers: keep loaded images."),
+    cpuset: str | None = typer.Option(None, "--cpuset", help="Containers: CPU set, e.g. 0-7."),
+) -> None:
+    """Extract embeddings into the store; resumable, failed cases recorded, exit 1 if any failed."""
+    if containers is not None or image:
+        from ctfm.cli.check_container import extract_with_containers
+
+        extract_with_containers(
+            containers,
+            image,
+            images,
+            store,
+            task,
+            masks,
+            disease,
+            cases,
+            force,
+            gpus,
+            memory,
+            timeout_per_case,
+            per_case,
+            batch_cases,
+            keep_images,
+            cpuset,
+        )
+        return
+    from rich.console import Console
+
+    from ctfm.errors import ConfigError
+    from ctfm.extract.local import ExtractConfig, read_case_list, run_local
+
+    if not extractor:
+        raise ConfigError("pass --extractor NAME (built-ins: hu-stats, cnn3d)")
+    console = Console()
+    cfg = ExtractConfig(
+        extractor=extractor,
+        images=images,
+        store=store,
+        task=task,
+        masks=masks,
+        disease=disease,
+        model=model,
+        workers=workers,
+        batch_size=batch_size,
+        device=device,
+        weights=weights,
+        force=force,
+        cases=read_case_list(cases),
+        seed=seed,
+    )
+    summary = run_local(cfg, progress=True, console=console)
+    print_summary(console, summary)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def print_summary(console: Any, summary: Any) -> None:
+    """Counts, throughput and the time split; then every failed case with its reason."""
+    from rich.table import Table
+
+    table = Table(title=f"extract {summary.view}")
+    for col in ("ok", "failed", "skipped", "volumes/s", "read s", "preprocess s", "model s", "wall s"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(len(summary.ok)),
+        str(len(summary.failed)),
+        str(len(summary.skipped)),
+        f"{summary.volumes_per_second:.2f}",
+        f"{summary.read_seconds:.1f}",
+        f"{summary.preprocess_seconds:.1f}",
+        f"{summary.model_seconds:.1f}",
+        f"{summary.wall_seconds:.1f}",
+    )
+    console.print(table)
+    for case, error in summary.failed:
+        console.print(f"[red]failed[/] {case}: {error}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("extract")(extract_cmd)

@@ -1,0 +1,1 @@
+"""Benchmark data: the synthetic phantom benchmark (synth, phantom), its validator (check), the hub download."""

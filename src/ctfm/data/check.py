@@ -1,0 +1,201 @@
+"""Validate a benchmark folder before anything runs on it: every problem, not just the first.
+
+Checks the label CSVs (columns by name, split values, integer labels, listed cases have images), reads every
+volume in full (a truncated ``.nii.gz`` only fails when its data is decompressed), compares each label map and
+mask with its image's grid, refuses non-integer label maps and TotalSegmentator v1 numbering where v2 is expected.
+
+Example:
+    >>> report = check_benchmark(Path("bench"), workers=2)  # doctest: +SKIP
+    >>> report.ok, len(report.problems)  # doctest: +SKIP
+    (True, 0)
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ctfm.errors import DataError
+from ctfm.labels import read_labels
+from ctfm.nifti import Geometry, case_id, geometry, list_volumes, read_array
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found: the file (relative to the benchmark root), the case it concerns, what is wrong."""
+
+    file: str
+    case: str
+    problem: str
+
+
+@dataclass
+class CheckReport:
+    root: Path
+    problems: list[Problem] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class _VolumeJob:
+    path: Path
+    kind: str  # "image", "totalseg" or "mask"
+    image: Path | None = None  # the image whose grid a label map must share
+
+
+def _rel(root: Path, path: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _message(exc: Exception, path: Path) -> str:
+    """A DataError's text without the leading file name (the table has its own file column)."""
+    text = str(exc)
+    prefix = f"{path}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def _v1_evidence(labels: np.ndarray, affine: np.ndarray) -> str | None:
+    """Why a label map looks v1-numbered, or None (uses the masks library's detector when installed)."""
+    try:
+        from ctfm.masks import class_map_votes, detect_class_map_version
+    except ImportError:
+        return None
+    if detect_class_map_version(labels, affine) != "v1":
+        return None
+    votes = class_map_votes(labels, affine)
+    return "; ".join(reason for reason, v in votes if v < 0) or "v1 anatomy"
+
+
+def _check_volume(root: Path, job: _VolumeJob, class_map: str) -> list[Problem]:
+    rel, case = _rel(root, job.path), case_id(job.path)
+    try:
+        data, img = read_array(job.path)
+    except DataError as exc:
+        return [Problem(rel, case, _message(exc, job.path))]
+    problems: list[Problem] = []
+    if data.ndim != 3:
+        problems.append(Problem(rel, case, f"expected a 3-D volume, got shape {data.shape}"))
+    if job.kind == "image" or data.ndim != 3:
+        return problems
+    if job.image is None or not job.image.is_file():
+        problems.append(
+            Problem(rel, case, f"{job.kind} without an image ({_rel(root, job.image or job.path)})")
+        )
+    else:
+        try:
+            ref = geometry(job.image)
+        except DataError as exc:
+            ref = None
+            problems.append(Problem(rel, case, f"cannot read its image's header: {_message(exc, job.image)}"))
+        own = Geometry(tuple(int(s) for s in data.shape[:3]), np.asarray(img.affine, dtype=np.float64))
+        if ref is not None and not own.matches(ref):
+            what = "shape" if own.shape != ref.shape else "affine"
+            problems.append(
+                Problem(
+                    rel,
+                    case,
+                    f"{job.kind} {what} differs from its image: {own.describe()} vs {ref.describe()}",
+                )
+            )
+    if not np.issubdtype(data.dtype, np.integer) and not np.array_equal(data, np.round(data)):
+        problems.append(Problem(rel, case, f"{job.kind} has non-integer values (dtype {data.dtype})"))
+        return problems
+    if job.kind == "mask" and data.size and (data.min() < 0 or data.max() > 1):
+        problems.append(Problem(rel, case, f"mask is not binary (values {data.min()}..{data.max()})"))
+    if job.kind == "totalseg" and class_map == "v2":
+        evidence = _v1_evidence(np.asarray(data), img.affine)
+        if evidence:
+            problems.append(
+                Problem(
+                    rel,
+                    case,
+                    f"TotalSegmentator v1 numbering where v2 is expected ({evidence}); "
+                    "re-run TotalSegmentator v2 (task total)",
+                )
+            )
+    return problems
+
+
+def _check_label_files(root: Path, report: CheckReport) -> None:
+    labels_dir = root / "labels"
+    if not labels_dir.is_dir():
+        report.problems.append(Problem("labels/", "", "no labels/ folder"))
+        return
+    csvs = sorted(p for p in labels_dir.glob("*.csv") if not p.name.startswith("."))
+    if not csvs:
+        report.problems.append(Problem("labels/", "", "no label CSV files"))
+    report.counts["label files"] = len(csvs)
+    for path in csvs:
+        rel = _rel(root, path)
+        try:
+            table = read_labels(path, path.stem)
+        except DataError as exc:
+            report.problems.append(Problem(rel, "", _message(exc, path)))
+            continue
+        for case, file in zip(table["case"], table["file"], strict=True):
+            if not (root / "images" / file).is_file():
+                report.problems.append(Problem(rel, case, f"listed case has no image images/{file}"))
+
+
+def _mask_jobs(masks_dir: Path, images_dir: Path) -> list[_VolumeJob]:
+    if not masks_dir.is_dir():
+        return []
+    return [
+        _VolumeJob(p, "mask", images_dir / p.name)
+        for sub in sorted(d for d in masks_dir.iterdir() if d.is_dir())
+        for p in list_volumes(sub)
+    ]
+
+
+def volume_jobs(root: Path) -> list[_VolumeJob]:
+    """Every volume of the benchmark folder with what it must agree with."""
+    images = root / "images"
+    jobs: list[_VolumeJob] = []
+    if images.is_dir():
+        jobs += [_VolumeJob(p, "image") for p in list_volumes(images)]
+    if (root / "totalseg").is_dir():
+        jobs += [_VolumeJob(p, "totalseg", images / p.name) for p in list_volumes(root / "totalseg")]
+    jobs += _mask_jobs(root / "fg_masks", images)
+    demo = root / "test_demo"
+    if (demo / "images").is_dir():
+        jobs += [_VolumeJob(p, "image") for p in list_volumes(demo / "images")]
+        jobs += _mask_jobs(demo / "fg_masks", demo / "images")
+    return jobs
+
+
+def check_benchmark(
+    root: Path,
+    workers: int = 2,
+    progress: bool = False,
+    class_map: str = "v2",
+) -> CheckReport:
+    """Check a benchmark folder; reads every volume in a thread pool (zlib and numpy release the GIL)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder; pass the benchmark root (with images/, labels/, totalseg/)")
+    report = CheckReport(root=root)
+    if not (root / "images").is_dir():
+        report.problems.append(Problem("images/", "", "no images/ folder"))
+    _check_label_files(root, report)
+    jobs = volume_jobs(root)
+    for kind in ("image", "totalseg", "mask"):
+        report.counts[f"{kind}s" if kind != "totalseg" else "label maps"] = sum(j.kind == kind for j in jobs)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("check"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress) as bar, ThreadPoolExecutor(max(1, workers)) as pool:
+        task = bar.add_task("volumes", total=len(jobs))
+        for found in pool.map(lambda j: _check_volume(root, j, class_map), jobs):
+            report.problems.extend(found)
+            bar.advance(task)
+    return report

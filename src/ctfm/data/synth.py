@@ -1,0 +1,280 @@
+"""The embedded default benchmark: synthetic abdominal CT phantoms in the public AMOS layout.
+
+Every positive label is caused by a finding planted in the image (see :mod:`ctfm.data.phantom`), so probes must
+find it. The folder has exactly the public layout, so every later stage runs on it unchanged::
+
+    out/images/synth_0000.nii.gz      int16 HU, non-identity affine, anisotropic spacing
+    out/totalseg/synth_0000.nii.gz    TotalSegmentator v2 multilabel map
+    out/labels/<disease>.csv          case_id, split, <disease>, fold0..fold4 (all 15 AMOS diseases)
+    out/test_demo/images, fg_masks/<disease>/   a few test cases for trying containers
+    out/manifest.json                 generator version, seed, arguments, per-case findings
+
+Example:
+    >>> generate_benchmark(Path("bench"), cases=40, seed=0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from ctfm import __version__
+from ctfm.benchmark import load_benchmark
+from ctfm.data.phantom import SHAPES, render_case
+from ctfm.errors import ConfigError
+from ctfm.fsutil import write_text_atomic
+from ctfm.nifti import NII_SUFFIX, read_array, write
+
+SYNTH_VERSION = "1.0"
+CASE_PREFIX = "synth_"
+PREVALENCE_RANGE = (0.12, 0.35)
+TEST_FRACTION = 0.2
+N_FOLDS = 5
+TEST_DEMO_CASES = 5
+LABEL_SEED_OFFSET = 1_000_003  # label/split stream, independent of every per-case stream
+
+
+@dataclass(frozen=True)
+class CaseJob:
+    """Everything a worker needs to render and write one case (small, picklable)."""
+
+    out: str
+    index: int
+    name: str
+    seed: int
+    shape: str
+    labels: dict[str, int]
+    totalseg_folders: bool
+
+
+@dataclass
+class CaseResult:
+    name: str
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    orientation: str
+    findings: dict[str, str] = field(default_factory=dict)
+
+
+def case_name(index: int) -> str:
+    return f"{CASE_PREFIX}{index:04d}"
+
+
+def assign_labels(cases: int, seed: int, diseases: tuple[str, ...]) -> pd.DataFrame:
+    """Splits, folds and labels, stratified by construction.
+
+    Cases are split once into a test group and five fold groups; ``split`` is val for fold group 0 (so it
+    equals ``fold0``). Each disease gets a prevalence in :data:`PREVALENCE_RANGE` and the same share of
+    positives in every group (at least one positive and one negative per group of two or more cases).
+    """
+    rng = np.random.default_rng([int(seed), LABEL_SEED_OFFSET])
+    perm = rng.permutation(cases)
+    n_test = round(TEST_FRACTION * cases) if cases >= N_FOLDS else 0
+    groups = [perm[:n_test], *np.array_split(perm[n_test:], N_FOLDS)]
+    group_of = np.empty(cases, dtype=int)  # 0 = test, 1..5 = fold group k-1
+    for g, members in enumerate(groups):
+        group_of[members] = g
+    table = pd.DataFrame({"case": [case_name(i) for i in range(cases)]})
+    table["split"] = np.where(group_of == 0, "test", np.where(group_of == 1, "val", "train"))
+    for k in range(N_FOLDS):
+        table[f"fold{k}"] = np.where(group_of == 0, "test", np.where(group_of == k + 1, "val", "train"))
+    for disease in diseases:
+        p = rng.uniform(*PREVALENCE_RANGE)
+        y = np.zeros(cases, dtype=int)
+        for members in groups:
+            n = len(members)
+            if n == 0:
+                continue
+            k = int(np.clip(round(p * n), 1, n - 1)) if n >= 2 else int(rng.random() < p)
+            y[rng.choice(members, size=k, replace=False)] = 1
+        table[disease] = y
+    return table
+
+
+def render_and_write(job: CaseJob) -> CaseResult:
+    """Worker: render one case and write its image and label map atomically."""
+    bench = load_benchmark()
+    cmap = bench.class_map("v2")
+    ph = render_case(job.seed, job.index, job.shape, job.labels, cmap.ids)
+    out = Path(job.out)
+    write(out / "images" / f"{job.name}{NII_SUFFIX}", ph.image, ph.affine)
+    write(out / "totalseg" / f"{job.name}{NII_SUFFIX}", ph.labelmap, ph.affine)
+    if job.totalseg_folders:
+        folder = out / "totalseg_folders" / job.name
+        for cid, cname in cmap.names.items():
+            write(folder / f"{cname}{NII_SUFFIX}", (ph.labelmap == cid).astype(np.uint8), ph.affine)
+    return CaseResult(
+        name=job.name,
+        shape=tuple(int(s) for s in ph.image.shape),
+        spacing=tuple(round(float(s), 4) for s in ph.spacing),
+        orientation="".join(nib.aff2axcodes(ph.affine)),
+        findings=ph.findings,
+    )
+
+
+def _run_jobs(jobs: list[CaseJob], workers: int, progress: bool) -> Iterator[CaseResult]:
+    """Render jobs inline or in a process pool, with a rich progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    if workers <= 1:
+        with Progress(*columns, disable=not progress) as bar:
+            task = bar.add_task("cases", total=len(jobs))
+            for job in jobs:
+                yield render_and_write(job)
+                bar.advance(task)
+        return
+    # Workers are forked before the progress bar starts its refresh thread.
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        futures = [pool.submit(render_and_write, job) for job in jobs]
+        with Progress(*columns, disable=not progress) as bar:
+            task = bar.add_task("cases", total=len(jobs))
+            for fut in as_completed(futures):
+                yield fut.result()
+                bar.advance(task)
+
+
+def _write_labels(out: Path, table: pd.DataFrame, diseases: tuple[str, ...]) -> None:
+    folds = [f"fold{k}" for k in range(N_FOLDS)]
+    files = table["case"] + NII_SUFFIX
+    for disease in diseases:
+        frame = pd.DataFrame({"case_id": files, "split": table["split"], disease: table[disease]})
+        for fold in folds:
+            frame[fold] = table[fold]
+        write_text_atomic(out / "labels" / f"{disease}.csv", frame.to_csv(index=False))
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        dest.unlink()
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
+def write_test_demo(out: Path, cases: list[str]) -> bool:
+    """Copy a few cases to ``test_demo/images`` and build their ROI masks with :mod:`ctfm.masks`.
+
+    Returns whether masks were written: without the masks library only the images are written (never fake masks).
+    """
+    for case in cases:
+        _link_or_copy(
+            out / "images" / f"{case}{NII_SUFFIX}", out / "test_demo" / "images" / f"{case}{NII_SUFFIX}"
+        )
+    try:
+        from ctfm.masks import disease_masks
+    except ImportError:
+        return False
+    bench = load_benchmark()
+    cmap = bench.class_map("v2")
+    diseases = tuple(bench.roi_diseases)
+    for case in cases:
+        labelmap, img = read_array(out / "totalseg" / f"{case}{NII_SUFFIX}")
+        masks = disease_masks(labelmap, img.affine, diseases, cmap)
+        for disease, mask in masks.items():
+            dest = out / "test_demo" / "fg_masks" / disease / f"{case}{NII_SUFFIX}"
+            write(dest, np.asarray(mask).astype(np.uint8), img.affine)
+    return True
+
+
+def _check_args(cases: int, shape: str, workers: int) -> None:
+    if cases < 1:
+        raise ConfigError(f"--cases must be at least 1 (got {cases})")
+    if shape not in SHAPES:
+        raise ConfigError(f"--shape must be one of {', '.join(SHAPES)} (got {shape!r})")
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1 (got {workers})")
+
+
+def _prepare_out(out: Path, names: set[str]) -> None:
+    """Refuse a non-empty folder that is not a synthetic benchmark; drop cases a previous run left behind."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if read_manifest(out).get("generator") != "ctfm.data.synth":
+        raise ConfigError(f"{out} is not empty and not a synthetic benchmark; choose a new or empty --out")
+    shutil.rmtree(out / "test_demo", ignore_errors=True)  # fully derived: rebuilt below
+    stale = [
+        p
+        for p in out.rglob(f"{CASE_PREFIX}*")
+        if p.name.split(".")[0] not in names and (p.is_file() or p.parent.name == "totalseg_folders")
+    ]
+    for path in stale:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def generate_benchmark(
+    out: Path,
+    cases: int = 100,
+    seed: int = 0,
+    shape: Literal["demo", "full"] = "demo",
+    workers: int = 1,
+    totalseg_folders: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write a synthetic benchmark folder; deterministic in (cases, seed, shape), whatever ``workers`` is."""
+    _check_args(cases, shape, workers)
+    out = Path(out)
+    bench = load_benchmark()
+    diseases = bench.diseases
+    table = assign_labels(cases, seed, diseases)
+    jobs = [
+        CaseJob(
+            out=str(out),
+            index=i,
+            name=row["case"],
+            seed=int(seed),
+            shape=shape,
+            labels={d: int(row[d]) for d in diseases},
+            totalseg_folders=totalseg_folders,
+        )
+        for i, row in table.iterrows()
+    ]
+    _prepare_out(out, set(table["case"]))
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    results = {r.name: r for r in _run_jobs(jobs, workers, progress)}
+    _write_labels(out, table, diseases)
+    test_cases = sorted(table.loc[table["split"] == "test", "case"]) or list(table["case"])  # tiny runs
+    demo_cases = test_cases[:TEST_DEMO_CASES]
+    has_masks = write_test_demo(out, demo_cases)
+    manifest = {
+        "generator": "ctfm.data.synth",
+        "generator_version": SYNTH_VERSION,
+        "ctfm_version": __version__,
+        "seed": int(seed),
+        "arguments": {
+            "cases": cases,
+            "seed": int(seed),
+            "shape": shape,
+            "totalseg_folders": totalseg_folders,
+        },
+        "class_map": "v2",
+        "diseases": {
+            d: {"positives": int(table[d].sum()), "prevalence": round(float(table[d].mean()), 4)}
+            for d in diseases
+        },
+        "test_demo": {"cases": demo_cases, "fg_masks": has_masks},
+        "cases": [asdict(results[name]) for name in table["case"]],
+    }
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+    return out
+
+
+def read_manifest(root: Path) -> Mapping[str, object]:
+    """The manifest of a synthetic benchmark (empty for a folder that is not one)."""
+    path = Path(root) / "manifest.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}

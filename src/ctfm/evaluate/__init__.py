@@ -1,0 +1,1 @@
+"""Scoring trained heads: metrics, bootstrap confidence intervals, inference, leaderboards and reports."""

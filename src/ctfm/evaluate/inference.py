@@ -1,0 +1,472 @@
+"""Score trained heads: rebuild each checkpoint, predict every case of a split, write the reference files.
+
+A case of the split without a usable embedding (absent from the store, failed, timed out) is never dropped:
+it is scored as a failure by the reference rule, a confident prediction of a wrong class (probability 1 for
+class ``(label + 1) mod C``, logits ``+FAIL_LOGIT`` / ``-FAIL_LOGIT``), and counted in ``failed_cases``.
+
+Output per checkpoint, in ``<out>/<model>/<task>/<disease>/<strategy>/``:
+``<split>_metrics.csv`` (one row: every metric, its 95 % CI, ``failed_cases``, ``n_cases``),
+``<split>_per_sample_predictions.csv`` (``filename, label, pred, logit_class_<i>, prob_class_<i>``),
+``<split>_eval.json`` (everything, including checkpoint metadata and the failed case names),
+``<split>_roc.png`` and ``<split>_pr.png``. ``<out>/<split>_summary.csv`` has one row per checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ctfm.errors import DataError, StoreError
+from ctfm.evaluate.bootstrap import Interval, bootstrap_metrics
+from ctfm.evaluate.metrics import METRICS, predict
+from ctfm.fsutil import write_text_atomic
+from ctfm.store import sanitize_name
+
+FAIL_LOGIT = 30.0
+PRED_SUFFIX = "_per_sample_predictions.csv"
+METRICS_SUFFIX = "_metrics.csv"
+JSON_SUFFIX = "_eval.json"
+
+
+@dataclass
+class Predictions:
+    """Per-case outputs of one head on one split, in the reference per-sample format.
+
+    ``labels`` is ``[N]`` (binary/multiclass: class index into ``classes``) or ``[N, L]`` (multilabel).
+    """
+
+    files: list[str]
+    labels: np.ndarray
+    logits: np.ndarray
+    probs: np.ndarray
+    failed: list[str] = field(default_factory=list)
+    classes: list[int] = field(default_factory=list)
+    multilabel: bool = False
+
+    @property
+    def preds(self) -> np.ndarray:
+        return predict(self.probs, self.multilabel)
+
+    def to_frame(self) -> pd.DataFrame:
+        cols: dict[str, Any] = {"filename": self.files}
+        if self.multilabel:
+            for j in range(self.labels.shape[1]):
+                cols[f"label_{j}"] = self.labels[:, j]
+            for j in range(self.labels.shape[1]):
+                cols[f"pred_{j}"] = self.preds[:, j]
+        else:
+            names = np.asarray(self.classes or range(self.probs.shape[1]))
+            cols["label"] = names[self.labels]
+            cols["pred"] = names[self.preds]
+        for i in range(self.logits.shape[1]):
+            cols[f"logit_class_{i}"] = self.logits[:, i]
+        for i in range(self.probs.shape[1]):
+            cols[f"prob_class_{i}"] = self.probs[:, i]
+        return pd.DataFrame(cols)
+
+
+@dataclass
+class EvalResult:
+    """Metrics with intervals for one head on one split."""
+
+    model: str
+    task: str
+    disease: str
+    strategy: str
+    split: str
+    n_cases: int
+    failed_cases: int
+    metrics: dict[str, Interval]
+    failed: list[str] = field(default_factory=list)
+    checkpoint: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    tag: str = ""  # probe run tag (fold, seed, few-shot try); "" for a single run
+
+    def row(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.model,
+            "task": self.task,
+            "disease": self.disease,
+            "strategy": self.strategy,
+            "tag": self.tag,
+            "split": self.split,
+            "n_cases": self.n_cases,
+            "failed_cases": self.failed_cases,
+        }
+        for key in METRICS:
+            ci = self.metrics[key]
+            out[key] = ci.value
+            out[f"{key}_ci_low"] = ci.low
+            out[f"{key}_ci_high"] = ci.high
+            out[f"{key}_degenerate"] = ci.degenerate
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["metrics"] = {k: v.as_dict() for k, v in self.metrics.items()}
+        return data
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def to_probs(logits: np.ndarray, multilabel: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities from head logits; a single binary logit becomes two columns ``[-z/2, z/2]``."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if multilabel:
+        return logits, sigmoid(logits)
+    if logits.shape[1] == 1:
+        logits = np.concatenate([-logits / 2, logits / 2], axis=1)
+    return logits, softmax(logits)
+
+
+def failure_outputs(labels: np.ndarray, n_classes: int, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and probabilities of the reference failure: a confident prediction of a wrong class."""
+    if multilabel:
+        wrong = 1.0 - np.asarray(labels, dtype=float)
+        return np.where(wrong > 0, FAIL_LOGIT, -FAIL_LOGIT), wrong
+    wrong = (np.asarray(labels) + 1) % n_classes
+    probs = np.eye(n_classes)[wrong]
+    return np.where(probs > 0, FAIL_LOGIT, -FAIL_LOGIT), probs
+
+
+def score(preds: Predictions, n_boot: int, seed: int) -> dict[str, Interval]:
+    return bootstrap_metrics(preds.labels, preds.probs, n_boot=n_boot, seed=seed, multilabel=preds.multilabel)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+@dataclass(frozen=True)
+class HeadRef:
+    """One checkpoint to evaluate, as found through :mod:`ctfm.probe.layout`."""
+
+    path: Path
+    model_dir: str
+    task: str
+    disease: str
+    strategy: str
+    tag: str = ""
+
+
+def find_checkpoints(runs: Path, strategies: list[str] | None = None) -> list[HeadRef]:
+    """Every finished probe head under a ``ctfm probe --out`` folder, optionally only some strategies."""
+    from ctfm.probe.layout import TASK_FOLDERS, DiseaseLayout, list_diseases
+
+    runs = Path(runs)
+    if not runs.is_dir():
+        raise DataError(f"{runs}: run folder not found; pass the --out folder of `ctfm probe`")
+    found: list[HeadRef] = []
+    for model_dir in sorted(p.name for p in runs.iterdir() if p.is_dir()):
+        for task in TASK_FOLDERS:
+            for disease in list_diseases(runs, model_dir, task):
+                layout = DiseaseLayout.of(runs, model_dir, disease, task)
+                for tag in layout.run_tags():
+                    ckpt_dir = layout.run(tag).checkpoints_dir
+                    names = sorted(p.stem for p in ckpt_dir.glob("*.pt"))
+                    for strategy in names:
+                        if strategies and strategy not in strategies:
+                            continue
+                        found.append(
+                            HeadRef(
+                                layout.run(tag).checkpoint(strategy), model_dir, task, disease, strategy, tag
+                            )
+                        )
+    if not found:
+        wanted = f" for strategies {', '.join(strategies)}" if strategies else ""
+        raise DataError(f"{runs}: no finished probe checkpoint{wanted}; run `ctfm probe` first")
+    return found
+
+
+def _split_labels(labels_dir: Path, disease: str, split: str) -> pd.DataFrame:
+    from ctfm.labels import labels_path, read_labels
+
+    table = read_labels(labels_path(labels_dir, disease), disease)
+    rows = table[table["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        raise DataError(f"{labels_path(labels_dir, disease)}: no case in split {split!r}")
+    return rows
+
+
+def _class_index(labels: Iterable[int], classes: list[int], where: str) -> np.ndarray:
+    lookup = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({int(v) for v in labels} - set(lookup))
+    if unknown:
+        raise DataError(f"{where}: label(s) {unknown} not among the checkpoint's classes {classes}")
+    return np.array([lookup[int(v)] for v in labels], dtype=int)
+
+
+def _predict_view(
+    predictor: Any, view: Any, task: str, cases: list[str]
+) -> tuple[list[str], np.ndarray | None]:
+    """Logits for the cases with an ok embedding; returns (cases predicted, logits)."""
+    ok = set(view.cases("ok")) if view.dir.exists() else set()
+    usable = [c for c in cases if c in ok]
+    if not usable:
+        return [], None
+    packed = view.packed()
+    rows = [packed.index(c) for c in usable]
+    if task == "lp":
+        from ctfm.store import to_float32
+
+        x: Any = to_float32(np.asarray(packed.X[rows]), packed.dtype)
+        return usable, np.asarray(predictor.predict_logits(x))
+    tokens = [packed.case_tokens(i) for i in rows]
+    return usable, np.asarray(predictor.predict_logits(tokens))
+
+
+def predict_checkpoint(
+    checkpoint: Path, store_root: Path, labels_dir: Path, split: str
+) -> tuple[Predictions, dict[str, Any]]:
+    """Rebuild a head, predict every case of ``split``; missing embeddings become scored failures."""
+    from ctfm.probe.checkpoint import load_predictor
+    from ctfm.store import Store
+
+    predictor = load_predictor(checkpoint)
+    meta = dict(predictor.meta)
+    src = meta.get("store") or {}
+    view = Store(Path(store_root)).view(src["model"], src["task"], src["view"])
+    have = view.manifest_checksum() if view.dir.exists() else "(empty)"
+    if have != src.get("manifest_checksum"):
+        raise StoreError(
+            f"{checkpoint}: trained on store manifest {str(src.get('manifest_checksum'))[:12]} of "
+            f"{src['model']}/{src['task']}/{src['view']}, but {store_root} has {have[:12]}; "
+            "evaluate against the store the head was trained on, or retrain it"
+        )
+    disease = meta["disease"]
+    table = _split_labels(labels_dir, disease, split)
+    classes = [int(c) for c in meta["classes"]]
+    labels = _class_index(table["label"], classes, f"{disease} labels")
+    cases = table["case"].tolist()
+    done, logits_ok = _predict_view(predictor, view, src["task"], cases)
+    n_classes = len(classes)
+    logits, probs = failure_outputs(labels, n_classes, False)
+    done_set = set(done)
+    failed = [c for c in cases if c not in done_set]
+    if logits_ok is not None:
+        lg, pr = to_probs(logits_ok)
+        pos = {c: i for i, c in enumerate(cases)}
+        rows = [pos[c] for c in done]
+        logits = logits.astype(float)
+        logits[rows], probs[rows] = lg, pr
+    preds = Predictions(
+        files=table["file"].tolist(),
+        labels=labels,
+        logits=logits,
+        probs=probs,
+        failed=failed,
+        classes=classes,
+    )
+    return preds, meta
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+
+def result_dir(out: Path, model: str, task: str, disease: str, strategy: str, tag: str = "") -> Path:
+    base = Path(out) / model / task / disease
+    return (base / tag if tag else base) / strategy
+
+
+def write_outputs(out_dir: Path, split: str, preds: Predictions, result: EvalResult) -> list[Path]:
+    """Reference CSVs, the JSON with everything, and the ROC / PR figures."""
+    from ctfm.evaluate.report import save_roc_pr
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pred_csv = out_dir / f"{split}{PRED_SUFFIX}"
+    write_text_atomic(pred_csv, preds.to_frame().to_csv(index=False))
+    metrics_csv = out_dir / f"{split}{METRICS_SUFFIX}"
+    write_text_atomic(metrics_csv, pd.DataFrame([result.row()]).to_csv(index=False))
+    js = out_dir / f"{split}{JSON_SUFFIX}"
+    write_text_atomic(js, json.dumps(result.to_json(), indent=2, default=str, allow_nan=True) + "\n")
+    figs = save_roc_pr(
+        preds.labels,
+        preds.probs,
+        out_dir / f"{split}_roc.png",
+        out_dir / f"{split}_pr.png",
+        multilabel=preds.multilabel,
+        title=" · ".join(p for p in (result.model, result.disease, split) if p),
+    )
+    return [pred_csv, metrics_csv, js, *figs]
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    store_root: Path,
+    labels_dir: Path,
+    split: str,
+    out: Path,
+    n_boot: int = 2000,
+    seed: int = 0,
+    tag: str = "",
+) -> EvalResult:
+    """Predict, score with bootstrap intervals, and write every file for one checkpoint."""
+    preds, meta = predict_checkpoint(checkpoint, store_root, labels_dir, split)
+    src = meta.get("store") or {}
+    result = EvalResult(
+        model=str(src.get("model", "")),
+        task=str(src.get("task", meta.get("kind", "lp"))),
+        disease=str(meta["disease"]),
+        strategy=str(meta.get("strategy", Path(checkpoint).stem)),
+        split=split,
+        n_cases=len(preds.files),
+        failed_cases=len(preds.failed),
+        metrics=score(preds, n_boot, seed),
+        failed=preds.failed,
+        checkpoint=str(checkpoint),
+        meta={k: v for k, v in meta.items() if k != "state_dict"},
+        tag=tag,
+    )
+    out_dir = result_dir(out, sanitize_name(result.model), result.task, result.disease, result.strategy, tag)
+    write_outputs(out_dir, split, preds, result)
+    return result
+
+
+# ------------------------------------------------------------------------------ from a predictions file
+
+
+def read_predictions(path: Path) -> Predictions:
+    """A per-sample predictions CSV (reference format; multilabel: ``label_<j>`` columns) -> Predictions."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path}: not a readable predictions CSV ({exc})") from exc
+    prob_cols = sorted(
+        (c for c in frame.columns if c.startswith("prob_class_")), key=lambda c: int(c.rsplit("_", 1)[1])
+    )
+    logit_cols = sorted(
+        (c for c in frame.columns if c.startswith("logit_class_")), key=lambda c: int(c.rsplit("_", 1)[1])
+    )
+    label_cols = sorted(
+        (c for c in frame.columns if c.startswith("label_")), key=lambda c: int(c.rsplit("_", 1)[1])
+    )
+    if "filename" not in frame.columns or not (prob_cols or logit_cols):
+        raise DataError(f"{path}: needs columns filename and prob_class_<i> (or logit_class_<i>)")
+    multilabel = bool(label_cols)
+    if not multilabel and "label" not in frame.columns:
+        raise DataError(f"{path}: needs a label column (or label_<j> columns for multilabel targets)")
+    if prob_cols:
+        probs = frame[prob_cols].to_numpy(dtype=float)
+        logits = (
+            frame[logit_cols].to_numpy(dtype=float) if logit_cols else np.log(np.clip(probs, 1e-300, None))
+        )
+    else:
+        logits, probs = to_probs(frame[logit_cols].to_numpy(dtype=float), multilabel)
+    if not np.isfinite(probs).all():
+        raise DataError(f"{path}: non-finite probabilities")
+    if multilabel:
+        labels = frame[label_cols].to_numpy(dtype=int)
+        classes: list[int] = []
+    else:
+        classes = list(range(probs.shape[1]))
+        labels = _class_index(frame["label"].astype(int), classes, str(path))
+    return Predictions(
+        files=frame["filename"].astype(str).tolist(),
+        labels=labels,
+        logits=logits,
+        probs=probs,
+        classes=classes,
+        multilabel=multilabel,
+    )
+
+
+def align_to_labels(preds: Predictions, table: pd.DataFrame, where: str) -> Predictions:
+    """Re-order predictions to the label table's cases, taking labels from it; absent cases become failures."""
+    from ctfm.nifti import case_id
+
+    if preds.multilabel:
+        raise DataError(f"{where}: multilabel predictions carry their own label_<j> columns; omit --labels")
+    pos = {case_id(f): i for i, f in enumerate(preds.files)}
+    extra = sorted(set(pos) - set(table["case"]))
+    if extra:
+        raise DataError(f"{where}: {len(extra)} predicted case(s) not in the labels, e.g. {extra[:3]}")
+    n_classes = preds.probs.shape[1]
+    labels = _class_index(table["label"], list(range(n_classes)), where)
+    logits, probs = failure_outputs(labels, n_classes, False)
+    logits = logits.astype(float)
+    failed: list[str] = []
+    for row, case in enumerate(table["case"]):
+        if case in pos:
+            logits[row], probs[row] = preds.logits[pos[case]], preds.probs[pos[case]]
+        else:
+            failed.append(case)
+    return Predictions(table["file"].tolist(), labels, logits, probs, failed, preds.classes)
+
+
+def evaluate_predictions(
+    predictions: Path,
+    out: Path,
+    labels: Path | None = None,
+    disease: str | None = None,
+    split: str | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    model: str | None = None,
+) -> EvalResult:
+    """Recompute every metric from a per-sample predictions file (for organizers who receive predictions).
+
+    ``model`` names the entry for the leaderboard (default: the file's folder name).
+
+    ``labels`` is a label CSV or the labels folder (then ``disease`` picks ``<disease>.csv``); its labels are
+    the truth, and a case of the chosen ``split`` missing from the file is scored as a failure.
+    """
+    from ctfm.labels import labels_path, read_labels
+
+    predictions = Path(predictions)
+    preds = read_predictions(predictions)
+    split_name = split or predictions.name.removesuffix(PRED_SUFFIX).removesuffix(".csv")
+    if labels is not None:
+        labels = Path(labels)
+        if labels.is_dir():
+            if not disease:
+                raise DataError(f"{labels}: is a folder; pass --disease to pick <disease>.csv")
+            labels = labels_path(labels, disease)
+        table = read_labels(labels, disease or labels.stem)
+        if split:
+            table = table[table["split"] == split].reset_index(drop=True)
+        else:
+            from ctfm.nifti import case_id
+
+            have = {case_id(f) for f in preds.files}
+            table = table[table["case"].isin(have)].reset_index(drop=True)
+        if table.empty:
+            raise DataError(f"{labels}: no labelled case for these predictions (split {split or 'any'})")
+        preds = align_to_labels(preds, table, str(predictions))
+    result = EvalResult(
+        model=model or predictions.parent.name,
+        task="",
+        disease=disease or (labels.stem if labels is not None else ""),
+        strategy="predictions",
+        split=split_name,
+        n_cases=len(preds.files),
+        failed_cases=len(preds.failed),
+        metrics=score(preds, n_boot, seed),
+        failed=preds.failed,
+        checkpoint=str(predictions),
+    )
+    write_outputs(Path(out), split_name, preds, result)
+    return result
+
+
+def write_summary(results: list[EvalResult], out: Path, split: str) -> Path:
+    path = Path(out) / f"{split}_summary.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, pd.DataFrame([r.row() for r in results]).to_csv(index=False))
+    return path

@@ -1,0 +1,377 @@
+"""Classification metrics in numpy, batched over a leading axis (bootstrap resamples, heads, models).
+
+Every function accepts one set (``y [N]``) or a batch of sets (``y [B, N]``) and returns a float or an
+array ``[B]``. They match scikit-learn's definitions to floating-point precision (the tests check 1e-9):
+
+* ``accuracy``: share of exact matches (subset accuracy for multilabel), like ``accuracy_score``.
+* ``macro_f1`` / ``sensitivity`` / ``specificity``: per-class F1, recall (TP/(TP+FN)) and specificity
+  (TN/(TN+FP)), unweighted mean over sklearn's label set: the classes present in ``y`` or ``pred``
+  (multiclass) or every label column (multilabel); a zero denominator counts as 0 (sklearn's
+  ``zero_division`` default). ``specificity`` is computed from the same per-class confusion counts as
+  ``multilabel_confusion_matrix``.
+* ``balanced_accuracy``: mean recall over the classes present in ``y`` (``balanced_accuracy_score``);
+  multilabel: mean over labels of each label's binary balanced accuracy.
+* ``auroc``: rank statistic with average ranks for tied scores, which equals sklearn's trapezoidal ROC area
+  (a tie counts one half). Binary, one-vs-rest macro for multiclass (``multi_class="ovr"``), macro over
+  label columns for multilabel.
+* ``average_precision``: sklearn's step definition ``AP = sum_n (R_n - R_{n-1}) P_n`` with one threshold per
+  distinct score (all tied cases enter together). Same averaging as ``auroc``.
+* ``brier``: mean squared error of the probabilities: the positive-class probability for binary
+  (``brier_score_loss``), the sum over classes for multiclass (sklearn >= 1.7), the mean of the per-label
+  binary scores for multilabel.
+* ``ece``: top-label expected calibration error with ``n_bins`` (default 15) equal-width bins over [0, 1]:
+  bin ``k`` holds confidences in ``(k/n, (k+1)/n]`` (confidence 0 goes to bin 0),
+  ``ECE = sum_k (n_k / N) |accuracy_k - mean confidence_k|``. Binary is treated as two classes; multilabel
+  averages the per-label binary ECE. sklearn has no ECE; the tests compare it with a plain loop.
+
+Undefined values: AUROC needs both classes; AP needs at least one positive. When a set (for example a
+bootstrap resample) lacks them, the value is NaN instead of sklearn's exception (AUROC) or warning and 0
+(AP); for multiclass and multilabel the macro value is NaN as soon as one class is undefined, because sklearn
+refuses those sets too. Callers summarise with nan-aware statistics and report how many sets were
+degenerate (see :mod:`ctfm.evaluate.bootstrap`).
+
+Shapes: ``score`` with the shape of ``y`` is a binary score (or a multilabel score when
+``multilabel=True``); ``score`` with one more trailing axis ``C`` holds class probabilities (``C == 2`` is
+binary and uses column 1).
+
+Example:
+    >>> import numpy as np
+    >>> auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
+    0.75
+    >>> auroc(np.array([[0, 0, 1, 1], [1, 1, 1, 1]]), np.array([[0.1, 0.4, 0.35, 0.8]] * 2)).tolist()
+    [0.75, nan]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+ECE_BINS = 15
+METRICS: tuple[str, ...] = (
+    "accuracy",
+    "f1_macro",
+    "auroc",
+    "average_precision",
+    "sensitivity",
+    "specificity",
+    "balanced_acc",
+    "brier",
+    "ece",
+)
+LOWER_IS_BETTER: frozenset[str] = frozenset({"brier", "ece"})
+
+
+def _batched(*arrays: np.ndarray, core_ndim: int) -> tuple[list[np.ndarray], bool]:
+    """Add a leading batch axis to unbatched inputs; report whether the result must be squeezed."""
+    arrays_ = [np.asarray(a) for a in arrays]
+    single = arrays_[0].ndim == core_ndim
+    if single:
+        arrays_ = [a[None] for a in arrays_]
+    return arrays_, single
+
+
+def _out(values: np.ndarray, single: bool) -> float | np.ndarray:
+    return float(values[0]) if single else values
+
+
+# ----------------------------------------------------------------------------------------- predictions
+
+
+def _counts(y: np.ndarray, pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, ...]:
+    """Per-class TP, FP, FN, TN for batched integer labels ``[B, N]`` -> each ``[B, C]``."""
+    b, n = y.shape
+    codes = (y * n_classes + pred + (n_classes * n_classes) * np.arange(b)[:, None]).ravel()
+    cm = np.bincount(codes, minlength=b * n_classes * n_classes).reshape(b, n_classes, n_classes)
+    return counts_from_confusion(cm, n)
+
+
+def counts_from_confusion(cm: np.ndarray, n: np.ndarray | int) -> tuple[np.ndarray, ...]:
+    """Per-class TP, FP, FN, TN ``[..., C]`` from confusion matrices ``[..., C(true), C(pred)]``."""
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    fn = cm.sum(axis=-1) - tp
+    fp = cm.sum(axis=-2) - tp
+    tn = np.asarray(n)[..., None] - tp - fp - fn
+    return tp, fp, fn, tn
+
+
+def _ml_counts(y: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per-label TP, FP, FN, TN for batched multilabel indicators ``[B, N, L]`` -> each ``[B, L]``."""
+    yt = y.astype(bool)
+    yp = pred.astype(bool)
+    tp = np.sum(yt & yp, axis=1)
+    fp = np.sum(~yt & yp, axis=1)
+    fn = np.sum(yt & ~yp, axis=1)
+    tn = y.shape[1] - tp - fp - fn
+    return tp, fp, fn, tn
+
+
+def _n_classes(y: np.ndarray, pred: np.ndarray, n_classes: int | None) -> int:
+    return int(n_classes) if n_classes else int(max(y.max(initial=0), pred.max(initial=0))) + 1
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den with 0 where den == 0 (sklearn's zero_division)."""
+    return np.divide(num, den, out=np.zeros(num.shape, dtype=float), where=den > 0)
+
+
+def _macro(per_class: np.ndarray, present: np.ndarray) -> np.ndarray:
+    return np.sum(np.where(present, per_class, 0.0), axis=-1) / np.maximum(present.sum(axis=-1), 1)
+
+
+def confusion_metric(name: str, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> np.ndarray:
+    """A thresholded macro metric from per-class confusion counts ``[..., C]`` (multiclass label sets).
+
+    Shared by the direct functions and the weighted bootstrap path, so both use one formula.
+    """
+    seen = (tp + fp + fn) > 0  # sklearn's label set: classes present in y or pred
+    if name == "accuracy":
+        return tp.sum(axis=-1) / (tp + fn).sum(axis=-1)
+    if name == "f1_macro":
+        return _macro(_ratio(2 * tp, 2 * tp + fp + fn), seen)
+    if name == "sensitivity":
+        return _macro(_ratio(tp, tp + fn), seen)
+    if name == "specificity":
+        return _macro(_ratio(tn, tn + fp), seen)
+    if name == "balanced_acc":
+        return _macro(_ratio(tp, tp + fn), (tp + fn) > 0)
+    raise ValueError(f"{name!r} is not a confusion-count metric")
+
+
+def _thresholded(
+    name: str, y: np.ndarray, pred: np.ndarray, n_classes: int | None, multilabel: bool
+) -> float | np.ndarray:
+    (y, pred), single = _batched(y, pred, core_ndim=2 if multilabel else 1)
+    if multilabel:
+        tp, fp, fn, tn = _ml_counts(y, pred)
+        if name == "f1_macro":
+            return _out(_ratio(2 * tp, 2 * tp + fp + fn).mean(axis=-1), single)
+        if name == "sensitivity":
+            return _out(_ratio(tp, tp + fn).mean(axis=-1), single)
+        return _out(_ratio(tn, tn + fp).mean(axis=-1), single)
+    return _out(confusion_metric(name, *_counts(y, pred, _n_classes(y, pred, n_classes))), single)
+
+
+def accuracy(y: np.ndarray, pred: np.ndarray, multilabel: bool = False) -> float | np.ndarray:
+    """Share of cases predicted exactly right (all labels right for multilabel)."""
+    (y, pred), single = _batched(y, pred, core_ndim=2 if multilabel else 1)
+    hit = y == pred
+    if multilabel:
+        hit = hit.all(axis=-1)
+    return _out(hit.mean(axis=1), single)
+
+
+def macro_f1(
+    y: np.ndarray, pred: np.ndarray, n_classes: int | None = None, multilabel: bool = False
+) -> float | np.ndarray:
+    """Unweighted mean of per-class F1 = 2TP / (2TP + FP + FN)."""
+    return _thresholded("f1_macro", y, pred, n_classes, multilabel)
+
+
+def sensitivity(
+    y: np.ndarray, pred: np.ndarray, n_classes: int | None = None, multilabel: bool = False
+) -> float | np.ndarray:
+    """Macro recall TP / (TP + FN) (``recall_score(average="macro")``)."""
+    return _thresholded("sensitivity", y, pred, n_classes, multilabel)
+
+
+def specificity(
+    y: np.ndarray, pred: np.ndarray, n_classes: int | None = None, multilabel: bool = False
+) -> float | np.ndarray:
+    """Macro specificity TN / (TN + FP), over the same label set as :func:`sensitivity`."""
+    return _thresholded("specificity", y, pred, n_classes, multilabel)
+
+
+def balanced_accuracy(
+    y: np.ndarray, pred: np.ndarray, n_classes: int | None = None, multilabel: bool = False
+) -> float | np.ndarray:
+    """Mean recall over the classes present in ``y`` (multilabel: mean per-label binary balanced accuracy)."""
+    if multilabel:
+        (y, pred), single = _batched(y, pred, core_ndim=2)
+        b, n, n_labels = y.shape
+        flat_y = np.moveaxis(y, 2, 1).reshape(b * n_labels, n).astype(int)
+        flat_p = np.moveaxis(pred, 2, 1).reshape(b * n_labels, n).astype(int)
+        per_label = balanced_accuracy(flat_y, flat_p, n_classes=2).reshape(b, n_labels)
+        return _out(per_label.mean(axis=1), single)
+    return _thresholded("balanced_acc", y, pred, n_classes, multilabel)
+
+
+# ----------------------------------------------------------------------------------------------- scores
+
+
+def _tie_groups(score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort each row; return the sort order and, per sorted position, the first and last index of its tie group."""
+    order = np.argsort(score, axis=1, kind="stable")
+    s = np.take_along_axis(score, order, axis=1)
+    n = s.shape[1]
+    pos = np.broadcast_to(np.arange(n), s.shape)
+    new = np.ones(s.shape, dtype=bool)
+    new[:, 1:] = s[:, 1:] != s[:, :-1]
+    first = np.maximum.accumulate(np.where(new, pos, 0), axis=1)
+    end = np.ones(s.shape, dtype=bool)
+    end[:, :-1] = new[:, 1:]
+    last = np.minimum.accumulate(np.where(end, pos, n - 1)[:, ::-1], axis=1)[:, ::-1]
+    return order, first, last
+
+
+def _binary_auroc(y: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUROC with average ranks for ties, per row of ``[B, N]``; NaN without both classes."""
+    order, first, last = _tie_groups(score.astype(float))
+    ys = np.take_along_axis(y, order, axis=1).astype(bool)
+    ranks = (first + last) / 2.0 + 1.0
+    n_pos = ys.sum(axis=1).astype(float)
+    n_neg = ys.shape[1] - n_pos
+    u = np.where(ys, ranks, 0.0).sum(axis=1) - n_pos * (n_pos + 1) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
+def _binary_ap(y: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """sklearn's average precision per row of ``[B, N]``; NaN without a positive."""
+    order, first, _ = _tie_groups(score.astype(float))
+    ys = np.take_along_axis(y, order, axis=1).astype(float)
+    n = ys.shape[1]
+    n_pos = ys.sum(axis=1)
+    below = np.concatenate([np.zeros((ys.shape[0], 1)), np.cumsum(ys, axis=1)], axis=1)
+    # Threshold at a case's score: every case with score >= it is predicted positive.
+    tps = n_pos[:, None] - np.take_along_axis(below, first, axis=1)
+    precision = tps / (n - first)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_pos > 0, (ys * precision).sum(axis=1) / n_pos, np.nan)
+
+
+def _score_task(
+    y: np.ndarray, score: np.ndarray, multilabel: bool
+) -> tuple[np.ndarray, np.ndarray, bool, bool]:
+    """Normalise to batched ``y``, ``score`` and tell whether the scores are per-class columns.
+
+    Returns ``(y [B, N] or [B, N, L], score [B, N] or [B, N, C], columns, single)``.
+    """
+    y = np.asarray(y)
+    score = np.asarray(score, dtype=float)
+    if multilabel:
+        (y, score), single = _batched(y, score, core_ndim=2)
+        return y, score, True, single
+    single = y.ndim == 1
+    if single:
+        y, score = y[None], score[None]
+    if score.shape == y.shape:
+        return y, score, False, single
+    if score.shape[:-1] != y.shape:
+        raise ValueError(f"score shape {score.shape} does not fit labels {y.shape}")
+    if score.shape[-1] == 2:
+        return y, score[..., 1], False, single
+    return y, score, True, single
+
+
+def _score_metric(
+    binary: Callable[[np.ndarray, np.ndarray], np.ndarray], y: np.ndarray, score: np.ndarray, multilabel: bool
+) -> float | np.ndarray:
+    y, score, columns, single = _score_task(y, score, multilabel)
+    if not columns:
+        return _out(binary(y, score), single)
+    n_cols = score.shape[-1]
+    targets = [(y[..., c] if multilabel else y == c) for c in range(n_cols)]
+    per_class = np.stack([binary(t.astype(int), score[..., c]) for c, t in enumerate(targets)], axis=-1)
+    # Plain mean: one undefined class makes the macro value undefined, as sklearn refuses such sets.
+    return _out(per_class.mean(axis=-1), single)
+
+
+def auroc(y: np.ndarray, score: np.ndarray, multilabel: bool = False) -> float | np.ndarray:
+    """Area under the ROC curve (binary; one-vs-rest macro for multiclass; macro over labels)."""
+    return _score_metric(_binary_auroc, y, score, multilabel)
+
+
+def average_precision(y: np.ndarray, score: np.ndarray, multilabel: bool = False) -> float | np.ndarray:
+    """Average precision, sklearn's step definition (binary; one-vs-rest macro; macro over labels)."""
+    return _score_metric(_binary_ap, y, score, multilabel)
+
+
+def brier(y: np.ndarray, prob: np.ndarray, multilabel: bool = False) -> float | np.ndarray:
+    """Brier score: squared error of the probabilities (see the module docstring for each task)."""
+    y, prob, columns, single = _score_task(y, prob, multilabel)
+    if multilabel:
+        return _out(((prob - y) ** 2).mean(axis=(1, 2)), single)
+    if not columns:
+        return _out(((prob - y) ** 2).mean(axis=1), single)
+    onehot = y[..., None] == np.arange(prob.shape[-1])
+    return _out(((prob - onehot) ** 2).sum(axis=-1).mean(axis=1), single)
+
+
+def _top_label_ece(correct: np.ndarray, conf: np.ndarray, n_bins: int) -> np.ndarray:
+    """ECE per row from top-label correctness and confidence ``[B, N]``."""
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    b, n = conf.shape
+    flat = (bins + n_bins * np.arange(b)[:, None]).ravel()
+    size = b * n_bins
+    gap = np.bincount(flat, weights=(correct - conf).ravel(), minlength=size).reshape(b, n_bins)
+    return np.abs(gap).sum(axis=1) / n
+
+
+def ece(
+    y: np.ndarray, prob: np.ndarray, n_bins: int = ECE_BINS, multilabel: bool = False
+) -> float | np.ndarray:
+    """Top-label expected calibration error with ``n_bins`` equal-width bins (binary = two classes)."""
+    prob_in = prob
+    two_columns = not multilabel and np.ndim(prob) == np.ndim(y) + 1 and np.shape(prob)[-1] == 2
+    y, prob, columns, single = _score_task(y, prob, multilabel)
+    if two_columns:  # use the given columns: 1 - p can differ from them by one ulp at a bin edge
+        prob = np.asarray(prob_in, dtype=float).reshape(*y.shape, 2)
+        columns = True
+    if multilabel:
+        b, n, n_labels = prob.shape
+        flat_y = np.moveaxis(y, 2, 1).reshape(b * n_labels, n)
+        flat_p = np.moveaxis(prob, 2, 1).reshape(b * n_labels, n)
+        per_label = ece(flat_y, flat_p, n_bins=n_bins).reshape(b, n_labels)
+        return _out(per_label.mean(axis=1), single)
+    if not columns:
+        prob = np.stack([1.0 - prob, prob], axis=-1)
+    pred = prob.argmax(axis=-1)
+    conf = prob.max(axis=-1)
+    return _out(_top_label_ece((pred == y).astype(float), conf, n_bins), single)
+
+
+# ------------------------------------------------------------------------------------------------- all
+
+
+def predict(prob: np.ndarray, multilabel: bool = False) -> np.ndarray:
+    """Hard predictions: arg-max class (first on ties), or probability >= 0.5 per label for multilabel."""
+    prob = np.asarray(prob, dtype=float)
+    if multilabel:
+        return (prob >= 0.5).astype(int)
+    return prob.argmax(axis=-1)
+
+
+def compute_all(
+    y: np.ndarray,
+    prob: np.ndarray,
+    multilabel: bool = False,
+    n_bins: int = ECE_BINS,
+    names: tuple[str, ...] | list[str] | None = None,
+) -> dict[str, float | np.ndarray]:
+    """Every metric of :data:`METRICS` (or only ``names``) from labels and class probabilities.
+
+    Binary and multiclass take integer labels ``[..., N]`` and probabilities with one column per class
+    (binary: 2 columns); multilabel takes indicators ``[..., N, L]`` and per-label probabilities ``[..., N, L]``.
+    """
+    names = tuple(names or METRICS)
+    unknown = sorted(set(names) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(METRICS)}")
+    y = np.asarray(y)
+    prob = np.asarray(prob, dtype=float)
+    pred = predict(prob, multilabel)
+    n_classes = None if multilabel else prob.shape[-1]
+    funcs: dict[str, Callable[[], float | np.ndarray]] = {
+        "accuracy": lambda: accuracy(y, pred, multilabel=multilabel),
+        "f1_macro": lambda: macro_f1(y, pred, n_classes, multilabel),
+        "auroc": lambda: auroc(y, prob, multilabel),
+        "average_precision": lambda: average_precision(y, prob, multilabel),
+        "sensitivity": lambda: sensitivity(y, pred, n_classes, multilabel),
+        "specificity": lambda: specificity(y, pred, n_classes, multilabel),
+        "balanced_acc": lambda: balanced_accuracy(y, pred, n_classes, multilabel),
+        "brier": lambda: brier(y, prob, multilabel),
+        "ece": lambda: ece(y, prob, n_bins, multilabel),
+    }
+    return {name: funcs[name]() for name in names}

@@ -1,0 +1,237 @@
+"""Figures (matplotlib, Agg) and the self-contained leaderboard page: every figure is an inline base64 PNG,
+no script, font or style is fetched, so the file opens offline and can be mailed as is."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ctfm.evaluate.leaderboard import Leaderboard
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _curves(
+    labels: np.ndarray, probs: np.ndarray, multilabel: bool
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, binary target, score) per curve: the positive class for binary, one-vs-rest otherwise."""
+    if multilabel:
+        return [(f"label {j}", labels[:, j], probs[:, j]) for j in range(probs.shape[1])]
+    if probs.shape[1] == 2:
+        return [("positive class", (labels == 1).astype(int), probs[:, 1])]
+    return [(f"class {c} vs rest", (labels == c).astype(int), probs[:, c]) for c in range(probs.shape[1])]
+
+
+def save_roc_pr(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    roc_path: Path,
+    pr_path: Path,
+    multilabel: bool = False,
+    title: str = "",
+) -> list[Path]:
+    """ROC and precision-recall figures (one curve per class one-vs-rest, per label, or the positive class)."""
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+    plt = _plt()
+    curves = [(n, t, s) for n, t, s in _curves(labels, probs, multilabel) if 0 < t.sum() < len(t)]
+    fig_roc, ax_roc = plt.subplots(figsize=(5, 5), dpi=100)
+    fig_pr, ax_pr = plt.subplots(figsize=(5, 5), dpi=100)
+    for name, target, score in curves:
+        fpr, tpr, _ = roc_curve(target, score)
+        ax_roc.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
+        prec, rec, _ = precision_recall_curve(target, score)
+        ax_pr.step(rec, prec, where="post", label=f"{name} (AP {average_precision_score(target, score):.3f})")
+    ax_roc.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
+    ax_roc.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title=f"ROC {title}",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
+    ax_pr.set(
+        xlabel="recall", ylabel="precision", title=f"Precision-recall {title}", xlim=(0, 1), ylim=(0, 1.02)
+    )
+    for ax in (ax_roc, ax_pr):
+        if curves:
+            ax.legend(loc="lower right" if ax is ax_roc else "lower left", fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "one class only: curve undefined", ha="center", va="center")
+        ax.title.set_fontsize(9)
+    roc_path.parent.mkdir(parents=True, exist_ok=True)
+    fig_roc.tight_layout()
+    fig_pr.tight_layout()
+    fig_roc.savefig(roc_path)
+    fig_pr.savefig(pr_path)
+    plt.close(fig_roc)
+    plt.close(fig_pr)
+    return [roc_path, pr_path]
+
+
+def png_base64(fig: Figure) -> str:
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def rank_heatmap(lb: Leaderboard) -> Figure:
+    """Models (best first) x diseases: mean rank over the ranking metrics per disease."""
+    plt = _plt()
+    order = np.argsort(lb.final_rank, kind="stable")
+    per_disease = lb.ranks.mean(axis=1)[:, order].T  # [M, D]
+    fig, ax = plt.subplots(
+        figsize=(max(4.5, 2.5 + 0.55 * len(lb.diseases)), max(3.0, 1.6 + 0.35 * len(lb.entries)))
+    )
+    im = ax.imshow(per_disease, cmap="viridis_r", aspect="auto", vmin=1, vmax=max(len(lb.entries), 2))
+    ax.set_xticks(range(len(lb.diseases)), lb.diseases, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(order)), [lb.entries[i] for i in order], fontsize=8)
+    if per_disease.size <= 400:
+        for (r, c), v in np.ndenumerate(per_disease):
+            ax.text(
+                c,
+                r,
+                f"{v:g}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="black" if v <= (len(lb.entries) + 1) / 2 else "white",
+            )
+    fig.colorbar(im, ax=ax, label="rank (1 = best)")
+    ax.set_title(f"Rank per disease (mean over {', '.join(lb.metrics)})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def rank_distributions(lb: Leaderboard) -> Figure:
+    """Per model, how often each final rank occurs over the bootstrap resamples."""
+    plt = _plt()
+    order = np.argsort(lb.final_rank, kind="stable")
+    m = len(lb.entries)
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.5 + 0.4 * m), max(3.0, 1.6 + 0.35 * m)))
+    edges = np.arange(0.75, m + 0.76, 0.5)
+    share = np.stack([np.histogram(lb.boot_ranks[:, i], bins=edges)[0] for i in order]) / max(lb.n_boot, 1)
+    im = ax.imshow(
+        share, cmap="Blues", aspect="auto", vmin=0, vmax=1, extent=(edges[0], edges[-1], m - 0.5, -0.5)
+    )
+    ax.scatter(lb.final_rank[order], range(m), marker="x", color="red", s=18, label="full-data rank")
+    ax.set_yticks(range(m), [lb.entries[i] for i in order], fontsize=8)
+    ax.set_xlabel("final rank in a bootstrap resample")
+    ax.set_title(f"Bootstrap rank distribution ({lb.n_boot} resamples)", fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize=7, frameon=False)
+    fig.colorbar(im, ax=ax, label="share of resamples")
+    fig.tight_layout()
+    return fig
+
+
+def metric_ci_bars(lb: Leaderboard, k: int) -> Figure:
+    """One panel per disease: each model's metric with its bootstrap 95 % interval."""
+    plt = _plt()
+    metric = lb.metrics[k]
+    d = len(lb.diseases)
+    cols = min(d, 4)
+    rows = int(np.ceil(d / cols))
+    m = len(lb.entries)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(max(5.0, 3.2 * cols), 0.8 + (0.22 * m + 1.0) * rows), squeeze=False, sharey=True
+    )
+    y = np.arange(m)
+    for i, ax in enumerate(axes.ravel()):
+        if i >= d:
+            ax.axis("off")
+            continue
+        v, lo, hi = lb.values[i, k], lb.ci_low[i, k], lb.ci_high[i, k]
+        err = np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
+        err = np.where(np.isnan(err), 0.0, err)
+        ax.errorbar(v, y, xerr=err, fmt="o", ms=3, capsize=2, lw=1)
+        ax.set_title(lb.diseases[i], fontsize=8)
+        ax.set_yticks(y, lb.entries, fontsize=7)
+        ax.tick_params(axis="x", labelsize=7)
+    axes.ravel()[0].invert_yaxis()  # shared y: best-listed model on top in every panel
+    fig.suptitle(f"{metric} with bootstrap 95 % interval", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _table(frame, float_fmt: str = "{:.3f}") -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for _, row in frame.iterrows():
+        cells = []
+        for v in row:
+            if isinstance(v, float | np.floating):
+                text = f"{v:g}" if float(v).is_integer() else float_fmt.format(v)
+            else:
+                text = str(v)
+            cells.append(f"<td>{html.escape(text)}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3}td:nth-child(2){text-align:left}
+img{max-width:100%;display:block;margin:1em 0}
+.note{color:#555;font-size:13px;max-width:60em}
+"""
+
+
+def leaderboard_html(lb: Leaderboard, title: str = "ctfm leaderboard") -> str:
+    """One self-contained page: tables and base64 PNG figures, nothing loaded from the network."""
+    main = lb.table()[
+        ["rank", "model", "mean_rank", "rank_ci_low", "rank_ci_high", "win_share", "rank_aggregate_then_rank"]
+        + [f"mean_{m}" for m in lb.metrics]
+    ]
+    beats = lb.beats_table().reset_index().rename(columns={"index": "A beats → B"})
+    tau = lb.tau[~np.isnan(lb.tau)] if lb.tau.size else lb.tau
+    tau_text = (
+        f"Kendall's tau-b between the full-data ranking and the resampled ones: median {np.median(tau):.3f}, "
+        f"95 % interval [{np.percentile(tau, 2.5):.3f}, {np.percentile(tau, 97.5):.3f}] over {tau.size} resamples."
+        if tau.size
+        else "No bootstrap: stability not measured."
+    )
+    figures = [("Rank heatmap", rank_heatmap(lb))]
+    if lb.n_boot:
+        figures.append(("Bootstrap rank distributions", rank_distributions(lb)))
+    figures += [
+        (f"Per-disease {metric} with 95 % CI", metric_ci_bars(lb, k)) for k, metric in enumerate(lb.metrics)
+    ]
+    imgs = "".join(
+        f'<h2>{html.escape(name)}</h2><img class="figure" alt="{html.escape(name)}" '
+        f'src="data:image/png;base64,{png_base64(fig)}">'
+        for name, fig in figures
+    )
+    note = (
+        f"Per disease, models are ranked on {', '.join(lb.metrics)} (ties share their average rank; a missing "
+        "result ranks last); the final rank orders the mean rank over diseases and metrics. "
+        "rank_aggregate_then_rank averages each metric over diseases first. Rank intervals, win shares and "
+        f"pairwise shares come from {lb.n_boot} case resamples per disease (seed {lb.seed})."
+    )
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p class='note'>{html.escape(note)}</p>"
+        f"<h2>Leaderboard</h2><div id='leaderboard'>{_table(main)}</div>"
+        f"<p class='note'>{html.escape(tau_text)}</p>{imgs}"
+        f"<h2>Pairwise: share of resamples in which the row model beats the column model</h2>"
+        f"<div id='pairwise'>{_table(beats, '{:.2f}')}</div></body></html>\n"
+    )

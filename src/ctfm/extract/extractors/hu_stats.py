@@ -1,0 +1,284 @@
+"""``hu-stats``: a radiomics-style CT baseline in plain numpy (HU histogram, first-order stats, shape).
+
+This module imports numpy only (nibabel and h5py lazily, for the standalone path) and nothing from ctfm, so
+the baseline container (Debian python3 + numpy + nibabel + h5py) can run it as a single file::
+
+    python3 hu_stats.py --task lp          # reads INPUT_DIR, MASKS_DIR (optional), writes OUTPUT_DIR/<case>.h5
+
+Its features do not depend on resampling or cropping: they are computed at the image's own voxel grid, in RAS
+orientation, with HU clipped to the window, over the mask (or the body, HU > -500, without a mask). The
+in-process runner (MONAI path, ``spacing_mm: None``, ``crop: none``) and this numpy path therefore give the
+same output.
+
+Example:
+    >>> vol = np.full((20, 20, 20), -1000.0, np.float32); vol[5:15, 5:15, 5:15] = 50
+    >>> mask = vol > 0
+    >>> features(vol, mask, (1.0, 1.0, 1.0)).shape == (len(FEATURE_NAMES),)
+    True
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+NAME = "hu-stats"
+VERSION = "1.0"
+HU_WINDOW = (-1000.0, 1000.0)
+BODY_HU = -500.0
+GRID = (4, 4, 4)
+# Fixed HU bin edges, finer in the soft-tissue range; offset by 0.5 so integer HU never sit on an edge.
+_EDGES_HU = (
+    -1000,
+    -500,
+    -200,
+    -150,
+    -100,
+    -75,
+    -50,
+    -25,
+    0,
+    10,
+    20,
+    30,
+    40,
+    50,
+    60,
+    70,
+    80,
+    100,
+    125,
+    150,
+    200,
+)
+HIST_EDGES = np.array([*_EDGES_HU, 300, 500, 1001], dtype=np.float64) - 0.5
+PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99)
+FIRST_ORDER = (
+    "mean",
+    "std",
+    "min",
+    "max",
+    "skewness",
+    "kurtosis",
+    "entropy",
+    "rms",
+    "mad",
+    "iqr",
+    "fat_frac",
+)
+# Reference tissue: soft-tissue HU of the body outside the region. It tells the contrast phase apart from a
+# change of the organ itself (as radiologists compare liver with spleen), which mask-only stats cannot.
+SOFT_TISSUE_HU = (-150.0, 400.0)
+CONTEXT_PERCENTILES = (50, 75, 90, 99)
+SHAPE = ("volume_ml", "log_volume_ml", "extent_x_mm", "extent_y_mm", "extent_z_mm", "bbox_fill")
+FEATURE_NAMES = (
+    *(f"hist_{lo + 0.5:g}_{hi + 0.5:g}" for lo, hi in itertools.pairwise(HIST_EDGES)),
+    *FIRST_ORDER,
+    *(f"p{p}" for p in PERCENTILES),
+    *(f"context_p{p}" for p in CONTEXT_PERCENTILES),
+    *SHAPE,
+)
+GRID_FEATURE_NAMES = ("mask_frac", "log_volume_ml", "mean", "std", "p10", "p50", "p90", "min", "max")
+
+
+def region(volume_hu: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The voxels described: the mask, or the body (HU > -500) for whole-scan views."""
+    if mask is None:
+        return volume_hu > BODY_HU
+    if mask.shape != volume_hu.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from image shape {volume_hu.shape}")
+    return mask.astype(bool, copy=False)
+
+
+def features(volume_hu: np.ndarray, mask: np.ndarray | None, spacing: tuple[float, ...]) -> np.ndarray:
+    """Global feature vector ``[len(FEATURE_NAMES)]`` (float32) of the region's HU values and shape."""
+    roi = region(volume_hu, mask)
+    vals = np.clip(volume_hu[roi].astype(np.float64), *HU_WINDOW)
+    if vals.size == 0:
+        raise ValueError("empty mask: no voxel to describe")
+    hist = np.histogram(vals, bins=HIST_EDGES)[0] / vals.size
+    mean, std = vals.mean(), vals.std()
+    centred = vals - mean
+    skew = (centred**3).mean() / std**3 if std > 0 else 0.0
+    kurt = (centred**4).mean() / std**4 - 3.0 if std > 0 else 0.0
+    nz = hist[hist > 0]
+    pct = np.percentile(vals, PERCENTILES)
+    first = (
+        mean,
+        std,
+        vals.min(),
+        vals.max(),
+        skew,
+        kurt,
+        float(-(nz * np.log2(nz)).sum()),
+        np.sqrt((vals**2).mean()),
+        np.abs(centred).mean(),
+        pct[PERCENTILES.index(75)] - pct[PERCENTILES.index(25)],
+        float((vals < 0).mean()),
+    )
+    context = _context_percentiles(volume_hu, roi if mask is not None else None)
+    return np.concatenate([hist, first, pct, context, _shape_features(roi, spacing)]).astype(np.float32)
+
+
+def _context_percentiles(volume_hu: np.ndarray, roi: np.ndarray | None) -> np.ndarray:
+    """Percentiles of soft-tissue HU in the body outside ``roi`` (the whole body when there is no mask)."""
+    low, high = SOFT_TISSUE_HU
+    soft = (volume_hu >= low) & (volume_hu <= high)
+    if roi is not None:
+        soft &= ~roi
+    vals = volume_hu[soft].astype(np.float64)
+    if vals.size == 0:
+        return np.zeros(len(CONTEXT_PERCENTILES))
+    return np.percentile(vals, CONTEXT_PERCENTILES)
+
+
+def _shape_features(roi: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    voxel_ml = float(np.prod(spacing[:3])) / 1000.0
+    count = int(roi.sum())
+    lo, hi = _bbox(roi)
+    extent = (hi - lo) * np.asarray(spacing[:3], dtype=np.float64)
+    fill = count / float(np.prod(hi - lo))
+    volume = count * voxel_ml
+    return np.array([volume, np.log1p(volume), *extent, fill], dtype=np.float64)
+
+
+def _bbox(roi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bounding box ``[lo, hi)`` of the True voxels, per axis."""
+    lo, hi = [], []
+    for axis in range(roi.ndim):
+        other = tuple(a for a in range(roi.ndim) if a != axis)
+        idx = np.flatnonzero(roi.any(axis=other))
+        lo.append(idx[0])
+        hi.append(idx[-1] + 1)
+    return np.array(lo), np.array(hi)
+
+
+def grid_features(
+    volume_hu: np.ndarray,
+    mask: np.ndarray | None,
+    spacing: tuple[float, ...],
+    grid: tuple[int, int, int] = GRID,
+) -> np.ndarray:
+    """Local stats on a ``grid`` of sub-blocks of the region's bounding box: ``[D, h, w, l]`` (float32)."""
+    roi = region(volume_hu, mask)
+    if not roi.any():
+        raise ValueError("empty mask: no voxel to describe")
+    voxel_ml = float(np.prod(spacing[:3])) / 1000.0
+    lo, hi = _bbox(roi)
+    splits = [np.array_split(np.arange(lo[a], hi[a]), grid[a]) for a in range(3)]
+    out = np.zeros((len(GRID_FEATURE_NAMES), *grid), dtype=np.float64)
+    for i, xs in enumerate(splits[0]):
+        for j, ys in enumerate(splits[1]):
+            for k, zs in enumerate(splits[2]):
+                if not (len(xs) and len(ys) and len(zs)):
+                    continue
+                block = (slice(xs[0], xs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(zs[0], zs[-1] + 1))
+                sub = roi[block]
+                vals = np.clip(volume_hu[block][sub].astype(np.float64), *HU_WINDOW)
+                out[0, i, j, k] = sub.mean()
+                out[1, i, j, k] = np.log1p(vals.size * voxel_ml)
+                if vals.size:
+                    p10, p50, p90 = np.percentile(vals, (10, 50, 90))
+                    out[2:, i, j, k] = (vals.mean(), vals.std(), p10, p50, p90, vals.min(), vals.max())
+    return out.astype(np.float32)
+
+
+def compute(
+    volume_hu: np.ndarray, mask: np.ndarray | None, spacing: tuple[float, ...], task: str
+) -> np.ndarray:
+    """``y_hat`` for ``task``: lp ``[D]`` or eao ``[D, h, w, l]``."""
+    if task == "lp":
+        return features(volume_hu, mask, spacing)
+    if task == "eao":
+        return grid_features(volume_hu, mask, spacing)
+    raise ValueError(f"unknown task {task!r}; use lp or eao")
+
+
+class HuStatsExtractor:
+    """Registry wrapper: works on native-resolution RAS volumes in HU (clipped), no crop."""
+
+    name = NAME
+    version = VERSION
+    preprocess: dict[str, Any] = {  # noqa: RUF012 - read-only class default
+        "spacing_mm": None,
+        "crop": "none",
+        "hu_window": list(HU_WINDOW),
+        "out_range": None,
+    }
+
+    def setup(self, device: str = "cpu", weights: Path | None = None, seed: int = 0) -> None:
+        """Nothing to load: hu-stats has no weights and runs on the CPU."""
+
+    def extract(
+        self,
+        images: np.ndarray,
+        masks: np.ndarray | None,
+        spacing: tuple[float, float, float],
+        task: str,
+    ) -> list[np.ndarray]:
+        return [
+            compute(np.asarray(img), None if masks is None else np.asarray(masks[i]), spacing, task)
+            for i, img in enumerate(images)
+        ]
+
+
+# -- standalone numpy + nibabel path (baseline container) -----------------------------------------------
+def load_canonical(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Volume reoriented to RAS (``nibabel.as_closest_canonical``) as float32, and its spacing in mm."""
+    import nibabel as nib
+
+    img = nib.as_closest_canonical(nib.load(str(path)))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return data, spacing  # type: ignore[return-value]
+
+
+def from_files(image: Path, mask: Path | None, task: str) -> np.ndarray:
+    """``y_hat`` of one case from its NIfTI image (and mask), exactly as the in-process runner computes it."""
+    volume, spacing = load_canonical(image)
+    roi = None
+    if mask is not None:
+        roi_data, _ = load_canonical(mask)
+        roi = roi_data > 0.5
+    return compute(volume, roi, spacing, task)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Container entry: every ``<case>.nii.gz`` in INPUT_DIR -> OUTPUT_DIR/<case>.h5 (dataset y_hat)."""
+    import argparse
+
+    import h5py
+
+    parser = argparse.ArgumentParser(description="hu-stats baseline extractor (numpy only)")
+    parser.add_argument("--task", choices=("lp", "eao"), default="lp")
+    parser.add_argument("--input", default=os.environ.get("INPUT_DIR", "/workspace/inputs"))
+    parser.add_argument("--output", default=os.environ.get("OUTPUT_DIR", "/workspace/outputs"))
+    parser.add_argument("--masks", default=os.environ.get("MASKS_DIR", ""))
+    args = parser.parse_args(argv)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for image in sorted(Path(args.input).glob("*.nii.gz")):
+        case = image.name[: -len(".nii.gz")]
+        try:
+            mask = Path(args.masks) / image.name if args.masks else None
+            if mask is not None and not mask.is_file():
+                raise FileNotFoundError(f"no mask {mask}")
+            y_hat = from_files(image, mask, args.task)
+            tmp = out / f".{case}.h5.part"
+            with h5py.File(tmp, "w") as fh:
+                fh.create_dataset("y_hat", data=y_hat)
+            os.replace(tmp, out / f"{case}.h5")
+        except Exception as exc:  # one bad case must not stop the others
+            failures += 1
+            print(f"{case}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

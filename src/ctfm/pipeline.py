@@ -1,0 +1,510 @@
+"""``ctfm run`` / ``ctfm demo``: every stage from data to leaderboard, resumable.
+
+Each unit of work (the data, the masks, one extractor x task x view, one probe, ...) is a :class:`Stage` with a
+key: a fingerprint of its settings and of the keys of the stages it reads. A stage's key is stamped under
+``<output>/.ctfm/stages/`` once it finishes, so a rerun skips every stage whose key is unchanged. A stage
+interrupted before its stamp is simply run again, and the stage itself resumes (extraction skips stored cases,
+probing skips finished diseases). A stage whose key changed is redone with ``force``, and so is everything
+downstream of it, because their keys include its key.
+
+Layout under the output root::
+
+    data/         the synthetic benchmark (when generated)
+    masks/        per-disease foreground masks (ctfm masks)
+    store/        the embedding store (ctfm extract)
+    probes/<task>/       probe runs (ctfm probe lp / eao)
+    eval/<task>/         per-head metrics and per-sample predictions (ctfm eval)
+    leaderboard/<task>/  leaderboard.csv / .md / .html (ctfm leaderboard)
+    config.resolved.yaml the configuration that produced all this
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ctfm.errors import CtfmError, DataError
+from ctfm.fsutil import write_text_atomic
+from ctfm.runconfig import ContainerSpec, ExtractorSpec, RunConfig, fingerprint
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class StageIncomplete(CtfmError):
+    """A stage finished what it could; some items failed and a rerun will retry them."""
+
+
+@dataclass
+class Stage:
+    """One resumable unit of work: ``run(force)`` does it and returns a short summary."""
+
+    name: str
+    key: str
+    run: Callable[[bool], str]
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    status: str  # done | up-to-date | skipped | failed
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class RunResult:
+    output: Path
+    outcomes: list[StageOutcome] = field(default_factory=list)
+    leaderboards: dict[str, Path] = field(default_factory=dict)  # task -> leaderboard folder
+
+    @property
+    def failed(self) -> list[StageOutcome]:
+        """Stages that failed or left items to retry."""
+        return [o for o in self.outcomes if o.status in ("failed", "incomplete")]
+
+
+class StageStamps:
+    """The record of finished stages, one small JSON file per stage, written atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root / ".ctfm" / "stages"
+
+    def _path(self, name: str) -> Path:
+        return self.root / (name.replace("/", "__") + ".json")
+
+    def key(self, name: str) -> str | None:
+        path = self._path(name)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text()).get("key")
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def mark(self, name: str, key: str, detail: str) -> None:
+        stamp = {"stage": name, "key": key, "detail": detail, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        write_text_atomic(self._path(name), json.dumps(stamp, indent=1) + "\n")
+
+
+def docker_status() -> str | None:
+    """None when a Docker daemon answers, else why not (one line)."""
+    try:
+        import docker
+
+        docker.from_env(timeout=5).ping()
+        return None
+    except Exception as exc:  # any failure means no usable engine
+        return f"no Docker daemon reachable ({type(exc).__name__})"
+
+
+class Pipeline:
+    """Plans and runs the stages of one :class:`RunConfig`."""
+
+    def __init__(self, cfg: RunConfig, log: Log | None = None, progress: bool = False) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.output)
+        self.log = log or (lambda _m: None)
+        self.progress = progress
+        self.stamps = StageStamps(self.out)
+        self.result = RunResult(self.out)
+        self.diseases = cfg.disease_list()
+        from ctfm.benchmark import load_benchmark
+
+        bench = load_benchmark()
+        self.roi = [d for d in self.diseases if bench.is_roi(d)]
+        self.views = sorted({bench.view_of(d) for d in self.diseases})
+
+    # -- paths ------------------------------------------------------------------------------------------
+    @property
+    def data_root(self) -> Path:
+        return self.cfg.data.path if self.cfg.data.path is not None else self.out / "data"
+
+    @property
+    def store_root(self) -> Path:
+        return self.out / "store"
+
+    @property
+    def masks_root(self) -> Path:
+        return self.out / "masks"
+
+    # -- driver -----------------------------------------------------------------------------------------
+    def _run_one(self, stage: Stage) -> str | None:
+        """Run ``stage`` unless its stamp says it is up to date; its key, or None when it did not finish.
+
+        A stage that raises :class:`StageIncomplete` did useful work but left items to retry: it is not stamped,
+        its dependents still run on what exists, and a rerun resumes it. Any other user error fails the stage and
+        the stages that depend on it are skipped; independent ones still run.
+        """
+        done_key = self.stamps.key(stage.name)
+        if done_key == stage.key:
+            self.result.outcomes.append(StageOutcome(stage.name, "up-to-date"))
+            self.log(f"[dim]{stage.name}: up to date[/]")
+            return stage.key
+        self.log(f"[bold]{stage.name}[/]" + (" (settings changed: redoing)" if done_key else ""))
+        start = time.perf_counter()
+        try:
+            detail = stage.run(done_key is not None)
+        except StageIncomplete as exc:
+            self._record(stage.name, "incomplete", start, str(exc), "yellow")
+            return stage.key
+        except CtfmError as exc:
+            self._record(stage.name, "failed", start, str(exc), "red")
+            return None
+        self.stamps.mark(stage.name, stage.key, detail)
+        self._record(stage.name, "done", start, detail, "")
+        return stage.key
+
+    def _record(self, name: str, status: str, start: float, detail: str, colour: str) -> None:
+        seconds = time.perf_counter() - start
+        self.result.outcomes.append(StageOutcome(name, status, seconds, detail))
+        text = f"{status}: {detail}" if colour else detail
+        self.log(f"  [{colour or 'default'}]{text}[/] [dim]({seconds:.1f} s)[/]")
+
+    def run(self) -> RunResult:
+        """Run every stage in order, resuming from the stamps; see :attr:`RunResult.failed` afterwards."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(
+            self.out / "config.resolved.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
+        )
+        data_key = self._run_one(self.data_stage())
+        if data_key is None:
+            return self.result
+        masks_key = self._run_one(self.masks_stage(data_key)) if self.roi else ""
+        if masks_key is None:
+            return self.result
+        models: list[tuple[str, list[str], str]] = []  # (store model, tasks, key of its embeddings)
+        for spec in self.cfg.extractors:
+            models.append(self._extract_model(spec, data_key, masks_key))
+        for spec in self.cfg.containers:
+            models.extend(self._container_models(spec, data_key, masks_key))
+        for task in self.cfg.tasks:
+            eval_keys = [
+                self._probe_and_eval(task, model, key) for model, tasks, key in models if task in tasks
+            ]
+            if any(eval_keys):
+                self._run_one(self.leaderboard_stage(task, [k for k in eval_keys if k]))
+        return self.result
+
+    # -- data and masks ---------------------------------------------------------------------------------
+    def data_stage(self) -> Stage:
+        synth = self.cfg.data.synth
+        if synth is None:
+            path = self.data_root
+
+            def check(_force: bool) -> str:
+                if not (path / "images").is_dir() or not (path / "labels").is_dir():
+                    raise DataError(f"{path}: not a benchmark folder (needs images/ and labels/)")
+                return f"using {path}"
+
+            return Stage("data", fingerprint("path", str(path)), check)
+
+        def generate(_force: bool) -> str:
+            from ctfm.data.synth import generate_benchmark
+
+            generate_benchmark(
+                self.data_root, synth.cases, synth.seed, synth.shape, workers=2, progress=self.progress
+            )
+            return f"synthetic benchmark: {synth.cases} cases (seed {synth.seed}) in {self.data_root}"
+
+        return Stage("data", fingerprint("synth", synth), generate)
+
+    def masks_stage(self, data_key: str) -> Stage:
+        margin = self.cfg.masks.margin_mm
+
+        def build(force: bool) -> str:
+            from ctfm.masks import build_masks, cases_from_labels
+
+            totalseg = self.data_root / "totalseg"
+            if not totalseg.is_dir():
+                raise DataError(f"{totalseg}: no TotalSegmentator label maps to build masks from")
+            report = build_masks(
+                totalseg,
+                self.masks_root,
+                diseases=self.roi,
+                cases=cases_from_labels(self.data_root / "labels", self.roi),
+                workers=2,
+                margin_mm=margin,
+                force=force,
+                progress=self.progress,
+            )
+            counts = report.counts()
+            if report.failed or report.flagged:
+                self.log(
+                    f"[yellow]masks: {len(report.failed)} failed, {len(report.flagged)} flagged row(s), "
+                    f"see {report.path}[/]"
+                )
+            return "masks: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+
+        return Stage("masks", fingerprint(data_key, self.roi, margin), build)
+
+    # -- extraction -------------------------------------------------------------------------------------
+    def _extract_model(
+        self, spec: ExtractorSpec, data_key: str, masks_key: str
+    ) -> tuple[str, list[str], str]:
+        """Extract every task and view needed with one built-in (or plug-in) extractor."""
+        model = spec.model or spec.name
+        tasks = list(spec.tasks or self.cfg.tasks)
+        keys = []
+        for task in tasks:
+            for view in self.views:
+                key = fingerprint(
+                    data_key, masks_key if view != "full" else "", spec, task, view, self.cfg.probe.device
+                )
+                stage = Stage(
+                    f"extract/{model}/{task}/{view}", key, self._extract_runner(spec, model, task, view)
+                )
+                keys.append(self._run_one(stage))
+        return model, tasks, fingerprint(keys)
+
+    def _extract_runner(self, spec: ExtractorSpec, model: str, task: str, view: str) -> Callable[[bool], str]:
+        def run(force: bool) -> str:
+            from ctfm.extract.local import ExtractConfig, run_local
+
+            summary = run_local(
+                ExtractConfig(
+                    extractor=spec.name,
+                    images=self.data_root / "images",
+                    store=self.store_root,
+                    task=task,
+                    masks=None if view == "full" else self.masks_root,
+                    disease=None if view == "full" else view,
+                    model=model,
+                    workers=spec.workers,
+                    batch_size=spec.batch_size,
+                    device=self.cfg.probe.device,
+                    weights=spec.weights,
+                    force=force,
+                    seed=self.cfg.seed,
+                ),
+                progress=self.progress,
+            )
+            for case, error in summary.failed:
+                self.log(f"[yellow]{model}/{task}/{view} {case}: {error}[/]")
+            detail = (
+                f"{summary.view}: {len(summary.ok)} extracted, {len(summary.skipped)} already stored, "
+                f"{len(summary.failed)} failed"
+            )
+            if summary.failed:
+                raise StageIncomplete(detail)
+            return detail
+
+        return run
+
+    def _container_models(
+        self, spec: ContainerSpec, data_key: str, masks_key: str
+    ) -> list[tuple[str, list[str], str]]:
+        """Run one container spec over every task and view; returns (team, tasks, key) per team."""
+        label = str(spec.folder or spec.image or "baseline")
+        why = docker_status()
+        if why is not None:
+            self.log(f"[yellow]containers {label}: skipped: {why}[/]")
+            self.result.outcomes.append(StageOutcome(f"containers/{label}", "skipped", detail=why))
+            return []
+        teams: dict[str, tuple[list[str], list[str]]] = {}  # team -> (tasks, stage keys)
+        for task in spec.tasks or self.cfg.tasks:
+            try:
+                names, source = self._container_source(spec, task)
+            except CtfmError as exc:
+                self.result.outcomes.append(
+                    StageOutcome(f"containers/{label}/{task}", "failed", detail=str(exc))
+                )
+                self.log(f"[red]containers {label} {task}: {exc}[/]")
+                continue
+            for view in self.views:
+                key = fingerprint(data_key, masks_key if view != "full" else "", spec, source, task, view)
+                stage = Stage(
+                    f"containers/{'+'.join(names)}/{task}/{view}",
+                    key,
+                    self._container_runner(spec, task, view),
+                )
+                self._run_one(stage)
+                for team in names:
+                    tasks, keys = teams.setdefault(team, ([], []))
+                    keys.append(key)
+                    if task not in tasks:
+                        tasks.append(task)
+        return [(team, tasks, fingerprint(keys)) for team, (tasks, keys) in teams.items()]
+
+    def _container_source(self, spec: ContainerSpec, task: str) -> tuple[list[str], str]:
+        """(team names, fingerprint of the images) of one container spec for one task."""
+        from ctfm.extract.docker import discover_tarballs, team_from_tag
+
+        if spec.folder is not None:
+            tarballs = discover_tarballs(spec.folder, task)
+            return list(tarballs), fingerprint(
+                [(t, p.stat().st_size, p.stat().st_mtime) for t, p in tarballs.items()]
+            )
+        tag = spec.image or self._baseline_tag()
+        return [team_from_tag(tag)], tag
+
+    def _baseline_tag(self) -> str:
+        if not hasattr(self, "_baseline"):
+            from ctfm.extract.images import build_baseline_image
+
+            self._baseline = build_baseline_image(log=self.log)
+        return self._baseline
+
+    def _container_runner(self, spec: ContainerSpec, task: str, view: str) -> Callable[[bool], str]:
+        def run(force: bool) -> str:
+            from ctfm.extract.docker import RunSettings, run_containers
+
+            reports = run_containers(
+                self.store_root,
+                self.data_root / "images",
+                RunSettings(
+                    task=task, memory=spec.memory, timeout_per_case=spec.timeout_per_case, force=force
+                ),
+                tarballs_dir=spec.folder,
+                tags=[] if spec.folder is not None else [spec.image or self._baseline_tag()],
+                masks_dir=None if view == "full" else self.masks_root / view,
+                view=view,
+                log=self.log,
+                progress=self.progress,
+            )
+            parts = []
+            for r in reports:
+                if r.error:
+                    self.log(f"[yellow]container {r.team}: not run: {r.error}[/]")
+                    parts.append(f"{r.team}: not run")
+                    continue
+                parts.append(
+                    f"{r.team}: {r.count('ok')} ok, {r.count('failed')} failed, {r.count('timeout')} timeout"
+                )
+            detail = f"{task}/{view}: " + "; ".join(parts)
+            if not all(r.all_ok for r in reports):
+                raise StageIncomplete(detail)
+            return detail
+
+        return run
+
+    # -- probing, evaluation, leaderboard ----------------------------------------------------------------
+    def _probe_and_eval(self, task: str, model: str, embeddings_key: str) -> str | None:
+        probe_key = self._run_one(self.probe_stage(task, model, embeddings_key))
+        return None if probe_key is None else self._run_one(self.eval_stage(task, model, probe_key))
+
+    def probe_stage(self, task: str, model: str, embeddings_key: str) -> Stage:
+        settings = self.cfg.probe.lp if task == "lp" else self.cfg.probe.eao
+        key = fingerprint(embeddings_key, task, settings, self.cfg.probe.seeds, self.diseases)
+        out = self.out / "probes" / task
+
+        def run(force: bool) -> str:
+            from ctfm.probe.runner import run_probe
+
+            options, probe_task = self._probe_options(task, model, out, force)
+            outcomes = run_probe(options, probe_task, log=self.log)
+            failed = [o for o in outcomes if o.status == "failed"]
+            for o in failed:
+                self.log(f"[yellow]probe {task} {model} {o.disease}: {o.error}[/]")
+            done = sum(o.status in ("done", "skipped") for o in outcomes)
+            detail = f"probe {task} {model}: {done} disease(s) trained, {len(failed)} failed"
+            if failed:
+                raise (StageIncomplete if done else CtfmError)(detail)
+            return detail
+
+        return Stage(f"probe/{task}/{model}", key, run)
+
+    def _probe_options(self, task: str, model: str, out: Path, force: bool) -> tuple[Any, Any]:
+        from ctfm.probe.runner import ProbeOptions, linear_task
+        from ctfm.probe.training import TrainConfig
+
+        common = {
+            "store": self.store_root,
+            "model": model,
+            "labels": self.data_root / "labels",
+            "out": out,
+            "diseases": self.diseases,
+            "seeds": self.cfg.probe.seeds,
+            "force": force,
+        }
+        if task == "lp":
+            lp = self.cfg.probe.lp
+            train = TrainConfig.from_benchmark(
+                "linear_probe",
+                epochs=lp.epochs,
+                batch_size=lp.batch_size,
+                patience=lp.patience,
+                device=self.cfg.probe.device,
+            )
+            options = ProbeOptions.defaults(
+                train=train, lrs=lp.lrs, weight_decays=lp.weight_decays, norms=lp.norms, **common
+            )
+            return options, linear_task(options)
+        from ctfm.benchmark import load_benchmark
+        from ctfm.probe.eao import eao_head_specs, eao_task
+
+        eao = self.cfg.probe.eao
+        train = TrainConfig.from_benchmark(
+            "eao",
+            epochs=eao.epochs,
+            batch_size=eao.batch_size,
+            patience=eao.patience,
+            device=self.cfg.probe.device,
+        )
+        specs = eao_head_specs(eao.heads)
+        options = ProbeOptions.defaults(
+            section="eao", train=train, probe="+".join(s.name for s in specs), lrs=eao.lrs, **common
+        )
+        wd = float(load_benchmark().section("eao")["weight_decay"])
+        options.weight_decays = [wd]
+        return options, eao_task(options, specs, wd, log=self.log)
+
+    def eval_stage(self, task: str, model: str, probe_key: str) -> Stage:
+        ev = self.cfg.eval
+        key = fingerprint(probe_key, ev)
+        runs = self.out / "probes" / task
+        out = self.out / "eval" / task
+
+        def run(_force: bool) -> str:
+            from ctfm.evaluate.inference import evaluate_checkpoint, find_checkpoints
+            from ctfm.store import sanitize_name
+
+            heads = [h for h in find_checkpoints(runs, ev.strategies) if h.model_dir == sanitize_name(model)]
+            if not heads:
+                raise DataError(f"{runs}: no checkpoint of {model} for strategies {', '.join(ev.strategies)}")
+            failed = 0
+            for head in heads:
+                result = evaluate_checkpoint(
+                    head.path,
+                    self.store_root,
+                    self.data_root / "labels",
+                    ev.split,
+                    out,
+                    ev.bootstrap,
+                    self.cfg.seed,
+                    head.tag,
+                )
+                failed += result.failed_cases
+            return f"eval {task} {model}: {len(heads)} head(s) on {ev.split}, {failed} case(s) scored as failures"
+
+        return Stage(f"eval/{task}/{model}", key, run)
+
+    def leaderboard_stage(self, task: str, eval_keys: list[str]) -> Stage:
+        lb = self.cfg.leaderboard
+        strategy = self.cfg.eval.strategies[0]
+        key = fingerprint(eval_keys, lb, strategy)
+        out = self.out / "leaderboard" / task
+        self.result.leaderboards[task] = out
+
+        def run(_force: bool) -> str:
+            from ctfm.evaluate.leaderboard import build_leaderboard, gather, write_leaderboard
+
+            data, entries = gather(self.out / "eval" / task, self.cfg.eval.split, [strategy])
+            board = build_leaderboard(data, entries, lb.metrics, n_boot=lb.bootstrap, seed=self.cfg.seed)
+            write_leaderboard(
+                board, out, f"ctfm leaderboard: task {task} ({strategy}, {self.cfg.eval.split})"
+            )
+            return f"leaderboard {task}: {len(entries)} model(s) x {len(data)} disease(s) -> {out}"
+
+        return Stage(f"leaderboard/{task}", key, run)
+
+
+def run_pipeline(cfg: RunConfig, log: Log | None = None, progress: bool = False) -> RunResult:
+    """Run (or resume) everything ``cfg`` describes; see the module docstring for the layout."""
+    return Pipeline(cfg, log, progress).run()

@@ -1,0 +1,628 @@
+"""Task 2 (EAO) probing: token heads trained on the store's packed token cache.
+
+Tokens are read batch by batch from the memory-mapped cache (``PackedEAO``: flattened ``[sum n_i, D]``
+tokens, offsets, grids); cases with different grids are padded in a batch with a key-padding mask (batches
+are formed from cases of similar length), never resized. Every grid member (head architecture x learning
+rate) is fed the same batch in the same step, so the data are read once per step for the whole grid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ctfm.benchmark import load_benchmark
+from ctfm.errors import ConfigError, DataError
+from ctfm.probe.checkpoint import Predictor, register_predict, save_checkpoint
+from ctfm.probe.data import DiseaseData, load_disease
+from ctfm.probe.heads import build_head
+from ctfm.probe.layout import RunLayout
+from ctfm.probe.linear import encode_labels
+from ctfm.probe.runner import ProbeOptions, ProbeTask
+from ctfm.probe.training import (
+    SGD_MOMENTUM,
+    STRATEGIES,
+    BatchSampler,
+    EarlyStopping,
+    FitResult,
+    StrategyTracker,
+    TrainConfig,
+    batched_metrics,
+    build_schedule,
+    class_weights,
+    finish_selections,
+    history_frame,
+    loss_per_head,
+    resolve_device,
+    seed_everything,
+)
+from ctfm.store import PackedEAO, to_float32
+
+# ----------------------------------------------------------------------------------------------------------
+# Token batches
+
+
+@dataclass
+class TokenBatch:
+    """A padded batch: tokens [B, T, D] float32, key_padding_mask [B, T] (True = padding), case rows [B]."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    rows: np.ndarray
+
+
+class TokenReader:
+    """Reads cases of a flattened token array ``[sum n_i, D]`` batch by batch, padded.
+
+    ``tokens`` may be float16/bfloat16 on disk; batches are float32. For a file-backed memmap (the store's
+    cache) each case is read with ``os.pread`` rather than through the mapping, so the cache's pages stay in
+    the kernel's page cache instead of this process's resident memory: only one batch is held at a time.
+    """
+
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, dtype: str = "float32") -> None:
+        self.tokens = tokens
+        self.dtype = dtype
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.lengths = np.diff(self.offsets)
+        if len(self.lengths) and self.lengths.min() < 1:
+            bad = int(np.argmin(self.lengths))
+            raise ConfigError(f"packed token cache: case row {bad} has no tokens; rebuild the store's cache")
+        self._fd: int | None = None
+        filename = getattr(tokens, "filename", None)
+        if isinstance(tokens, np.memmap) and filename and tokens.flags.c_contiguous:
+            self._fd = os.open(filename, os.O_RDONLY)
+            self._base = int(tokens.offset)
+            self._row_bytes = int(tokens.shape[1]) * tokens.dtype.itemsize
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+
+    @classmethod
+    def from_packed(cls, packed: PackedEAO) -> TokenReader:
+        return cls(packed.tokens, packed.offsets, packed.dtype)
+
+    @property
+    def dim(self) -> int:
+        return int(self.tokens.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def _raw(self, row: int) -> np.ndarray:
+        start, stop = int(self.offsets[row]), int(self.offsets[row + 1])
+        if self._fd is None:
+            return self.tokens[start:stop]
+        size = (stop - start) * self._row_bytes
+        buf = os.pread(self._fd, size, self._base + start * self._row_bytes)
+        if len(buf) != size:
+            raise DataError(f"packed token cache {self.tokens.filename} is truncated; rebuild it")
+        return np.frombuffer(buf, dtype=self.tokens.dtype).reshape(stop - start, self.dim)
+
+    def case(self, row: int) -> np.ndarray:
+        return to_float32(self._raw(row), self.dtype)
+
+    def batch(self, rows: np.ndarray) -> TokenBatch:
+        rows = np.asarray(rows, dtype=np.int64)
+        n = self.lengths[rows]
+        out = np.zeros((len(rows), int(n.max()), self.dim), dtype=np.float32)
+        mask = np.ones((len(rows), int(n.max())), dtype=bool)
+        for i, r in enumerate(rows):
+            out[i, : n[i]] = to_float32(self._raw(int(r)), self.dtype)
+            mask[i, : n[i]] = False
+        return TokenBatch(torch.from_numpy(out), torch.from_numpy(mask), rows)
+
+
+def bucketed_batches(
+    rows: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator, window: int = 16
+) -> list[np.ndarray]:
+    """Split an epoch's sample order into batches of cases with similar token counts.
+
+    The order is cut into windows of ``window`` batches, each window sorted by length and cut into batches,
+    and the batch order shuffled: padding stays small while sampling stays random.
+    """
+    rows = np.asarray(rows)
+    batches: list[np.ndarray] = []
+    span = batch_size * window
+    for start in range(0, len(rows), span):
+        chunk = rows[start : start + span]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    if len(np.unique(lengths[rows])) > 1:
+        order = rng.permutation(len(batches))
+        batches = [batches[i] for i in order]
+    return batches
+
+
+def eval_batches(rows: np.ndarray, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Deterministic evaluation batches, sorted by length so padding is minimal."""
+    rows = np.asarray(rows)[np.argsort(lengths[rows], kind="stable")]
+    return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The head grid
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A head architecture: registry name and constructor options (without dim / num_classes)."""
+
+    name: str
+    kwargs: dict = field(default_factory=dict)
+
+    def full_kwargs(self, dim: int, num_classes: int) -> dict:
+        return {"dim": dim, "num_classes": num_classes, **self.kwargs}
+
+    @property
+    def label(self) -> str:
+        opts = ",".join(f"{k}={v}" for k, v in sorted(self.kwargs.items()))
+        return f"{self.name}({opts})" if opts else self.name
+
+
+@dataclass
+class GridMember:
+    """One trainable head of the grid: architecture, learning rate, module and optimiser."""
+
+    index: int
+    spec: HeadSpec
+    lr: float
+    weight_decay: float
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    active: bool = True
+
+
+class HeadGrid:
+    """Every (head x lr) member, stepped together on each batch; stopped members are skipped.
+
+    Members of one architecture start from the same initial weights (seeded), as the reference trains one
+    freshly seeded head per learning rate.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[HeadSpec],
+        lrs: Sequence[float],
+        dim: int,
+        num_classes: int,
+        seed: int,
+        weight_decay: float = 1e-4,
+        optimizer: str = "adamw",
+        betas: tuple[float, float] = (0.9, 0.999),
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if not specs or not lrs:
+            raise ConfigError("EAO grid is empty: give at least one --head and one --lr")
+        self.dim, self.num_classes, self.device = dim, num_classes, torch.device(device)
+        self.members: list[GridMember] = []
+        for spec in specs:
+            for lr in lrs:
+                torch.manual_seed(seed)
+                module = build_head(spec.name, **spec.full_kwargs(dim, num_classes)).to(self.device)
+                self.members.append(
+                    GridMember(
+                        len(self.members),
+                        spec,
+                        float(lr),
+                        weight_decay,
+                        module,
+                        _optimizer(optimizer, module, lr, weight_decay, betas),
+                    )
+                )
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @property
+    def active(self) -> list[GridMember]:
+        return [m for m in self.members if m.active]
+
+    def set_schedule(self, lr_factor: float, beta1: float | None = None) -> None:
+        """Apply this step's schedule: a multiplier of each member's base lr (and one-cycle's AdamW beta1)."""
+        for m in self.active:
+            for group in m.optimizer.param_groups:
+                group["lr"] = m.lr * lr_factor
+                if beta1 is not None and "betas" in group:
+                    group["betas"] = (beta1, group["betas"][1])
+
+    def state_of(self, index: int) -> dict[str, np.ndarray]:
+        """A detached copy of one member's weights (numpy, for checkpoint strategies)."""
+        module = self.members[index].module
+        return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+
+    def train_step(
+        self, batch: TokenBatch, y: torch.Tensor, class_weight: torch.Tensor | None = None
+    ) -> dict[int, float]:
+        """One optimiser step for every active member on the same batch; returns member -> loss."""
+        x, mask = batch.tokens.to(self.device), batch.mask.to(self.device)
+        y = y.to(self.device)
+        losses: dict[int, float] = {}
+        for m in self.active:
+            m.module.train()
+            m.optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(m.module(x, mask), y, weight=class_weight)
+            loss.backward()
+            m.optimizer.step()
+            losses[m.index] = float(loss.detach())
+        return losses
+
+    @torch.no_grad()
+    def logits(
+        self,
+        reader: TokenReader,
+        rows: np.ndarray,
+        batch_size: int,
+        members: Sequence[GridMember] | None = None,
+    ) -> np.ndarray:
+        """Eval-mode logits of ``members`` (default all) for ``rows`` (in that order): [members, N, C].
+
+        Each batch is read once and fed to every member.
+        """
+        members = list(self.members if members is None else members)
+        out = np.zeros((len(members), len(rows), self.num_classes), dtype=np.float32)
+        where = {int(r): i for i, r in enumerate(rows)}
+        for m in members:
+            m.module.eval()
+        for idx in eval_batches(np.asarray(rows), reader.lengths, batch_size):
+            b = reader.batch(idx)
+            x, mask = b.tokens.to(self.device), b.mask.to(self.device)
+            pos = [where[int(r)] for r in idx]
+            for k, m in enumerate(members):
+                out[k, pos] = m.module(x, mask).float().cpu().numpy()
+        return out
+
+
+def _optimizer(
+    name: str, module: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
+) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(module.parameters(), lr=lr, momentum=SGD_MOMENTUM, weight_decay=weight_decay)
+    try:  # the fused kernel is several times faster on CPU and GPU where this torch has it
+        return torch.optim.AdamW(
+            module.parameters(), lr=lr, weight_decay=weight_decay, betas=betas, fused=True
+        )
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Memory planning
+
+
+def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """MemAvailable from /proc/meminfo (None where the file does not exist, e.g. macOS)."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _member_activation_floats(spec: HeadSpec, batch: int, tokens: int, dim: int) -> float:
+    """Rough float count a head keeps for backward on one [batch, tokens, dim] batch."""
+    bt = batch * tokens
+    if spec.name == "attn-pool":
+        q = int(spec.kwargs.get("num_queries", 2)) * int(spec.kwargs.get("num_heads", 4))
+        layers = int(spec.kwargs.get("num_layers", 2))
+        return layers * (3 * bt * q + batch * q * dim * 8)
+    if spec.name == "abmil":
+        hidden = int(spec.kwargs.get("hidden", 128))
+        return 6 * bt * hidden
+    return 2 * bt + batch * dim * 4
+
+
+def _param_count(spec: HeadSpec, dim: int, num_classes: int) -> int:
+    with torch.device("meta"):
+        module = build_head(spec.name, **spec.full_kwargs(dim, num_classes))
+    return sum(p.numel() for p in module.parameters())
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes the training needs (one padded batch, grid parameters + optimiser state, activations)."""
+
+    batch_bytes: int
+    params_bytes: int
+    activation_bytes: int
+    cache_bytes: int
+    available: int | None
+
+    @property
+    def total(self) -> int:
+        return self.batch_bytes + self.params_bytes + self.activation_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.available is None or self.total <= 0.8 * self.available
+
+    def describe(self) -> str:
+        avail = "unknown" if self.available is None else _gb(self.available)
+        return (
+            f"needs about {_gb(self.total)} (batch {_gb(self.batch_bytes)}, heads+optimiser "
+            f"{_gb(self.params_bytes)}, activations {_gb(self.activation_bytes)}); token cache "
+            f"{_gb(self.cache_bytes)} on disk, read batch by batch; available {avail}"
+        )
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+def plan_memory(
+    specs: Sequence[HeadSpec],
+    n_lrs: int,
+    reader: TokenReader,
+    batch_size: int,
+    num_classes: int,
+    available: int | None = None,
+) -> MemoryPlan:
+    """Estimate peak memory of an EAO run before it starts (the longest cases fill the biggest batch)."""
+    longest = int(reader.lengths.max()) if len(reader) else 0
+    b = min(batch_size, len(reader))
+    dim = reader.dim
+    batch_bytes = 3 * 4 * b * longest * dim  # raw read buffer, float32 tensor, normalised copy
+    params = sum(_param_count(s, dim, num_classes) for s in specs) * n_lrs
+    acts = sum(_member_activation_floats(s, b, longest, dim) for s in specs) * n_lrs
+    cache = int(reader.tokens.nbytes)
+    return MemoryPlan(
+        batch_bytes=int(batch_bytes),
+        params_bytes=int(params * 4 * 4),  # weights, grads, two Adam moments
+        activation_bytes=int(acts * 4),
+        cache_bytes=cache,
+        available=mem_available_bytes() if available is None else available,
+    )
+
+
+def check_memory(plan: MemoryPlan) -> None:
+    """Refuse a run that would not fit in memory, saying what it needs and what to change."""
+    if not plan.fits:
+        raise ConfigError(
+            f"EAO training {plan.describe()}: that does not fit in 80% of the available memory; "
+            "lower --batch-size or train fewer --head / --lr values per run"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class EAOData:
+    """Rows of the packed cache (and class indices) for one fit: train and val."""
+
+    reader: TokenReader
+    train_rows: np.ndarray
+    y_train: np.ndarray
+    val_rows: np.ndarray
+    y_val: np.ndarray
+    classes: list[int]
+
+
+def fit_eao(
+    data: EAOData,
+    specs: Sequence[HeadSpec],
+    lrs: Sequence[float],
+    config: TrainConfig,
+    weight_decay: float = 1e-4,
+    eval_batch_size: int | None = None,
+    on_epoch: Callable[[int, int], None] | None = None,
+) -> FitResult:
+    """Train every (head x lr) member on the same batches with the shared rules of ``training.py``.
+
+    Per member: EMA early stopping on ``config.monitor``; per checkpoint strategy: the best (member, epoch)
+    among the members still training. ``on_epoch(epoch, active_members)`` reports progress.
+    """
+    start = time.perf_counter()
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    num_classes = len(data.classes)
+    grid = HeadGrid(
+        specs, lrs, data.reader.dim, num_classes, config.seed, weight_decay, config.optimizer, device=device
+    )
+    sampler = BatchSampler(data.y_train, config.batch_size, config.sampling, config.seed, num_classes)
+    schedule = build_schedule(config.schedule, config.epochs, sampler.steps_per_epoch, config.warmup_epochs)
+    weight = None
+    if config.sampling == "loss-weight":
+        weight = torch.as_tensor(class_weights(data.y_train, num_classes), dtype=torch.float32).to(device)
+    mode = STRATEGIES[config.monitor][0]
+    stopper = EarlyStopping(len(grid), mode, config.ema_decay, config.patience, config.min_epoch)
+    tracker = StrategyTracker(config.strategies, config.min_epoch)
+    rng = np.random.default_rng(config.seed)
+    y_train_t = torch.as_tensor(data.y_train, dtype=torch.long)
+    y_val_t = torch.as_tensor(data.y_val, dtype=torch.long)
+    eval_bs = eval_batch_size or config.batch_size
+    records: list[dict[str, np.ndarray]] = []
+    step, epoch = 0, 0
+    for epoch in range(1, config.epochs + 1):
+        heads = np.array([m.index for m in grid.active], dtype=np.int64)
+        if heads.size == 0:
+            epoch -= 1
+            break
+        order = torch.cat(sampler.epoch()).numpy()
+        train_loss = np.zeros(len(grid))
+        batches = bucketed_batches(order, data.reader.lengths[data.train_rows], sampler.batch_size, rng)
+        for idx in batches:
+            beta1 = None if schedule.beta1 is None else float(schedule.beta1[step])
+            grid.set_schedule(float(schedule.lr_factor[step]), beta1)
+            losses = grid.train_step(data.reader.batch(data.train_rows[idx]), y_train_t[idx], weight)
+            for i, loss in losses.items():
+                train_loss[i] += loss / len(batches)
+            step += 1
+        logits = grid.logits(data.reader, data.val_rows, eval_bs, grid.active)  # aligned with `heads`
+        val_loss = loss_per_head(torch.from_numpy(logits), y_val_t).numpy()
+        metrics = batched_metrics(data.y_val, logits, val_loss)
+        tracker.update(epoch, heads, metrics, lambda i, h=heads, lg=logits: (grid.state_of(int(h[i])), lg[i]))
+        monitored = STRATEGIES[config.monitor][1](metrics)
+        for i in stopper.update(epoch, heads, monitored):
+            grid.members[int(i)].active = False
+        records.append(
+            {
+                "epoch": np.full(len(heads), epoch),
+                "head": heads,
+                "train_loss": train_loss[heads],
+                **{k: np.asarray(v, dtype=np.float64) for k, v in metrics.items()},
+                "ema": stopper.ema[heads],
+            }
+        )
+        if on_epoch is not None:
+            on_epoch(epoch, len(grid.active))
+    finish_selections(tracker.best, data.y_val)
+    return FitResult(
+        heads=[_head_point(m) for m in grid.members],
+        selections=tracker.best,
+        history=history_frame(records),
+        stopped_epoch=stopper.stopped_epoch,
+        epochs_run=epoch,
+        seconds=time.perf_counter() - start,
+        classes=list(data.classes),
+        num_train=len(data.train_rows),
+        num_val=len(data.val_rows),
+        extra={
+            "head_specs": [{"name": m.spec.name, "kwargs": dict(m.spec.kwargs)} for m in grid.members],
+            "device": str(device),
+        },
+    )
+
+
+def _head_point(m: GridMember) -> dict:
+    return {"name": m.spec.name, **m.spec.kwargs, "lr": m.lr, "weight_decay": m.weight_decay}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints and inference
+
+
+def save_eao_checkpoints(fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig) -> None:
+    """One checkpoint per strategy: the selected member's architecture (name + kwargs) and weights."""
+    specs = fit.extra["head_specs"]
+    for name, sel in fit.selections.items():
+        spec = specs[sel.head]
+        save_checkpoint(
+            layout.checkpoint(name),
+            kind="eao",
+            head_name=spec["name"],
+            head_kwargs={"dim": data.feature_dim, "num_classes": len(fit.classes), **spec["kwargs"]},
+            state_dict=sel.state,
+            norm={"type": "raw", "mean": None, "std": None},
+            grid_point=fit.heads[sel.head],
+            feature_dim=data.feature_dim,
+            classes=fit.classes,
+            disease=data.disease,
+            strategy=name,
+            store=data.store_key,
+            val_metrics=sel.metrics,
+            seed=config.seed,
+            extra={"epoch": sel.epoch, "head_index": sel.head, "monitor": config.monitor},
+        )
+
+
+def _as_tokens(x: np.ndarray, dim: int) -> np.ndarray:
+    """One case as tokens [n, D]: accepts [n, D] or a reference ``y_hat`` map [D, h, w, l]."""
+    a = np.asarray(x)
+    if a.ndim == 4 and a.shape[0] == dim:
+        a = a.reshape(dim, -1).T
+    if a.ndim != 2 or a.shape[1] != dim:
+        raise DataError(f"tokens of shape {a.shape} do not fit an EAO head trained on D={dim}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+@register_predict("eao")
+def predict_tokens(predictor: Predictor, x: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+    """Logits [N, C] for a list of cases (tokens [n_i, D] or maps [D, h, w, l]), padded in batches."""
+    cases = [_as_tokens(c, int(predictor.meta["feature_dim"])) for c in x]
+    if not cases:
+        return np.zeros((0, len(predictor.meta["classes"])))
+    tokens, offsets = np.concatenate(cases), np.cumsum([0] + [len(c) for c in cases])
+    reader = TokenReader(tokens, offsets)
+    out = np.zeros((len(cases), len(predictor.meta["classes"])))
+    predictor.head.eval()
+    for rows in eval_batches(np.arange(len(cases)), reader.lengths, batch_size):
+        b = reader.batch(rows)
+        z = predictor.head(b.tokens.to(predictor.device), b.mask.to(predictor.device))
+        out[rows] = z.float().cpu().numpy()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The `ctfm probe eao` task
+
+
+def eao_task(
+    options: ProbeOptions,
+    specs: Sequence[HeadSpec],
+    weight_decay: float,
+    dtype: str = "float32",
+    eval_batch_size: int | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+) -> ProbeTask:
+    """Task 2 for the shared runner: packed tokens in, every (head x lr) member trained in one pass."""
+    log = log or (lambda _msg: None)
+
+    def load(disease: str) -> DiseaseData:
+        return load_disease(options.store, options.model, options.labels, disease, "eao", dtype)
+
+    def fit(data: DiseaseData, train: np.ndarray, val: np.ndarray, config: TrainConfig) -> FitResult:
+        labels = data.table["label"].to_numpy()
+        y_tr, y_va, classes = encode_labels(labels[train], labels[val])
+        rows = data.table["row"].to_numpy()
+        reader = TokenReader.from_packed(data.packed)
+        plan = plan_memory(specs, len(options.lrs), reader, config.batch_size, len(classes))
+        log(f"{data.disease}: EAO training {plan.describe()}")
+        check_memory(plan)
+        eao_data = EAOData(reader, rows[train], y_tr, rows[val], y_va, list(classes))
+        with _progress(progress, f"{data.disease} eao", config.epochs) as on_epoch:
+            return fit_eao(eao_data, specs, options.lrs, config, weight_decay, eval_batch_size, on_epoch)
+
+    return ProbeTask("eao", load, fit, save_eao_checkpoints)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, label: str, epochs: int) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar over epochs (None when disabled, e.g. in tests)."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(label, total=epochs)
+
+        def on_epoch(epoch: int, active: int) -> None:
+            bar.update(task, completed=epoch, description=f"{label} ({active} heads training)")
+
+        yield on_epoch
+
+
+def eao_head_specs(names: Sequence[str] | None = None, **options: object) -> list[HeadSpec]:
+    """Head specs for ``names`` (default: the config's ``eao.head``) from the given head options.
+
+    Each head receives only the options its constructor accepts (``None`` = the head's default); attn-pool's
+    queries, heads and layers default to the ``eao`` section of ``configs/benchmark.yaml``.
+    """
+    from ctfm.probe.eao_heads import EAO_HEADS
+
+    conf = load_benchmark().section("eao")
+    names = list(names or [conf["head"]])
+    specs = []
+    for name in dict.fromkeys(names):
+        if name not in EAO_HEADS:
+            raise ConfigError(f"--head {name!r} is not one of {', '.join(EAO_HEADS)}")
+        accepted = set(inspect.signature(EAO_HEADS[name]).parameters) - {"dim", "num_classes"}
+        kwargs = {k: conf[k] for k in accepted if k in conf}
+        kwargs.update({k: v for k, v in options.items() if k in accepted and v is not None})
+        specs.append(HeadSpec(name, dict(sorted(kwargs.items()))))
+    return specs

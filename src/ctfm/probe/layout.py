@@ -1,0 +1,119 @@
+"""Where probe runs write their outputs; ``ctfm eval`` finds checkpoints through this module only.
+
+Layout::
+
+    <out>/<model>/<disease>/            linear probing (task 1)
+    <out>/<model>/eao/<disease>/        embedding aggregation optimisation (task 2)
+        summary.json                    every run's selections, mean/std over runs, missing cases, options
+        DONE                            written last: the disease is finished (skipped unless --force)
+        [<run tag>/]                    only when there are several runs (folds, seeds, few-shot tries)
+            checkpoints/<strategy>.pt
+            val_report.csv  grid_report.csv  history.csv  progress.png
+
+A single run (one split, one seed, no few-shot) writes its files directly in the disease folder (tag ``""``).
+
+Example:
+    >>> layout = DiseaseLayout.of(Path("probes"), "my-model", "fatty_liver")
+    >>> layout.run("seed1").checkpoint("val_auroc").relative_to("probes").as_posix()
+    'my-model/fatty_liver/seed1/checkpoints/val_auroc.pt'
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ctfm.errors import DataError
+from ctfm.store import sanitize_name
+
+TASK_FOLDERS = {"lp": "", "eao": "eao"}
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The files of one training run."""
+
+    dir: Path
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.dir / "checkpoints"
+
+    def checkpoint(self, strategy: str) -> Path:
+        return self.checkpoints_dir / f"{strategy}.pt"
+
+    @property
+    def val_report(self) -> Path:
+        return self.dir / "val_report.csv"
+
+    @property
+    def grid_report(self) -> Path:
+        return self.dir / "grid_report.csv"
+
+    @property
+    def history(self) -> Path:
+        return self.dir / "history.csv"
+
+    @property
+    def progress(self) -> Path:
+        return self.dir / "progress.png"
+
+
+@dataclass(frozen=True)
+class DiseaseLayout:
+    """One disease's probe folder for one model and task."""
+
+    dir: Path
+    task: str = "lp"
+
+    @classmethod
+    def of(cls, out: Path, model: str, disease: str, task: str = "lp") -> DiseaseLayout:
+        if task not in TASK_FOLDERS:
+            raise DataError(f"unknown probe task {task!r}; known: {', '.join(TASK_FOLDERS)}")
+        base = Path(out) / sanitize_name(model)
+        if TASK_FOLDERS[task]:
+            base = base / TASK_FOLDERS[task]
+        return cls(base / disease, task)
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    @property
+    def done(self) -> Path:
+        return self.dir / "DONE"
+
+    def is_done(self) -> bool:
+        return self.done.is_file()
+
+    def run(self, tag: str = "") -> RunLayout:
+        return RunLayout(self.dir / tag if tag else self.dir)
+
+    def run_tags(self) -> list[str]:
+        """Tags of the runs recorded in ``summary.json`` (``[""]`` for a single run)."""
+        try:
+            summary = json.loads(self.summary.read_text())
+        except FileNotFoundError:
+            raise DataError(f"{self.summary}: no probe summary; run `ctfm probe {self.task}` first") from None
+        except ValueError as exc:
+            raise DataError(f"{self.summary}: unreadable ({exc}); rerun the probe with --force") from exc
+        return [run["tag"] for run in summary.get("runs", [])]
+
+    def checkpoints(self, strategy: str) -> dict[str, Path]:
+        """Run tag -> checkpoint path of ``strategy`` for every finished run of this disease."""
+        if not self.is_done():
+            raise DataError(f"{self.dir}: the probe did not finish (no DONE); rerun `ctfm probe {self.task}`")
+        found = {tag: self.run(tag).checkpoint(strategy) for tag in self.run_tags()}
+        absent = [str(p) for p in found.values() if not p.is_file()]
+        if absent:
+            raise DataError(f"checkpoint missing: {absent[0]}; rerun the probe with --force")
+        return found
+
+
+def list_diseases(out: Path, model: str, task: str = "lp") -> list[str]:
+    """Diseases with a finished probe for this model and task."""
+    base = DiseaseLayout.of(out, model, "_", task).dir.parent
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if (p / "DONE").is_file())

@@ -1,0 +1,357 @@
+"""Probe many diseases, resumably: runs (folds x seeds x few-shot tries), outputs, summary, DONE marker.
+
+The runner is shared by ``ctfm probe lp`` and ``ctfm probe eao``: a :class:`ProbeTask` supplies how to load a
+disease, fit one run and save its checkpoints; everything else (run planning, reports, ``summary.json`` with
+mean/std over runs, missing-case reporting, wandb, skipping finished diseases) lives here once.
+
+Example:
+    >>> options = ProbeOptions.defaults(store=Path("store"), model="m", labels=Path("labels"),
+    ...                                 out=Path("probes"), diseases=["fatty_liver"])  # doctest: +SKIP
+    >>> outcomes = run_probe(options, linear_task(options))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctfm import __version__
+from ctfm.benchmark import load_benchmark
+from ctfm.errors import CtfmError
+from ctfm.fsutil import write_text_atomic
+from ctfm.probe.data import DiseaseData, few_shot, fold_columns, load_disease
+from ctfm.probe.layout import DiseaseLayout, RunLayout
+from ctfm.probe.report import write_reports
+from ctfm.probe.training import FitResult, TrainConfig, mean_std, seed_everything
+
+SUMMARY_METRICS = ("balanced_acc", "auroc", "acc", "f1", "ap", "sensitivity", "specificity", "loss")
+Log = Callable[[str], None]
+OnRun = Callable[[str, str], None]  # (disease, run tag) after each finished, skipped or failed run
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a disease: which split column, seed and few-shot draw."""
+
+    tag: str
+    seed: int
+    split_column: str
+    shots: int = 0
+    try_index: int = 0
+
+
+def plan_runs(split_column: str, folds: int, seeds: list[int], shots: int, tries: int) -> list[RunSpec]:
+    """Every (split column, seed, try); tags name only the axes that vary (``""`` for a single run)."""
+    columns = fold_columns(folds) if folds else [split_column]
+    draws = list(range(tries)) if shots else [0]
+    runs = []
+    for column in columns:
+        for seed in seeds:
+            for t in draws:
+                parts = []
+                if folds:
+                    parts.append(column)
+                if len(seeds) > 1:
+                    parts.append(f"seed{seed}")
+                if shots:
+                    parts.append(f"shots{shots}-try{t}")
+                runs.append(RunSpec("_".join(parts), seed, column, shots, t))
+    return runs
+
+
+@dataclass
+class ProbeOptions:
+    """Everything one ``ctfm probe`` invocation needs (the CLI fills it; tests build it directly)."""
+
+    store: Path
+    model: str
+    labels: Path
+    out: Path
+    diseases: list[str]
+    train: TrainConfig
+    probe: str = "grid"
+    lrs: list[float] = field(default_factory=list)
+    weight_decays: list[float] = field(default_factory=list)
+    norms: list[str] = field(default_factory=list)
+    betas: list[tuple[float, float]] = field(default_factory=lambda: [(0.9, 0.999)])
+    eps: list[float] = field(default_factory=lambda: [1e-8])
+    split_column: str = "split"
+    folds: int = 0
+    seeds: list[int] = field(default_factory=list)
+    shots: int = 0
+    tries: int = 1
+    force: bool = False
+    wandb: bool = False
+    wandb_project: str = "ctfm"
+    logreg_cs: list[float] = field(default_factory=list)
+
+    @classmethod
+    def defaults(cls, section: str = "linear_probe", **kwargs: Any) -> ProbeOptions:
+        """Grid axes and training rules from ``configs/benchmark.yaml`` unless given (None = default)."""
+        conf = load_benchmark().section(section)
+        train = kwargs.pop("train", None) or TrainConfig.from_benchmark(section)
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        given.setdefault("lrs", list(conf.get("lrs", [])))
+        given.setdefault("weight_decays", list(conf.get("weight_decays", [])))
+        given.setdefault("norms", list(conf.get("norms", ["raw"])))
+        return cls(train=train, **given)
+
+    def run_specs(self) -> list[RunSpec]:
+        seeds = self.seeds or [self.train.seed]
+        return plan_runs(self.split_column, self.folds, seeds, self.shots, self.tries)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready record of the options (for summary.json and wandb)."""
+        d = asdict(self)
+        d.update({k: str(v) for k, v in d.items() if isinstance(v, Path)})
+        d["train"] = asdict(self.train)
+        return d
+
+
+FitFn = Callable[[DiseaseData, np.ndarray, np.ndarray, TrainConfig], FitResult]
+SaveFn = Callable[[FitResult, RunLayout, DiseaseData, TrainConfig], None]
+LoadFn = Callable[[str], DiseaseData]
+
+
+@dataclass
+class ProbeTask:
+    """How one probe kind loads a disease, fits a run and saves the selected checkpoints."""
+
+    name: str
+    load: LoadFn
+    fit: FitFn
+    save: SaveFn
+
+
+@dataclass
+class DiseaseOutcome:
+    """What happened to one disease: done, skipped (already DONE) or failed (with the error)."""
+
+    disease: str
+    status: str
+    seconds: float = 0.0
+    summary: dict[str, Any] | None = None
+    error: str = ""
+
+
+def select_rows(data: DiseaseData, spec: RunSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Train/val rows of a run; few-shot draws ``shots`` per class from train with a (seed, try) generator."""
+    split = data.split(spec.split_column)
+    train = split.train
+    if spec.shots:
+        rng = np.random.default_rng([spec.seed, spec.try_index])
+        train = train[few_shot(data.table["label"].to_numpy()[train], spec.shots, rng)]
+    return train, split.val
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and std over runs of each strategy's selected val metrics."""
+    strategies = list(dict.fromkeys(s for r in runs for s in r["selections"]))
+    return {
+        s: {
+            m: mean_std(
+                [r["selections"][s]["val_metrics"].get(m, float("nan")) for r in runs if s in r["selections"]]
+            )
+            for m in SUMMARY_METRICS
+        }
+        for s in strategies
+    }
+
+
+def _wandb_log(
+    options: ProbeOptions, task: str, disease: str, spec: RunSpec, fit: FitResult, where: Path
+) -> None:
+    """Per-epoch best-over-heads val metrics and the selections; offline when no API key is configured."""
+    import wandb
+
+    mode = None
+    if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+        mode = "offline"
+    run = wandb.init(
+        project=options.wandb_project,
+        name=f"{options.model}-{task}-{disease}" + (f"-{spec.tag}" if spec.tag else ""),
+        dir=str(where),
+        config={**options.describe(), "disease": disease, "run": asdict(spec)},
+        mode=mode,
+        reinit=True,
+    )
+    hist = fit.history
+    for epoch, h in hist.groupby("epoch"):
+        run.log(
+            {
+                "epoch": int(epoch),
+                "heads_training": len(h),
+                "val/loss_best": float(h["val_loss"].min()),
+                "val/balanced_acc_best": float(h["val_balanced_acc"].max()),
+                "val/auroc_best": float(h["val_auroc"].max()),
+            },
+            step=int(epoch),
+        )
+    for name, sel in fit.selections.items():
+        for k, v in sel.metrics.items():
+            run.summary[f"{name}/{k}"] = v
+        run.summary[f"{name}/head"] = fit.heads[sel.head]["name"]
+        run.summary[f"{name}/epoch"] = sel.epoch
+    run.finish()
+
+
+def run_disease(
+    options: ProbeOptions, task: ProbeTask, disease: str, log: Log, on_run: OnRun | None = None
+) -> DiseaseOutcome:
+    """Train every run of one disease and write its outputs; skipped when DONE unless ``force``."""
+    layout = DiseaseLayout.of(options.out, options.model, disease, task.name)
+    if layout.is_done() and not options.force:
+        summary = json.loads(layout.summary.read_text()) if layout.summary.is_file() else None
+        return DiseaseOutcome(disease, "skipped", summary=summary)
+    started = time.perf_counter()
+    layout.dir.mkdir(parents=True, exist_ok=True)
+    layout.done.unlink(missing_ok=True)  # a forced rerun is unfinished until it writes DONE again
+    data = task.load(disease)
+    missing = data.missing_in()
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else "")
+        log(
+            f"[yellow]{disease}: {len(missing)} train/val case(s) have no ok embedding and are left out: {shown}[/]"
+        )
+    runs = []
+    for spec in options.run_specs():
+        train_rows, val_rows = select_rows(data, spec)
+        config = options.train.with_seed(spec.seed)
+        seed_everything(spec.seed)
+        fit = task.fit(data, train_rows, val_rows, config)
+        run_layout = layout.run(spec.tag)
+        write_reports(fit, run_layout, config.monitor)
+        task.save(fit, run_layout, data, config)
+        if options.wandb:
+            _wandb_log(options, task.name, disease, spec, fit, run_layout.dir)
+        runs.append(
+            {
+                **asdict(spec),
+                "n_train": fit.num_train,
+                "n_val": fit.num_val,
+                "train_cases": data.cases(train_rows) if spec.shots else None,
+                "epochs_run": fit.epochs_run,
+                "seconds": round(fit.seconds, 3),
+                "device": fit.extra.get("device", "cpu"),
+                "selections": fit.summary(),
+            }
+        )
+        log(
+            f"{disease}{' ' + spec.tag if spec.tag else ''}: {fit.num_train} train / {fit.num_val} val, "
+            f"{len(fit.heads)} heads, {fit.epochs_run} epochs, {fit.seconds:.1f} s"
+        )
+        if on_run is not None:
+            on_run(disease, spec.tag)
+    summary = {
+        "disease": disease,
+        "task": task.name,
+        "model": options.model,
+        "probe": options.probe,
+        "store": data.store_key,
+        "feature_dim": data.feature_dim,
+        "classes": sorted(int(c) for c in np.unique(data.table["label"])),
+        "missing": {
+            "count": len(missing),
+            "cases": {c: {"split": data.missing_split[c], "status": data.missing[c]} for c in missing},
+            "test_count": len(data.missing_in(("test",))),
+        },
+        "runs": runs,
+        "aggregate": aggregate(runs),
+        "options": options.describe(),
+        "seconds": round(time.perf_counter() - started, 3),
+        "ctfm_version": __version__,
+    }
+    write_text_atomic(layout.summary, json.dumps(summary, indent=2, default=str))
+    write_text_atomic(layout.done, f"finished {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+    return DiseaseOutcome(disease, "done", time.perf_counter() - started, summary)
+
+
+def run_probe(
+    options: ProbeOptions,
+    task: ProbeTask,
+    log: Log | None = None,
+    stop_on_error: bool = False,
+    on_run: OnRun | None = None,
+) -> list[DiseaseOutcome]:
+    """Every disease in turn; a user-fixable failure of one disease is recorded and the next one runs.
+
+    ``on_run`` is called once per planned run (finished, skipped or failed), e.g. to advance a progress bar.
+    """
+    log = log or (lambda _msg: None)
+    outcomes = []
+    planned = len(options.run_specs())
+    for disease in options.diseases:
+        reported: list[str] = []
+
+        def counted(name: str, tag: str, reported: list[str] = reported) -> None:
+            reported.append(tag)
+            if on_run is not None:
+                on_run(name, tag)
+
+        try:
+            outcomes.append(run_disease(options, task, disease, log, counted))
+        except CtfmError as exc:
+            if stop_on_error:
+                raise
+            log(f"[red]{disease}: {exc}[/]")
+            outcomes.append(DiseaseOutcome(disease, "failed", error=str(exc)))
+        for _ in range(planned - len(reported)):
+            counted(disease, "")
+    return outcomes
+
+
+# ----------------------------------------------------------------------------- linear probing task
+
+
+def save_linear_checkpoints(
+    fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig
+) -> None:
+    """One checkpoint per strategy: the selected head's weights, its norm statistics and provenance."""
+    from ctfm.probe.checkpoint import save_checkpoint
+
+    for name, sel in fit.selections.items():
+        head = fit.heads[sel.head]
+        weight, bias = sel.state["weight"], sel.state["bias"]
+        save_checkpoint(
+            layout.checkpoint(name),
+            kind="lp",
+            head_name="linear",
+            head_kwargs={"in_dim": int(weight.shape[1]), "out_dim": int(weight.shape[0])},
+            state_dict={"linear.weight": weight, "linear.bias": bias},
+            norm=fit.extra["norms"][head["norm"]].to_dict(),
+            grid_point=head,
+            feature_dim=data.feature_dim,
+            classes=fit.classes,
+            disease=data.disease,
+            strategy=name,
+            store=data.store_key,
+            val_metrics=sel.metrics,
+            seed=config.seed,
+            extra={"epoch": sel.epoch, "head_index": sel.head, "monitor": config.monitor},
+        )
+
+
+def linear_task(options: ProbeOptions, log: Log | None = None) -> ProbeTask:
+    """Task 1: the batched linear grid (``probe='grid'``) or the logistic-regression sweep (``'logreg'``)."""
+    from ctfm.probe.linear import LOGREG_CS, build_grid, fit_linear_grid, fit_logreg
+
+    grid = build_grid(options.lrs, options.weight_decays, options.norms, options.betas, options.eps)
+
+    def load(disease: str) -> DiseaseData:
+        return load_disease(options.store, options.model, options.labels, disease, "lp")
+
+    def fit(data: DiseaseData, train: np.ndarray, val: np.ndarray, config: TrainConfig) -> FitResult:
+        x_tr, y_tr = data.arrays(train)
+        x_va, y_va = data.arrays(val)
+        if options.probe == "logreg":
+            return fit_logreg(x_tr, y_tr, x_va, y_va, options.norms, config, options.logreg_cs or LOGREG_CS)
+        return fit_linear_grid(x_tr, y_tr, x_va, y_va, grid, config)
+
+    return ProbeTask("lp", load, fit, save_linear_checkpoints)

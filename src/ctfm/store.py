@@ -1,0 +1,636 @@
+"""THE embedding store: one folder per (model, task, view), one ``<case>.h5`` per case, one manifest.
+
+Layout (nothing else in ctfm builds these paths)::
+
+    <root>/<model>/<task>/<view>/
+        embeddings/<case>.h5      dataset ``y_hat`` exactly as the reference tools read it
+        manifest.jsonl            append-only, one JSON CaseRecord per line; the last line of a case wins
+        packed/                   contiguous memory-mapped arrays rebuilt only when the manifest changes
+        <team>_feature_extraction_time.csv   reference timing file (on request)
+
+The manifest is append-only so a process killed mid-write leaves at most a torn last line, which is ignored
+(and fenced off by a newline before the next append). Embeddings are written to a temporary file and renamed,
+and the manifest row is appended only after the rename, so an interrupted write never leaves a partial case.
+
+Example:
+    >>> store = Store(Path("store"))  # doctest: +SKIP
+    >>> view = store.view("my-model", "lp", "fatty_liver")  # doctest: +SKIP
+    >>> view.write_case("synth_0000", np.zeros(16, np.float32), CaseRecord(case="synth_0000", status="ok"))  # doctest: +SKIP
+    >>> view.packed().X.shape  # doctest: +SKIP
+    (1, 16)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctfm.errors import StoreError
+from ctfm.fsutil import atomic_path, sha256_file, write_text_atomic
+
+TASKS = ("lp", "eao")
+STATUSES = ("ok", "failed", "timeout")
+FULL_VIEW = "full"
+DATASET = "y_hat"
+MANIFEST = "manifest.jsonl"
+EMBEDDINGS = "embeddings"
+PACKED = "packed"
+PACK_DTYPES = ("float32", "float16", "bfloat16")
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_CASE_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def sanitize_name(name: str) -> str:
+    """A model name as a safe folder name: runs of other characters become ``_``, no leading dots."""
+    clean = _SAFE.sub("_", str(name).strip()).lstrip("._")
+    if not clean:
+        raise StoreError(f"model name {name!r} is empty after sanitising; use letters, digits, . _ -")
+    return clean
+
+
+def check_case(case: str) -> str:
+    """Case names become file names: refuse anything that could escape the embeddings folder."""
+    if not _CASE_OK.match(case) or ".." in case:
+        raise StoreError(f"case name {case!r} is not a safe file name (letters, digits, . _ - only)")
+    return case
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise StoreError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    return task
+
+
+def check_view(view: str) -> str:
+    """``full`` or an ROI disease (or a chest task); a whole-scan disease must use ``full``."""
+    if view == FULL_VIEW:
+        return view
+    from ctfm.benchmark import load_benchmark
+
+    bench = load_benchmark()
+    if view in bench.roi_diseases or view in bench.chest_tasks:
+        return view
+    if view in bench.nonroi_diseases:
+        raise StoreError(f"{view!r} is a whole-scan disease: its embeddings live in view {FULL_VIEW!r}")
+    raise StoreError(
+        f"unknown view {view!r}; use {FULL_VIEW!r} or an ROI disease: {', '.join(bench.roi_diseases)}"
+    )
+
+
+def validate_y_hat(arr: np.ndarray, task: str) -> None:
+    """Raise :class:`StoreError` unless ``arr`` is what the reference tools accept for ``task``.
+
+    lp: a finite float vector ``[D]``; eao: a finite float map ``[D, h, w, l]``.
+    """
+    check_task(task)
+    arr = np.asarray(arr)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise StoreError(f"y_hat has dtype {arr.dtype}; expected a float array")
+    want = 1 if task == "lp" else 4
+    if arr.ndim != want:
+        layout = "[D]" if task == "lp" else "[D, h, w, l]"
+        raise StoreError(f"y_hat has shape {arr.shape}; task {task} expects {want}-D {layout}")
+    if arr.size == 0:
+        raise StoreError(f"y_hat is empty (shape {arr.shape})")
+    if not np.isfinite(arr).all():
+        raise StoreError(f"y_hat holds {int((~np.isfinite(arr)).sum())} NaN/inf value(s)")
+
+
+def read_y_hat(path: Path) -> np.ndarray:
+    """Read dataset ``y_hat`` of a reference-format file; unreadable files raise :class:`StoreError`."""
+    import h5py
+
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as fh:
+            if DATASET not in fh:
+                raise StoreError(f"{path}: no dataset {DATASET!r} (found: {', '.join(fh.keys()) or 'none'})")
+            ds = fh[DATASET]
+            if not isinstance(ds, h5py.Dataset):
+                raise StoreError(f"{path}: {DATASET!r} is a group, not a dataset")
+            return np.asarray(ds[()])
+    except StoreError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise StoreError(f"{path}: not a readable HDF5 file ({type(exc).__name__}: {exc})") from exc
+
+
+def write_y_hat(path: Path, arr: np.ndarray) -> None:
+    """Write ``y_hat`` atomically in the reference format (one dataset, no compression)."""
+    import h5py
+
+    with atomic_path(Path(path)) as tmp, h5py.File(tmp, "w") as fh:
+        fh.create_dataset(DATASET, data=arr)
+
+
+@dataclass
+class CaseRecord:
+    """One manifest row: what was stored for a case, how, and from which inputs."""
+
+    case: str
+    status: str
+    file: str = ""
+    shape: tuple[int, ...] = ()
+    dtype: str = ""
+    checksum: str = ""  # sha256 of the stored .h5 file
+    seconds: float = 0.0
+    error: str = ""
+    image_sha256: str = ""
+    spacing: tuple[float, ...] = ()  # source image, RAS mm
+    origin: tuple[float, ...] = ()
+    direction: tuple[float, ...] = ()  # 3x3 row-major
+    crop_box_voxel: tuple[int, ...] = ()  # (x0, y0, z0, x1, y1, z1) in the resampled RAS grid, end exclusive
+    crop_box_world: tuple[float, ...] = ()  # the same corners in world mm (RAS)
+    mask_sha256: str = ""
+    extractor: str = ""
+    extractor_version: str = ""
+    image_id: str = ""  # container image id (docker runner)
+    written_at: float = 0.0  # unix time the row was appended (added beyond the plan's contract)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> CaseRecord:
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in names}
+        return cls(**kwargs)
+
+
+@dataclass
+class PackedLP:
+    """All ok cases of an lp view as one memory-mapped ``[N, D]`` array (rows in ``cases`` order)."""
+
+    cases: list[str]
+    X: np.ndarray
+    dtype: str = "float32"
+    checksum: str = ""
+    _rows: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rows = {c: i for i, c in enumerate(self.cases)}
+
+    def index(self, case: str) -> int:
+        try:
+            return self._rows[case]
+        except KeyError:
+            raise StoreError(f"case {case!r} is not in this packed view") from None
+
+    def as_float32(self) -> np.ndarray:
+        return to_float32(self.X, self.dtype)
+
+
+@dataclass
+class PackedEAO:
+    """All ok cases of an eao view: tokens ``[sum n_i, D]``, ``offsets[N+1]``, ``grids[N, 3]`` (h, w, l).
+
+    Case ``i``'s tokens are rows ``offsets[i]:offsets[i+1]``, in C order of its ``[h, w, l]`` grid.
+    """
+
+    cases: list[str]
+    tokens: np.ndarray
+    offsets: np.ndarray
+    grids: np.ndarray
+    dtype: str = "float32"
+    checksum: str = ""
+    _rows: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rows = {c: i for i, c in enumerate(self.cases)}
+
+    def index(self, case: str) -> int:
+        try:
+            return self._rows[case]
+        except KeyError:
+            raise StoreError(f"case {case!r} is not in this packed view") from None
+
+    def case_tokens(self, i: int) -> np.ndarray:
+        """Tokens ``[n_i, D]`` of case number ``i`` as float32."""
+        return to_float32(self.tokens[self.offsets[i] : self.offsets[i + 1]], self.dtype)
+
+
+def to_bfloat16_bits(arr: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 stored as uint16 (round to nearest even), for compact packed arrays."""
+    bits = np.ascontiguousarray(arr, dtype=np.float32).view(np.uint32)
+    rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
+    return ((bits + rounding) >> 16).astype(np.uint16)
+
+
+def to_float32(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """Packed array of ``dtype`` (float32, float16, or bfloat16 stored as uint16) -> float32."""
+    if dtype == "bfloat16":
+        return (np.asarray(arr, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return np.asarray(arr, dtype=np.float32)
+
+
+def _encode(arr: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":
+        return to_bfloat16_bits(arr)
+    return np.asarray(arr, dtype=dtype)
+
+
+def _storage_dtype(dtype: str) -> np.dtype:
+    return np.dtype(np.uint16) if dtype == "bfloat16" else np.dtype(dtype)
+
+
+@contextlib.contextmanager
+def _locked(fh: Any) -> Iterator[None]:
+    """Exclusive advisory lock where the platform has one (several runners may append to one view)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class View:
+    """One (model, task, view) folder. Cheap to create; reads the manifest lazily and incrementally."""
+
+    def __init__(self, store_root: Path, model: str, task: str, view: str) -> None:
+        self.model = sanitize_name(model)
+        self.task = check_task(task)
+        self.view = check_view(view)
+        self.dir = Path(store_root) / self.model / self.task / self.view
+        self.embeddings_dir = self.dir / EMBEDDINGS
+        self.manifest_path = self.dir / MANIFEST
+        self.packed_dir = self.dir / PACKED
+        self._records: dict[str, CaseRecord] = {}
+        self._offset = 0
+        self._identity: tuple[int, int] | None = None
+        self.skipped_lines = 0
+
+    def __repr__(self) -> str:
+        return f"View({self.model}/{self.task}/{self.view})"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.model, self.task, self.view)
+
+    def case_path(self, case: str) -> Path:
+        return self.embeddings_dir / f"{check_case(case)}.h5"
+
+    # -- manifest -------------------------------------------------------------------------------------
+    def _refresh(self) -> None:
+        """Read lines appended since the last read; start over if the file was replaced or shrank."""
+        try:
+            st = self.manifest_path.stat()
+        except FileNotFoundError:
+            self._records, self._offset, self._identity = {}, 0, None
+            return
+        identity = (st.st_dev, st.st_ino)
+        if identity != self._identity or st.st_size < self._offset:
+            self._records, self._offset, self.skipped_lines = {}, 0, 0
+            self._identity = identity
+        if st.st_size == self._offset:
+            return
+        with self.manifest_path.open("rb") as fh:
+            fh.seek(self._offset)
+            chunk = fh.read()
+        end = chunk.rfind(b"\n") + 1  # a torn last line (no newline yet) stays unread
+        for line in chunk[:end].splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = CaseRecord.from_dict(json.loads(line))
+            except (ValueError, TypeError, AttributeError):
+                self.skipped_lines += 1  # a line torn by a kill, later fenced off by a newline
+                continue
+            self._records[rec.case] = rec
+        self._offset += end
+
+    def _append(self, record: CaseRecord) -> None:
+        if record.status not in STATUSES:
+            raise StoreError(f"unknown status {record.status!r}; use one of {', '.join(STATUSES)}")
+        record.written_at = time.time()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        line = record.to_json().encode() + b"\n"
+        with self.manifest_path.open("a+b") as fh, _locked(fh):
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() > 0:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = b"\n" + line  # fence off a torn line left by a killed writer
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._refresh()
+
+    def records(self) -> dict[str, CaseRecord]:
+        """Latest record of every case in the manifest."""
+        self._refresh()
+        return dict(self._records)
+
+    def record(self, case: str) -> CaseRecord | None:
+        self._refresh()
+        return self._records.get(case)
+
+    def cases(self, status: str | None = "ok") -> list[str]:
+        """Sorted case names with this status (``None``: all). ok cases must also have their file."""
+        self._refresh()
+        out = []
+        for case, rec in self._records.items():
+            if status is not None and rec.status != status:
+                continue
+            if rec.status == "ok" and status == "ok" and not (self.dir / rec.file).is_file():
+                continue
+            out.append(case)
+        return sorted(out)
+
+    def is_done(self, case: str) -> bool:
+        """True when the case is ok and its file is present: resumable runners skip it."""
+        rec = self.record(case)
+        return rec is not None and rec.status == "ok" and (self.dir / rec.file).is_file()
+
+    def counts(self) -> dict[str, int]:
+        self._refresh()
+        counts = dict.fromkeys(STATUSES, 0)
+        for rec in self._records.values():
+            counts[rec.status] = counts.get(rec.status, 0) + 1
+        return counts
+
+    def manifest_checksum(self) -> str:
+        """sha256 over the latest records, sorted by case: changes whenever any case record changes."""
+        self._refresh()
+        digest = hashlib.sha256()
+        for case in sorted(self._records):
+            digest.update(self._records[case].to_json().encode())
+            digest.update(b"\n")
+        return digest.hexdigest()
+
+    def compact(self) -> None:
+        """Rewrite the manifest atomically with only the latest record per case.
+
+        Housekeeping for a view no runner is writing to (an append racing the rewrite could be lost).
+        """
+        records = self.records()
+        text = "".join(records[c].to_json() + "\n" for c in sorted(records))
+        write_text_atomic(self.manifest_path, text)
+        self._identity = None
+        self._refresh()
+
+    # -- cases ----------------------------------------------------------------------------------------
+    def feature_dim(self, exclude: str | None = None) -> int | None:
+        """D of the view's ok cases (first dimension of y_hat), or None while it has none."""
+        self._refresh()
+        for case, rec in self._records.items():
+            if rec.status == "ok" and rec.shape and case != exclude:
+                return int(rec.shape[0])
+        return None
+
+    def _check_consistent(self, case: str, arr: np.ndarray) -> None:
+        dim = self.feature_dim(exclude=case)
+        if dim is not None and int(arr.shape[0]) != dim:
+            raise StoreError(
+                f"{case}: y_hat has D={arr.shape[0]} but {self} holds D={dim}; "
+                "use another --model name for a different model"
+            )
+
+    def write_case(self, case: str, y_hat: np.ndarray, record: CaseRecord | None = None) -> CaseRecord:
+        """Validate and store one case: atomic ``.h5`` first, then the manifest row (status ok)."""
+        check_case(case)
+        arr = np.asarray(y_hat)
+        validate_y_hat(arr, self.task)
+        self._check_consistent(case, arr)
+        path = self.case_path(case)
+        write_y_hat(path, arr)
+        rec = dataclasses.replace(record) if record is not None else CaseRecord(case=case, status="ok")
+        rec.case, rec.status, rec.error = case, "ok", ""
+        rec.file = str(path.relative_to(self.dir))
+        rec.shape, rec.dtype = tuple(int(s) for s in arr.shape), str(arr.dtype)
+        rec.checksum = sha256_file(path)
+        self._append(rec)
+        return rec
+
+    def record_failure(self, case: str, status: str = "failed", error: str = "", **fields: Any) -> CaseRecord:
+        """Record a failed or timed-out case; an older embedding file of the case is removed."""
+        check_case(case)
+        if status not in ("failed", "timeout"):
+            raise StoreError(f"record_failure needs status failed or timeout, not {status!r}")
+        rec = CaseRecord(case=case, status=status, error=error, **fields)
+        with contextlib.suppress(FileNotFoundError):
+            self.case_path(case).unlink()
+        self._append(rec)
+        return rec
+
+    def import_file(self, case: str, h5_path: Path, record: CaseRecord | None = None) -> CaseRecord:
+        """Validate a reference-format ``<case>.h5`` and copy it into the view (atomic), status ok.
+
+        A bad file raises :class:`StoreError`; callers record it with :meth:`record_failure`.
+        """
+        check_case(case)
+        arr = read_y_hat(Path(h5_path))
+        try:
+            validate_y_hat(arr, self.task)
+        except StoreError as exc:
+            raise StoreError(f"{h5_path}: {exc}") from None
+        self._check_consistent(case, arr)
+        path = self.case_path(case)
+        with atomic_path(path) as tmp:
+            shutil.copyfile(h5_path, tmp)
+        rec = dataclasses.replace(record) if record is not None else CaseRecord(case=case, status="ok")
+        rec.case, rec.status, rec.error = case, "ok", ""
+        rec.file = str(path.relative_to(self.dir))
+        rec.shape, rec.dtype = tuple(int(s) for s in arr.shape), str(arr.dtype)
+        rec.checksum = sha256_file(path)
+        self._append(rec)
+        return rec
+
+    def read_case(self, case: str) -> np.ndarray:
+        rec = self.record(case)
+        if rec is None or rec.status != "ok":
+            state = "absent" if rec is None else f"{rec.status}: {rec.error}"
+            raise StoreError(f"{self}: case {case!r} has no embedding ({state})")
+        return read_y_hat(self.dir / rec.file)
+
+    # -- packed arrays ---------------------------------------------------------------------------------
+    def packed(self, dtype: str = "float32") -> PackedLP | PackedEAO:
+        """All ok cases as one contiguous memory-mapped array, cached under ``packed/``.
+
+        The cache records the manifest checksum and is rebuilt only when it differs. Files are named after
+        the checksum and written atomically; the metadata JSON is written last, so a killed build is redone.
+        """
+        if dtype not in PACK_DTYPES:
+            raise StoreError(f"unknown packed dtype {dtype!r}; use one of {', '.join(PACK_DTYPES)}")
+        checksum = self.manifest_checksum()
+        meta_path = self.packed_dir / f"{self.task}-{dtype}.json"
+        meta = self._read_meta(meta_path)
+        if meta is None or meta.get("checksum") != checksum:
+            meta = self._build_packed(dtype, checksum, meta_path)
+        return self._load_packed(meta)
+
+    def _read_meta(self, path: Path) -> dict[str, Any] | None:
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        files = meta.get("files", {}).values()
+        return meta if all((self.packed_dir / f).is_file() for f in files) else None
+
+    def _build_packed(self, dtype: str, checksum: str, meta_path: Path) -> dict[str, Any]:
+        cases = self.cases("ok")
+        if not cases:
+            raise StoreError(f"{self}: no ok cases to pack (run `ctfm extract` or `ctfm store import`)")
+        stem = f"{self.task}-{dtype}-{checksum[:16]}"
+        arrays = [self.read_case(c) for c in cases]
+        dims = {int(a.shape[0]) for a in arrays}
+        if len(dims) != 1:
+            raise StoreError(f"{self}: cases disagree on feature dimension D ({sorted(dims)})")
+        if self.task == "lp":
+            X = np.stack([_encode(a, dtype) for a in arrays])
+            files = {"X": f"{stem}.X.npy"}
+            self._save_npy(files["X"], X)
+            extra: dict[str, Any] = {}
+        else:
+            grids = np.array([a.shape[1:] for a in arrays], dtype=np.int64).reshape(len(arrays), 3)
+            offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+            offsets[1:] = np.cumsum(grids.prod(axis=1))
+            files = {"tokens": f"{stem}.tokens.npy", "offsets": f"{stem}.offsets.npy"}
+            self._save_tokens(files["tokens"], arrays, dtype, int(offsets[-1]))
+            self._save_npy(files["offsets"], offsets)
+            extra = {"grids": grids.tolist()}
+        meta = {
+            "checksum": checksum,
+            "dtype": dtype,
+            "task": self.task,
+            "cases": cases,
+            "files": files,
+            **extra,
+        }
+        write_text_atomic(meta_path, json.dumps(meta))
+        self._drop_stale(set(files.values()), meta_path.stem)
+        return meta
+
+    def _save_npy(self, name: str, arr: np.ndarray) -> None:
+        self.packed_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.packed_dir / name) as tmp, tmp.open("wb") as fh:
+            np.save(fh, arr)
+
+    def _save_tokens(self, name: str, arrays: list[np.ndarray], dtype: str, total: int) -> None:
+        """Stream token rows into an .npy memmap so packing never needs two copies in memory."""
+        self.packed_dir.mkdir(parents=True, exist_ok=True)
+        dim = int(arrays[0].shape[0])
+        with atomic_path(self.packed_dir / name) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=_storage_dtype(dtype), shape=(total, dim))
+            row = 0
+            for a in arrays:
+                tok = a.reshape(dim, -1).T
+                out[row : row + tok.shape[0]] = _encode(tok, dtype)
+                row += tok.shape[0]
+            out.flush()
+            del out
+
+    def _drop_stale(self, keep: set[str], prefix: str) -> None:
+        for path in self.packed_dir.glob(f"{prefix}-*.npy"):
+            if path.name not in keep:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+    def _load_packed(self, meta: dict[str, Any]) -> PackedLP | PackedEAO:
+        def load(name: str) -> np.ndarray:
+            return np.load(self.packed_dir / meta["files"][name], mmap_mode="r")
+
+        if meta["task"] == "lp":
+            return PackedLP(cases=meta["cases"], X=load("X"), dtype=meta["dtype"], checksum=meta["checksum"])
+        return PackedEAO(
+            cases=meta["cases"],
+            tokens=load("tokens"),
+            offsets=np.asarray(load("offsets")),
+            grids=np.asarray(meta["grids"], dtype=np.int64).reshape(-1, 3),
+            dtype=meta["dtype"],
+            checksum=meta["checksum"],
+        )
+
+    # -- reference files --------------------------------------------------------------------------------
+    def write_timing_csv(self, team: str, out_dir: Path | None = None) -> Path:
+        """The reference ``<team>_feature_extraction_time.csv``: one row per attempted case, in case order.
+
+        Like the reference runner, ``CaseName`` is the image file name (``<case>.nii.gz``) and every attempted
+        case is listed (failed and timed-out ones with the seconds they used).
+        """
+        import pandas as pd
+
+        from ctfm.benchmark import load_benchmark
+
+        bench = load_benchmark()
+        name = bench.section("container")["timing_csv"].format(team=sanitize_name(team))
+        suffix = bench.raw.get("image_suffix", ".nii.gz")
+        path = Path(out_dir or self.dir) / name
+        recs = self.records()
+        rows = [{"CaseName": f"{c}{suffix}", "RunningTime": round(recs[c].seconds, 4)} for c in sorted(recs)]
+        with atomic_path(path) as tmp:
+            pd.DataFrame(rows, columns=["CaseName", "RunningTime"]).to_csv(tmp, index=False)
+        return path
+
+
+class Store:
+    """The root of an embedding store. Views are created on first write."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def view(self, model: str, task: str, view: str) -> View:
+        return View(self.root, model, task, view)
+
+    def views(self) -> list[View]:
+        """Every view that has a manifest, sorted by (model, task, view)."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for manifest in sorted(self.root.glob(f"*/*/*/{MANIFEST}")):
+            model, task, view = manifest.parent.relative_to(self.root).parts
+            with contextlib.suppress(StoreError):
+                found.append(View(self.root, model, task, view))
+        return found
+
+
+@dataclass
+class ImportReport:
+    """What ``import_folder`` did: number of ok cases and (case, reason) of every rejected file."""
+
+    ok: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def import_folder(view: View, h5_dir: Path) -> ImportReport:
+    """Import every ``<case>.h5`` in ``h5_dir`` into ``view``; bad files are recorded failed, not fatal.
+
+    For lp the first good file fixes D (or the view's existing D); files of another D are rejected.
+    """
+    h5_dir = Path(h5_dir)
+    if not h5_dir.is_dir():
+        raise StoreError(f"{h5_dir}: not a folder of <case>.h5 files")
+    files = sorted(p for p in h5_dir.glob("*.h5") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise StoreError(f"{h5_dir}: no <case>.h5 files found")
+    report = ImportReport()
+    for path in files:
+        case = path.stem
+        try:
+            check_case(case)
+        except StoreError as exc:
+            report.failed.append((case, str(exc)))
+            continue
+        try:
+            view.import_file(case, path, CaseRecord(case=case, status="ok", extractor="import"))
+            report.ok += 1
+        except StoreError as exc:
+            view.record_failure(case, "failed", str(exc), extractor="import")
+            report.failed.append((case, str(exc)))
+    return report

@@ -1,0 +1,54 @@
+"""`ctfm check-container` and the baseline image built by scripts/build_images.sh, on the real engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from docker_support import write_cases
+
+from ctfm.store import Store
+
+pytestmark = pytest.mark.docker
+
+
+def test_baseline_tarball_passes_on_synthetic_test_demo(baseline, cli):
+    """The participants' dry run on the shipped baseline: synthetic test_demo, ROI masks, both runs agree."""
+    proc = cli("check-container", baseline["lp"], "--task", "lp", "--disease", "liver_cyst", "--memory", "2g")
+    assert "PASS" in proc.stdout
+    for check in ("contract", "outputs valid", "deterministic", "embeddings informative", "peak memory"):
+        assert check in proc.stdout
+
+
+def test_baseline_eao_matches_the_in_process_extractor(baseline, tmp_path, cli):
+    """The container's hu-stats and the in-process hu-stats give the same embeddings."""
+    images = write_cases(tmp_path / "images", 3)
+    cli(
+        "extract", "--image", baseline["tag"], "--images", images, "--store", tmp_path / "s",
+        "--task", "eao", "--memory", "2g",
+    )  # fmt: skip
+    from ctfm.extract.extractors.hu_stats import from_files
+
+    view = Store(tmp_path / "s").view(baseline["tag"].split(":")[0], "eao", "full")
+    assert view.cases() == ["case_0000", "case_0001", "case_0002"]
+    for case in view.cases():
+        expected = from_files(images / f"{case}.nii.gz", None, "eao")
+        np.testing.assert_allclose(view.read_case(case), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["nan", "junk"])
+def test_bad_image_fails(mode, test_image, tmp_path, cli):
+    images = write_cases(tmp_path / "images", 2)
+    proc = cli("check-container", test_image(mode), "--images", images, "--memory", "1g", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL" in proc.stdout
+    assert "outputs valid" in proc.stdout
+
+
+def test_collapsed_embeddings_fail(test_image, tmp_path, cli):
+    """Identical inputs give identical embeddings for every case: flagged as collapsed."""
+    images = write_cases(tmp_path / "images", 1)
+    for i in (1,):
+        (images / f"case_000{i}.nii.gz").write_bytes((images / "case_0000.nii.gz").read_bytes())
+    proc = cli("check-container", test_image("good"), "--images", images, "--memory", "1g", check=False)
+    assert proc.returncode == 1
+    assert "collapsed" in proc.stdout

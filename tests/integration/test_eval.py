@@ -1,0 +1,223 @@
+"""`ctfm eval` on real checkpoints and a real store: failures counted, manifests checked, files written."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval_fixtures import DISEASE, write_labels, write_probe, write_store
+
+SKIPPED, FAILED = "synth_0011", "synth_0012"  # val cases: one never extracted, one failed extraction
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("eval")
+    labels, truth = write_labels(root)
+    runs = root / "probes"
+    for model, feature in (("model_a", 0), ("model_b", 1)):
+        view = write_store(root, truth, model, skip=(SKIPPED,), fail=(FAILED,))
+        write_probe(runs, view, model, feature)
+    return {"root": root, "labels": labels, "runs": runs, "store": root / "store", "truth": truth}
+
+
+@pytest.fixture(scope="module")
+def evaluated(bench: dict[str, Path]) -> Path:
+    from cli_support import run_cli
+
+    out = bench["root"] / "eval"
+    run_cli(
+        "eval",
+        "--runs",
+        bench["runs"],
+        "--store",
+        bench["store"],
+        "--labels",
+        bench["labels"],
+        "--split",
+        "val",
+        "--bootstrap",
+        "200",
+        "--seed",
+        "1",
+        "--out",
+        out,
+    )
+    return out
+
+
+def test_eval_counts_missing_embeddings_as_failures(evaluated: Path, bench: dict) -> None:
+    res = evaluated / "model_a" / "lp" / DISEASE / "val_auroc"
+    metrics = pd.read_csv(res / "val_metrics.csv")
+    assert metrics.loc[0, "failed_cases"] == 2
+    preds = pd.read_csv(res / "val_per_sample_predictions.csv")
+    assert list(preds.columns) == [
+        "filename",
+        "label",
+        "pred",
+        "logit_class_0",
+        "logit_class_1",
+        "prob_class_0",
+        "prob_class_1",
+    ]
+    val_cases = [c for c, _ in bench["truth"].items() if int(c[-4:]) >= 10]
+    assert len(preds) == len(val_cases) == metrics.loc[0, "n_cases"]  # nothing dropped
+    for case in (SKIPPED, FAILED):
+        row = preds[preds["filename"] == f"{case}.nii.gz"].iloc[0]
+        assert row["pred"] != row["label"]  # confident prediction of the wrong class
+        assert row[f"prob_class_{row['pred']}"] == 1.0
+    # The metrics are sklearn's on the written predictions (failures included).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert metrics.loc[0, "balanced_acc"] == pytest.approx(
+            balanced_accuracy_score(preds["label"], preds["pred"]), abs=1e-9
+        )
+        assert metrics.loc[0, "auroc"] == pytest.approx(
+            roc_auc_score(preds["label"], preds["prob_class_1"]), abs=1e-9
+        )
+    assert metrics.loc[0, "auroc_ci_low"] <= metrics.loc[0, "auroc"] <= metrics.loc[0, "auroc_ci_high"]
+    info = json.loads((res / "val_eval.json").read_text())
+    assert sorted(info["failed"]) == [SKIPPED, FAILED]
+    assert info["meta"]["store"]["model"] == "model_a"
+    assert (res / "val_roc.png").stat().st_size > 1000 and (res / "val_pr.png").stat().st_size > 1000
+    summary = pd.read_csv(evaluated / "val_summary.csv")
+    assert sorted(summary["model"]) == ["model_a", "model_b"]
+
+
+def test_eval_from_predictions_file_matches(evaluated: Path, bench: dict, tmp_path: Path, cli) -> None:
+    res = evaluated / "model_a" / "lp" / DISEASE / "val_auroc"
+    preds = pd.read_csv(res / "val_per_sample_predictions.csv")
+    trimmed = tmp_path / "val_per_sample_predictions.csv"
+    preds[preds["filename"] != "synth_0013.nii.gz"].to_csv(trimmed, index=False)  # one more case missing
+    out = tmp_path / "again"
+    cli(
+        "eval",
+        "--predictions",
+        trimmed,
+        "--labels",
+        bench["labels"] / f"{DISEASE}.csv",
+        "--split",
+        "val",
+        "--bootstrap",
+        "50",
+        "--out",
+        out,
+    )
+    again = pd.read_csv(out / "val_metrics.csv")
+    assert again.loc[0, "failed_cases"] == 1 and again.loc[0, "n_cases"] == len(preds)
+    full = tmp_path / "full"
+    cli("eval", "--predictions", res / "val_per_sample_predictions.csv", "--bootstrap", "0", "--out", full)
+    first = pd.read_csv(res / "val_metrics.csv")
+    for key in ("accuracy", "auroc", "balanced_acc", "f1_macro", "brier", "ece"):
+        assert pd.read_csv(full / "val_metrics.csv").loc[0, key] == pytest.approx(
+            first.loc[0, key], abs=1e-12
+        )
+
+
+def test_eval_refuses_other_store_manifest(bench: dict, tmp_path: Path, cli) -> None:
+    from ctfm.store import Store
+
+    store = tmp_path / "store"
+    import shutil
+
+    shutil.copytree(bench["store"], store)
+    Store(store).view("model_a", "lp", "full").write_case("synth_9999", np.ones(8, dtype=np.float32))
+    runs = tmp_path / "runs"
+    shutil.copytree(bench["runs"] / "model_a", runs / "model_a")
+    proc = cli(
+        "eval",
+        "--runs",
+        runs,
+        "--store",
+        store,
+        "--labels",
+        bench["labels"],
+        "--split",
+        "val",
+        "--bootstrap",
+        "0",
+        "--out",
+        tmp_path / "o",
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "manifest" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("error:") == 1  # one line (soft-wrapped by the terminal width at most)
+
+
+def test_leaderboard_from_eval_outputs(evaluated: Path, tmp_path: Path, cli) -> None:
+    out = tmp_path / "lb"
+    cli("leaderboard", "--results", evaluated, "--bootstrap", "100", "--seed", "3", "--out", out)
+    table = pd.read_csv(out / "leaderboard.csv")
+    assert table["model"].tolist() == ["model_a", "model_b"]
+    assert table.loc[0, "rank"] == 1.0
+    assert {"rank_ci_low", "rank_ci_high", "win_share", "rank_aggregate_then_rank"} <= set(table.columns)
+    html = (out / "leaderboard.html").read_text()
+    assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
+    assert (out / "leaderboard.md").read_text().count("model_") >= 2
+
+
+@pytest.mark.parametrize("kind", ["multiclass", "multilabel"])
+def test_eval_predictions_multiclass_and_multilabel(kind: str, tmp_path: Path) -> None:
+    """Per-sample files of multiclass and multilabel targets are scored like sklearn scores them."""
+    from sklearn.metrics import average_precision_score, f1_score
+
+    from ctfm.evaluate.inference import evaluate_predictions
+
+    rng = np.random.default_rng(4)
+    n = 40
+    cols: dict[str, object] = {"filename": [f"c{i}.nii.gz" for i in range(n)]}
+    if kind == "multiclass":
+        y = np.r_[0, 1, 2, rng.integers(0, 3, n - 3)]
+        prob = rng.dirichlet(np.ones(3), n)
+        cols |= {"label": y, "pred": prob.argmax(1)}
+        want_f1 = f1_score(y, prob.argmax(1), average="macro")
+        want_ap = average_precision_score(y, prob, average="macro")
+    else:
+        y = rng.integers(0, 2, (n, 3))
+        y[0], y[1] = 0, 1
+        prob = rng.random((n, 3))
+        cols |= {f"label_{j}": y[:, j] for j in range(3)}
+        want_f1 = f1_score(y, (prob >= 0.5).astype(int), average="macro")
+        want_ap = average_precision_score(y, prob, average="macro")
+    cols |= {f"prob_class_{j}": prob[:, j] for j in range(3)}
+    csv = tmp_path / "val_per_sample_predictions.csv"
+    pd.DataFrame(cols).to_csv(csv, index=False)
+    result = evaluate_predictions(csv, tmp_path / "out", n_boot=100, seed=0)
+    assert result.metrics["f1_macro"].value == pytest.approx(want_f1, abs=1e-9)
+    assert result.metrics["average_precision"].value == pytest.approx(want_ap, abs=1e-9)
+    assert (tmp_path / "out" / "val_roc.png").is_file() and (tmp_path / "out" / "val_metrics.csv").is_file()
+
+
+def test_eval_eao_checkpoint(tmp_path: Path, cli) -> None:
+    """Task 2 heads are rebuilt from their checkpoints and read token maps from the packed eao view."""
+    labels, truth = write_labels(tmp_path, n_train=4, n_val=12)
+    view = write_store(tmp_path, truth, "tok", skip=(SKIPPED,), task="eao")
+    write_probe(tmp_path / "probes", view, "tok", 0, task="eao")
+    out = tmp_path / "eval"
+    cli(
+        "eval",
+        "--runs",
+        tmp_path / "probes",
+        "--store",
+        tmp_path / "store",
+        "--labels",
+        labels,
+        "--split",
+        "val",
+        "--bootstrap",
+        "50",
+        "--out",
+        out,
+    )
+    metrics = pd.read_csv(out / "tok" / "eao" / DISEASE / "val_auroc" / "val_metrics.csv")
+    assert metrics.loc[0, "failed_cases"] == 1 and metrics.loc[0, "n_cases"] == 12
+    assert metrics.loc[0, "balanced_acc"] > 0.8  # feature 0 separates the classes in every token

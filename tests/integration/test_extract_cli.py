@@ -1,0 +1,101 @@
+"""``ctfm extract`` and ``ctfm store`` through the real CLI on tiny hand-made cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ctfm.store import Store
+from extract_fixtures import make_case
+
+
+def _bench(root: Path, n: int = 4) -> Path:
+    masks = root / "fg_masks" / "fatty_liver"
+    for i in range(n):
+        make_case(root, f"case_{i:02d}", organ_hu=40 + 5 * i, mask_dir=masks)
+    return root
+
+
+def test_store_import_and_ls(cli, tmp_path: Path) -> None:
+    src = tmp_path / "outputs"
+    src.mkdir()
+    for i in range(3):
+        with h5py.File(src / f"case_{i}.h5", "w") as fh:
+            fh.create_dataset("y_hat", data=np.arange(4, dtype=np.float32) + i)
+    with h5py.File(src / "broken.h5", "w") as fh:
+        fh.create_dataset("y_hat", data=np.array([np.nan] * 4, np.float32))
+    store = tmp_path / "store"
+    proc = cli("store", "import", src, "--store", store, "--model", "team/a", "--task", "lp", check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "imported 3" in proc.stdout and "broken" in proc.stdout and "NaN" in proc.stdout
+    view = Store(store).view("team/a", "lp", "full")
+    assert view.cases("ok") == ["case_0", "case_1", "case_2"] and view.cases("failed") == ["broken"]
+    listing = cli("store", "ls", "--store", store).stdout
+    assert "team_a" in listing and "full" in listing
+    row = next(line for line in listing.splitlines() if "team_a" in line)
+    assert [c for c in row.replace("│", " ").split() if c.isdigit()][:3] == ["3", "1", "0"]
+    bad = cli(
+        "store",
+        "import",
+        src,
+        "--store",
+        store,
+        "--model",
+        "m",
+        "--task",
+        "lp",
+        "--view",
+        "ascites",
+        check=False,
+    )
+    assert bad.returncode == 2 and "whole-scan" in bad.stderr
+
+
+def test_extract_failures_recorded_others_succeed_and_resume(cli, tmp_path: Path) -> None:
+    root = _bench(tmp_path)
+    (root / "images" / "case_01.nii.gz").write_bytes(b"\x1f\x8b corrupt")  # corrupt image
+    (root / "fg_masks" / "fatty_liver" / "case_02.nii.gz").unlink()  # a case without its mask
+    store = tmp_path / "store"
+    args = ("extract", "--extractor", "hu-stats", "--images", root / "images", "--store", store)
+    roi = ("--masks", root / "fg_masks", "--disease", "fatty_liver", "--workers", "1")
+    first = cli(*args, *roi, check=False)
+    assert first.returncode == 1, first.stderr
+    view = Store(store).view("hu-stats", "lp", "fatty_liver")
+    assert view.cases("ok") == ["case_00", "case_03"]
+    recs = view.records()
+    assert "cannot read" in recs["case_01"].error and "no mask" in recs["case_02"].error
+    ok = recs["case_00"]
+    assert ok.extractor == "hu-stats" and len(ok.image_sha256) == 64 and len(ok.mask_sha256) == 64
+    assert len(ok.crop_box_voxel) == 6 and len(ok.direction) == 9 and ok.spacing == (2.0, 2.0, 4.0)
+    assert "failed" in first.stdout and "case_01" in first.stdout
+
+    lines = len(view.manifest_path.read_text().splitlines())
+    mtime = view.case_path("case_00").stat().st_mtime_ns
+    second = cli(*args, *roi, check=False)  # resume: only the two failed cases are tried again
+    assert second.returncode == 1
+    assert len(view.manifest_path.read_text().splitlines()) == lines + 2
+    assert view.case_path("case_00").stat().st_mtime_ns == mtime
+    assert view.records()["case_00"] == ok
+
+    forced = cli(*args, *roi, "--force", "--cases", "case_00,case_03")
+    assert forced.returncode == 0
+    assert view.records()["case_00"].written_at > ok.written_at
+
+
+def test_extract_cnn3d_eao_whole_scan_batched(cli, tmp_path: Path) -> None:
+    root = _bench(tmp_path, n=3)
+    store = tmp_path / "store"
+    cli(
+        "extract", "--extractor", "cnn3d", "--images", root / "images", "--store", store,
+        "--task", "eao", "--workers", "2", "--batch-size", "2", "--device", "cpu", "--model", "cnn test",
+    )  # fmt: skip
+    view = Store(store).view("cnn test", "eao", "full")
+    assert view.cases() == ["case_00", "case_01", "case_02"]
+    packed = view.packed()
+    assert packed.tokens.shape == (3 * 6**3, 128)
+    np.testing.assert_array_equal(packed.grids, [[6, 6, 6]] * 3)
+    assert view.records()["case_00"].crop_box_voxel[3:] != ()
+    missing = cli("extract", "--images", root / "images", "--store", store, check=False)
+    assert missing.returncode == 2 and "--extractor" in missing.stderr

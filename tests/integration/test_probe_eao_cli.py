@@ -1,0 +1,94 @@
+"""`ctfm probe eao` end to end: a store of token maps, labels, outputs, checkpoints, resumability."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ctfm.probe.checkpoint import load_predictor
+from ctfm.probe.layout import DiseaseLayout
+from ctfm.store import Store
+from eao_fixtures import planted_tokens
+
+DISEASE = "ascites"  # whole-scan disease: view "full"
+DIM = 8
+
+
+def _bench(root: Path, n: int = 60) -> tuple[Path, Path]:
+    """A store with eao token maps [D, h, w, l] (grids differ) and the disease's label CSV."""
+    grids = [(2, 2, 3), (3, 2, 2), (2, 3, 3)]
+    cases, y = planted_tokens(n, grids=grids, dim=DIM, amp=4.0, seed=1)
+    view = Store(root / "store").view("tiny", "eao", "full")
+    names = [f"case_{i:03d}" for i in range(n)]
+    for i, (name, tokens) in enumerate(zip(names, cases, strict=True)):
+        view.write_case(name, tokens.T.reshape(DIM, *grids[i % len(grids)]))
+    split = np.where(np.arange(n) < n * 2 // 3, "train", "val")
+    labels = root / "labels"
+    labels.mkdir()
+    pd.DataFrame({"case_id": [f"{c}.nii.gz" for c in names], "split": split, DISEASE: y}).to_csv(
+        labels / f"{DISEASE}.csv", index=False
+    )
+    return root / "store", labels
+
+
+@pytest.mark.slow
+def test_probe_eao_trains_saves_and_resumes(cli, tmp_path: Path) -> None:
+    store, labels = _bench(tmp_path)
+    out = tmp_path / "probes"
+    args = [
+        "probe", "eao", "--store", store, "--model", "tiny", "--labels", labels, "--out", out,
+        "--disease", DISEASE, "--head", "attn-pool", "--head", "mean-linear", "--num-layers", "1",
+        "--num-heads", "2", "--ffn-mult", "1", "--lrs", "1e-3,1e-2", "--epochs", "4", "--batch-size", "16",
+        "--min-epoch", "1", "--warmup-epochs", "1", "--dtype", "float16", "--device", "cpu",
+    ]  # fmt: skip
+    proc = cli(*args)
+    assert "needs about" in proc.stdout + proc.stderr  # memory estimate is said before training
+    layout = DiseaseLayout.of(out, "tiny", DISEASE, "eao")
+    assert layout.is_done()
+    run = layout.run()
+    for f in (run.val_report, run.history, run.grid_report, run.progress):
+        assert f.is_file(), f
+    report = pd.read_csv(run.val_report, index_col=0)
+    assert "val_balanced_acc" in report.index
+    grid = pd.read_csv(run.grid_report)
+    assert sorted(grid["name"]) == ["attn-pool", "attn-pool", "mean-linear", "mean-linear"]
+    summary = json.loads(layout.summary.read_text())
+    assert summary["task"] == "eao" and summary["store"]["view"] == "full"
+
+    # The checkpoint rebuilds its head and reproduces its val balanced accuracy from the store's tokens.
+    predictor = load_predictor(run.checkpoint("val_balanced_acc"))
+    assert predictor.meta["head"]["kwargs"]["dim"] == DIM
+    view = Store(store).view("tiny", "eao", "full")
+    table = pd.read_csv(labels / f"{DISEASE}.csv")
+    val = table[table["split"] == "val"]
+    tokens = [view.read_case(c.removesuffix(".nii.gz")) for c in val["case_id"]]
+    pred = predictor.predict_logits(tokens).argmax(1)
+    y = val[DISEASE].to_numpy()
+    bacc = np.mean([(pred[y == c] == c).mean() for c in (0, 1)])
+    assert bacc == pytest.approx(report.loc["val_balanced_acc", "balanced_acc"], abs=0.02)  # float16 cache
+
+    # `ctfm eval` rebuilds the head from the checkpoint and scores the val split the same way.
+    evals = tmp_path / "eval"
+    cli(
+        "eval", "--runs", out, "--store", store, "--labels", labels, "--split", "val",
+        "--strategy", "val_balanced_acc", "--bootstrap", "0", "--out", evals,
+    )  # fmt: skip
+    scored = pd.read_csv(evals / "tiny" / "eao" / DISEASE / "val_balanced_acc" / "val_metrics.csv")
+    assert scored["balanced_acc"].iloc[0] == pytest.approx(bacc, abs=1e-9)
+    assert int(scored["failed_cases"].iloc[0]) == 0
+
+    again = cli(*args)
+    assert "skipped" in again.stdout
+
+
+def test_probe_eao_unknown_head_is_one_red_line(cli, tmp_path: Path) -> None:
+    proc = cli(
+        "probe", "eao", "--store", tmp_path, "--model", "m", "--labels", tmp_path, "--out", tmp_path / "o",
+        "--disease", DISEASE, "--head", "transformer", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--head 'transformer'" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,124 @@
+"""``ctfm probe lp`` end to end on a small store built with the store API (synthetic embeddings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from probe_fixtures import MODEL, write_bench
+
+SMALL = ["--epochs", "6", "--batch-size", "32", "--min-epoch", "2", "--patience", "3", "--device", "cpu"]
+
+
+@pytest.fixture
+def bench(tmp_path):
+    store, labels = write_bench(tmp_path, n=60, dim=8, n_val=16, n_test=4, missing=("synth_0005",))
+    return tmp_path, store, labels
+
+
+def _base(store: Path, labels: Path, out: Path) -> list[str]:
+    return [
+        "probe",
+        "lp",
+        "--store",
+        str(store),
+        "--model",
+        MODEL,
+        "--labels",
+        str(labels),
+        "--out",
+        str(out),
+    ]
+
+
+def test_lp_grid_outputs_and_resume(cli, bench):
+    tmp, store, labels = bench
+    out = tmp / "probes"
+    grid = ["--lrs", "1e-2,1e-1", "--wds", "1e-4", "--norms", "raw,std"]
+    # ascites has no embeddings (its `full` view is empty): it fails, is reported, and fatty_liver still runs
+    proc = cli(*_base(store, labels, out), "--disease", "fatty_liver,ascites", *SMALL, *grid, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "synth_0005" in proc.stderr and "no ok embedding" in proc.stderr
+    assert "fatty_liver" in proc.stdout and "done" in proc.stdout and "failed" in proc.stdout
+    assert "ascites" in proc.stderr and "no ok lp embeddings" in proc.stderr
+    disease = out / MODEL / "fatty_liver"
+    for name in ("val_balanced_acc", "val_auroc", "val_loss", "val_balacc_auroc", "val_balacc_loss"):
+        assert (disease / "checkpoints" / f"{name}.pt").is_file()
+    for name in ("val_report.csv", "grid_report.csv", "history.csv", "progress.png", "summary.json", "DONE"):
+        assert (disease / name).is_file(), name
+    report = pd.read_csv(disease / "grid_report.csv")
+    assert len(report) == 4 and set(report["norm"]) == {"raw", "std"}
+    summary = json.loads((disease / "summary.json").read_text())
+    assert summary["runs"][0]["n_train"] == 39 and summary["runs"][0]["n_val"] == 16
+    assert summary["missing"]["cases"] == {
+        "synth_0005": {"split": "train", "status": "failed: container crashed"}
+    }
+
+    again = cli(*_base(store, labels, out), "--disease", "fatty_liver", *SMALL, *grid)
+    assert "skipped" in again.stdout
+
+
+def test_lp_folds_few_shot_with_logreg(cli, bench):
+    tmp, store, labels = bench
+    out = tmp / "probes"
+    cli(
+        *_base(store, labels, out),
+        "--disease",
+        "fatty_liver",
+        "--probe",
+        "logreg",
+        "--cs",
+        "0.1,1",
+        "--norms",
+        "std",
+        "--folds",
+        "5",
+        "--shots",
+        "4",
+        "--tries",
+        "2",
+        "--seeds",
+        "3",
+    )
+    summary = json.loads((out / MODEL / "fatty_liver" / "summary.json").read_text())
+    runs = summary["runs"]
+    assert [r["tag"] for r in runs][:3] == ["fold0_shots4-try0", "fold0_shots4-try1", "fold1_shots4-try0"]
+    assert len(runs) == 10 and all(r["n_train"] == 8 and len(r["train_cases"]) == 8 for r in runs)
+    assert {r["split_column"] for r in runs} == {f"fold{k}" for k in range(5)}
+    assert summary["aggregate"]["val_auroc"]["auroc"]["n"] == 10
+    report = pd.read_csv(out / MODEL / "fatty_liver" / "fold3_shots4-try1" / "val_report.csv", index_col=0)
+    assert report.loc["val_auroc", "head"].startswith("logreg_C_")
+
+
+def test_lp_user_mistakes_are_one_line(cli, bench):
+    tmp, store, labels = bench
+    base = _base(store, labels, tmp / "probes")
+    proc = cli(*base, "--disease", "fatty_liver", "--schedule", "step", check=False)
+    assert proc.returncode == 2 and "--schedule 'step'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_lp_wandb_offline_without_key(cli, bench, monkeypatch):
+    tmp, store, labels = bench
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp / "probes"
+    cli(
+        *_base(store, labels, out),
+        "--disease",
+        "fatty_liver",
+        *SMALL,
+        "--lrs",
+        "1e-2",
+        "--wds",
+        "1e-4",
+        "--norms",
+        "std",
+        "--wandb",
+    )
+    runs = list((out / MODEL / "fatty_liver" / "wandb").glob("offline-run-*"))
+    assert runs and any(p.suffix == ".wandb" for p in runs[0].rglob("*"))

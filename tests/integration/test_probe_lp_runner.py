@@ -1,0 +1,96 @@
+"""The probe runner through the Python API: layout, seeds aggregated, missing cases, resuming, --force."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ctfm.probe.layout import DiseaseLayout, list_diseases
+from ctfm.probe.runner import ProbeOptions, linear_task, run_probe
+from ctfm.probe.training import TrainConfig
+from probe_fixtures import MODEL, write_bench
+
+
+def _config(**kw) -> TrainConfig:
+    return TrainConfig(
+        **{"epochs": 8, "batch_size": 32, "patience": 3, "min_epoch": 3, "device": "cpu", **kw}
+    )
+
+
+def test_runner_writes_layout_aggregates_seeds_and_resumes(tmp_path):
+    store, labels = write_bench(tmp_path, n=60, dim=6, n_val=16, n_test=4, missing=("synth_0001",))
+    options = ProbeOptions.defaults(
+        store=store,
+        model=MODEL,
+        labels=labels,
+        out=tmp_path / "out",
+        diseases=["fatty_liver", "ascites"],
+        train=_config(),
+        lrs=[1e-2, 1e-1],
+        weight_decays=[1e-4],
+        norms=["raw", "std"],
+        seeds=[0, 1],
+    )
+    messages: list[str] = []
+    calls: list[tuple[str, str]] = []
+    outcomes = run_probe(
+        options, linear_task(options), log=messages.append, on_run=lambda d, t: calls.append((d, t))
+    )
+    assert calls == [("fatty_liver", "seed0"), ("fatty_liver", "seed1"), ("ascites", ""), ("ascites", "")]
+    assert [o.status for o in outcomes] == [
+        "done",
+        "failed",
+    ]  # ascites has no store view: recorded, not raised
+    assert "no ok lp embeddings" in outcomes[1].error
+    assert any("synth_0001" in m for m in messages)
+    layout = DiseaseLayout.of(tmp_path / "out", MODEL, "fatty_liver")
+    summary = json.loads(layout.summary.read_text())
+    assert [r["tag"] for r in summary["runs"]] == ["seed0", "seed1"]
+    assert summary["missing"]["count"] == 1 and "synth_0001" in summary["missing"]["cases"]
+    agg = summary["aggregate"]["val_auroc"]["auroc"]
+    values = [r["selections"]["val_auroc"]["val_metrics"]["auroc"] for r in summary["runs"]]
+    assert agg["n"] == 2 and agg["mean"] == pytest.approx(np.mean(values))
+    ckpts = layout.checkpoints("val_balacc_auroc")
+    assert set(ckpts) == {"seed0", "seed1"} and all(p.is_file() for p in ckpts.values())
+    report = pd.read_csv(layout.run("seed0").val_report, index_col=0)
+    assert list(report.index) == [
+        "val_balanced_acc",
+        "val_auroc",
+        "val_loss",
+        "val_balacc_auroc",
+        "val_balacc_loss",
+    ]
+    for col in (
+        "acc",
+        "f1",
+        "auroc",
+        "ap",
+        "sensitivity",
+        "specificity",
+        "balanced_acc",
+        "loss",
+        "head",
+        "norm",
+        "selected_epoch",
+        "checkpoint",
+        "lr",
+        "weight_decay",
+        "train_loss",
+    ):
+        assert col in report.columns
+    history = pd.read_csv(layout.run("seed1").history)
+    assert {"epoch", "head", "head_name", "val_loss", "val_balanced_acc", "val_auroc"} <= set(history.columns)
+    assert layout.run("seed0").progress.stat().st_size > 1000
+    assert list_diseases(tmp_path / "out", MODEL) == ["fatty_liver"]
+
+    (layout.dir / "user_notes.txt").write_text("mine")
+    stamp = layout.done.stat().st_mtime_ns
+    again = run_probe(options, linear_task(options))
+    assert again[0].status == "skipped" and layout.done.stat().st_mtime_ns == stamp
+    options.force = True
+    options.diseases = ["fatty_liver"]
+    assert run_probe(options, linear_task(options))[0].status == "done"
+    assert (layout.dir / "user_notes.txt").read_text() == "mine"  # never deletes the user's folder

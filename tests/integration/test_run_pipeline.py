@@ -1,0 +1,105 @@
+"""`ctfm run` end to end on a small synthetic config: interrupted and resumed, it ends where a clean run ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+SMALL = {
+    "output": "out",
+    "data": {"synth": {"cases": 24, "seed": 3}},
+    "diseases": ["fatty_liver", "ascites"],
+    "tasks": ["lp"],
+    "extractors": [{"name": "hu-stats"}],
+    "probe": {"lp": {"epochs": 12, "lrs": [1.0e-3, 1.0e-2], "weight_decays": [1.0e-4]}},
+    "eval": {"split": "test", "bootstrap": 50},
+    "leaderboard": {"bootstrap": 50},
+}
+
+
+def _config(folder: Path, **changes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "run.yaml"
+    path.write_text(yaml.safe_dump({**SMALL, **changes}))
+    return path
+
+
+def _ctfm(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ctfm.cli.main", *args]
+
+
+def _results(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    board = pd.read_csv(folder / "out" / "leaderboard" / "lp" / "leaderboard.csv")
+    preds = sorted((folder / "out" / "eval" / "lp").rglob("test_per_sample_predictions.csv"))
+    assert len(preds) == 2
+    return board, pd.concat([pd.read_csv(p) for p in preds])
+
+
+def _kill_when(proc: subprocess.Popen, ready: Path, timeout: float = 300) -> int:
+    """SIGKILL the run as soon as ``ready`` has content; returns how many lines it had."""
+    deadline = time.monotonic() + timeout
+    while not (ready.is_file() and ready.stat().st_size > 0):
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        assert time.monotonic() < deadline, f"{ready} never appeared"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return len(ready.read_text().splitlines())
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_leaderboard(cli, tmp_path):
+    clean = _config(tmp_path / "clean")
+    cli("run", clean)
+    board, preds = _results(clean.parent)
+    assert board["model"].tolist() == ["hu-stats"]
+    assert (clean.parent / "out" / "leaderboard" / "lp" / "leaderboard.html").is_file()
+    assert (
+        yaml.safe_load((clean.parent / "out" / "config.resolved.yaml").read_text())["diseases"]
+        == SMALL["diseases"]
+    )
+
+    broken = _config(tmp_path / "broken")
+    # Kill the run mid-extraction of the second view, after some of its cases were stored.
+    proc = subprocess.Popen(_ctfm("run", str(broken)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stored = _kill_when(proc, broken.parent / "out" / "store" / "hu-stats" / "lp" / "full" / "manifest.jsonl")
+    assert not (broken.parent / "out" / "leaderboard").exists()
+
+    resumed = cli("run", broken)
+    log = resumed.stderr
+    assert "data: up to date" in log and "masks: up to date" in log
+    assert "extract/hu-stats/lp/fatty_liver: up to date" in log
+    if stored < SMALL["data"]["synth"]["cases"]:  # killed mid-view: its finished cases were kept
+        assert f"{stored} already stored" in log
+    board2, preds2 = _results(broken.parent)
+    pd.testing.assert_frame_equal(board, board2)
+    pd.testing.assert_frame_equal(preds.reset_index(drop=True), preds2.reset_index(drop=True))
+
+    again = cli("run", broken).stderr
+    assert again.count("up to date") == 7  # data, masks, 2 extractions, probe, eval, leaderboard
+
+    changed = _config(
+        tmp_path / "broken", probe={"lp": {"epochs": 6, "lrs": [1.0e-3], "weight_decays": [1.0e-4]}}
+    )
+    redo = cli("run", changed).stderr
+    assert "extract/hu-stats/lp/full: up to date" in redo
+    assert "probe/lp/hu-stats (settings changed: redoing)" in redo
+    assert "leaderboard/lp (settings changed: redoing)" in redo
+
+
+def test_bad_config_is_one_clear_message(cli, tmp_path):
+    bad = _config(tmp_path, extractors=[{"name": "hu-stats"}, {"name": "nope"}], diseases=["gout"])
+    proc = cli("run", bad, check=False)
+    assert proc.returncode == 2
+    assert "diseases[0]: unknown disease 'gout'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    missing = cli("run", tmp_path / "absent.yaml", check=False)
+    assert missing.returncode == 2 and "run config not found" in missing.stderr

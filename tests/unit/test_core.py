@@ -1,0 +1,127 @@
+"""The shared pieces every stage relies on: benchmark config, label CSVs, atomic writes, NIfTI I/O, CLI errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ctfm.benchmark import load_benchmark
+from ctfm.errors import ConfigError, DataError
+from ctfm.fsutil import atomic_path, sha256_file, write_text_atomic
+from ctfm.labels import read_labels
+from ctfm.nifti import case_id, geometry, list_volumes, read_array, write
+
+SHARED_TSV = Path(__file__).resolve().parents[3] / "shared" / "docs" / "totalsegmentator_v2_total_classes.tsv"
+
+
+def test_benchmark_has_the_15_amos_diseases_and_roi_organs():
+    bench = load_benchmark()
+    assert len(bench.diseases) == 15
+    assert len(bench.roi_diseases) == 11
+    assert set(bench.nonroi_diseases) == {
+        "atherosclerosis",
+        "colorectal_cancer",
+        "ascites",
+        "lymphadenopathy",
+    }
+    assert bench.roi_organs("cholecystitis") == ("gallbladder", "liver")
+    assert bench.view_of("ascites") == "full"
+    assert bench.view_of("gallstone") == "gallstone"
+    with pytest.raises(ConfigError, match="unknown disease 'nope'"):
+        bench.view_of("nope")
+
+
+def test_every_roi_organ_exists_in_the_v2_class_map():
+    bench = load_benchmark()
+    cmap = bench.class_map("v2")
+    organs = {o for organs in bench.roi_diseases.values() for o in organs}
+    assert all(o in cmap.ids for o in organs)
+    assert cmap.max_id == 117 and len(cmap.names) == 117
+
+
+def test_v1_map_agrees_with_v2_only_on_ids_1_to_6():
+    bench = load_benchmark()
+    v1, v2 = bench.class_map("v1"), bench.class_map("v2")
+    assert len(v1.names) == 104
+    same = [i for i in v1.names if v2.names.get(i) == v1.names[i]]
+    assert same == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.skipif(not SHARED_TSV.exists(), reason="shared docs not beside the checkout")
+def test_class_map_is_the_shared_table():
+    shipped = load_benchmark().class_map("v2").names
+    shared = pd.read_csv(SHARED_TSV, sep="\t")
+    assert shipped == dict(zip(shared["id"], shared["name"], strict=True))
+
+
+def _csv(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "fatty_liver.csv"
+    path.write_text(text)
+    return path
+
+
+def test_labels_parsed_by_column_name_with_id_alias(tmp_path):
+    path = _csv(tmp_path, "fatty_liver,split,id,fold0\n1,train,a.nii.gz,val\n0,val,b.nii.gz,train\n")
+    table = read_labels(path)
+    assert table["case"].tolist() == ["a", "b"]
+    assert table["file"].tolist() == ["a.nii.gz", "b.nii.gz"]
+    assert table["label"].tolist() == [1, 0]
+    assert table["fold0"].tolist() == ["val", "train"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("case_id,fatty_liver\na.nii.gz,1\n", "missing column.*split"),
+        ("case_id,split\na.nii.gz,train\n", "missing column.*fatty_liver"),
+        ("case_id,split,fatty_liver\na.nii.gz,training,1\n", "unknown split"),
+        ("case_id,split,fatty_liver\na.nii.gz,train,yes\n", "non-integer"),
+        ("case_id,split,fatty_liver\na.nii.gz,train,1\na.nii.gz,val,0\n", "duplicated"),
+    ],
+)
+def test_bad_label_files_name_the_file_and_problem(tmp_path, text, message):
+    path = _csv(tmp_path, text)
+    with pytest.raises(DataError, match=message) as info:
+        read_labels(path)
+    assert str(path) in str(info.value)
+
+
+def test_atomic_path_leaves_old_content_when_the_write_fails(tmp_path):
+    dest = tmp_path / "out.txt"
+    write_text_atomic(dest, "old")
+    with pytest.raises(RuntimeError), atomic_path(dest) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert dest.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_nifti_round_trip_keeps_dtype_and_affine(tmp_path):
+    affine = np.diag([-0.7, -0.7, 3.0, 1.0])
+    affine[:3, 3] = [10, -20, 30]
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4) - 1000
+    path = write(tmp_path / "case_1.nii.gz", data, affine)
+    back, img = read_array(path)
+    assert back.dtype == np.int16 and np.array_equal(back, data)
+    assert geometry(path).matches(geometry(path)) and np.allclose(img.affine, affine)
+    assert geometry(path).spacing == pytest.approx((0.7, 0.7, 3.0))
+    assert case_id(path) == "case_1" and list_volumes(tmp_path) == [path]
+    assert len(sha256_file(path)) == 64
+
+
+def test_truncated_nifti_raises_data_error_naming_the_file(tmp_path):
+    noise = np.random.default_rng(0).integers(-1000, 1000, (20, 20, 20), dtype=np.int16)
+    path = write(tmp_path / "c.nii.gz", noise, np.eye(4))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"c\.nii\.gz.*corrupt"):
+        read_array(path)
+
+
+def test_cli_prints_version_and_turns_user_errors_into_one_line(cli):
+    assert cli("--version").stdout.startswith("ctfm ")
+    help_text = cli("--help").stdout
+    assert "Usage" in help_text

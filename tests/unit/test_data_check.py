@@ -1,0 +1,139 @@
+"""`ctfm data check`: passes on a fresh synthetic folder, catches each kind of damage on a copy."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ctfm.benchmark import load_benchmark
+from ctfm.data.check import check_benchmark
+from ctfm.data.synth import generate_benchmark
+from ctfm.errors import DataError
+from ctfm.nifti import read_array, write
+
+CASE = "synth_0001"
+
+
+@pytest.fixture(scope="module")
+def small_bench(tmp_path_factory):
+    return generate_benchmark(tmp_path_factory.mktemp("check") / "bench", cases=6, seed=1)
+
+
+@pytest.fixture
+def bench(small_bench, tmp_path):
+    """A private copy to damage."""
+    return shutil.copytree(small_bench, tmp_path / "bench")
+
+
+def _problems(root, file=None):
+    report = check_benchmark(root, workers=2)
+    return [p for p in report.problems if file is None or p.file == file]
+
+
+def _edit_csv(root, disease, edit):
+    path = root / "labels" / f"{disease}.csv"
+    frame = pd.read_csv(path, dtype=str)
+    edit(frame)
+    frame.to_csv(path, index=False)
+
+
+def test_fresh_synth_folder_passes(synth_bench):
+    report = check_benchmark(synth_bench, workers=2)
+    assert report.ok, report.problems
+    assert report.counts["images"] == 45 and report.counts["label maps"] == 40
+
+
+def test_missing_folder_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="not a folder"):
+        check_benchmark(tmp_path / "nope")
+
+
+def test_csv_without_case_id_column(bench):
+    _edit_csv(bench, "gallstone", lambda f: f.rename(columns={"case_id": "patient"}, inplace=True))
+    (problem,) = _problems(bench, "labels/gallstone.csv")
+    assert "missing column(s) case_id" in problem.problem
+
+
+def test_csv_without_label_column(bench):
+    _edit_csv(bench, "ascites", lambda f: f.drop(columns=["ascites"], inplace=True))
+    (problem,) = _problems(bench, "labels/ascites.csv")
+    assert "missing column(s) ascites" in problem.problem
+
+
+def test_csv_with_unknown_split(bench):
+    _edit_csv(bench, "fatty_liver", lambda f: f.loc.__setitem__((0, "split"), "training"))
+    (problem,) = _problems(bench, "labels/fatty_liver.csv")
+    assert "unknown split" in problem.problem and "training" in problem.problem
+
+
+def test_csv_with_non_integer_labels(bench):
+    _edit_csv(bench, "splenomegaly", lambda f: f.loc.__setitem__((2, "splenomegaly"), "0.5"))
+    (problem,) = _problems(bench, "labels/splenomegaly.csv")
+    assert "non-integer" in problem.problem
+
+
+def test_listed_case_without_image(bench):
+    (bench / "images" / f"{CASE}.nii.gz").unlink()
+    problems = _problems(bench)
+    listed = [p for p in problems if "listed case has no image" in p.problem]
+    assert len(listed) == len(load_benchmark().diseases) and {p.case for p in listed} == {CASE}
+    assert any(p.file == f"totalseg/{CASE}.nii.gz" and "without an image" in p.problem for p in problems)
+
+
+def test_truncated_image_is_caught_by_reading_the_data(bench):
+    path = bench / "images" / f"{CASE}.nii.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    (problem,) = _problems(bench, f"images/{CASE}.nii.gz")
+    assert "truncated or corrupt" in problem.problem
+
+
+def test_label_map_with_other_shape(bench):
+    seg, img = read_array(bench / "totalseg" / f"{CASE}.nii.gz")
+    write(bench / "totalseg" / f"{CASE}.nii.gz", np.ascontiguousarray(seg[:-3]), img.affine)
+    (problem,) = _problems(bench, f"totalseg/{CASE}.nii.gz")
+    assert "shape differs from its image" in problem.problem
+
+
+def test_label_map_with_other_affine(bench):
+    seg, img = read_array(bench / "totalseg" / f"{CASE}.nii.gz")
+    affine = img.affine.copy()
+    affine[:3, 3] += 12.0
+    write(bench / "totalseg" / f"{CASE}.nii.gz", seg, affine)
+    (problem,) = _problems(bench, f"totalseg/{CASE}.nii.gz")
+    assert "affine differs from its image" in problem.problem
+
+
+def test_label_map_with_non_integer_values(bench):
+    seg, img = read_array(bench / "totalseg" / f"{CASE}.nii.gz")
+    values = seg.astype(np.float32)
+    values[values == 5] = 5.5
+    write(bench / "totalseg" / f"{CASE}.nii.gz", values, img.affine)
+    (problem,) = _problems(bench, f"totalseg/{CASE}.nii.gz")
+    assert "non-integer values" in problem.problem
+
+
+def test_v1_numbered_label_map(bench):
+    pytest.importorskip("ctfm.masks")
+    bm = load_benchmark()
+    v1_ids = bm.class_map("v1").ids
+    lut = np.zeros(256, np.uint8)
+    for i, name in bm.class_map("v2").names.items():
+        lut[i] = v1_ids.get(name, 0)
+    seg, img = read_array(bench / "totalseg" / f"{CASE}.nii.gz")
+    write(bench / "totalseg" / f"{CASE}.nii.gz", lut[seg], img.affine)
+    (problem,) = _problems(bench, f"totalseg/{CASE}.nii.gz")
+    assert "v1 numbering where v2 is expected" in problem.problem
+
+
+def test_damaged_mask_geometry_in_test_demo(bench):
+    masks = sorted((bench / "test_demo" / "fg_masks").rglob("*.nii.gz"))
+    if not masks:
+        pytest.skip("test_demo has no fg_masks (masks library not installed)")
+    mask, img = read_array(masks[0])
+    write(masks[0], np.ascontiguousarray(mask[1:]), img.affine)
+    problems = _problems(bench, str(masks[0].relative_to(bench)))
+    assert len(problems) == 1 and "mask shape differs" in problems[0].problem

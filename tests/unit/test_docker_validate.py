@@ -1,0 +1,150 @@
+"""Output checks of the container runner, and its small helpers (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from ctfm.errors import ConfigError, DataError
+from ctfm.extract.docker import (
+    CaseInput,
+    ContainerResult,
+    ContainerRunner,
+    RunSettings,
+    _chunks,
+    _parse_bytes,
+    _split_cpus,
+    discover_tarballs,
+    link_or_copy,
+    team_from_tag,
+)
+from ctfm.extract.validate import OutputInvalid, check_output, embedding_problems, scan_outputs
+
+
+def h5(path: Path, data=None, name: str = "y_hat") -> Path:
+    with h5py.File(path, "w") as fh:
+        fh.create_dataset(name, data=np.arange(4, dtype=np.float32) if data is None else data)
+    return path
+
+
+def test_valid_output_is_staged_privately(tmp_path):
+    out = check_output(h5(tmp_path / "c1.h5"), tmp_path / "stage", "lp")
+    assert out.case == "c1" and out.path.parent == tmp_path / "stage"
+    np.testing.assert_array_equal(out.y_hat, np.arange(4, dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("data", "task", "reason"),
+    [
+        (np.array([1.0, np.nan], np.float32), "lp", "NaN"),
+        (np.arange(4, dtype=np.int32), "lp", "float"),
+        (np.zeros((2, 2), np.float32), "lp", "1-D"),
+        (np.zeros((2, 2, 2), np.float32), "eao", "4-D"),
+    ],
+)
+def test_bad_arrays_are_rejected(tmp_path, data, task, reason):
+    with pytest.raises(OutputInvalid, match=reason):
+        check_output(h5(tmp_path / "c.h5", data), tmp_path / "stage", task)
+
+
+def test_symlink_missing_dataset_junk_and_size(tmp_path):
+    secret = h5(tmp_path / "secret.h5")
+    (tmp_path / "out").mkdir()
+    os.symlink(secret, tmp_path / "out" / "c.h5")
+    with pytest.raises(OutputInvalid, match="regular file"):
+        check_output(tmp_path / "out" / "c.h5", tmp_path / "stage", "lp")
+    with pytest.raises(OutputInvalid, match="no dataset"):
+        check_output(h5(tmp_path / "d.h5", name="features"), tmp_path / "stage", "lp")
+    (tmp_path / "e.h5").write_bytes(b"not hdf5")
+    with pytest.raises(OutputInvalid, match="HDF5"):
+        check_output(tmp_path / "e.h5", tmp_path / "stage", "lp")
+    with pytest.raises(OutputInvalid, match="over the limit"):
+        check_output(h5(tmp_path / "f.h5"), tmp_path / "stage", "lp", max_bytes=100)
+    with pytest.raises(OutputInvalid, match="differs"):
+        check_output(h5(tmp_path / "g.h5"), tmp_path / "stage", "lp", dim=8)
+
+
+def test_scan_reports_missing_unexpected_and_one_feature_size(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    h5(out / "a.h5")
+    h5(out / "b.h5", np.zeros(5, np.float32))
+    (out / "notes.txt").write_text("x")
+    h5(out / "other_case.h5")
+    scan = scan_outputs(out, ["a", "b", "c"], "lp", tmp_path / "stage")
+    assert sorted(scan.valid) == ["a"]
+    assert "differs" in scan.invalid["b"]
+    assert scan.missing == ["c"]
+    assert scan.unexpected == ["notes.txt", "other_case.h5"]
+
+
+def test_embedding_problems():
+    ok = {"a": np.array([1.0, 2.0]), "b": np.array([1.0, 3.0])}
+    assert embedding_problems(ok) == []
+    assert "constant" in embedding_problems({"a": np.ones(3), "b": np.array([1.0, 2, 3])})[0]
+    assert "collapsed" in embedding_problems({"a": np.array([1.0, 2]), "b": np.array([1.0, 2])})[0]
+
+
+def test_helpers(tmp_path):
+    assert team_from_tag("registry.local:5000/ns/acme-sub:v7") == "acme-sub"
+    assert team_from_tag("acme") == "acme"
+    assert _parse_bytes("1g") == 1 << 30 and _parse_bytes("512m") == 512 << 20
+    assert [len(c) for c in _chunks(list(range(7)), 3)] == [3, 3, 1]
+    assert len(_split_cpus(1)) == 1
+    (tmp_path / "acme_lp.tar.gz").write_bytes(b"")
+    (tmp_path / "zeta_eao.tar.gz").write_bytes(b"")
+    assert discover_tarballs(tmp_path, "lp") == {"acme": tmp_path / "acme_lp.tar.gz"}
+    with pytest.raises(DataError):
+        discover_tarballs(tmp_path / "none", "lp")
+    with pytest.raises(ConfigError):
+        RunSettings(task="seg")
+    with pytest.raises(ConfigError):
+        RunSettings(batch_cases=0)
+
+
+def test_link_or_copy_links_readable_files_and_copies_private_ones(tmp_path):
+    src = tmp_path / "a.nii.gz"
+    src.write_bytes(b"abc")
+    os.chmod(src, 0o644)
+    link_or_copy(src, tmp_path / "linked", uid=65534)
+    assert (tmp_path / "linked").stat().st_ino == src.stat().st_ino
+    os.chmod(src, 0o600)
+    link_or_copy(src, tmp_path / "copied", uid=65534 if os.getuid() != 65534 else 1)
+    copied = tmp_path / "copied"
+    assert copied.stat().st_ino != src.stat().st_ino and copied.read_bytes() == b"abc"
+    assert copied.stat().st_mode & 0o004
+
+
+def test_batched_case_times_are_gaps_between_arrivals():
+    result = ContainerResult(name="x", cases=["a", "b", "c"], arrivals={"a": 2.0, "b": 2.5, "c": 3.5})
+    assert ContainerRunner._gap(result, "a") == 2.0
+    assert ContainerRunner._gap(result, "b") == 0.5
+    assert ContainerRunner._gap(result, "c") == 1.0
+    assert CaseInput("a", Path("a.nii.gz")).mask is None
+
+
+def test_chunks_run_concurrently_one_slot_per_gpu():
+    import threading
+
+    from ctfm.extract.docker import _run_parallel
+
+    seen: list[tuple[int, str, str]] = []
+    lock = threading.Lock()
+
+    def fn(chunk, gpu, cpus):
+        with lock:
+            seen.append((chunk, gpu, cpus))
+
+    _run_parallel(list(range(6)), ["0", "1"], ["0", "1"], fn)
+    assert sorted(c for c, _, _ in seen) == list(range(6))
+    assert {(g, c) for _, g, c in seen} <= {("0", "0"), ("1", "1")}
+
+    def boom(chunk, gpu, cpus):
+        raise RuntimeError("engine gone")
+
+    with pytest.raises(RuntimeError, match="engine gone"):
+        _run_parallel([1, 2], ["0", "1"], ["0", "1"], boom)

@@ -1,0 +1,161 @@
+"""EAO trainer: padded batches, bucketing, memory planning, the shared training rules, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctfm.errors import ConfigError, DataError
+from ctfm.probe.checkpoint import load_predictor
+from ctfm.probe.data import DiseaseData
+from ctfm.probe.eao import (
+    EAOData,
+    HeadSpec,
+    TokenReader,
+    bucketed_batches,
+    check_memory,
+    eao_head_specs,
+    fit_eao,
+    mem_available_bytes,
+    plan_memory,
+    save_eao_checkpoints,
+)
+from ctfm.probe.layout import DiseaseLayout
+from ctfm.probe.training import TrainConfig
+from ctfm.store import to_bfloat16_bits
+from eao_fixtures import flatten, planted_tokens
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is fastest, and immune to a busy machine's oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_reader_pads_cases_of_different_grids_without_resizing() -> None:
+    cases = [np.full((n, 4), i + 1, np.float32) for i, n in enumerate([3, 5, 2])]
+    reader = TokenReader(*flatten(cases))
+    b = reader.batch(np.array([2, 1]))
+    assert b.tokens.shape == (2, 5, 4)
+    assert b.mask.tolist() == [[False, False, True, True, True], [False] * 5]
+    assert torch.all(b.tokens[0, :2] == 3) and torch.all(b.tokens[0, 2:] == 0)
+    np.testing.assert_array_equal(reader.case(1), cases[1])
+
+
+def test_reader_decodes_float16_and_bfloat16_caches() -> None:
+    x = np.linspace(-2, 2, 24, dtype=np.float32).reshape(6, 4)
+    offsets = np.array([0, 2, 6])
+    half = TokenReader(x.astype(np.float16), offsets, "float16").batch(np.array([1]))
+    bf = TokenReader(to_bfloat16_bits(x), offsets, "bfloat16").batch(np.array([1]))
+    assert half.tokens.dtype == bf.tokens.dtype == torch.float32
+    np.testing.assert_allclose(half.tokens[0].numpy(), x[2:], atol=1e-2)
+    np.testing.assert_allclose(bf.tokens[0].numpy(), x[2:], atol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_reader_of_a_file_backed_cache_reads_cases_without_the_mapping(tmp_path: Path, dtype: str) -> None:
+    x = np.random.default_rng(0).normal(size=(9, 4)).astype(np.float32)
+    stored = to_bfloat16_bits(x) if dtype == "bfloat16" else x.astype(dtype)
+    path = tmp_path / "tokens.bin"
+    path.write_bytes(b"\0" * 16 + stored.tobytes())  # a header before the array: memmap offset
+    mm = np.memmap(path, dtype=stored.dtype, mode="r", offset=16, shape=stored.shape)
+    offsets = np.array([0, 2, 7, 9])
+    reader = TokenReader(mm, offsets, dtype)
+    assert reader._fd is not None  # reads go through pread, not the mapping
+    in_memory = TokenReader(np.asarray(stored), offsets, dtype)
+    b, ref = reader.batch(np.array([2, 1, 0])), in_memory.batch(np.array([2, 1, 0]))
+    torch.testing.assert_close(b.tokens, ref.tokens, atol=0, rtol=0)
+    assert torch.equal(b.mask, ref.mask)
+    np.testing.assert_array_equal(reader.case(1), in_memory.case(1))
+
+
+def test_bucketed_batches_cover_the_epoch_and_group_similar_lengths() -> None:
+    rng = np.random.default_rng(0)
+    lengths = np.array([10, 100] * 32)
+    order = rng.permutation(64)
+    batches = bucketed_batches(order, lengths, 8, rng, window=8)
+    assert sorted(np.concatenate(batches).tolist()) == sorted(order.tolist())
+    assert all(len(np.unique(lengths[b])) == 1 for b in batches)  # one length per batch here
+
+
+def test_memory_plan_refuses_a_run_that_cannot_fit() -> None:
+    reader = TokenReader(*flatten([np.zeros((125, 32), np.float32)] * 4))
+    specs = [HeadSpec("attn-pool"), HeadSpec("abmil")]
+    plan = plan_memory(specs, 3, reader, batch_size=4, num_classes=2, available=10**12)
+    assert plan.total > plan.batch_bytes > 0 and plan.cache_bytes == reader.tokens.nbytes
+    check_memory(plan)
+    tight = plan_memory(specs, 3, reader, batch_size=4, num_classes=2, available=plan.total)
+    with pytest.raises(ConfigError, match="does not fit"):
+        check_memory(tight)
+    assert mem_available_bytes(Path("/nonexistent")) is None
+
+
+def test_head_specs_take_config_defaults_and_only_accepted_options() -> None:
+    specs = eao_head_specs(["attn-pool", "mean-linear", "abmil"], num_layers=1, hidden=8, dropout=None)
+    assert specs[0].kwargs == {"num_heads": 4, "num_layers": 1, "num_queries": 2}
+    assert specs[1].kwargs == {} and specs[2].kwargs == {"hidden": 8}
+    with pytest.raises(ConfigError, match="--head"):
+        eao_head_specs(["transformer"])
+
+
+def _data(n: int = 96, dim: int = 8, seed: int = 0) -> EAOData:
+    cases, y = planted_tokens(n, grids=[(2, 2, 3), (3, 2, 2), (2, 2, 2)], dim=dim, amp=4.0, seed=seed)
+    half = n * 2 // 3
+    return EAOData(
+        TokenReader(*flatten(cases)), np.arange(half), y[:half], np.arange(half, n), y[half:], [0, 1]
+    )
+
+
+def _config(**kw: object) -> TrainConfig:
+    base = {"epochs": 4, "batch_size": 16, "device": "cpu", "min_epoch": 1, "warmup_epochs": 1.0}
+    return TrainConfig.from_benchmark("eao", **{**base, **kw})
+
+
+SPECS = [HeadSpec("mean-linear"), HeadSpec("attn-pool", {"num_layers": 1, "num_heads": 2, "ffn_mult": 1.0})]
+
+
+def test_fit_trains_every_member_on_the_same_batches_deterministically() -> None:
+    data = _data()
+    a = fit_eao(data, SPECS, [1e-3, 1e-2], _config())
+    b = fit_eao(data, SPECS, [1e-3, 1e-2], _config())
+    assert [h["name"] for h in a.heads] == ["mean-linear"] * 2 + ["attn-pool"] * 2
+    assert [h["lr"] for h in a.heads] == [1e-3, 1e-2, 1e-3, 1e-2]
+    assert len(a.history) == 4 * 4 and set(a.selections) == set(_config().strategies)
+    pd_cols = ["train_loss", "val_loss", "val_balanced_acc"]
+    np.testing.assert_allclose(a.history[pd_cols].to_numpy(), b.history[pd_cols].to_numpy())
+
+
+def test_early_stopping_stops_a_plateaued_member() -> None:
+    # lr 0 never changes the head: its monitored metric is flat and it stops after `patience` epochs.
+    fit = fit_eao(_data(), [HeadSpec("mean-linear")], [0.0, 1e-2], _config(epochs=12, patience=3))
+    assert fit.stopped_epoch[0] == 4
+    assert fit.history[fit.history["head"] == 0]["epoch"].max() == 4
+
+
+def test_checkpoint_round_trips_through_load_predictor(tmp_path: Path) -> None:
+    data = _data()
+    config = _config()
+    fit = fit_eao(data, SPECS, [1e-2], config)
+    disease = DiseaseData("ascites", table=None, x=data.reader.tokens, store_key={"model": "m"})  # type: ignore[arg-type]
+    run = DiseaseLayout.of(tmp_path, "m", "ascites", "eao").run()
+    save_eao_checkpoints(fit, run, disease, config)
+    cases = [data.reader.case(int(r)) for r in data.val_rows]
+    for name, sel in fit.selections.items():
+        predictor = load_predictor(run.checkpoint(name))
+        assert (
+            predictor.meta["kind"] == "eao" and predictor.meta["head"]["name"] == fit.heads[sel.head]["name"]
+        )
+        np.testing.assert_allclose(predictor.predict_logits(cases), sel.val_logits, atol=1e-4)
+    # a reference y_hat map [D, h, w, l] is accepted too; a wrong D is a clear error
+    grid = np.asarray(cases[0]).T.reshape(8, 2, 2, 3)
+    np.testing.assert_allclose(
+        predictor.predict_logits([grid]), predictor.predict_logits(cases[:1]), atol=1e-5
+    )
+    with pytest.raises(DataError, match="D=8"):
+        predictor.predict_logits([np.zeros((3, 5), np.float32)])

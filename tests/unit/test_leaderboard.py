@@ -1,0 +1,91 @@
+"""Leaderboard ranks against hand-computed examples, Kendall's tau against scipy, bootstrap bookkeeping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import kendalltau
+
+from ctfm.evaluate.leaderboard import (
+    DiseaseData,
+    aggregate,
+    aggregate_then_rank,
+    average_ranks,
+    build_leaderboard,
+    kendall_tau_b,
+)
+
+METRICS = ["balanced_acc", "auroc"]
+
+
+def test_ranks_hand_computed() -> None:
+    nan = np.nan
+    # [disease, metric, model] for models A, B, C
+    values = np.array(
+        [
+            [[0.8, 0.7, 0.7], [0.9, 0.95, 0.6]],
+            [[0.6, 0.9, nan], [0.7, 0.7, 0.7]],
+        ]
+    )
+    ranks, mean_rank, final = aggregate(values, METRICS)
+    # d0 bal: A 1, B/C tie 2.5; d0 auroc: B 1, A 2, C 3; d1 bal: B 1, A 2, C missing 3; d1 auroc: all tie 2.
+    np.testing.assert_array_equal(ranks[0, 0], [1, 2.5, 2.5])
+    np.testing.assert_array_equal(ranks[0, 1], [2, 1, 3])
+    np.testing.assert_array_equal(ranks[1, 0], [2, 1, 3])
+    np.testing.assert_array_equal(ranks[1, 1], [2, 2, 2])
+    np.testing.assert_allclose(mean_rank, [7 / 4, 6.5 / 4, 10.5 / 4])
+    np.testing.assert_array_equal(final, [2, 1, 3])
+    # Aggregate-then-rank: means over diseases bal A .7 B .8 C missing; auroc A .8 B .825 C .65.
+    np.testing.assert_array_equal(aggregate_then_rank(values, METRICS), [2, 1, 3])
+
+
+def test_lower_is_better_and_ties() -> None:
+    np.testing.assert_array_equal(
+        average_ranks(np.array([0.1, 0.3, 0.1]), higher_is_better=False), [1.5, 3, 1.5]
+    )
+    np.testing.assert_array_equal(average_ranks(np.array([0.3, np.nan, 0.3, np.nan])), [1.5, 3.5, 1.5, 3.5])
+    # One ulp apart is a tie: different float paths to the same value must not decide a rank.
+    np.testing.assert_array_equal(average_ranks(np.array([0.7, 0.7 + 1e-16])), [1.5, 1.5])
+
+
+def test_leaderboard_from_predictions_hand_computed() -> None:
+    y = np.array([0, 0, 1, 1])
+    x = np.array([0.1, 0.6, 0.7, 0.9])  # pred 0,1,1,1: balanced acc 0.75; AUROC 1
+    z = np.array([0.4, 0.3, 0.2, 0.8])  # pred 0,0,0,1: balanced acc 0.75; AUROC 0.5
+    probs = np.stack([np.stack([1 - p, p], axis=1) for p in (x, z)])
+    lb = build_leaderboard([DiseaseData("d", list("abcd"), y, probs)], ["X", "Y"], METRICS, n_boot=0)
+    np.testing.assert_allclose(lb.values[0], [[0.75, 0.75], [1.0, 0.5]])
+    np.testing.assert_array_equal(lb.ranks[0], [[1.5, 1.5], [1, 2]])
+    np.testing.assert_array_equal(lb.final_rank, [1, 2])
+    assert lb.table()["model"].tolist() == ["X", "Y"]
+
+
+def test_kendall_tau_matches_scipy() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, 7).astype(float)
+    ys = rng.integers(0, 4, (20, 7)).astype(float)
+    ours = kendall_tau_b(x, ys)
+    for b in range(20):
+        want = kendalltau(x, ys[b]).statistic
+        assert ours[b] == pytest.approx(want, abs=1e-12, nan_ok=True)
+
+
+def test_bootstrap_bookkeeping_and_seed() -> None:
+    rng = np.random.default_rng(1)
+    data = []
+    for d in range(3):
+        y = rng.integers(0, 2, 30)
+        skill = np.array([2.0, 1.0, 0.2, 0.0])[:, None]
+        p = 1 / (1 + np.exp(-(skill * (2 * y - 1) + rng.normal(size=(4, 30)))))
+        data.append(DiseaseData(f"d{d}", [str(i) for i in range(30)], y, np.stack([1 - p, p], -1)))
+    names = ["m0", "m1", "m2", "m3"]
+    lb = build_leaderboard(data, names, METRICS, n_boot=200, seed=5)
+    assert lb.boot_ranks.shape == (200, 4)
+    assert lb.win_share.sum() >= 1.0 - 1e-12 and (lb.win_share <= 1).all()
+    assert np.all(lb.beats + lb.beats.T <= 1 + 1e-12)
+    assert np.all(np.abs(lb.tau[~np.isnan(lb.tau)]) <= 1)
+    low, high = lb.rank_interval
+    assert np.all(low <= lb.final_rank + 1e-9) or np.all(low <= high)
+    assert lb.final_rank[0] == 1 and lb.win_share[0] > 0.5
+    again = build_leaderboard(data, names, METRICS, n_boot=200, seed=5)
+    np.testing.assert_array_equal(again.boot_ranks, lb.boot_ranks)

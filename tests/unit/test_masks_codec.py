@@ -1,0 +1,90 @@
+"""The sparse gzip writer and fast reader the masks use: standard gzip, exact bytes, exact volumes."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ctfm import nifti
+from ctfm.errors import DataError
+from ctfm.fsutil import write_bytes_atomic
+
+BLOCK = nifti.SPARSE_BLOCK
+
+
+@pytest.mark.parametrize(
+    ("size", "spans"),
+    [
+        (0, []),
+        (100, [(3, 4)]),
+        (3 * BLOCK + 17, []),  # all zeros, with a partial block at the end
+        (5 * BLOCK, [(BLOCK + 5, BLOCK + 6)]),  # one byte inside an otherwise zero stream
+        (4 * BLOCK + 1000, [(0, 10), (4 * BLOCK + 999, 4 * BLOCK + 1000)]),
+        (2 * BLOCK, [(BLOCK - 1, BLOCK + 1)]),  # data straddling a block edge
+    ],
+)
+def test_sparse_gzip_round_trips(size, spans):
+    rng = np.random.default_rng(size)
+    body = np.zeros(size, np.uint8)
+    for lo, hi in spans:
+        body[lo:hi] = rng.integers(1, 255, hi - lo)
+    for before, after in ((0, 0), (BLOCK * 2 + 3, 7), (5, BLOCK)):
+        blob = nifti.gzip_compress_sparse(b"head", body, zeros_before=before, zeros_after=after)
+        want = b"head" + bytes(before) + body.tobytes() + bytes(after)
+        assert zlib.decompress(blob, 31) == want  # CRC and length are checked by zlib
+        assert gzip.decompress(blob) == want
+
+
+def test_sparse_gzip_is_smaller_than_plain_deflate_on_masks():
+    mask = np.zeros((256, 256, 64), np.uint8, order="F")
+    mask[100:140, 90:150, 20:30] = 1
+    sparse = nifti.gzip_compress_sparse(b"", mask)
+    assert len(sparse) < len(gzip.compress(mask.tobytes(order="F"), compresslevel=1))
+
+
+def test_encode_slab_equals_full_volume(tmp_path):
+    full = np.zeros((30, 20, 50), np.uint8, order="F")
+    full[5:9, 3:7, 12:20] = 1
+    affine = np.diag([0.7, 0.8, 2.5, 1.0])
+    affine[:3, 3] = (-10, 4, 30)
+    whole = nifti.encode_gz(full, affine, descrip="whole")
+    slab = nifti.encode_gz(full[:, :, 12:20], affine, descrip="whole", full_shape=full.shape, z0=12)
+    assert zlib.decompress(whole, 31) == zlib.decompress(slab, 31)
+    write_bytes_atomic(tmp_path / "m.nii.gz", slab)
+    img = nib.load(str(tmp_path / "m.nii.gz"))
+    assert img.shape == full.shape and img.get_data_dtype() == np.uint8
+    assert np.allclose(img.affine, affine) and np.array_equal(np.asanyarray(img.dataobj), full)
+    with pytest.raises(ValueError, match="does not fit"):
+        nifti.encode_gz(full[:, :, :10], affine, full_shape=full.shape, z0=45)
+
+
+def test_read_image_fast_matches_nibabel_and_names_bad_files(tmp_path):
+    data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    img = nib.Nifti1Image(data, np.diag([1.5, 1.5, 3.0, 1.0]))
+    img.set_data_dtype(np.int16)
+    nib.save(img, str(tmp_path / "a.nii.gz"))
+    got, got_img = nifti.read_image_fast(tmp_path / "a.nii.gz")
+    assert got.dtype == np.int16 and np.array_equal(got, data) and np.allclose(got_img.affine, img.affine)
+    scaled = nib.Nifti1Image(data.astype(np.float32) / 7, np.eye(4))
+    scaled.set_data_dtype(np.int16)  # nibabel stores it with a slope: the fast path must apply it
+    nib.save(scaled, str(tmp_path / "s.nii.gz"))
+    want = np.asanyarray(nib.load(str(tmp_path / "s.nii.gz")).dataobj)
+    assert np.allclose(nifti.read_image_fast(tmp_path / "s.nii.gz")[0], want)
+    blob = (tmp_path / "a.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError, match=r"cut\.nii\.gz"):
+        nifti.read_image_fast(tmp_path / "cut.nii.gz")
+
+
+def test_read_image_fast_reads_multi_member_gzip(tmp_path):
+    data = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.set_data_dtype(np.uint8)
+    raw = img.to_bytes()
+    (tmp_path / "two.nii.gz").write_bytes(gzip.compress(raw[:400]) + gzip.compress(raw[400:]))
+    got, _ = nifti.read_image_fast(tmp_path / "two.nii.gz")
+    assert np.array_equal(got, data)

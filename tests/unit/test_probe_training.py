@@ -1,0 +1,173 @@
+"""The shared training machinery: schedules, sampler, early stopping, strategies and metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as skm
+
+from ctfm.errors import ConfigError
+from ctfm.probe.training import (
+    BatchSampler,
+    EarlyStopping,
+    StrategyTracker,
+    TrainConfig,
+    batched_metrics,
+    build_schedule,
+    full_metrics,
+    mean_std,
+    probabilities,
+)
+
+
+def _torch_lrs(scheduler_factory, total: int) -> tuple[list[float], list[float]]:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    sched = scheduler_factory(opt)
+    lrs, b1 = [], []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        b1.append(opt.param_groups[0]["betas"][0])
+        opt.step()
+        sched.step()
+    return lrs, b1
+
+
+def test_cosine_warmup_matches_torch_schedulers():
+    epochs, steps, warm = 12, 5, 3
+    total = epochs * steps
+
+    def factory(opt):
+        w = torch.optim.lr_scheduler.LinearLR(
+            opt, start_factor=1e-3, end_factor=1.0, total_iters=warm * steps
+        )
+        c = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - warm * steps, eta_min=0)
+        return torch.optim.lr_scheduler.SequentialLR(opt, [w, c], milestones=[warm * steps])
+
+    expected, _ = _torch_lrs(factory, total)
+    got = build_schedule("cosine", epochs, steps, warm).lr_factor
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_onecycle_matches_torch_lr_and_beta1():
+    epochs, steps = 10, 4
+
+    def factory(opt):
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, epochs=epochs, steps_per_epoch=steps)
+
+    lrs, b1 = _torch_lrs(factory, epochs * steps)
+    sched = build_schedule("onecycle", epochs, steps)
+    np.testing.assert_allclose(sched.lr_factor, lrs, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(sched.beta1, b1, rtol=1e-6)
+    assert np.all(build_schedule("none", 3, 2).lr_factor == 1.0)
+
+
+def test_weighted_sampler_balances_classes_and_is_seeded():
+    y = np.array([0] * 90 + [1] * 10)
+    a = BatchSampler(y, 32, "weighted", seed=3, num_classes=2)
+    b = BatchSampler(y, 32, "weighted", seed=3, num_classes=2)
+    draws = [torch.cat(a.epoch()) for _ in range(20)]
+    assert all(torch.equal(d, torch.cat(b.epoch())) for d in draws)
+    assert a.steps_per_epoch == 3 and len(draws[0]) == 96  # short last batch dropped
+    share = np.mean([y[d.numpy()].mean() for d in draws])
+    assert 0.4 < share < 0.6  # inverse-frequency sampling with replacement
+    perm = BatchSampler(y, 200, "none", seed=0, num_classes=2)  # batch > n: one batch, all cases
+    (only,) = perm.epoch()
+    assert sorted(only.tolist()) == list(range(100))
+
+
+def test_early_stopping_stops_a_plateau_at_min_epoch_plus_patience():
+    stop = EarlyStopping(2, "min", decay=0.9, patience=4, min_epoch=6)
+    heads = np.arange(2)
+    stopped_at = {}
+    for epoch in range(1, 30):
+        values = np.array([1.0, 1.0 / epoch])  # head 0 plateaus, head 1 keeps improving
+        active = heads[~stop.stopped]
+        for h in stop.update(epoch, active, values[active]):
+            stopped_at[int(h)] = epoch
+    assert stopped_at == {0: 6 + 4 - 1}
+    assert stop.stopped_epoch.tolist() == [9, 0]
+
+
+def test_strategy_tracker_keeps_best_and_breaks_ties_by_grid_order():
+    tracker = StrategyTracker(["val_loss", "val_balanced_acc"], min_epoch=2)
+    snap = lambda i: ({"w": np.array([i])}, np.zeros((3, 1)))  # noqa: E731
+    m1 = {"val_loss": np.array([0.5, 0.4]), "val_balanced_acc": np.array([0.7, 0.7]), "val_auroc": np.ones(2)}
+    assert tracker.update(1, np.array([5, 3]), m1, snap) == []  # before min_epoch
+    tracker.update(2, np.array([5, 3]), m1, snap)
+    assert tracker.best["val_loss"].head == 3 and tracker.best["val_balanced_acc"].head == 3
+    m3 = {"val_loss": np.array([0.45]), "val_balanced_acc": np.array([0.7]), "val_auroc": np.ones(1)}
+    assert tracker.update(3, np.array([5]), m3, snap) == []  # equal is not better: earliest epoch kept
+    assert tracker.best["val_balanced_acc"].epoch == 2
+
+
+def test_batched_metrics_match_sklearn_with_ties():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40)
+    logits = np.round(rng.normal(size=(5, 40, 1)), 1)  # rounding makes ties
+    loss = np.zeros(5)
+    m = batched_metrics(y, logits, loss)
+    for h in range(5):
+        z = logits[h, :, 0]
+        assert m["val_auroc"][h] == pytest.approx(skm.roc_auc_score(y, z))
+        assert m["val_balanced_acc"][h] == pytest.approx(skm.balanced_accuracy_score(y, (z > 0).astype(int)))
+
+
+def test_batched_metrics_multiclass_match_sklearn():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 60)
+    logits = rng.normal(size=(3, 60, 3))
+    m = batched_metrics(y, logits, np.zeros(3))
+    for h in range(3):
+        p = np.exp(logits[h]) / np.exp(logits[h]).sum(1, keepdims=True)
+        assert m["val_auroc"][h] == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr"))
+        assert m["val_balanced_acc"][h] == pytest.approx(skm.balanced_accuracy_score(y, logits[h].argmax(1)))
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_full_metrics_match_sklearn(classes):
+    rng = np.random.default_rng(classes)
+    y = rng.integers(0, classes, 50)
+    z = np.round(
+        rng.normal(size=(50, 1 if classes == 2 else classes))
+        + 0.8 * np.eye(classes)[y][:, -z_cols(classes) :],
+        1,
+    )
+    m = full_metrics(y, z)
+    p = probabilities(z)
+    pred = (z[:, 0] > 0).astype(int) if classes == 2 else z.argmax(1)
+    avg = "binary" if classes == 2 else "macro"
+    assert m["balanced_acc"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert m["acc"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred, average=avg))
+    assert m["sensitivity"] == pytest.approx(skm.recall_score(y, pred, average=avg))
+    assert m["loss"] == pytest.approx(skm.log_loss(y, p))
+    if classes == 2:
+        assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, p[:, 1]))
+        assert m["ap"] == pytest.approx(skm.average_precision_score(y, p[:, 1]))
+        assert m["specificity"] == pytest.approx(skm.recall_score(1 - y, 1 - pred))
+    else:
+        assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr"))
+        assert m["ap"] == pytest.approx(skm.average_precision_score(np.eye(3)[y], p, average="macro"))
+    assert m["val_balacc_loss"] == pytest.approx(0.5 * m["balanced_acc"] - 0.5 * m["loss"])
+
+
+def z_cols(classes: int) -> int:
+    return 1 if classes == 2 else classes
+
+
+def test_config_defaults_follow_the_reference_protocol_and_validate():
+    cfg = TrainConfig.from_benchmark()
+    assert (cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.schedule) == (150, 128, "adamw", "cosine")
+    assert (cfg.patience, cfg.min_epoch, cfg.ema_decay, cfg.seed, cfg.monitor) == (10, 6, 0.9, 42, "val_loss")
+    assert TrainConfig.from_benchmark(epochs=3, optimizer=None).epochs == 3
+    with pytest.raises(ConfigError, match="--schedule"):
+        TrainConfig.from_benchmark(schedule="step")
+    with pytest.raises(ConfigError, match="--monitor"):
+        TrainConfig.from_benchmark(monitor="val_f1")
+
+
+def test_mean_std():
+    assert mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(np.sqrt(2.0)), "n": 2}
+    assert mean_std([0.5])["std"] == 0.0
