@@ -56,10 +56,16 @@ def write_store(
 
 
 def write_probe(
-    runs: Path, view, model: str, feature: int, strategy: str = "val_auroc", task: str = "lp"
+    runs: Path,
+    view,
+    model: str,
+    feature: int,
+    trained_on: list[str],
+    strategy: str = "val_auroc",
+    task: str = "lp",
 ) -> Path:
     """A finished probe folder holding one linear checkpoint that reads one feature (0 is informative);
-    for eao a mean-over-tokens linear head."""
+    for eao a mean-over-tokens linear head. ``trained_on``: the train/val cases its store checksum covers."""
     from ctfm.probe.checkpoint import save_checkpoint
     from ctfm.probe.layout import DiseaseLayout
 
@@ -83,7 +89,12 @@ def write_probe(
         classes=[0, 1],
         disease=DISEASE,
         strategy=strategy,
-        store={"model": model, "task": task, "view": "full", "manifest_checksum": view.manifest_checksum()},
+        store={
+            "model": model,
+            "task": task,
+            "view": "full",
+            "manifest_checksum": view.manifest_checksum(trained_on),
+        },
         val_metrics={"auroc": 1.0},
         seed=42,
     )

@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,12 +365,17 @@ class View:
             counts[rec.status] = counts.get(rec.status, 0) + 1
         return counts
 
-    def manifest_checksum(self) -> str:
-        """sha256 over the latest records, sorted by case: changes whenever any case record changes."""
+    def manifest_checksum(self, cases: Iterable[str] | None = None) -> str:
+        """sha256 over the latest records, sorted by case: changes whenever one of those records changes.
+
+        ``cases`` restricts it to some cases (a case without a record counts as absent), so a head trained on
+        the train/val cases stays valid when test cases are extracted later.
+        """
         self._refresh()
         digest = hashlib.sha256()
-        for case in sorted(self._records):
-            digest.update(self._records[case].to_json().encode())
+        for case in sorted(self._records if cases is None else set(cases)):
+            record = self._records.get(case)
+            digest.update(record.to_json().encode() if record else f"{case}: absent".encode())
             digest.update(b"\n")
         return digest.hexdigest()
 

@@ -25,7 +25,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     runs = root / "probes"
     for model, feature in (("model_a", 0), ("model_b", 1)):
         view = write_store(root, truth, model, skip=(SKIPPED,), fail=(FAILED,))
-        write_probe(runs, view, model, feature)
+        write_probe(runs, view, model, feature, list(truth))
     return {"root": root, "labels": labels, "runs": runs, "store": root / "store", "truth": truth}
 
 
@@ -122,16 +122,43 @@ def test_eval_from_predictions_file_matches(evaluated: Path, bench: dict, tmp_pa
         )
 
 
-def test_eval_refuses_other_store_manifest(bench: dict, tmp_path: Path, cli) -> None:
-    from ctfm.store import Store
-
-    store = tmp_path / "store"
+def _eval_copy(bench: dict, tmp_path: Path, change) -> tuple[Path, Path]:
+    """A copy of the store (changed by ``change(view)``) and of model_a's probe run."""
     import shutil
 
+    from ctfm.store import Store
+
+    store, runs = tmp_path / "store", tmp_path / "runs"
     shutil.copytree(bench["store"], store)
-    Store(store).view("model_a", "lp", "full").write_case("synth_9999", np.ones(8, dtype=np.float32))
-    runs = tmp_path / "runs"
+    change(Store(store).view("model_a", "lp", "full"))
     shutil.copytree(bench["runs"] / "model_a", runs / "model_a")
+    return store, runs
+
+
+def test_eval_accepts_cases_added_after_training(bench: dict, tmp_path: Path, cli) -> None:
+    """Extracting a new (e.g. test) case after training leaves the head's train/val embeddings unchanged."""
+    store, runs = _eval_copy(bench, tmp_path, lambda v: v.write_case("synth_9999", np.ones(8, np.float32)))
+    cli(
+        "eval",
+        "--runs",
+        runs,
+        "--store",
+        store,
+        "--labels",
+        bench["labels"],
+        "--split",
+        "val",
+        "--bootstrap",
+        "0",
+        "--out",
+        tmp_path / "o",
+    )
+    assert list((tmp_path / "o").rglob("val_metrics.csv"))
+
+
+def test_eval_refuses_other_store_manifest(bench: dict, tmp_path: Path, cli) -> None:
+    """A train/val embedding re-extracted after training means the head saw other data: refused."""
+    store, runs = _eval_copy(bench, tmp_path, lambda v: v.write_case("synth_0001", np.ones(8, np.float32)))
     proc = cli(
         "eval",
         "--runs",
@@ -201,7 +228,7 @@ def test_eval_eao_checkpoint(tmp_path: Path, cli) -> None:
     """Task 2 heads are rebuilt from their checkpoints and read token maps from the packed eao view."""
     labels, truth = write_labels(tmp_path, n_train=4, n_val=12)
     view = write_store(tmp_path, truth, "tok", skip=(SKIPPED,), task="eao")
-    write_probe(tmp_path / "probes", view, "tok", 0, task="eao")
+    write_probe(tmp_path / "probes", view, "tok", 0, list(truth), task="eao")
     out = tmp_path / "eval"
     cli(
         "eval",

@@ -37,7 +37,10 @@ def test_heads_are_in_the_shared_registry() -> None:
 
 def test_bad_head_options_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="divisible"):
-        build_head("attn-pool", dim=10, num_classes=2, num_heads=4)
+        build_head("attn-pool", dim=10, num_classes=2, num_heads=4, embed_dim=10)
+    # a token dim that is not a multiple of num_heads is projected to the next multiple, not refused
+    odd = build_head("attn-pool", dim=9, num_classes=2, num_heads=4, num_layers=1)
+    assert odd(torch.randn(2, 5, 9), torch.zeros(2, 5, dtype=torch.bool)).shape == (2, 2)
     with pytest.raises(ConfigError, match="unknown head"):
         build_head("no-such-head", dim=8, num_classes=2)
 

@@ -11,9 +11,17 @@ from rich.console import Console
 from ctfm import __version__
 from ctfm.errors import CtfmError
 
-# (module under ctfm.cli, how it is mounted). A module exposes `app` (a Typer group) or `command`
-# (a single function). Only stages that exist are listed: an unimplemented command is absent.
-COMMAND_MODULES: list[str] = ["data", "masks", "store", "extract", "check_container", "probe", "evaluate", "run"]
+# Modules under ctfm.cli, in pipeline order; each exposes `register(app)` adding its command(s).
+COMMAND_MODULES: list[str] = [
+    "data",
+    "masks",
+    "store",
+    "extract",
+    "check_container",
+    "probe",
+    "evaluate",
+    "run",
+]
 
 app = typer.Typer(
     name="ctfm",

@@ -235,21 +235,24 @@ def predict_checkpoint(
     checkpoint: Path, store_root: Path, labels_dir: Path, split: str
 ) -> tuple[Predictions, dict[str, Any]]:
     """Rebuild a head, predict every case of ``split``; missing embeddings become scored failures."""
+    from ctfm.labels import labels_path, read_labels
     from ctfm.probe.checkpoint import load_predictor
+    from ctfm.probe.data import training_cases
     from ctfm.store import Store
 
     predictor = load_predictor(checkpoint)
     meta = dict(predictor.meta)
     src = meta.get("store") or {}
     view = Store(Path(store_root)).view(src["model"], src["task"], src["view"])
-    have = view.manifest_checksum() if view.dir.exists() else "(empty)"
+    disease = meta["disease"]
+    trained_on = training_cases(read_labels(labels_path(labels_dir, disease), disease))
+    have = view.manifest_checksum(trained_on) if view.dir.exists() else "(empty)"
     if have != src.get("manifest_checksum"):
         raise StoreError(
             f"{checkpoint}: trained on store manifest {str(src.get('manifest_checksum'))[:12]} of "
             f"{src['model']}/{src['task']}/{src['view']}, but {store_root} has {have[:12]}; "
-            "evaluate against the store the head was trained on, or retrain it"
+            "evaluate against the store and labels the head was trained on, or retrain it"
         )
-    disease = meta["disease"]
     table = _split_labels(labels_dir, disease, split)
     classes = [int(c) for c in meta["classes"]]
     labels = _class_index(table["label"], classes, f"{disease} labels")

@@ -138,6 +138,11 @@ def match_embeddings(
     )
 
 
+def training_cases(table: pd.DataFrame) -> list[str]:
+    """The cases a head may have seen (all but the held-out test split): what its store checksum covers."""
+    return table.loc[table["split"] != "test", "case"].tolist()
+
+
 def load_disease(
     store_root: Path, model: str, labels_dir: Path, disease: str, task: str = "lp", dtype: str = "float32"
 ) -> DiseaseData:
@@ -165,7 +170,7 @@ def load_disease(
         "model": view.model,
         "task": view.task,
         "view": view.view,
-        "manifest_checksum": view.manifest_checksum(),
+        "manifest_checksum": view.manifest_checksum(training_cases(table)),
     }
     x = packed.tokens if task == "eao" else packed.as_float32()
     data = match_embeddings(disease, table, list(packed.cases), statuses, x, key)

@@ -106,7 +106,11 @@ class CrossAttentionBlock(nn.Module):
 
 
 class AttnPoolHead(nn.Module):
-    """The reference task-2 head: learnable queries, cross-attention layers, classifier over all queries."""
+    """The reference task-2 head: learnable queries, cross-attention layers, classifier over all queries.
+
+    Tokens whose dim is not a multiple of ``num_heads`` (e.g. 9 hand-made features) are first projected
+    linearly to ``embed_dim``, by default the next multiple of ``num_heads``; otherwise they are used as is.
+    """
 
     def __init__(
         self,
@@ -117,12 +121,14 @@ class AttnPoolHead(nn.Module):
         num_layers: int = 2,
         ffn_mult: float = 4.0,
         dropout: float = 0.0,
+        embed_dim: int | None = None,
     ) -> None:
         super().__init__()
-        if dim % num_heads:
-            raise ConfigError(
-                f"attn-pool: token dim {dim} is not divisible by num_heads={num_heads}; pick a divisor"
-            )
+        width = embed_dim or -(-dim // num_heads) * num_heads
+        if width % num_heads:
+            raise ConfigError(f"attn-pool: embed_dim {width} is not divisible by num_heads={num_heads}")
+        self.in_proj = nn.Linear(dim, width) if width != dim else nn.Identity()
+        dim = width
         self.queries = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
         self.blocks = nn.ModuleList(
             CrossAttentionBlock(dim, num_heads, ffn_mult, dropout) for _ in range(num_layers)
@@ -132,6 +138,7 @@ class AttnPoolHead(nn.Module):
 
     def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         # Parameter-free normalisation is shared by every layer; each layer folds in its own affine.
+        tokens = self.in_proj(tokens)
         xhat = F.layer_norm(tokens, tokens.shape[-1:])
         q = self.queries.unsqueeze(0)  # broadcast over cases by the first residual
         for block in self.blocks:

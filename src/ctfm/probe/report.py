@@ -167,5 +167,5 @@ def progress_figure(fit: FitResult, path: Path) -> None:
     fig.colorbar(cm.ScalarMappable(norm=cnorm, cmap=cmap), cax=cax, label=axis_name)
     fig.suptitle(f"val metrics per grid point ({len(fit.heads)} heads, {fit.epochs_run} epochs)")
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90)
+        fig.savefig(tmp, dpi=90, bbox_inches="tight")
     plt.close(fig)
