@@ -135,10 +135,9 @@ def _eval_copy(bench: dict, tmp_path: Path, change) -> tuple[Path, Path]:
     return store, runs
 
 
-def test_eval_accepts_cases_added_after_training(bench: dict, tmp_path: Path, cli) -> None:
-    """Extracting a new (e.g. test) case after training leaves the head's train/val embeddings unchanged."""
-    store, runs = _eval_copy(bench, tmp_path, lambda v: v.write_case("synth_9999", np.ones(8, np.float32)))
-    cli(
+def _eval_val(cli, bench: dict, store: Path, runs: Path, out: Path, **kwargs):
+    """``ctfm eval`` of ``runs`` on the val split of ``store`` (no bootstrap), written to ``out``."""
+    return cli(
         "eval",
         "--runs",
         runs,
@@ -151,30 +150,22 @@ def test_eval_accepts_cases_added_after_training(bench: dict, tmp_path: Path, cl
         "--bootstrap",
         "0",
         "--out",
-        tmp_path / "o",
+        out,
+        **kwargs,
     )
+
+
+def test_eval_accepts_cases_added_after_training(bench: dict, tmp_path: Path, cli) -> None:
+    """Extracting a new (e.g. test) case after training leaves the head's train/val embeddings unchanged."""
+    store, runs = _eval_copy(bench, tmp_path, lambda v: v.write_case("synth_9999", np.ones(8, np.float32)))
+    _eval_val(cli, bench, store, runs, tmp_path / "o")
     assert list((tmp_path / "o").rglob("val_metrics.csv"))
 
 
 def test_eval_refuses_other_store_manifest(bench: dict, tmp_path: Path, cli) -> None:
     """A train/val embedding re-extracted after training means the head saw other data: refused."""
     store, runs = _eval_copy(bench, tmp_path, lambda v: v.write_case("synth_0001", np.ones(8, np.float32)))
-    proc = cli(
-        "eval",
-        "--runs",
-        runs,
-        "--store",
-        store,
-        "--labels",
-        bench["labels"],
-        "--split",
-        "val",
-        "--bootstrap",
-        "0",
-        "--out",
-        tmp_path / "o",
-        check=False,
-    )
+    proc = _eval_val(cli, bench, store, runs, tmp_path / "o", check=False)
     assert proc.returncode == 2, proc.stderr
     assert "manifest" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.count("error:") == 1  # one line (soft-wrapped by the terminal width at most)

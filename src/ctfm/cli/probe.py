@@ -6,7 +6,7 @@ List options take comma-separated values or repeat: ``--lrs 1e-3,1e-2`` or ``--s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -126,52 +126,89 @@ def run_with_progress(options: Any, task: Any, title: str) -> list[Any]:
         )
 
 
+# Options shared by ``lp`` and ``eao`` (declared once; options whose help differs stay in each command).
+StoreOpt = Annotated[Path, typer.Option("--store", help="Embedding store root.")]
+ModelOpt = Annotated[str, typer.Option("--model", help="Model name in the store.")]
+LabelsOpt = Annotated[Path, typer.Option("--labels", help="Folder of <disease>.csv label files.")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder (written into, never deleted).")]
+DiseaseOpt = Annotated[
+    list[str] | None, typer.Option("--disease", help="Disease(s) to probe (repeat or comma-separate).")
+]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every AMOS disease of the benchmark.")]
+ScheduleOpt = Annotated[
+    str | None, typer.Option("--schedule", help="none, cosine (with warm-up) or onecycle.")
+]
+WarmupEpochsOpt = Annotated[
+    float | None, typer.Option("--warmup-epochs", help="Linear warm-up length for cosine.")
+]
+SamplingOpt = Annotated[
+    str | None, typer.Option("--sampling", help="weighted (with replacement), loss-weight or none.")
+]
+MinEpochOpt = Annotated[
+    int | None, typer.Option("--min-epoch", help="First epoch counted for patience and selection.")
+]
+EmaOpt = Annotated[float | None, typer.Option("--ema", help="EMA decay of the monitored metric (0 = raw).")]
+SplitColumnOpt = Annotated[str, typer.Option("--split-column", help="Column with train/val (e.g. fold2).")]
+SeedsOpt = Annotated[
+    list[str] | None, typer.Option("--seeds", help="Repeat with these seeds (mean/std in summary).")
+]
+ShotsOpt = Annotated[int, typer.Option("--shots", help="Few-shot: K train cases per class.")]
+TriesOpt = Annotated[int, typer.Option("--tries", help="Few-shot draws per seed.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+WandbOpt = Annotated[
+    bool, typer.Option("--wandb", help="Log to Weights & Biases (offline without an API key).")
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Retrain diseases that are already DONE.")]
+
+
 @probe_app.command("lp")
 def lp(
-    store: Path = typer.Option(..., "--store", help="Embedding store root."),
-    model: str = typer.Option(..., "--model", help="Model name in the store."),
-    labels: Path = typer.Option(..., "--labels", help="Folder of <disease>.csv label files."),
-    out: Path = typer.Option(..., "--out", help="Output folder (written into, never deleted)."),
-    disease: list[str] = typer.Option(
-        None, "--disease", help="Disease(s) to probe (repeat or comma-separate)."
-    ),
-    all_: bool = typer.Option(False, "--all", help="Every AMOS disease of the benchmark."),
-    probe: str = typer.Option(
-        "grid", "--probe", help="grid (batched linear heads) or logreg (scikit-learn)."
-    ),
-    optimizer: str = typer.Option(None, "--optimizer", help="adamw or sgd (default: config)."),
-    schedule: str = typer.Option(None, "--schedule", help="none, cosine (with warm-up) or onecycle."),
-    warmup_epochs: float = typer.Option(None, "--warmup-epochs", help="Linear warm-up length for cosine."),
-    sampling: str = typer.Option(
-        None, "--sampling", help="weighted (with replacement), loss-weight or none."
-    ),
-    epochs: int = typer.Option(None, "--epochs", help="Maximum epochs (default 150)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Batch size (default 128)."),
-    lrs: list[str] = typer.Option(None, "--lrs", help="Learning rates, e.g. 1e-4,1e-3."),
-    wds: list[str] = typer.Option(None, "--wds", help="Weight decays."),
-    norms: list[str] = typer.Option(None, "--norms", help="Input norms: raw, l2, std, ln."),
-    betas: list[str] = typer.Option(None, "--betas", help="AdamW beta pairs b1:b2 (grid axis)."),
-    eps: list[str] = typer.Option(None, "--eps", help="AdamW eps values (grid axis)."),
-    cs: list[str] = typer.Option(None, "--cs", help="C values swept by --probe logreg."),
-    patience: int = typer.Option(None, "--patience", help="Early-stopping patience in epochs."),
-    min_epoch: int = typer.Option(
-        None, "--min-epoch", help="First epoch counted for patience and selection."
-    ),
-    ema: float = typer.Option(None, "--ema", help="EMA decay of the monitored metric (0 = raw)."),
-    monitor: str = typer.Option(None, "--monitor", help="Early-stopping metric (a strategy name)."),
-    split_column: str = typer.Option("split", "--split-column", help="Column with train/val (e.g. fold2)."),
-    folds: int = typer.Option(
-        0, "--folds", help="k-fold mode: run fold0..fold<k-1>, each fold's val is its val."
-    ),
-    seeds: list[str] = typer.Option(None, "--seeds", help="Repeat with these seeds (mean/std in summary)."),
-    shots: int = typer.Option(0, "--shots", help="Few-shot: K train cases per class."),
-    tries: int = typer.Option(1, "--tries", help="Few-shot draws per seed."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    threads: int = typer.Option(1, "--threads", help="CPU threads while training (0: torch default)."),
-    wandb: bool = typer.Option(
-        False, "--wandb", help="Log to Weights & Biases (offline without an API key)."
-    ),
-    force: bool = typer.Option(False, "--force", help="Retrain diseases that are already DONE."),
+    store: StoreOpt,
+    model: ModelOpt,
+    labels: LabelsOpt,
+    out: OutOpt,
+    disease: DiseaseOpt = None,
+    all_: AllOpt = False,
+    probe: Annotated[
+        str, typer.Option("--probe", help="grid (batched linear heads) or logreg (scikit-learn).")
+    ] = "grid",
+    optimizer: Annotated[
+        str | None, typer.Option("--optimizer", help="adamw or sgd (default: config).")
+    ] = None,
+    schedule: ScheduleOpt = None,
+    warmup_epochs: WarmupEpochsOpt = None,
+    sampling: SamplingOpt = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs (default 150).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size (default 128).")] = None,
+    lrs: Annotated[list[str] | None, typer.Option("--lrs", help="Learning rates, e.g. 1e-4,1e-3.")] = None,
+    wds: Annotated[list[str] | None, typer.Option("--wds", help="Weight decays.")] = None,
+    norms: Annotated[list[str] | None, typer.Option("--norms", help="Input norms: raw, l2, std, ln.")] = None,
+    betas: Annotated[
+        list[str] | None, typer.Option("--betas", help="AdamW beta pairs b1:b2 (grid axis).")
+    ] = None,
+    eps: Annotated[list[str] | None, typer.Option("--eps", help="AdamW eps values (grid axis).")] = None,
+    cs: Annotated[list[str] | None, typer.Option("--cs", help="C values swept by --probe logreg.")] = None,
+    patience: Annotated[
+        int | None, typer.Option("--patience", help="Early-stopping patience in epochs.")
+    ] = None,
+    min_epoch: MinEpochOpt = None,
+    ema: EmaOpt = None,
+    monitor: Annotated[
+        str | None, typer.Option("--monitor", help="Early-stopping metric (a strategy name).")
+    ] = None,
+    split_column: SplitColumnOpt = "split",
+    folds: Annotated[
+        int, typer.Option("--folds", help="k-fold mode: run fold0..fold<k-1>, each fold's val is its val.")
+    ] = 0,
+    seeds: SeedsOpt = None,
+    shots: ShotsOpt = 0,
+    tries: TriesOpt = 1,
+    device: DeviceOpt = "auto",
+    threads: Annotated[
+        int, typer.Option("--threads", help="CPU threads while training (0: torch default).")
+    ] = 1,
+    wandb: WandbOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Linear probing (task 1): the reference grid of linear heads, trained as one batched computation."""
     from ctfm.errors import ConfigError
@@ -231,53 +268,72 @@ def lp(
 
 @probe_app.command("eao")
 def eao(
-    store: Path = typer.Option(..., "--store", help="Embedding store root."),
-    model: str = typer.Option(..., "--model", help="Model name in the store."),
-    labels: Path = typer.Option(..., "--labels", help="Folder of <disease>.csv label files."),
-    out: Path = typer.Option(..., "--out", help="Output folder (written into, never deleted)."),
-    disease: list[str] = typer.Option(
-        None, "--disease", help="Disease(s) to probe (repeat or comma-separate)."
-    ),
-    all_: bool = typer.Option(False, "--all", help="Every AMOS disease of the benchmark."),
-    head: list[str] = typer.Option(
-        None, "--head", help="Head(s): attn-pool, mean-linear, abmil, mlp (default: config, attn-pool)."
-    ),
-    num_queries: int = typer.Option(None, "--num-queries", help="attn-pool learnable queries (default 2)."),
-    num_heads: int = typer.Option(None, "--num-heads", help="attn-pool attention heads (default 4)."),
-    num_layers: int = typer.Option(
-        None, "--num-layers", help="attn-pool cross-attention layers (default 2)."
-    ),
-    ffn_mult: float = typer.Option(None, "--ffn-mult", help="attn-pool feed-forward width multiplier (4)."),
-    dropout: float = typer.Option(None, "--dropout", help="Dropout of attn-pool, abmil and mlp (0)."),
-    hidden: int = typer.Option(None, "--hidden", help="Hidden width of abmil (128) and mlp (256)."),
-    lrs: list[str] = typer.Option(None, "--lrs", help="Learning rates (default: config eao.lrs)."),
-    weight_decay: float = typer.Option(None, "--weight-decay", help="Weight decay (default: config)."),
-    optimizer: str = typer.Option(None, "--optimizer", help="adamw or sgd."),
-    schedule: str = typer.Option(None, "--schedule", help="none, cosine (with warm-up) or onecycle."),
-    warmup_epochs: float = typer.Option(None, "--warmup-epochs", help="Linear warm-up length for cosine."),
-    sampling: str = typer.Option(
-        None, "--sampling", help="weighted (with replacement), loss-weight or none."
-    ),
-    epochs: int = typer.Option(None, "--epochs", help="Maximum epochs (default 1000)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Train batch size (default 128)."),
-    eval_batch_size: int = typer.Option(None, "--eval-batch-size", help="Validation batch size."),
-    patience: int = typer.Option(None, "--patience", help="Early-stopping patience in epochs (default 50)."),
-    min_epoch: int = typer.Option(
-        None, "--min-epoch", help="First epoch counted for patience and selection."
-    ),
-    ema: float = typer.Option(None, "--ema", help="EMA decay of the monitored metric (0 = raw)."),
-    monitor: str = typer.Option(None, "--monitor", help="Early-stopping metric (default val_balanced_acc)."),
-    dtype: str = typer.Option("float32", "--dtype", help="Packed token cache: float32, float16 or bfloat16."),
-    split_column: str = typer.Option("split", "--split-column", help="Column with train/val (e.g. fold2)."),
-    folds: int = typer.Option(0, "--folds", help="k-fold mode: run fold0..fold<k-1>."),
-    seeds: list[str] = typer.Option(None, "--seeds", help="Repeat with these seeds (mean/std in summary)."),
-    shots: int = typer.Option(0, "--shots", help="Few-shot: K train cases per class."),
-    tries: int = typer.Option(1, "--tries", help="Few-shot draws per seed."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    wandb: bool = typer.Option(
-        False, "--wandb", help="Log to Weights & Biases (offline without an API key)."
-    ),
-    force: bool = typer.Option(False, "--force", help="Retrain diseases that are already DONE."),
+    store: StoreOpt,
+    model: ModelOpt,
+    labels: LabelsOpt,
+    out: OutOpt,
+    disease: DiseaseOpt = None,
+    all_: AllOpt = False,
+    head: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--head", help="Head(s): attn-pool, mean-linear, abmil, mlp (default: config, attn-pool)."
+        ),
+    ] = None,
+    num_queries: Annotated[
+        int | None, typer.Option("--num-queries", help="attn-pool learnable queries (default 2).")
+    ] = None,
+    num_heads: Annotated[
+        int | None, typer.Option("--num-heads", help="attn-pool attention heads (default 4).")
+    ] = None,
+    num_layers: Annotated[
+        int | None, typer.Option("--num-layers", help="attn-pool cross-attention layers (default 2).")
+    ] = None,
+    ffn_mult: Annotated[
+        float | None, typer.Option("--ffn-mult", help="attn-pool feed-forward width multiplier (4).")
+    ] = None,
+    dropout: Annotated[
+        float | None, typer.Option("--dropout", help="Dropout of attn-pool, abmil and mlp (0).")
+    ] = None,
+    hidden: Annotated[
+        int | None, typer.Option("--hidden", help="Hidden width of abmil (128) and mlp (256).")
+    ] = None,
+    lrs: Annotated[
+        list[str] | None, typer.Option("--lrs", help="Learning rates (default: config eao.lrs).")
+    ] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option("--weight-decay", help="Weight decay (default: config).")
+    ] = None,
+    optimizer: Annotated[str | None, typer.Option("--optimizer", help="adamw or sgd.")] = None,
+    schedule: ScheduleOpt = None,
+    warmup_epochs: WarmupEpochsOpt = None,
+    sampling: SamplingOpt = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs (default 1000).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Train batch size (default 128).")
+    ] = None,
+    eval_batch_size: Annotated[
+        int | None, typer.Option("--eval-batch-size", help="Validation batch size.")
+    ] = None,
+    patience: Annotated[
+        int | None, typer.Option("--patience", help="Early-stopping patience in epochs (default 50).")
+    ] = None,
+    min_epoch: MinEpochOpt = None,
+    ema: EmaOpt = None,
+    monitor: Annotated[
+        str | None, typer.Option("--monitor", help="Early-stopping metric (default val_balanced_acc).")
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Packed token cache: float32, float16 or bfloat16.")
+    ] = "float32",
+    split_column: SplitColumnOpt = "split",
+    folds: Annotated[int, typer.Option("--folds", help="k-fold mode: run fold0..fold<k-1>.")] = 0,
+    seeds: SeedsOpt = None,
+    shots: ShotsOpt = 0,
+    tries: TriesOpt = 1,
+    device: DeviceOpt = "auto",
+    wandb: WandbOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Embedding aggregation (task 2): token heads x learning rates trained together on the packed tokens."""
     from ctfm.benchmark import load_benchmark

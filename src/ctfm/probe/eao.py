@@ -22,12 +22,12 @@ from torch import nn
 
 from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError, DataError
-from ctfm.probe.checkpoint import Predictor, register_predict, save_checkpoint
+from ctfm.probe.checkpoint import Predictor, register_predict
 from ctfm.probe.data import DiseaseData, load_disease
 from ctfm.probe.heads import build_head
 from ctfm.probe.layout import RunLayout
 from ctfm.probe.linear import encode_labels
-from ctfm.probe.runner import ProbeOptions, ProbeTask
+from ctfm.probe.runner import ProbeOptions, ProbeTask, save_selection
 from ctfm.probe.training import (
     SGD_MOMENTUM,
     STRATEGIES,
@@ -512,22 +512,18 @@ def save_eao_checkpoints(fit: FitResult, layout: RunLayout, data: DiseaseData, c
     specs = fit.extra["head_specs"]
     for name, sel in fit.selections.items():
         spec = specs[sel.head]
-        save_checkpoint(
-            layout.checkpoint(name),
+        save_selection(
+            layout,
+            name,
+            sel,
+            data,
+            config,
+            fit,
             kind="eao",
             head_name=spec["name"],
             head_kwargs={"dim": data.feature_dim, "num_classes": len(fit.classes), **spec["kwargs"]},
             state_dict=sel.state,
             norm={"type": "raw", "mean": None, "std": None},
-            grid_point=fit.heads[sel.head],
-            feature_dim=data.feature_dim,
-            classes=fit.classes,
-            disease=data.disease,
-            strategy=name,
-            store=data.store_key,
-            val_metrics=sel.metrics,
-            seed=config.seed,
-            extra={"epoch": sel.epoch, "head_index": sel.head, "monitor": config.monitor},
         )
 
 

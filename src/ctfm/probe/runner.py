@@ -29,7 +29,7 @@ from ctfm.fsutil import write_text_atomic
 from ctfm.probe.data import DiseaseData, few_shot, fold_columns, load_disease
 from ctfm.probe.layout import DiseaseLayout, RunLayout
 from ctfm.probe.report import write_reports
-from ctfm.probe.training import FitResult, TrainConfig, mean_std, seed_everything
+from ctfm.probe.training import FitResult, Selection, TrainConfig, mean_std, seed_everything
 
 SUMMARY_METRICS = ("balanced_acc", "auroc", "acc", "f1", "ap", "sensitivity", "specificity", "loss")
 Log = Callable[[str], None]
@@ -310,31 +310,61 @@ def run_probe(
 # ----------------------------------------------------------------------------- linear probing task
 
 
+def save_selection(
+    layout: RunLayout,
+    name: str,
+    sel: Selection,
+    data: DiseaseData,
+    config: TrainConfig,
+    fit: FitResult,
+    *,
+    kind: str,
+    head_name: str,
+    head_kwargs: dict[str, Any],
+    state_dict: dict[str, Any],
+    norm: dict[str, Any],
+) -> None:
+    """Save strategy ``name``'s selected head with the provenance shared by every probe kind."""
+    from ctfm.probe.checkpoint import save_checkpoint
+
+    save_checkpoint(
+        layout.checkpoint(name),
+        kind=kind,
+        head_name=head_name,
+        head_kwargs=head_kwargs,
+        state_dict=state_dict,
+        norm=norm,
+        grid_point=fit.heads[sel.head],
+        feature_dim=data.feature_dim,
+        classes=fit.classes,
+        disease=data.disease,
+        strategy=name,
+        store=data.store_key,
+        val_metrics=sel.metrics,
+        seed=config.seed,
+        extra={"epoch": sel.epoch, "head_index": sel.head, "monitor": config.monitor},
+    )
+
+
 def save_linear_checkpoints(
     fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig
 ) -> None:
     """One checkpoint per strategy: the selected head's weights, its norm statistics and provenance."""
-    from ctfm.probe.checkpoint import save_checkpoint
-
     for name, sel in fit.selections.items():
         head = fit.heads[sel.head]
         weight, bias = sel.state["weight"], sel.state["bias"]
-        save_checkpoint(
-            layout.checkpoint(name),
+        save_selection(
+            layout,
+            name,
+            sel,
+            data,
+            config,
+            fit,
             kind="lp",
             head_name="linear",
             head_kwargs={"in_dim": int(weight.shape[1]), "out_dim": int(weight.shape[0])},
             state_dict={"linear.weight": weight, "linear.bias": bias},
             norm=fit.extra["norms"][head["norm"]].to_dict(),
-            grid_point=head,
-            feature_dim=data.feature_dim,
-            classes=fit.classes,
-            disease=data.disease,
-            strategy=name,
-            store=data.store_key,
-            val_metrics=sel.metrics,
-            seed=config.seed,
-            extra={"epoch": sel.epoch, "head_index": sel.head, "monitor": config.monitor},
         )
 
 
