@@ -121,7 +121,12 @@ def test_truncated_nifti_raises_data_error_naming_the_file(tmp_path):
         read_array(path)
 
 
-def test_cli_prints_version_and_turns_user_errors_into_one_line(cli):
+def test_cli_prints_version_and_turns_user_errors_into_one_line(cli, tmp_path):
     assert cli("--version").stdout.startswith("ctfm ")
-    help_text = cli("--help").stdout
-    assert "Usage" in help_text
+    assert "Usage" in cli("--help").stdout
+    usage = cli("probe", "lp", check=False)
+    assert usage.returncode == 2 and "Missing option '--store'" in usage.stderr
+    mistake = cli("data", "check", tmp_path / "absent", check=False)
+    assert mistake.returncode == 2 and "absent: not a folder" in mistake.stderr
+    for proc in (usage, mistake):
+        assert "Traceback" not in proc.stderr

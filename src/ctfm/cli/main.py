@@ -58,25 +58,12 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user mistakes (CtfmError) become one red line and exit status 2."""
+    """Entry point: usage errors are click's short messages; user mistakes (CtfmError) one red line, exit 2."""
     try:
-        code = app(args=argv, standalone_mode=False, prog_name="ctfm")
+        app(args=argv, prog_name="ctfm")
     except CtfmError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("[red]aborted[/]")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
-    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
