@@ -1,8 +1,10 @@
-"""Synthetic token data for the EAO tests: a finding planted in a few tokens of each positive case."""
+"""Synthetic token data for the EAO tests (a finding planted in a few tokens of each positive case) and fixtures."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 
 def planted_tokens(
@@ -36,3 +38,12 @@ def flatten(cases: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Cases -> (flattened tokens [sum n_i, D], offsets [N+1]) as the store's packed cache holds them."""
     offsets = np.concatenate([[0], np.cumsum([len(c) for c in cases])]).astype(np.int64)
     return np.concatenate(cases), offsets
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is fastest, and immune to a busy machine's oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

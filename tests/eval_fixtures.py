@@ -77,12 +77,15 @@ def write_probe(
         if task == "lp"
         else ("mean-linear", {"dim": DIM, "num_classes": 2})
     )
+    bias = np.zeros(2, dtype=np.float32)
+    if task == "eao":  # token heads store weights [members=1, in, out]
+        weight, bias = weight.T[None], bias[None]
     path = save_checkpoint(
         layout.run("").checkpoint(strategy),
         kind=task,
         head_name=head[0],
         head_kwargs=head[1],
-        state_dict={"linear.weight": weight, "linear.bias": np.zeros(2, dtype=np.float32)},
+        state_dict={"linear.weight": weight, "linear.bias": bias},
         norm={"type": "raw", "mean": None, "std": None},
         grid_point={"lr": 1e-3, "wd": 1e-4, "norm": "raw"},
         feature_dim=DIM,

@@ -32,6 +32,7 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -169,31 +170,37 @@ class CaseRecord:
         return cls(**kwargs)
 
 
+class _CaseRows:
+    """Row number by case name, for the packed views."""
+
+    cases: list[str]
+
+    @cached_property
+    def _row_of(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.cases)}
+
+    def index(self, case: str) -> int:
+        try:
+            return self._row_of[case]
+        except KeyError:
+            raise StoreError(f"case {case!r} is not in this packed view") from None
+
+
 @dataclass
-class PackedLP:
+class PackedLP(_CaseRows):
     """All ok cases of an lp view as one memory-mapped ``[N, D]`` array (rows in ``cases`` order)."""
 
     cases: list[str]
     X: np.ndarray
     dtype: str = "float32"
     checksum: str = ""
-    _rows: dict[str, int] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        self._rows = {c: i for i, c in enumerate(self.cases)}
-
-    def index(self, case: str) -> int:
-        try:
-            return self._rows[case]
-        except KeyError:
-            raise StoreError(f"case {case!r} is not in this packed view") from None
 
     def as_float32(self) -> np.ndarray:
         return to_float32(self.X, self.dtype)
 
 
 @dataclass
-class PackedEAO:
+class PackedEAO(_CaseRows):
     """All ok cases of an eao view: tokens ``[sum n_i, D]``, ``offsets[N+1]``, ``grids[N, 3]`` (h, w, l).
 
     Case ``i``'s tokens are rows ``offsets[i]:offsets[i+1]``, in C order of its ``[h, w, l]`` grid.
@@ -205,16 +212,6 @@ class PackedEAO:
     grids: np.ndarray
     dtype: str = "float32"
     checksum: str = ""
-    _rows: dict[str, int] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        self._rows = {c: i for i, c in enumerate(self.cases)}
-
-    def index(self, case: str) -> int:
-        try:
-            return self._rows[case]
-        except KeyError:
-            raise StoreError(f"case {case!r} is not in this packed view") from None
 
     def case_tokens(self, i: int) -> np.ndarray:
         """Tokens ``[n_i, D]`` of case number ``i`` as float32."""

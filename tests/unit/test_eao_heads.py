@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from ctfm.errors import ConfigError
-from ctfm.probe.eao import HeadGrid, HeadSpec, TokenReader, bucketed_batches
+from ctfm.probe.eao_grid import HeadGrid, HeadSpec
 from ctfm.probe.eao_heads import EAO_HEADS, AttnPoolHead
 from ctfm.probe.heads import build_head, head_names
-from eao_fixtures import flatten, planted_tokens
+from ctfm.probe.tokens import TokenReader, bucketed_batches
+from ctfm.probe.training import SGD_MOMENTUM
+from eao_fixtures import flatten, one_thread, planted_tokens  # noqa: F401 (fixture)
 
 SMALL = {
     "attn-pool": {"num_layers": 1, "ffn_mult": 2.0},
@@ -20,13 +22,7 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_heads_are_in_the_shared_registry() -> None:
@@ -64,17 +60,27 @@ def test_padding_never_changes_a_prediction(name: str) -> None:
 
 
 def _naive_attn_pool(head: AttnPoolHead, x: torch.Tensor) -> torch.Tensor:
-    """The textbook computation (explicit keys and values through nn.MultiheadAttention)."""
-    q = head.queries.unsqueeze(0).expand(x.shape[0], -1, -1)
+    """The textbook computation (explicit keys and values through nn.MultiheadAttention) of a one-member head
+    (member weights are stored [1, in, out])."""
+
+    def linear(layer: torch.nn.Module, v: torch.Tensor) -> torch.Tensor:
+        return v @ layer.weight[0] + layer.bias[0]
+
+    def norm(layer: torch.nn.Module, v: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.layer_norm(v, v.shape[-1:], layer.weight[0], layer.bias[0])
+
+    q = head.queries[0].unsqueeze(0).expand(x.shape[0], -1, -1)
     for b in head.blocks:
         mha = torch.nn.MultiheadAttention(x.shape[-1], b.num_heads, batch_first=True).eval()
-        mha.in_proj_weight.data = torch.cat([b.q_proj.weight, b.k_proj.weight, b.v_proj.weight])
-        mha.in_proj_bias.data = torch.cat([b.q_proj.bias, b.k_proj.bias, b.v_proj.bias])
-        mha.out_proj.load_state_dict(b.out_proj.state_dict())
-        kv = b.ln_kv(x)
-        q = q + mha(b.ln_q(q), kv, kv, need_weights=False)[0]
-        q = q + b.ff(b.ln_ff(q))
-    return head.classifier(head.norm(q).flatten(1))
+        mha.in_proj_weight.data = torch.cat(
+            [b.q_proj.weight[0].T, b.k_proj.weight[0].T, b.v_proj.weight[0].T]
+        )
+        mha.in_proj_bias.data = torch.cat([b.q_proj.bias[0], b.k_proj.bias[0], b.v_proj.bias[0]])
+        mha.out_proj.weight.data, mha.out_proj.bias.data = b.out_proj.weight[0].T, b.out_proj.bias[0]
+        kv = norm(b.ln_kv, x)
+        q = q + mha(norm(b.ln_q, q), kv, kv, need_weights=False)[0]
+        q = q + linear(b.ff_out, torch.nn.functional.gelu(linear(b.ff_in, norm(b.ln_ff, q))))
+    return linear(head.classifier, norm(head.norm, q).flatten(1))
 
 
 def test_reordered_attention_equals_the_textbook_one() -> None:
@@ -85,6 +91,72 @@ def test_reordered_attention_equals_the_textbook_one() -> None:
     x = torch.randn(3, 11, 16)
     with torch.no_grad():
         torch.testing.assert_close(head(x), _naive_attn_pool(head, x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("name", "dim", "options"),
+    [(n, 8, SMALL[n]) for n in sorted(EAO_HEADS)] + [("attn-pool", 9, {"num_layers": 2})],  # 9: in_proj
+)
+def test_every_member_of_a_stacked_head_is_its_own_single_head(name: str, dim: int, options: dict) -> None:
+    torch.manual_seed(0)
+    stacked = build_head(name, dim=dim, num_classes=3, members=3, **options).eval()
+    for p in stacked.parameters():  # members differ from one another
+        p.data.normal_(0, 0.5)
+    x, mask = torch.randn(4, 6, dim), torch.zeros(4, 6, dtype=torch.bool)
+    mask[1, 4:] = True
+    together = stacked.forward_members(x, mask)
+    for m in range(3):
+        single = build_head(name, dim=dim, num_classes=3, **options).eval()
+        single.load_state_dict({k: torch.from_numpy(v) for k, v in stacked.member_state(m).items()})
+        torch.testing.assert_close(together[m], single(x, mask), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="forward_members"):
+        stacked(x, mask)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_grid_members_train_exactly_like_separately_built_heads_and_stop_cleanly(optimizer: str) -> None:
+    """Each member of a stacked grid follows the torch optimiser on its own head at its own lr, before and
+    after another member is stopped and cut out of the stack."""
+    spec = HeadSpec("attn-pool", {"num_layers": 2, "ffn_mult": 2.0, "num_heads": 2})
+    lrs = [1e-3, 1e-2, 3e-2]
+    grid = HeadGrid([spec], lrs, dim=8, num_classes=2, seed=3, weight_decay=0.01, optimizer=optimizer)
+    singles = []
+    for lr in lrs:
+        torch.manual_seed(3)
+        head = build_head("attn-pool", dim=8, num_classes=2, **spec.kwargs)
+        opt = (
+            torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
+            if optimizer == "adamw"
+            else torch.optim.SGD(head.parameters(), lr=lr, momentum=SGD_MOMENTUM, weight_decay=0.01)
+        )
+        singles.append((head, opt))
+    cases, y = planted_tokens(24, grids=[(2, 2, 2), (2, 2, 1)], amp=3.0, seed=1, dim=8)
+    reader, yt = TokenReader(*flatten(cases)), torch.from_numpy(y)
+    for step in range(6):
+        if step == 3:
+            grid.stop([1])
+            singles[1] = None
+        rows = np.arange(step * 4, step * 4 + 8) % 24
+        batch = reader.batch(rows)
+        grid.set_schedule(0.5)
+        losses = grid.train_step(batch, yt[rows])
+        for k, pair in enumerate(singles):
+            if pair is None:
+                continue
+            head, opt = pair
+            for g in opt.param_groups:
+                g["lr"] = lrs[k] * 0.5
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(head(batch.tokens, batch.mask), yt[rows])
+            loss.backward()
+            opt.step()
+            assert losses[k] == pytest.approx(loss.item(), abs=1e-5)
+            state = grid.state_of(k)
+            for key, value in head.state_dict().items():
+                np.testing.assert_allclose(state[key], value.detach().numpy(), atol=1e-5, err_msg=key)
+    assert [m.index for m in grid.active] == [0, 2] and grid.stacks[0].module.members == 2
+    with pytest.raises(KeyError):
+        grid.state_of(1)
 
 
 def _train_grid(names: list[str], epochs: int = 12) -> dict[str, float]:

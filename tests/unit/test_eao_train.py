@@ -13,9 +13,6 @@ from ctfm.probe.checkpoint import load_predictor
 from ctfm.probe.data import DiseaseData
 from ctfm.probe.eao import (
     EAOData,
-    HeadSpec,
-    TokenReader,
-    bucketed_batches,
     check_memory,
     eao_head_specs,
     fit_eao,
@@ -23,19 +20,14 @@ from ctfm.probe.eao import (
     plan_memory,
     save_eao_checkpoints,
 )
+from ctfm.probe.eao_grid import HeadSpec
 from ctfm.probe.layout import DiseaseLayout
+from ctfm.probe.tokens import TokenReader, bucketed_batches
 from ctfm.probe.training import TrainConfig
 from ctfm.store import to_bfloat16_bits
-from eao_fixtures import flatten, planted_tokens
+from eao_fixtures import flatten, one_thread, planted_tokens  # noqa: F401 (fixture)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_reader_pads_cases_of_different_grids_without_resizing() -> None:

@@ -6,10 +6,13 @@ List options take comma-separated values or repeat: ``--lrs 1e-3,1e-2`` or ``--s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from ctfm.probe.training import TrainConfig
 
 probe_app = typer.Typer(help="Train probes on stored embeddings.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -161,6 +164,32 @@ WandbOpt = Annotated[
 ForceOpt = Annotated[bool, typer.Option("--force", help="Retrain diseases that are already DONE.")]
 
 
+# The training rules both tasks take from the command line (TrainConfig fields; --ema sets ema_decay).
+TRAIN_OPTIONS = (
+    "optimizer", "schedule", "warmup_epochs", "sampling", "epochs", "batch_size",
+    "patience", "min_epoch", "ema", "monitor", "device", "threads",
+)  # fmt: skip
+
+
+def _train_config(section: str, args: dict[str, Any]) -> TrainConfig:
+    """Check the run options and build ``section``'s training rules from a command's arguments (None: config)."""
+    from ctfm.errors import ConfigError
+    from ctfm.probe.training import TrainConfig
+
+    if args["shots"] < 0 or args["tries"] < 1 or args["folds"] < 0:
+        raise ConfigError("--shots must be >= 0, --tries >= 1 and --folds >= 0")
+    given = {("ema_decay" if name == "ema" else name): args[name] for name in TRAIN_OPTIONS if name in args}
+    return TrainConfig.from_benchmark(section, **given)
+
+
+def _report(outcomes: list, title: str) -> None:
+    """The per-disease outcome table; exit 1 when any disease failed."""
+    failed = print_outcomes(outcomes, title)
+    if failed:
+        console.print(f"[red]{failed} disease(s) failed[/]")
+        raise typer.Exit(1)
+
+
 @probe_app.command("lp")
 def lp(
     store: StoreOpt,
@@ -213,27 +242,10 @@ def lp(
     """Linear probing (task 1): the reference grid of linear heads, trained as one batched computation."""
     from ctfm.errors import ConfigError
     from ctfm.probe.runner import ProbeOptions, linear_task
-    from ctfm.probe.training import TrainConfig
 
+    train = _train_config("linear_probe", locals())
     if probe not in PROBES:
         raise ConfigError(f"--probe {probe!r} is not one of {', '.join(PROBES)}")
-    if shots < 0 or tries < 1 or folds < 0:
-        raise ConfigError("--shots must be >= 0, --tries >= 1 and --folds >= 0")
-    train = TrainConfig.from_benchmark(
-        "linear_probe",
-        optimizer=optimizer,
-        schedule=schedule,
-        warmup_epochs=warmup_epochs,
-        sampling=sampling,
-        epochs=epochs,
-        batch_size=batch_size,
-        patience=patience,
-        min_epoch=min_epoch,
-        ema_decay=ema,
-        monitor=monitor,
-        device=device,
-        threads=threads,
-    )
     options = ProbeOptions.defaults(
         store=store,
         model=model,
@@ -257,13 +269,7 @@ def lp(
         wandb=wandb,
     )
     outcomes = run_with_progress(options, linear_task(options), "probe lp")
-    failed = print_outcomes(outcomes, f"ctfm probe lp — {options.model} -> {options.out}")
-    if failed:
-        console.print(f"[red]{failed} disease(s) failed[/]")
-        raise typer.Exit(1)
-
-
-# ----------------------------------------------------------------------------- task 2 (added by the EAO helper)
+    _report(outcomes, f"ctfm probe lp — {options.model} -> {options.out}")
 
 
 @probe_app.command("eao")
@@ -313,7 +319,7 @@ def eao(
         int | None, typer.Option("--batch-size", help="Train batch size (default 128).")
     ] = None,
     eval_batch_size: Annotated[
-        int | None, typer.Option("--eval-batch-size", help="Validation batch size.")
+        int | None, typer.Option("--eval-batch-size", help="Validation batch size (default 4x --batch-size).")
     ] = None,
     patience: Annotated[
         int | None, typer.Option("--patience", help="Early-stopping patience in epochs (default 50).")
@@ -337,27 +343,10 @@ def eao(
 ) -> None:
     """Embedding aggregation (task 2): token heads x learning rates trained together on the packed tokens."""
     from ctfm.benchmark import load_benchmark
-    from ctfm.errors import ConfigError
     from ctfm.probe.eao import eao_head_specs, eao_task
     from ctfm.probe.runner import ProbeOptions, run_probe
-    from ctfm.probe.training import TrainConfig
 
-    if shots < 0 or tries < 1 or folds < 0:
-        raise ConfigError("--shots must be >= 0, --tries >= 1 and --folds >= 0")
-    train = TrainConfig.from_benchmark(
-        "eao",
-        optimizer=optimizer,
-        schedule=schedule,
-        warmup_epochs=warmup_epochs,
-        sampling=sampling,
-        epochs=epochs,
-        batch_size=batch_size,
-        patience=patience,
-        min_epoch=min_epoch,
-        ema_decay=ema,
-        monitor=monitor,
-        device=device,
-    )
+    train = _train_config("eao", locals())
     specs = eao_head_specs(
         split_list(head) or None,
         num_queries=num_queries,
@@ -393,7 +382,4 @@ def eao(
 
     task = eao_task(options, specs, wd, dtype, eval_batch_size, log=log, progress=console.is_terminal)
     outcomes = run_probe(options, task, log=log)
-    failed = print_outcomes(outcomes, f"ctfm probe eao — {options.model} -> {options.out}")
-    if failed:
-        console.print(f"[red]{failed} disease(s) failed[/]")
-        raise typer.Exit(1)
+    _report(outcomes, f"ctfm probe eao — {options.model} -> {options.out}")

@@ -1,35 +1,34 @@
 """Task 2 (EAO) probing: token heads trained on the store's packed token cache.
 
-Tokens are read batch by batch from the memory-mapped cache (``PackedEAO``: flattened ``[sum n_i, D]``
-tokens, offsets, grids); cases with different grids are padded in a batch with a key-padding mask (batches
-are formed from cases of similar length), never resized. Every grid member (head architecture x learning
-rate) is fed the same batch in the same step, so the data are read once per step for the whole grid.
+Tokens are read batch by batch from the memory-mapped cache (:mod:`ctfm.probe.tokens`); every grid member
+(head architecture x learning rate) is fed the same batch in the same step, the members of one architecture
+as one stacked module (:mod:`ctfm.probe.eao_grid`). This module plans memory, runs the training loop with
+the rules shared with task 1, and saves and serves the checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError, DataError
 from ctfm.probe.checkpoint import Predictor, register_predict
 from ctfm.probe.data import DiseaseData, load_disease
+from ctfm.probe.eao_grid import GridMember, HeadGrid, HeadSpec
 from ctfm.probe.heads import build_head
 from ctfm.probe.layout import RunLayout
 from ctfm.probe.linear import encode_labels
 from ctfm.probe.runner import ProbeOptions, ProbeTask, save_selection
+from ctfm.probe.tokens import TokenReader, bucketed_batches, eval_batches
 from ctfm.probe.training import (
-    SGD_MOMENTUM,
     STRATEGIES,
     BatchSampler,
     EarlyStopping,
@@ -45,258 +44,6 @@ from ctfm.probe.training import (
     resolve_device,
     seed_everything,
 )
-from ctfm.store import PackedEAO, to_float32
-
-# ----------------------------------------------------------------------------------------------------------
-# Token batches
-
-
-@dataclass
-class TokenBatch:
-    """A padded batch: tokens [B, T, D] float32, key_padding_mask [B, T] (True = padding), case rows [B]."""
-
-    tokens: torch.Tensor
-    mask: torch.Tensor
-    rows: np.ndarray
-
-
-class TokenReader:
-    """Reads cases of a flattened token array ``[sum n_i, D]`` batch by batch, padded.
-
-    ``tokens`` may be float16/bfloat16 on disk; batches are float32. For a file-backed memmap (the store's
-    cache) each case is read with ``os.pread`` rather than through the mapping, so the cache's pages stay in
-    the kernel's page cache instead of this process's resident memory: only one batch is held at a time.
-    """
-
-    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, dtype: str = "float32") -> None:
-        self.tokens = tokens
-        self.dtype = dtype
-        self.offsets = np.asarray(offsets, dtype=np.int64)
-        self.lengths = np.diff(self.offsets)
-        if len(self.lengths) and self.lengths.min() < 1:
-            bad = int(np.argmin(self.lengths))
-            raise ConfigError(f"packed token cache: case row {bad} has no tokens; rebuild the store's cache")
-        self._fd: int | None = None
-        filename = getattr(tokens, "filename", None)
-        if isinstance(tokens, np.memmap) and filename and tokens.flags.c_contiguous:
-            self._fd = os.open(filename, os.O_RDONLY)
-            self._base = int(tokens.offset)
-            self._row_bytes = int(tokens.shape[1]) * tokens.dtype.itemsize
-
-    def __del__(self) -> None:
-        if getattr(self, "_fd", None) is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-
-    @classmethod
-    def from_packed(cls, packed: PackedEAO) -> TokenReader:
-        return cls(packed.tokens, packed.offsets, packed.dtype)
-
-    @property
-    def dim(self) -> int:
-        return int(self.tokens.shape[1])
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def _raw(self, row: int) -> np.ndarray:
-        start, stop = int(self.offsets[row]), int(self.offsets[row + 1])
-        if self._fd is None:
-            return self.tokens[start:stop]
-        size = (stop - start) * self._row_bytes
-        buf = os.pread(self._fd, size, self._base + start * self._row_bytes)
-        if len(buf) != size:
-            raise DataError(f"packed token cache {self.tokens.filename} is truncated; rebuild it")
-        return np.frombuffer(buf, dtype=self.tokens.dtype).reshape(stop - start, self.dim)
-
-    def case(self, row: int) -> np.ndarray:
-        return to_float32(self._raw(row), self.dtype)
-
-    def batch(self, rows: np.ndarray) -> TokenBatch:
-        rows = np.asarray(rows, dtype=np.int64)
-        n = self.lengths[rows]
-        out = np.zeros((len(rows), int(n.max()), self.dim), dtype=np.float32)
-        mask = np.ones((len(rows), int(n.max())), dtype=bool)
-        for i, r in enumerate(rows):
-            out[i, : n[i]] = to_float32(self._raw(int(r)), self.dtype)
-            mask[i, : n[i]] = False
-        return TokenBatch(torch.from_numpy(out), torch.from_numpy(mask), rows)
-
-
-def bucketed_batches(
-    rows: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator, window: int = 16
-) -> list[np.ndarray]:
-    """Split an epoch's sample order into batches of cases with similar token counts.
-
-    The order is cut into windows of ``window`` batches, each window sorted by length and cut into batches,
-    and the batch order shuffled: padding stays small while sampling stays random.
-    """
-    rows = np.asarray(rows)
-    batches: list[np.ndarray] = []
-    span = batch_size * window
-    for start in range(0, len(rows), span):
-        chunk = rows[start : start + span]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    if len(np.unique(lengths[rows])) > 1:
-        order = rng.permutation(len(batches))
-        batches = [batches[i] for i in order]
-    return batches
-
-
-def eval_batches(rows: np.ndarray, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Deterministic evaluation batches, sorted by length so padding is minimal."""
-    rows = np.asarray(rows)[np.argsort(lengths[rows], kind="stable")]
-    return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The head grid
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """A head architecture: registry name and constructor options (without dim / num_classes)."""
-
-    name: str
-    kwargs: dict = field(default_factory=dict)
-
-    def full_kwargs(self, dim: int, num_classes: int) -> dict:
-        return {"dim": dim, "num_classes": num_classes, **self.kwargs}
-
-    @property
-    def label(self) -> str:
-        opts = ",".join(f"{k}={v}" for k, v in sorted(self.kwargs.items()))
-        return f"{self.name}({opts})" if opts else self.name
-
-
-@dataclass
-class GridMember:
-    """One trainable head of the grid: architecture, learning rate, module and optimiser."""
-
-    index: int
-    spec: HeadSpec
-    lr: float
-    weight_decay: float
-    module: nn.Module
-    optimizer: torch.optim.Optimizer
-    active: bool = True
-
-
-class HeadGrid:
-    """Every (head x lr) member, stepped together on each batch; stopped members are skipped.
-
-    Members of one architecture start from the same initial weights (seeded), as the reference trains one
-    freshly seeded head per learning rate. The batch is read and padded once for all members; the members
-    then run one after the other on it (``torch.func.vmap`` over stacked copies measured 1.5-2.4x slower on
-    CPU for attn-pool, whose cost is dense per-case matrix products rather than per-op overhead).
-    """
-
-    def __init__(
-        self,
-        specs: Sequence[HeadSpec],
-        lrs: Sequence[float],
-        dim: int,
-        num_classes: int,
-        seed: int,
-        weight_decay: float = 1e-4,
-        optimizer: str = "adamw",
-        betas: tuple[float, float] = (0.9, 0.999),
-        device: str | torch.device = "cpu",
-    ) -> None:
-        if not specs or not lrs:
-            raise ConfigError("EAO grid is empty: give at least one --head and one --lr")
-        self.dim, self.num_classes, self.device = dim, num_classes, torch.device(device)
-        self.members: list[GridMember] = []
-        for spec in specs:
-            for lr in lrs:
-                torch.manual_seed(seed)
-                module = build_head(spec.name, **spec.full_kwargs(dim, num_classes)).to(self.device)
-                self.members.append(
-                    GridMember(
-                        len(self.members),
-                        spec,
-                        float(lr),
-                        weight_decay,
-                        module,
-                        _optimizer(optimizer, module, lr, weight_decay, betas),
-                    )
-                )
-
-    def __len__(self) -> int:
-        return len(self.members)
-
-    @property
-    def active(self) -> list[GridMember]:
-        return [m for m in self.members if m.active]
-
-    def set_schedule(self, lr_factor: float, beta1: float | None = None) -> None:
-        """Apply this step's schedule: a multiplier of each member's base lr (and one-cycle's AdamW beta1)."""
-        for m in self.active:
-            for group in m.optimizer.param_groups:
-                group["lr"] = m.lr * lr_factor
-                if beta1 is not None and "betas" in group:
-                    group["betas"] = (beta1, group["betas"][1])
-
-    def state_of(self, index: int) -> dict[str, np.ndarray]:
-        """A detached copy of one member's weights (numpy, for checkpoint strategies)."""
-        module = self.members[index].module
-        return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
-
-    def train_step(
-        self, batch: TokenBatch, y: torch.Tensor, class_weight: torch.Tensor | None = None
-    ) -> dict[int, float]:
-        """One optimiser step for every active member on the same batch; returns member -> loss."""
-        x, mask = batch.tokens.to(self.device), batch.mask.to(self.device)
-        y = y.to(self.device)
-        losses: dict[int, float] = {}
-        for m in self.active:
-            m.module.train()
-            m.optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(m.module(x, mask), y, weight=class_weight)
-            loss.backward()
-            m.optimizer.step()
-            losses[m.index] = float(loss.detach())
-        return losses
-
-    @torch.no_grad()
-    def logits(
-        self,
-        reader: TokenReader,
-        rows: np.ndarray,
-        batch_size: int,
-        members: Sequence[GridMember] | None = None,
-    ) -> np.ndarray:
-        """Eval-mode logits of ``members`` (default all) for ``rows`` (in that order): [members, N, C].
-
-        Each batch is read once and fed to every member.
-        """
-        members = list(self.members if members is None else members)
-        out = np.zeros((len(members), len(rows), self.num_classes), dtype=np.float32)
-        where = {int(r): i for i, r in enumerate(rows)}
-        for m in members:
-            m.module.eval()
-        for idx in eval_batches(np.asarray(rows), reader.lengths, batch_size):
-            b = reader.batch(idx)
-            x, mask = b.tokens.to(self.device), b.mask.to(self.device)
-            pos = [where[int(r)] for r in idx]
-            for k, m in enumerate(members):
-                out[k, pos] = m.module(x, mask).float().cpu().numpy()
-        return out
-
-
-def _optimizer(
-    name: str, module: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
-) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(module.parameters(), lr=lr, momentum=SGD_MOMENTUM, weight_decay=weight_decay)
-    try:  # the fused kernel is several times faster on CPU and GPU where this torch has it
-        return torch.optim.AdamW(
-            module.parameters(), lr=lr, weight_decay=weight_decay, betas=betas, fused=True
-        )
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Memory planning
@@ -363,6 +110,12 @@ def _gb(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
+def eval_batch(batch_size: int, eval_batch_size: int | None = None) -> int:
+    """Validation batch size: as given, else 4x the training batch (no gradients are kept, and fewer,
+    larger batches read each member's weights fewer times per epoch)."""
+    return eval_batch_size or 4 * batch_size
+
+
 def plan_memory(
     specs: Sequence[HeadSpec],
     n_lrs: int,
@@ -370,12 +123,14 @@ def plan_memory(
     batch_size: int,
     num_classes: int,
     available: int | None = None,
+    eval_batch_size: int | None = None,
 ) -> MemoryPlan:
     """Estimate peak memory of an EAO run before it starts (the longest cases fill the biggest batch)."""
     longest = int(reader.lengths.max()) if len(reader) else 0
     b = min(batch_size, len(reader))
     dim = reader.dim
-    batch_bytes = 3 * 4 * b * longest * dim  # raw read buffer, float32 tensor, normalised copy
+    largest = min(max(b, eval_batch(batch_size, eval_batch_size)), len(reader))
+    batch_bytes = 3 * 4 * largest * longest * dim  # raw read buffer, float32 tensor, normalised copy
     params = sum(_param_count(s, dim, num_classes) for s in specs) * n_lrs
     acts = sum(_member_activation_floats(s, b, longest, dim) for s in specs) * n_lrs
     cache = int(reader.tokens.nbytes)
@@ -445,7 +200,7 @@ def fit_eao(
     rng = np.random.default_rng(config.seed)
     y_train_t = torch.as_tensor(data.y_train, dtype=torch.long)
     y_val_t = torch.as_tensor(data.y_val, dtype=torch.long)
-    eval_bs = eval_batch_size or config.batch_size
+    eval_bs = eval_batch(config.batch_size, eval_batch_size)
     records: list[dict[str, np.ndarray]] = []
     step, epoch = 0, 0
     for epoch in range(1, config.epochs + 1):
@@ -463,13 +218,12 @@ def fit_eao(
             for i, loss in losses.items():
                 train_loss[i] += loss / len(batches)
             step += 1
-        logits = grid.logits(data.reader, data.val_rows, eval_bs, grid.active)  # aligned with `heads`
+        logits = grid.logits(data.reader, data.val_rows, eval_bs)  # aligned with `heads`
         val_loss = loss_per_head(torch.from_numpy(logits), y_val_t).numpy()
         metrics = batched_metrics(data.y_val, logits, val_loss)
         tracker.update(epoch, heads, metrics, lambda i, h=heads, lg=logits: (grid.state_of(int(h[i])), lg[i]))
         monitored = STRATEGIES[config.monitor][1](metrics)
-        for i in stopper.update(epoch, heads, monitored):
-            grid.members[int(i)].active = False
+        grid.stop(stopper.update(epoch, heads, monitored))
         records.append(
             {
                 "epoch": np.full(len(heads), epoch),
@@ -578,7 +332,9 @@ def eao_task(
         y_tr, y_va, classes = encode_labels(labels[train], labels[val])
         rows = data.table["row"].to_numpy()
         reader = TokenReader.from_packed(data.packed)
-        plan = plan_memory(specs, len(options.lrs), reader, config.batch_size, len(classes))
+        plan = plan_memory(
+            specs, len(options.lrs), reader, config.batch_size, len(classes), eval_batch_size=eval_batch_size
+        )
         log(f"{data.disease}: EAO training {plan.describe()}")
         check_memory(plan)
         eao_data = EAOData(reader, rows[train], y_tr, rows[val], y_va, list(classes))

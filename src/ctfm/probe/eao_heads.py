@@ -1,4 +1,10 @@
-"""Token aggregation heads for task 2 (EAO): spatial tokens ``[B, T, D]`` -> class logits ``[B, C]``.
+"""Token aggregation heads for task 2 (EAO): spatial tokens ``[B, T, D]`` -> class logits.
+
+Every head carries a leading *member* axis on all its parameters: ``members`` independent copies (one per
+learning rate of a grid) run as one module, so the tokens are read, normalised and attended over once per
+batch for all of them and each layer is one batched matrix product instead of one small one per copy.
+A head built with ``members=1`` is an ordinary head (``forward`` gives ``[B, C]``); that is what checkpoints
+hold (:meth:`MemberHead.member_state` cuts one member out of a trained grid).
 
 Every head takes ``key_padding_mask`` ``[B, T]`` (True = padding) and ignores padded tokens exactly (masked
 softmax, masked means), so a case's prediction does not depend on what it is batched with.
@@ -8,13 +14,18 @@ Example:
     >>> head = build_eao_head("attn-pool", dim=32, num_classes=2)
     >>> head(torch.randn(3, 10, 32), torch.zeros(3, 10, dtype=torch.bool)).shape
     torch.Size([3, 2])
+    >>> grid = build_eao_head("attn-pool", dim=32, num_classes=2, members=4)
+    >>> grid.forward_members(torch.randn(3, 10, 32), None).shape
+    torch.Size([4, 3, 2])
 """
 
 from __future__ import annotations
 
+import abc
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,12 +50,89 @@ def masked_mean(tokens: torch.Tensor, key_padding_mask: torch.Tensor | None) -> 
 def masked_softmax(scores: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
     """Softmax over the last (token) axis with padded tokens at exactly zero weight.
 
-    ``scores`` is [B, ..., T]; the mask [B, T] is broadcast over the middle axes.
+    The mask must broadcast against ``scores`` (aligned on the trailing axes), e.g. [B, T] for [M, B, T].
     """
     if key_padding_mask is not None:
-        shape = (key_padding_mask.shape[0],) + (1,) * (scores.dim() - 2) + (key_padding_mask.shape[1],)
-        scores = scores.masked_fill(key_padding_mask.reshape(shape), float("-inf"))
+        scores = scores.masked_fill(key_padding_mask, float("-inf"))
     return torch.softmax(scores, dim=-1)
+
+
+def _per_member(param: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A per-member vector [M, D] shaped to broadcast over a [M, ..., D] tensor of ``ndim`` axes."""
+    return param.reshape(param.shape[0], *([1] * (ndim - 2)), param.shape[-1])
+
+
+class MemberLinear(nn.Module):
+    """``members`` independent linear layers as one batched product: x [M or 1, ..., I] -> [M, ..., O].
+
+    Weights are stored ``[M, in, out]``; every member starts from the same draw of ``nn.Linear``'s default
+    initialisation, as a grid of freshly seeded heads would.
+    """
+
+    def __init__(self, members: int, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(members, out_features)) if bias else None
+        bound = 1.0 / math.sqrt(in_features)
+        self.init_uniform(bound, bound if bias else None)
+
+    def init_uniform(self, weight_bound: float, bias_bound: float | None) -> None:
+        """Uniform weights (and biases; 0 bound = zeros), one draw shared by all members."""
+        with torch.no_grad():
+            self.weight.copy_(torch.empty(self.weight.shape[1:]).uniform_(-weight_bound, weight_bound))
+            if self.bias is not None and bias_bound is not None:
+                self.bias.copy_(torch.empty(self.bias.shape[1:]).uniform_(-bias_bound, bias_bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        members, (n_in, n_out) = self.weight.shape[0], self.weight.shape[1:]
+        flat = x.reshape(x.shape[0], -1, n_in).expand(members, -1, -1)
+        if self.bias is None:
+            out = torch.bmm(flat, self.weight)
+        else:
+            out = torch.baddbmm(self.bias.unsqueeze(1), flat, self.weight)
+        return out.reshape(members, *x.shape[1:-1], n_out)
+
+
+class MemberLayerNorm(nn.Module):
+    """LayerNorm with a per-member affine: x [M or 1, ..., D] -> [M, ..., D]."""
+
+    def __init__(self, members: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(members, dim))
+        self.bias = nn.Parameter(torch.zeros(members, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xhat = F.layer_norm(x, x.shape[-1:])
+        return xhat * _per_member(self.weight, x.dim()) + _per_member(self.bias, x.dim())
+
+
+class MemberHead(nn.Module, abc.ABC):
+    """A token head with a member axis on every parameter (see the module docstring)."""
+
+    @property
+    def members(self) -> int:
+        return int(next(self.parameters()).shape[0])
+
+    @abc.abstractmethod
+    def forward_members(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """Logits of every member: tokens [B, T, D] -> [M, B, C]."""
+
+    def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, C] of a single-member head."""
+        if self.members != 1:
+            raise ValueError(f"this head holds {self.members} members: call forward_members")
+        return self.forward_members(tokens, key_padding_mask)[0]
+
+    def member_state(self, member: int) -> dict[str, np.ndarray]:
+        """One member's weights as the state of a ``members=1`` head (numpy copies, for checkpoints)."""
+        return {k: v[member : member + 1].detach().cpu().numpy().copy() for k, v in self.state_dict().items()}
+
+    @torch.no_grad()
+    def keep_members(self, rows: Sequence[int]) -> None:
+        """Drop every member not in ``rows`` (stopped grid members stop costing compute)."""
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=next(self.parameters()).device)
+        for p in self.parameters():
+            p.data = p.data.index_select(0, index)
 
 
 class CrossAttentionBlock(nn.Module):
@@ -53,59 +141,57 @@ class CrossAttentionBlock(nn.Module):
     The parameters are those of a standard multi-head cross-attention (q/k/v/out projections, LayerNorm on
     keys/values), but the forward pass is reordered: the key projection is folded into the queries and the
     value projection is applied after pooling. Both are exact (associativity, and softmax weights sum to one),
-    and the per-token cost drops from O(D^2) to O(queries x heads x D).
+    and the per-token cost drops from O(D^2) to O(queries x heads x D). Tokens shared by all members are
+    attended over in one product whose query axis holds every member's queries.
     """
 
-    def __init__(self, dim: int, num_heads: int, ffn_mult: float, dropout: float) -> None:
+    def __init__(self, members: int, dim: int, num_heads: int, ffn_mult: float, dropout: float) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.ln_q = nn.LayerNorm(dim)
-        self.ln_kv = nn.LayerNorm(dim)
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
+        self.ln_q = MemberLayerNorm(members, dim)
+        self.ln_kv = MemberLayerNorm(members, dim)
+        self.q_proj = MemberLinear(members, dim, dim)
+        self.k_proj = MemberLinear(members, dim, dim)
+        self.v_proj = MemberLinear(members, dim, dim)
+        self.out_proj = MemberLinear(members, dim, dim)
         hidden = max(1, round(dim * ffn_mult))
-        self.ln_ff = nn.LayerNorm(dim)
-        self.ff = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
-        )
+        self.ln_ff = MemberLayerNorm(members, dim)
+        self.ff_in = MemberLinear(members, dim, hidden)
+        self.ff_out = MemberLinear(members, hidden, dim)
         self.drop = nn.Dropout(dropout)
-        self._init_like_multihead_attention()
-
-    def _init_like_multihead_attention(self) -> None:
-        """``nn.MultiheadAttention``'s initialisation: xavier-uniform over the stacked q/k/v weights
-        (fan-in D, fan-out 3D), zero projection biases; the head then trains like the textbook module."""
-        dim = self.q_proj.in_features
+        # nn.MultiheadAttention's initialisation: xavier-uniform over the stacked q/k/v weights (fan-in D,
+        # fan-out 3D) and zero projection biases, so the head trains like the textbook module.
         bound = math.sqrt(6.0 / (dim + 3 * dim))
         for proj in (self.q_proj, self.k_proj, self.v_proj):
-            nn.init.uniform_(proj.weight, -bound, bound)
-            nn.init.zeros_(proj.bias)
+            proj.init_uniform(bound, 0.0)
         nn.init.zeros_(self.out_proj.bias)
 
     def attend(self, q: torch.Tensor, xhat: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Cross-attention of q [B, Q, D] over normalised tokens xhat [B, T, D] (LayerNorm without affine)."""
-        b, nq, d = q.shape  # b is 1 for the learnable queries of the first layer (shared by all cases)
+        """Cross-attention of q [M, Bq, Q, D] (Bq = 1: the learnable queries, shared by all cases) over
+        tokens normalised without affine, xhat [Mx, B, T, D] (Mx = 1: shared by all members): [M, B, Q, D]."""
+        m, bq, nq, d = q.shape
+        mx, b = xhat.shape[:2]
         h = self.num_heads
-        dh = d // h
-        qh = self.q_proj(self.ln_q(q)).reshape(b, nq, h, dh)
-        wk = self.k_proj.weight.reshape(h, dh, d)
-        # score[b,q,h,t] = <Q, K_t>/sqrt(dh); K_t = (xhat_t*g + beta) Wk^T + bk; terms constant in t cancel.
-        a = torch.einsum("bqhe,hed->bqhd", qh, wk) * (self.ln_kv.weight / math.sqrt(dh))
-        a = a.expand(xhat.shape[0], -1, -1, -1)
-        scores = torch.einsum("btd,bqhd->bqht", xhat, a)
-        p = masked_softmax(scores, mask)
-        pooled = torch.einsum("bqht,btd->bqhd", p, xhat) * self.ln_kv.weight + self.ln_kv.bias
-        wv = self.v_proj.weight.reshape(h, dh, d)
-        v = torch.einsum("bqhd,hed->bqhe", pooled, wv) + self.v_proj.bias.reshape(h, dh)
-        return self.out_proj(v.reshape(-1, nq, d))
+        dh, g = d // h, m // mx
+        qh = self.q_proj(self.ln_q(q)).reshape(m, bq, nq, h, dh)
+        wk = self.k_proj.weight.reshape(m, d, h, dh)
+        # score[m,b,q,h,t] = <Q, K_t>/sqrt(dh); K_t = (xhat_t*g + beta) Wk + bk; terms constant in t cancel.
+        a = torch.einsum("mbqhe,mdhe->mbqhd", qh, wk) * _per_member(self.ln_kv.weight / math.sqrt(dh), 5)
+        a = a.reshape(mx, g, bq, nq * h, d).transpose(1, 2).reshape(mx, bq, g * nq * h, d)
+        scores = torch.matmul(a, xhat.transpose(-1, -2))  # [Mx, B, g*Q*H, T]
+        p = masked_softmax(scores, None if mask is None else mask.unsqueeze(1))
+        pooled = torch.matmul(p, xhat).reshape(mx, b, g, nq, h, d).transpose(1, 2).reshape(m, b, nq, h, d)
+        pooled = pooled * _per_member(self.ln_kv.weight, 5) + _per_member(self.ln_kv.bias, 5)
+        wv = self.v_proj.weight.reshape(m, d, h, dh)
+        v = torch.einsum("mbqhd,mdhe->mbqhe", pooled, wv).reshape(m, b, nq, d)
+        return self.out_proj(v + _per_member(self.v_proj.bias, 4))
 
     def forward(self, q: torch.Tensor, xhat: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         q = q + self.drop(self.attend(q, xhat, mask))
-        return q + self.drop(self.ff(self.ln_ff(q)))
+        return q + self.drop(self.ff_out(self.drop(F.gelu(self.ff_in(self.ln_ff(q))))))
 
 
-class AttnPoolHead(nn.Module):
+class AttnPoolHead(MemberHead):
     """The reference task-2 head: learnable queries, cross-attention layers, classifier over all queries.
 
     Tokens whose dim is not a multiple of ``num_heads`` (e.g. 9 hand-made features) are first projected
@@ -122,78 +208,83 @@ class AttnPoolHead(nn.Module):
         ffn_mult: float = 4.0,
         dropout: float = 0.0,
         embed_dim: int | None = None,
+        members: int = 1,
     ) -> None:
         super().__init__()
         width = embed_dim or -(-dim // num_heads) * num_heads
         if width % num_heads:
             raise ConfigError(f"attn-pool: embed_dim {width} is not divisible by num_heads={num_heads}")
-        self.in_proj = nn.Linear(dim, width) if width != dim else nn.Identity()
-        dim = width
-        self.queries = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
+        self.queries = nn.Parameter((torch.randn(num_queries, width) * 0.02).expand(members, -1, -1).clone())
+        self.in_proj = MemberLinear(members, dim, width) if width != dim else None
         self.blocks = nn.ModuleList(
-            CrossAttentionBlock(dim, num_heads, ffn_mult, dropout) for _ in range(num_layers)
+            CrossAttentionBlock(members, width, num_heads, ffn_mult, dropout) for _ in range(num_layers)
         )
-        self.norm = nn.LayerNorm(dim)
-        self.classifier = nn.Linear(num_queries * dim, num_classes)
+        self.norm = MemberLayerNorm(members, width)
+        self.classifier = MemberLinear(members, num_queries * width, num_classes)
 
-    def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_members(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        x = tokens.unsqueeze(0)  # one copy of the tokens for every member
+        if self.in_proj is not None:
+            x = self.in_proj(x)
         # Parameter-free normalisation is shared by every layer; each layer folds in its own affine.
-        tokens = self.in_proj(tokens)
-        xhat = F.layer_norm(tokens, tokens.shape[-1:])
-        q = self.queries.unsqueeze(0)  # broadcast over cases by the first residual
+        xhat = F.layer_norm(x, x.shape[-1:])
+        q = self.queries.unsqueeze(1)  # [M, 1, Q, D]: broadcast over cases by the first residual
         for block in self.blocks:
             q = block(q, xhat, key_padding_mask)
-        q = q.expand(tokens.shape[0], -1, -1)  # only when there are no layers
-        return self.classifier(self.norm(q).flatten(1))
+        q = q.expand(-1, tokens.shape[0], -1, -1)  # only when there are no layers
+        return self.classifier(self.norm(q).flatten(2))
 
 
-class MeanLinearHead(nn.Module):
+class MeanLinearHead(MemberHead):
     """Mean over the real tokens, then one linear layer: the simplest aggregation baseline."""
 
-    def __init__(self, dim: int, num_classes: int) -> None:
+    def __init__(self, dim: int, num_classes: int, members: int = 1) -> None:
         super().__init__()
-        self.linear = nn.Linear(dim, num_classes)
+        self.linear = MemberLinear(members, dim, num_classes)
 
-    def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.linear(masked_mean(tokens, key_padding_mask))
+    def forward_members(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.linear(masked_mean(tokens, key_padding_mask).unsqueeze(0))
 
 
-class ABMILHead(nn.Module):
+class ABMILHead(MemberHead):
     """Gated attention multiple-instance pooling: per-token gated scores, masked softmax, weighted sum."""
 
-    def __init__(self, dim: int, num_classes: int, hidden: int = 128, dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_classes: int, hidden: int = 128, dropout: float = 0.0, members: int = 1
+    ) -> None:
         super().__init__()
-        self.embed = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout))
-        self.attn_v = nn.Linear(hidden, hidden)
-        self.attn_u = nn.Linear(hidden, hidden)
-        self.attn_w = nn.Linear(hidden, 1)
-        self.classifier = nn.Linear(hidden, num_classes)
+        self.embed = MemberLinear(members, dim, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.attn_v = MemberLinear(members, hidden, hidden)
+        self.attn_u = MemberLinear(members, hidden, hidden)
+        self.attn_w = MemberLinear(members, hidden, 1)
+        self.classifier = MemberLinear(members, hidden, num_classes)
 
-    def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.embed(tokens)
+    def forward_members(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        h = self.drop(F.relu(self.embed(tokens.unsqueeze(0))))  # [M, B, T, hidden]
         gate = torch.tanh(self.attn_v(h)) * torch.sigmoid(self.attn_u(h))
         p = masked_softmax(self.attn_w(gate).squeeze(-1), key_padding_mask)
-        return self.classifier(torch.einsum("bt,bth->bh", p, h))
+        return self.classifier(torch.einsum("mbt,mbth->mbh", p, h))
 
 
-class MLPHead(nn.Module):
+class MLPHead(MemberHead):
     """Mean over the real tokens, then a one-hidden-layer MLP."""
 
-    def __init__(self, dim: int, num_classes: int, hidden: int = 256, dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_classes: int, hidden: int = 256, dropout: float = 0.0, members: int = 1
+    ) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.LayerNorm(dim),
-            nn.Linear(dim, hidden),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, num_classes),
-        )
+        self.norm = MemberLayerNorm(members, dim)
+        self.fc_in = MemberLinear(members, dim, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.fc_out = MemberLinear(members, hidden, num_classes)
 
-    def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.mlp(masked_mean(tokens, key_padding_mask))
+    def forward_members(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.norm(masked_mean(tokens, key_padding_mask).unsqueeze(0))
+        return self.fc_out(self.drop(F.gelu(self.fc_in(x))))
 
 
-EAO_HEADS: dict[str, Callable[..., nn.Module]] = {
+EAO_HEADS: dict[str, Callable[..., MemberHead]] = {
     "attn-pool": AttnPoolHead,
     "mean-linear": MeanLinearHead,
     "abmil": ABMILHead,
@@ -205,7 +296,7 @@ for _name, _factory in EAO_HEADS.items():
     register_head(_name)(_factory)
 
 
-def build_eao_head(name: str, **kwargs: object) -> nn.Module:
+def build_eao_head(name: str, **kwargs: object) -> MemberHead:
     """Build a token head by registry name; kwargs are the constructor's (dim, num_classes, ...)."""
     if name not in EAO_HEADS:
         raise ConfigError(f"unknown EAO head {name!r}; choose from {', '.join(EAO_HEADS)}")
