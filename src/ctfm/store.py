@@ -412,6 +412,10 @@ class View:
         self._check_consistent(case, arr)
         path = self.case_path(case)
         write_y_hat(path, arr)
+        return self._record_ok(case, path, arr, record)
+
+    def _record_ok(self, case: str, path: Path, arr: np.ndarray, record: CaseRecord | None) -> CaseRecord:
+        """The manifest row of a case whose file was just written: the caller's record (if any), completed."""
         rec = dataclasses.replace(record) if record is not None else CaseRecord(case=case, status="ok")
         rec.case, rec.status, rec.error = case, "ok", ""
         rec.file = str(path.relative_to(self.dir))
@@ -446,13 +450,7 @@ class View:
         path = self.case_path(case)
         with atomic_path(path) as tmp:
             shutil.copyfile(h5_path, tmp)
-        rec = dataclasses.replace(record) if record is not None else CaseRecord(case=case, status="ok")
-        rec.case, rec.status, rec.error = case, "ok", ""
-        rec.file = str(path.relative_to(self.dir))
-        rec.shape, rec.dtype = tuple(int(s) for s in arr.shape), str(arr.dtype)
-        rec.checksum = sha256_file(path)
-        self._append(rec)
-        return rec
+        return self._record_ok(case, path, arr, record)
 
     def read_case(self, case: str) -> np.ndarray:
         rec = self.record(case)
