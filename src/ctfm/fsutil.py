@@ -10,12 +10,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open(..., "w")`` would give a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 @contextlib.contextmanager
-def atomic_path(dest: Path) -> Iterator[Path]:
+def atomic_path(dest: Path, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on success it replaces ``dest`` in one rename.
 
     An interrupted or failed write leaves ``dest`` untouched (absent or its old content), never half-written.
     The temporary name keeps ``dest``'s suffixes so writers that dispatch on them (``.nii.gz``) still work.
+    The file gets the usual permissions (not the temporary file's private 0600), and ``durable`` flushes
+    it to disk before the rename so a power loss cannot leave a renamed but empty file.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -25,6 +37,13 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _FILE_MODE)
+        if durable:
+            fd = os.open(tmp_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp_path, dest)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -36,7 +36,6 @@ from ctfm.runconfig import ContainerSpec, ExtractorSpec, RunConfig, fingerprint
 Log = Callable[[str], None]
 
 
-@dataclass
 class StageIncomplete(CtfmError):
     """A stage finished what it could; some items failed and a rerun will retry them."""
 
@@ -53,7 +52,7 @@ class Stage:
 @dataclass
 class StageOutcome:
     name: str
-    status: str  # done | up-to-date | skipped | failed
+    status: str  # done | up-to-date | incomplete | skipped | failed
     seconds: float = 0.0
     detail: str = ""
 
@@ -89,7 +88,12 @@ class StageStamps:
             return None
 
     def mark(self, name: str, key: str, detail: str) -> None:
-        stamp = {"stage": name, "key": key, "detail": detail, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        stamp = {
+            "stage": name,
+            "key": key,
+            "detail": detail,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         write_text_atomic(self._path(name), json.dumps(stamp, indent=1) + "\n")
 
 
@@ -136,11 +140,12 @@ class Pipeline:
 
     # -- driver -----------------------------------------------------------------------------------------
     def _run_one(self, stage: Stage) -> str | None:
-        """Run ``stage`` unless its stamp says it is up to date; its key, or None when it did not finish.
+        """Run ``stage`` unless its stamp says it is up to date; the key its dependents build on, or None.
 
         A stage that raises :class:`StageIncomplete` did useful work but left items to retry: it is not stamped,
-        its dependents still run on what exists, and a rerun resumes it. Any other user error fails the stage and
-        the stages that depend on it are skipped; independent ones still run.
+        its dependents run on what exists under a key of this run only (so they are redone, never taken as up
+        to date, until the stage completes), and a rerun resumes it. Any other user error fails the stage and
+        the stages that depend on it are skipped (None); independent ones still run.
         """
         done_key = self.stamps.key(stage.name)
         if done_key == stage.key:
@@ -153,7 +158,7 @@ class Pipeline:
             detail = stage.run(done_key is not None)
         except StageIncomplete as exc:
             self._record(stage.name, "incomplete", start, str(exc), "yellow")
-            return stage.key
+            return fingerprint(stage.key, "incomplete", time.time_ns())
         except CtfmError as exc:
             self._record(stage.name, "failed", start, str(exc), "red")
             return None
@@ -179,14 +184,16 @@ class Pipeline:
         masks_key = self._run_one(self.masks_stage(data_key)) if self.roi else ""
         if masks_key is None:
             return self.result
-        models: list[tuple[str, list[str], str]] = []  # (store model, tasks, key of its embeddings)
+        models: dict[str, dict[str, str]] = {}  # store model -> task -> key of its embeddings
         for spec in self.cfg.extractors:
-            models.append(self._extract_model(spec, data_key, masks_key))
+            models.update(self._extract_model(spec, data_key, masks_key))
         for spec in self.cfg.containers:
-            models.extend(self._container_models(spec, data_key, masks_key))
+            models.update(self._container_models(spec, data_key, masks_key))
         for task in self.cfg.tasks:
             eval_keys = [
-                self._probe_and_eval(task, model, key) for model, tasks, key in models if task in tasks
+                self._probe_and_eval(task, model, keys[task])
+                for model, keys in models.items()
+                if task in keys
             ]
             if any(eval_keys):
                 self._run_one(self.leaderboard_stage(task, [k for k in eval_keys if k]))
@@ -245,14 +252,11 @@ class Pipeline:
         return Stage("masks", fingerprint(data_key, self.roi, margin), build)
 
     # -- extraction -------------------------------------------------------------------------------------
-    def _extract_model(
-        self, spec: ExtractorSpec, data_key: str, masks_key: str
-    ) -> tuple[str, list[str], str]:
-        """Extract every task and view needed with one built-in (or plug-in) extractor."""
+    def _extract_model(self, spec: ExtractorSpec, data_key: str, masks_key: str) -> dict[str, dict[str, str]]:
+        """Extract every task and view needed with one built-in (or plug-in) extractor: {model: {task: key}}."""
         model = spec.model or spec.name
-        tasks = list(spec.tasks or self.cfg.tasks)
-        keys = []
-        for task in tasks:
+        keys: dict[str, list[str | None]] = {}
+        for task in spec.tasks or self.cfg.tasks:
             for view in self.views:
                 key = fingerprint(
                     data_key, masks_key if view != "full" else "", spec, task, view, self.cfg.probe.device
@@ -260,8 +264,8 @@ class Pipeline:
                 stage = Stage(
                     f"extract/{model}/{task}/{view}", key, self._extract_runner(spec, model, task, view)
                 )
-                keys.append(self._run_one(stage))
-        return model, tasks, fingerprint(keys)
+                keys.setdefault(task, []).append(self._run_one(stage))
+        return {model: _task_keys(keys)}
 
     def _extract_runner(self, spec: ExtractorSpec, model: str, task: str, view: str) -> Callable[[bool], str]:
         def run(force: bool) -> str:
@@ -299,15 +303,15 @@ class Pipeline:
 
     def _container_models(
         self, spec: ContainerSpec, data_key: str, masks_key: str
-    ) -> list[tuple[str, list[str], str]]:
-        """Run one container spec over every task and view; returns (team, tasks, key) per team."""
+    ) -> dict[str, dict[str, str]]:
+        """Run one container spec over every task and view: {team: {task: key}}."""
         label = str(spec.folder or spec.image or "baseline")
         why = docker_status()
         if why is not None:
             self.log(f"[yellow]containers {label}: skipped: {why}[/]")
             self.result.outcomes.append(StageOutcome(f"containers/{label}", "skipped", detail=why))
-            return []
-        teams: dict[str, tuple[list[str], list[str]]] = {}  # team -> (tasks, stage keys)
+            return {}
+        teams: dict[str, dict[str, list[str | None]]] = {}  # team -> task -> stage keys
         for task in spec.tasks or self.cfg.tasks:
             try:
                 names, source = self._container_source(spec, task)
@@ -324,13 +328,10 @@ class Pipeline:
                     key,
                     self._container_runner(spec, task, view),
                 )
-                self._run_one(stage)
+                done = self._run_one(stage)
                 for team in names:
-                    tasks, keys = teams.setdefault(team, ([], []))
-                    keys.append(key)
-                    if task not in tasks:
-                        tasks.append(task)
-        return [(team, tasks, fingerprint(keys)) for team, (tasks, keys) in teams.items()]
+                    teams.setdefault(team, {}).setdefault(task, []).append(done)
+        return {team: _task_keys(keys) for team, keys in teams.items()}
 
     def _container_source(self, spec: ContainerSpec, task: str) -> tuple[list[str], str]:
         """(team names, fingerprint of the images) of one container spec for one task."""
@@ -508,3 +509,9 @@ class Pipeline:
 def run_pipeline(cfg: RunConfig, log: Log | None = None, progress: bool = False) -> RunResult:
     """Run (or resume) everything ``cfg`` describes; see the module docstring for the layout."""
     return Pipeline(cfg, log, progress).run()
+
+
+def _task_keys(stage_keys: dict[str, list[str | None]]) -> dict[str, str]:
+    """One embeddings key per task from its views' stage keys; a task with a failed view is left out, so
+    nothing is probed on it."""
+    return {task: fingerprint(keys) for task, keys in stage_keys.items() if None not in keys}

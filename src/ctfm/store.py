@@ -63,7 +63,7 @@ def sanitize_name(name: str) -> str:
 
 def check_case(case: str) -> str:
     """Case names become file names: refuse anything that could escape the embeddings folder."""
-    if not _CASE_OK.match(case) or ".." in case:
+    if not _CASE_OK.fullmatch(case) or ".." in case:
         raise StoreError(f"case name {case!r} is not a safe file name (letters, digits, . _ - only)")
     return case
 
@@ -132,7 +132,7 @@ def write_y_hat(path: Path, arr: np.ndarray) -> None:
     """Write ``y_hat`` atomically in the reference format (one dataset, no compression)."""
     import h5py
 
-    with atomic_path(Path(path)) as tmp, h5py.File(tmp, "w") as fh:
+    with atomic_path(Path(path), durable=True) as tmp, h5py.File(tmp, "w") as fh:
         fh.create_dataset(DATASET, data=arr)
 
 
@@ -448,7 +448,7 @@ class View:
             raise StoreError(f"{h5_path}: {exc}") from None
         self._check_consistent(case, arr)
         path = self.case_path(case)
-        with atomic_path(path) as tmp:
+        with atomic_path(path, durable=True) as tmp:
             shutil.copyfile(h5_path, tmp)
         return self._record_ok(case, path, arr, record)
 

@@ -99,6 +99,17 @@ def test_atomic_path_leaves_old_content_when_the_write_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
+    plain, atomic = tmp_path / "plain.txt", tmp_path / "atomic.txt"
+    plain.write_text("x")
+    write_text_atomic(atomic, "x")
+    with atomic_path(tmp_path / "durable.bin", durable=True) as tmp:
+        tmp.write_bytes(b"x")
+    mode = plain.stat().st_mode & 0o777
+    assert atomic.stat().st_mode & 0o777 == mode  # not mkstemp's private 0600
+    assert (tmp_path / "durable.bin").stat().st_mode & 0o777 == mode
+
+
 def test_nifti_round_trip_keeps_dtype_and_affine(tmp_path):
     affine = np.diag([-0.7, -0.7, 3.0, 1.0])
     affine[:3, 3] = [10, -20, 30]

@@ -70,3 +70,21 @@ def test_missing_required_key_and_several_problems_reported_together(tmp_path):
 def test_fingerprint_changes_with_any_setting():
     assert fingerprint({"a": 1}, [2]) == fingerprint({"a": 1}, [2])
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def test_an_incomplete_stage_never_lets_its_dependents_count_as_up_to_date(tmp_path):
+    from ctfm.pipeline import Pipeline, Stage, StageIncomplete, _task_keys
+
+    pipeline = Pipeline(load_run_config(_write(tmp_path, BASE)))
+
+    def partial(_force: bool) -> str:
+        raise StageIncomplete("2 extracted, 1 failed")
+
+    first = pipeline._run_one(Stage("extract/x", "k", partial))
+    again = pipeline._run_one(Stage("extract/x", "k", partial))
+    done = pipeline._run_one(Stage("extract/x", "k", lambda _force: "all extracted"))
+    assert len({first, again, done}) == 3 and done == "k"  # dependents rerun until the stage completes
+    assert pipeline._run_one(Stage("extract/x", "k", partial)) == "k"  # stamped: up to date from now on
+    # a task with a failed view is not probed at all; the others keep their key
+    keys = _task_keys({"lp": ["a", "b"], "eao": ["c", None]})
+    assert list(keys) == ["lp"] and keys["lp"] != _task_keys({"lp": ["a", "c"]})["lp"]

@@ -105,8 +105,9 @@ def test_write_rejects_inconsistent_dim_and_bad_names(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="D=5"):
         view.write_case("c010", np.zeros(5, np.float32))
     view.write_case("c000", np.zeros(8, np.float32))  # rewriting a case with the same D is fine
-    with pytest.raises(StoreError, match="safe file name"):
-        view.write_case("../evil", np.zeros(8, np.float32))
+    for bad in ("../evil", "c011\n"):
+        with pytest.raises(StoreError, match="safe file name"):
+            view.write_case(bad, np.zeros(8, np.float32))
     with pytest.raises(StoreError, match="whole-scan"):
         Store(tmp_path).view("m", "lp", "ascites")
     with pytest.raises(StoreError, match="unknown task"):

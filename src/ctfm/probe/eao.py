@@ -221,18 +221,25 @@ def fit_eao(
         logits = grid.logits(data.reader, data.val_rows, eval_bs)  # aligned with `heads`
         val_loss = loss_per_head(torch.from_numpy(logits), y_val_t).numpy()
         metrics = batched_metrics(data.y_val, logits, val_loss)
-        tracker.update(epoch, heads, metrics, lambda i, h=heads, lg=logits: (grid.state_of(int(h[i])), lg[i]))
-        monitored = STRATEGIES[config.monitor][1](metrics)
-        grid.stop(stopper.update(epoch, heads, monitored))
+        stopped = stopper.update(epoch, heads, STRATEGIES[config.monitor][1](metrics))
         records.append(
             {
                 "epoch": np.full(len(heads), epoch),
                 "head": heads,
                 "train_loss": train_loss[heads],
                 **{k: np.asarray(v, dtype=np.float64) for k, v in metrics.items()},
-                "ema": stopper.ema[heads],
+                "monitor_ema": stopper.ema[heads],
             }
         )
+        # As in the linear trainer, a member is not a checkpoint candidate at the epoch it stops.
+        still = np.flatnonzero(~np.isin(heads, stopped))
+        tracker.update(
+            epoch,
+            heads[still],
+            {k: np.asarray(v)[still] for k, v in metrics.items()},
+            lambda i, h=heads[still], lg=logits[still]: (grid.state_of(int(h[i])), lg[i]),
+        )
+        grid.stop(stopped)
         if on_epoch is not None:
             on_epoch(epoch, len(grid.active))
     finish_selections(tracker.best, data.y_val)
@@ -375,7 +382,7 @@ def eao_head_specs(names: Sequence[str] | None = None, **options: object) -> lis
     for name in dict.fromkeys(names):
         if name not in EAO_HEADS:
             raise ConfigError(f"--head {name!r} is not one of {', '.join(EAO_HEADS)}")
-        accepted = set(inspect.signature(EAO_HEADS[name]).parameters) - {"dim", "num_classes"}
+        accepted = set(inspect.signature(EAO_HEADS[name]).parameters) - {"dim", "num_classes", "members"}
         kwargs = {k: conf[k] for k in accepted if k in conf}
         kwargs.update({k: v for k, v in options.items() if k in accepted and v is not None})
         specs.append(HeadSpec(name, dict(sorted(kwargs.items()))))

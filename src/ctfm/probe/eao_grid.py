@@ -33,11 +33,6 @@ class HeadSpec:
     def full_kwargs(self, dim: int, num_classes: int) -> dict:
         return {"dim": dim, "num_classes": num_classes, **self.kwargs}
 
-    @property
-    def label(self) -> str:
-        opts = ",".join(f"{k}={v}" for k, v in sorted(self.kwargs.items()))
-        return f"{self.name}({opts})" if opts else self.name
-
 
 @dataclass
 class GridMember:

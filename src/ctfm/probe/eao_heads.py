@@ -11,10 +11,11 @@ softmax, masked means), so a case's prediction does not depend on what it is bat
 
 Example:
     >>> import torch
-    >>> head = build_eao_head("attn-pool", dim=32, num_classes=2)
+    >>> from ctfm.probe.heads import build_head
+    >>> head = build_head("attn-pool", dim=32, num_classes=2)
     >>> head(torch.randn(3, 10, 32), torch.zeros(3, 10, dtype=torch.bool)).shape
     torch.Size([3, 2])
-    >>> grid = build_eao_head("attn-pool", dim=32, num_classes=2, members=4)
+    >>> grid = build_head("attn-pool", dim=32, num_classes=2, members=4)
     >>> grid.forward_members(torch.randn(3, 10, 32), None).shape
     torch.Size([4, 3, 2])
 """
@@ -294,13 +295,3 @@ EAO_HEADS: dict[str, Callable[..., MemberHead]] = {
 
 for _name, _factory in EAO_HEADS.items():
     register_head(_name)(_factory)
-
-
-def build_eao_head(name: str, **kwargs: object) -> MemberHead:
-    """Build a token head by registry name; kwargs are the constructor's (dim, num_classes, ...)."""
-    if name not in EAO_HEADS:
-        raise ConfigError(f"unknown EAO head {name!r}; choose from {', '.join(EAO_HEADS)}")
-    try:
-        return EAO_HEADS[name](**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"EAO head {name!r}: bad options {sorted(kwargs)} ({exc})") from exc

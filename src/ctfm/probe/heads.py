@@ -57,12 +57,16 @@ def head_names() -> list[str]:
 
 
 def build_head(name: str, **kwargs: object) -> nn.Module:
-    """Build a registered head; raises :class:`ConfigError` naming the known heads for an unknown one."""
+    """Build a registered head; raises :class:`ConfigError` for an unknown head (naming the known ones) or
+    options its constructor does not take."""
     if name not in _REGISTRY:
         _load_head_modules()
     if name not in _REGISTRY:
         raise ConfigError(f"unknown head {name!r}; known heads: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**kwargs)
+    try:
+        return _REGISTRY[name](**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"head {name!r}: bad options {sorted(kwargs)} ({exc})") from exc
 
 
 class LinearHead(nn.Module):

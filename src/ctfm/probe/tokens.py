@@ -19,11 +19,10 @@ from ctfm.store import PackedEAO, to_float32
 
 @dataclass
 class TokenBatch:
-    """A padded batch: tokens [B, T, D] float32, key_padding_mask [B, T] (True = padding), case rows [B]."""
+    """A padded batch: tokens [B, T, D] float32 and key_padding_mask [B, T] (True = padding)."""
 
     tokens: torch.Tensor
     mask: torch.Tensor
-    rows: np.ndarray
 
 
 class TokenReader:
@@ -86,7 +85,7 @@ class TokenReader:
         for i, r in enumerate(rows):
             out[i, : n[i]] = to_float32(self._raw(int(r)), self.dtype)
             mask[i, : n[i]] = False
-        return TokenBatch(torch.from_numpy(out), torch.from_numpy(mask), rows)
+        return TokenBatch(torch.from_numpy(out), torch.from_numpy(mask))
 
 
 def bucketed_batches(

@@ -7,6 +7,7 @@ runs on the GPU when the runner asks for ``cuda``.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ class Cnn3dExtractor:
             try:
                 state = torch.load(Path(weights), map_location="cpu", weights_only=True)
                 model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-            except (OSError, RuntimeError, KeyError, AttributeError) as exc:
+            except (OSError, RuntimeError, KeyError, AttributeError, pickle.UnpicklingError) as exc:
                 raise ConfigError(f"{weights}: not a cnn3d state_dict ({type(exc).__name__}: {exc})") from exc
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
