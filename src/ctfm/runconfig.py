@@ -17,6 +17,7 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -250,6 +251,21 @@ def _check_semantics(cfg: RunConfig, problems: _Problems) -> None:
             problems.add(f"containers[{i}].folder", f"folder {spec.folder} does not exist")
     if not cfg.extractors and not cfg.containers:
         problems.add("extractors", "name at least one extractor or container to score")
+    _check_names(
+        problems, "eval.strategies", cfg.eval.strategies, bench.section("linear_probe")["strategies"]
+    )
+    from ctfm.evaluate.metrics import METRICS
+
+    _check_names(problems, "leaderboard.metrics", cfg.leaderboard.metrics, METRICS)
+
+
+def _check_names(problems: _Problems, key: str, names: list[str], known: Sequence[str]) -> None:
+    """A non-empty list of known names (strategies, metrics), each wrong one named with its index."""
+    if not names:
+        problems.add(key, f"give at least one of {', '.join(known)}")
+    for i, name in enumerate(names):
+        if name not in known:
+            problems.add(f"{key}[{i}]", f"{name!r} is not one of {', '.join(known)}")
 
 
 def parse_run_config(raw: Any, base: Path) -> RunConfig:

@@ -11,12 +11,24 @@ from ctfm.store import Store
 pytestmark = pytest.mark.docker
 
 
+def _row(stdout: str, check: str) -> tuple[str, str]:
+    """(pass/FAIL, first line of the detail) of one check's row in the check-container table."""
+    rows = [line for line in stdout.splitlines() if line.strip("│ ").startswith(check)]
+    assert rows, f"no row for {check!r} in:\n{stdout}"
+    cells = rows[0].split("│")
+    return cells[2].strip(), cells[3].strip()
+
+
+def _result(stdout: str, check: str) -> str:
+    return _row(stdout, check)[0]
+
+
 def test_baseline_tarball_passes_on_synthetic_test_demo(baseline, cli):
     """The participants' dry run on the shipped baseline: synthetic test_demo, ROI masks, both runs agree."""
     proc = cli("check-container", baseline["lp"], "--task", "lp", "--disease", "liver_cyst", "--memory", "2g")
-    assert "PASS" in proc.stdout
-    for check in ("contract", "outputs valid", "deterministic", "embeddings informative", "peak memory"):
-        assert check in proc.stdout
+    assert "PASS: the container respects the contract" in proc.stdout
+    for check in ("outputs valid", "deterministic", "embeddings informative", "peak memory"):
+        assert _result(proc.stdout, check) == "pass", check
 
 
 def test_baseline_eao_matches_the_in_process_extractor(baseline, tmp_path, cli):
@@ -40,8 +52,7 @@ def test_bad_image_fails(mode, test_image, tmp_path, cli):
     images = write_cases(tmp_path / "images", 2)
     proc = cli("check-container", test_image(mode), "--images", images, "--memory", "1g", check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "FAIL" in proc.stdout
-    assert "outputs valid" in proc.stdout
+    assert _result(proc.stdout, "outputs valid") == "FAIL"
 
 
 def test_collapsed_embeddings_fail(test_image, tmp_path, cli):
@@ -51,4 +62,5 @@ def test_collapsed_embeddings_fail(test_image, tmp_path, cli):
         (images / f"case_000{i}.nii.gz").write_bytes((images / "case_0000.nii.gz").read_bytes())
     proc = cli("check-container", test_image("good"), "--images", images, "--memory", "1g", check=False)
     assert proc.returncode == 1
-    assert "collapsed" in proc.stdout
+    status, detail = _row(proc.stdout, "embeddings informative")
+    assert status == "FAIL" and detail.startswith("collapsed:"), detail

@@ -171,3 +171,20 @@ def test_config_defaults_follow_the_reference_protocol_and_validate():
 def test_mean_std():
     assert mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(np.sqrt(2.0)), "n": 2}
     assert mean_std([0.5])["std"] == 0.0
+
+
+def test_full_metrics_of_a_head_whose_val_lacks_a_class_match_ctfm_eval_and_sklearn():
+    """A 4-class head (train had class 3) scored on val labels 0..2: macro F1 / specificity count the
+    classes seen in the labels or predictions, as scikit-learn and `ctfm eval` do."""
+    from ctfm.evaluate import metrics as M
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 3, 80)
+    z = rng.normal(size=(80, 4)) + 1.5 * np.eye(4)[y]
+    z[:, 3] -= 3.0  # class 3 is never predicted
+    m = full_metrics(y, z)
+    pred = z.argmax(1)
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert m["sensitivity"] == pytest.approx(skm.recall_score(y, pred, average="macro"))
+    assert m["f1"] == pytest.approx(float(M.macro_f1(y, pred, 4)))
+    assert m["specificity"] == pytest.approx(float(M.specificity(y, pred, 4)))

@@ -51,6 +51,9 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
         ({"tasks": ["lp", "seg"]}, r"tasks\[1\]: 'seg' is not one of 'lp', 'eao'"),
         ({"seed": "x"}, r"seed: expected int"),
         ({"data": {}}, r"data: give exactly one of `path`"),
+        ({"eval": {"strategies": []}}, r"eval\.strategies: give at least one of val_balanced_acc"),
+        ({"eval": {"strategies": ["best"]}}, r"eval\.strategies\[0\]: 'best' is not one of"),
+        ({"leaderboard": {"metrics": ["auroc", "dice"]}}, r"leaderboard\.metrics\[1\]: 'dice' is not one of"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, change, message):

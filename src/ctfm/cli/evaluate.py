@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
+from ctfm.cli.probe import split_list
+
 if TYPE_CHECKING:
     import pandas as pd
     from rich.table import Table
@@ -22,13 +24,6 @@ console = Console(stderr=True)
 def register(app: typer.Typer) -> None:
     app.command("eval")(eval_command)
     app.command("leaderboard")(leaderboard_command)
-
-
-def _split_list(values: list[str] | None) -> list[str]:
-    out: list[str] = []
-    for v in values or []:
-        out.extend(t for t in v.replace(",", " ").split() if t)
-    return out
 
 
 def _metrics_table(rows: list[dict], title: str) -> None:
@@ -60,7 +55,7 @@ def eval_command(
     split: str = typer.Option(
         None,
         "--split",
-        help="Split to score: val or test (default val; with --predictions: all labelled cases).",
+        help="Split to score: val, test or train (default val; with --predictions: all labelled cases).",
     ),
     strategy: list[str] = typer.Option(
         None, "--strategy", help="Checkpoint strategies to score (default: all)."
@@ -96,10 +91,10 @@ def eval_command(
         raise ConfigError(f"ctfm eval needs {', '.join(missing)} (or --predictions CSV)")
     split = split or "val"
     if split not in ("val", "test", "train"):
-        raise ConfigError(f"--split must be val or test, not {split!r}")
+        raise ConfigError(f"--split must be val, test or train, not {split!r}")
     from rich.progress import Progress
 
-    heads = inference.find_checkpoints(runs, _split_list(strategy) or None)
+    heads = inference.find_checkpoints(runs, split_list(strategy) or None)
     results, errors = [], []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("evaluating", total=len(heads))
@@ -162,8 +157,8 @@ def leaderboard_command(
     from ctfm.benchmark import load_benchmark
     from ctfm.evaluate.leaderboard import build_leaderboard, gather, write_leaderboard
 
-    names = _split_list(metrics) or list(load_benchmark().section("ranking")["metrics"])
-    data, entries = gather(results, split, _split_list(strategy) or None)
+    names = split_list(metrics) or list(load_benchmark().section("ranking")["metrics"])
+    data, entries = gather(results, split, split_list(strategy) or None)
     lb = build_leaderboard(data, entries, names, n_boot=bootstrap, seed=seed)
     paths = write_leaderboard(lb, out, title)
     title = f"{title}: {len(entries)} model(s) x {len(data)} disease(s), ranked on {', '.join(names)}"

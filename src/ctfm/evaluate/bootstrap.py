@@ -66,23 +66,6 @@ def percentile_interval(
     return low, high, nan.sum(axis=-1)
 
 
-def bootstrap_samples(
-    y: np.ndarray,
-    prob: np.ndarray,
-    idx: np.ndarray,
-    multilabel: bool = False,
-    n_bins: int = ECE_BINS,
-) -> dict[str, np.ndarray]:
-    """Every metric on every resample ``idx [B, N]`` -> ``{metric: [B]}`` (chunked, no loop per resample)."""
-    y = np.asarray(y)
-    prob = np.asarray(prob, dtype=float)
-    parts: list[dict[str, np.ndarray]] = []
-    for start in range(0, len(idx), CHUNK):
-        rows = idx[start : start + CHUNK]
-        parts.append(compute_all(y[rows], prob[rows], multilabel=multilabel, n_bins=n_bins))
-    return {key: np.concatenate([np.atleast_1d(p[key]) for p in parts]) for key in parts[0]}
-
-
 def resample_counts(idx: np.ndarray, n: int) -> np.ndarray:
     """How often each case appears in each resample: ``[B, n]`` float counts from indices ``[B, N]``."""
     b = idx.shape[0]

@@ -28,6 +28,7 @@ from ctfm.errors import DataError
 from ctfm.fsutil import atomic_path
 from ctfm.probe.heads import build_head
 from ctfm.probe.linear import NormStats
+from ctfm.probe.training import probabilities
 
 KINDS = ("lp", "eao")
 REQUIRED = ("kind", "head", "state_dict", "norm", "feature_dim", "classes")
@@ -129,10 +130,7 @@ class Predictor:
         return _PREDICT[kind](self, x)
 
     def predict_proba(self, x: Any) -> np.ndarray:
-        z = self.predict_logits(x)
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return probabilities(self.predict_logits(x))
 
 
 def as_class_logits(z: np.ndarray) -> np.ndarray:

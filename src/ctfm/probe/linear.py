@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ctfm.errors import ConfigError, DataError
 from ctfm.probe.training import (
+    SGD_MOMENTUM,
     STRATEGIES,
     BatchSampler,
     EarlyStopping,
@@ -230,7 +231,7 @@ class _VectorOptimizer:
             lr_, wd = lr.view(shape), h["wd"].view(shape)
             if self.kind == "sgd":
                 g = g + wd * p
-                self.m[i] = g.clone() if self.t == 1 else self.m[i].mul_(0.9).add_(g)
+                self.m[i] = g.clone() if self.t == 1 else self.m[i].mul_(SGD_MOMENTUM).add_(g)
                 p.sub_(lr_ * self.m[i])
                 continue
             b1 = h["beta1"].view(shape) if beta1 is None else torch.full_like(h["beta1"], beta1).view(shape)

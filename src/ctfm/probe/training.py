@@ -362,25 +362,15 @@ def batched_metrics(y: np.ndarray, logits: np.ndarray, loss: np.ndarray) -> dict
     }
 
 
-def average_precision(y: np.ndarray, score: np.ndarray) -> float:
-    """Binary average precision as scikit-learn computes it (step-wise, tied scores form one threshold)."""
-    order = np.argsort(-score, kind="stable")
-    s, t = score[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tps = np.cumsum(t)[last]
-    if tps[-1] == 0:
-        return float("nan")
-    precision = tps / (last + 1)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
 def full_metrics(y: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     """Every reference val metric of one head, named like the reference's val_report.csv.
 
-    Binary: positive-class F1, AP, sensitivity and specificity; multiclass: their macro averages. Plain numpy
-    (checked against scikit-learn in the tests): it runs for every selected head.
+    Binary: positive-class F1, sensitivity and specificity; multiclass: the macro averages ``ctfm eval``
+    reports (:mod:`ctfm.evaluate.metrics`, over the classes in the labels or the predictions, as
+    scikit-learn), so a val report and an evaluation of the same head agree.
     """
+    from ctfm.evaluate import metrics as M
+
     y = np.asarray(y)
     probs = probabilities(logits)
     n_classes = probs.shape[1]
@@ -396,14 +386,13 @@ def full_metrics(y: np.ndarray, logits: np.ndarray) -> dict[str, float]:
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
     binary = n_classes == 2
     auroc = float(batched_metrics(y, np.asarray(logits)[None], np.zeros(1))["val_auroc"][0])
+    ap = float(M.average_precision(y, probs[:, 1] if binary else probs))
     if binary:
-        ap = average_precision(y, probs[:, 1])
         f1_, sensitivity, specificity = float(f1[1]), float(sens[1]), float(spec[1])
     else:
-        ap = float(
-            np.nanmean([average_precision((y == c).astype(np.int64), probs[:, c]) for c in range(n_classes)])
-        )
-        f1_, sensitivity, specificity = float(np.mean(f1)), float(np.nanmean(sens)), float(np.nanmean(spec))
+        f1_ = float(M.macro_f1(y, pred, n_classes))
+        sensitivity = float(M.sensitivity(y, pred, n_classes))
+        specificity = float(M.specificity(y, pred, n_classes))
     present = np.unique(y)
     bacc = float(np.mean([sens[c] for c in present]))
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-15, None))))
