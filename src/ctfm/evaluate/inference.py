@@ -14,6 +14,7 @@ Output per checkpoint, in ``<out>/<model>/<task>/<disease>/<strategy>/``:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -344,6 +345,37 @@ def evaluate_checkpoint(
 # ------------------------------------------------------------------------------ from a predictions file
 
 
+def _indexed(frame: pd.DataFrame, prefix: str) -> list[str]:
+    """Columns ``<prefix><i>`` in the order of ``i`` (other columns sharing the prefix are ignored)."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)")
+    found = [(int(m.group(1)), c) for c in frame.columns if (m := pattern.fullmatch(str(c)))]
+    return [c for _, c in sorted(found)]
+
+
+def _column_classes(frame: pd.DataFrame, probs: np.ndarray, where: str) -> list[int]:
+    """The class value of each probability column. ``ctfm eval`` writes class values (not column indices) in
+    ``label`` / ``pred``, so a head trained on classes {1, 2} is read back from which column each ``pred``
+    is the argmax of; without a ``pred`` column, or when every prediction names its own column, classes are
+    the column indices."""
+    n = probs.shape[1]
+    if "pred" not in frame.columns:
+        return list(range(n))
+    seen: dict[int, int] = {}
+    for col, value in zip(probs.argmax(1), frame["pred"].astype(int), strict=True):
+        if seen.setdefault(int(col), int(value)) != int(value):
+            raise DataError(
+                f"{where}: column prob_class_{col} is predicted as classes {seen[int(col)]} and {value}"
+            )
+    if all(col == value for col, value in seen.items()):
+        return list(range(n))
+    if len(seen) < n:
+        raise DataError(
+            f"{where}: pred holds class values {sorted(seen.values())} that are not the column indices, and "
+            f"not every one of the {n} columns is predicted somewhere, so their classes cannot be told apart"
+        )
+    return [seen[i] for i in range(n)]
+
+
 def read_predictions(path: Path) -> Predictions:
     """A per-sample predictions CSV (reference format; multilabel: ``label_<j>`` columns) -> Predictions."""
     path = Path(path)
@@ -351,15 +383,8 @@ def read_predictions(path: Path) -> Predictions:
         frame = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{path}: not a readable predictions CSV ({exc})") from exc
-    prob_cols = sorted(
-        (c for c in frame.columns if c.startswith("prob_class_")), key=lambda c: int(c.rsplit("_", 1)[1])
-    )
-    logit_cols = sorted(
-        (c for c in frame.columns if c.startswith("logit_class_")), key=lambda c: int(c.rsplit("_", 1)[1])
-    )
-    label_cols = sorted(
-        (c for c in frame.columns if c.startswith("label_")), key=lambda c: int(c.rsplit("_", 1)[1])
-    )
+    prob_cols, logit_cols = _indexed(frame, "prob_class_"), _indexed(frame, "logit_class_")
+    label_cols = _indexed(frame, "label_")
     if "filename" not in frame.columns or not (prob_cols or logit_cols):
         raise DataError(f"{path}: needs columns filename and prob_class_<i> (or logit_class_<i>)")
     multilabel = bool(label_cols)
@@ -378,7 +403,7 @@ def read_predictions(path: Path) -> Predictions:
         labels = frame[label_cols].to_numpy(dtype=int)
         classes: list[int] = []
     else:
-        classes = list(range(probs.shape[1]))
+        classes = _column_classes(frame, probs, str(path))
         labels = _class_index(frame["label"].astype(int), classes, str(path))
     return Predictions(
         files=frame["filename"].astype(str).tolist(),
@@ -401,7 +426,7 @@ def align_to_labels(preds: Predictions, table: pd.DataFrame, where: str) -> Pred
     if extra:
         raise DataError(f"{where}: {len(extra)} predicted case(s) not in the labels, e.g. {extra[:3]}")
     n_classes = preds.probs.shape[1]
-    labels = _class_index(table["label"], list(range(n_classes)), where)
+    labels = _class_index(table["label"], preds.classes or list(range(n_classes)), where)
     logits, probs = failure_outputs(labels, n_classes, False)
     logits = logits.astype(float)
     failed: list[str] = []
