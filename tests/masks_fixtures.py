@@ -93,12 +93,18 @@ def save(label: np.ndarray, affine: np.ndarray, path: Path) -> Path:
     return path
 
 
-def save_folder(label: np.ndarray, affine: np.ndarray, folder: Path, names: list[str] | None = None) -> Path:
-    """TotalSegmentator's default layout: one binary ``<class>.nii.gz`` per class present (or named)."""
+def save_folder(
+    label: np.ndarray,
+    affine: np.ndarray,
+    folder: Path,
+    names: list[str] | None = None,
+    suffix: str = ".nii.gz",
+) -> Path:
+    """TotalSegmentator's default layout: one binary ``<class>.nii.gz`` (or ``suffix``) per class present."""
     cmap = load_benchmark().class_map("v2")
     present = names if names is not None else [cmap.names[int(i)] for i in np.unique(label) if i]
     for name in present:
-        save((label == cmap.id_of(name)).astype(np.uint8), affine, folder / f"{name}.nii.gz")
+        save((label == cmap.id_of(name)).astype(np.uint8), affine, folder / f"{name}{suffix}")
     return folder
 
 

@@ -92,7 +92,10 @@ class LabelSource:
     layout: str  # MULTILABEL or FOLDER
 
     def organ_file(self, organ: str) -> Path:
-        return self.path / f"{organ}{nifti.NII_SUFFIX}"
+        """``<organ>.nii.gz`` in the case folder, or ``<organ>.nii`` where only that exists (discovery takes both)."""
+        packed = self.path / f"{organ}{nifti.NII_SUFFIX}"
+        plain = self.path / f"{organ}.nii"
+        return plain if not packed.exists() and plain.exists() else packed
 
 
 # --------------------------------------------------------------------------------------------- class maps

@@ -234,17 +234,18 @@ def read_image_fast(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     try:
         blob = path.read_bytes()
         raw = gzip_decompress(blob, min_size=352)  # at least a NIfTI-1 header
-        head = nib.Nifti1Image.from_bytes(raw[: 1 << 16])  # header and extensions only: no copy of the data
+        header_end = max(352, int(nib.Nifti1Header(raw[:348]).get_data_offset()))  # header + extensions
+        head = nib.Nifti1Image.from_bytes(raw[:header_end])  # no copy of the data
         proxy = head.dataobj  # holds the file's scaling (the image header's copy is reset on load)
         offset = int(proxy.offset)
         needed = offset + int(np.prod(head.shape)) * head.get_data_dtype().itemsize
         if len(raw) < needed:  # a multi-member gzip cut short by libdeflate, or a truncated file
             raw = gzip_decompress(blob, min_size=needed)
-        if float(proxy.slope) == 1.0 and float(proxy.inter) == 0.0 and offset < (1 << 16):
+        if float(proxy.slope) == 1.0 and float(proxy.inter) == 0.0:
             shape = tuple(int(s) for s in head.shape)
             data = np.ndarray(shape, head.get_data_dtype(), buffer=raw, offset=offset, order="F")
             img = nib.Nifti1Image(data, head.affine, header=head.header)
-        else:  # scaled data or huge extensions: let nibabel do it
+        else:  # scaled data: let nibabel apply the scaling
             img = nib.Nifti1Image.from_bytes(raw)
             data = np.asanyarray(img.dataobj)
     except Exception as exc:  # zlib, nibabel header and shape errors all mean: unreadable

@@ -124,7 +124,7 @@ def read_y_hat(path: Path) -> np.ndarray:
             return np.asarray(ds[()])
     except StoreError:
         raise
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # what h5py raises for broken files
         raise StoreError(f"{path}: not a readable HDF5 file ({type(exc).__name__}: {exc})") from exc
 
 
@@ -271,7 +271,6 @@ class View:
         self._records: dict[str, CaseRecord] = {}
         self._offset = 0
         self._identity: tuple[int, int] | None = None
-        self.skipped_lines = 0
 
     def __repr__(self) -> str:
         return f"View({self.model}/{self.task}/{self.view})"
@@ -293,7 +292,7 @@ class View:
             return
         identity = (st.st_dev, st.st_ino)
         if identity != self._identity or st.st_size < self._offset:
-            self._records, self._offset, self.skipped_lines = {}, 0, 0
+            self._records, self._offset = {}, 0
             self._identity = identity
         if st.st_size == self._offset:
             return
@@ -307,8 +306,7 @@ class View:
             try:
                 rec = CaseRecord.from_dict(json.loads(line))
             except (ValueError, TypeError, AttributeError):
-                self.skipped_lines += 1  # a line torn by a kill, later fenced off by a newline
-                continue
+                continue  # a line torn by a kill, later fenced off by a newline
             self._records[rec.case] = rec
         self._offset += end
 

@@ -163,6 +163,16 @@ def test_build_both_layouts_identical(tmp_path, body):
     assert liver.volume_ml == pytest.approx(liver.voxels * 4 * 4 * 5 / 1000, rel=1e-3)
 
 
+def test_folder_of_uncompressed_class_files_builds_the_same_masks(tmp_path, body):
+    label, affine = body
+    save_folder(label, affine, tmp_path / "ts" / "c1", suffix=".nii")
+    report = build_masks(tmp_path / "ts", tmp_path / "out", diseases=["splenomegaly", "fatty_liver"])
+    assert report.ok, report.failed
+    for disease, mask in expected_masks(label, ["splenomegaly", "fatty_liver"]).items():
+        got = nib.load(str(tmp_path / "out" / disease / "c1.nii.gz"))
+        assert np.array_equal(np.asanyarray(got.dataobj), mask), disease
+
+
 def test_folder_layout_reads_only_needed_class_files(tmp_path, body, monkeypatch):
     label, affine = body
     save_folder(label, affine, tmp_path / "ts" / "c1")

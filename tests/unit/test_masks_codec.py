@@ -74,6 +74,10 @@ def test_read_image_fast_matches_nibabel_and_names_bad_files(tmp_path):
     nib.save(scaled, str(tmp_path / "s.nii.gz"))
     want = np.asanyarray(nib.load(str(tmp_path / "s.nii.gz")).dataobj)
     assert np.allclose(nifti.read_image_fast(tmp_path / "s.nii.gz")[0], want)
+    big = nib.Nifti1Image(data, img.affine)
+    big.header.extensions.append(nib.nifti1.Nifti1Extension(4, b"x" * 70_000))  # header past 64 KiB
+    nib.save(big, str(tmp_path / "ext.nii.gz"))
+    assert np.array_equal(nifti.read_image_fast(tmp_path / "ext.nii.gz")[0], data)
     blob = (tmp_path / "a.nii.gz").read_bytes()
     (tmp_path / "cut.nii.gz").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(DataError, match=r"cut\.nii\.gz"):

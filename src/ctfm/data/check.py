@@ -65,15 +65,13 @@ def _message(exc: Exception, path: Path) -> str:
 
 
 def _v1_evidence(labels: np.ndarray, affine: np.ndarray) -> str | None:
-    """Why a label map looks v1-numbered, or None (uses the masks library's detector when installed)."""
-    try:
-        from ctfm.masks import class_map_votes, detect_class_map_version
-    except ImportError:
-        return None
-    if detect_class_map_version(labels, affine) != "v1":
-        return None
+    """Why a label map looks v1-numbered (the masks' detector: votes summing below zero), or None."""
+    from ctfm.masks import class_map_votes
+
     votes = class_map_votes(labels, affine)
-    return "; ".join(reason for reason, v in votes if v < 0) or "v1 anatomy"
+    if sum(v for _, v in votes) >= 0:
+        return None
+    return "; ".join(reason for reason, v in votes if v < 0)
 
 
 def _check_volume(root: Path, job: _VolumeJob, class_map: str) -> list[Problem]:

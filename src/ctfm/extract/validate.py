@@ -28,7 +28,6 @@ import numpy as np
 from ctfm.errors import StoreError
 
 OUTPUT_SUFFIX = ".h5"
-DATASET = "y_hat"
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB per case file
 
 
@@ -93,28 +92,14 @@ def read_y_hat(path: Path, task: str, dim: int | None = None) -> np.ndarray:
     ``dim`` is the feature size D already seen for this team (lp vectors, eao maps' first axis): a case with
     another D fails, because probes need one D per team.
     """
-    import h5py
-
+    from ctfm.store import read_y_hat as read_stored
     from ctfm.store import validate_y_hat
 
     try:
-        with h5py.File(path, "r") as f:
-            if DATASET not in f:
-                raise OutputInvalid(
-                    f"no dataset {DATASET!r} (found: {', '.join(sorted(f.keys())) or 'none'})"
-                )
-            node = f[DATASET]
-            if not isinstance(node, h5py.Dataset):
-                raise OutputInvalid(f"{DATASET!r} is a group, not a dataset")
-            arr = np.asarray(node[()])
-    except OutputInvalid:
-        raise
-    except Exception as exc:  # h5py raises OSError/KeyError/ValueError/TypeError for broken files
-        raise OutputInvalid(f"not a readable HDF5 file ({type(exc).__name__}: {exc})") from exc
-    try:
+        arr = read_stored(path)
         validate_y_hat(arr, task)
-    except StoreError as exc:
-        raise OutputInvalid(str(exc)) from None
+    except StoreError as exc:  # the table already names the case: drop the staging path
+        raise OutputInvalid(str(exc).removeprefix(f"{path}: ")) from None
     if dim is not None and arr.shape[0] != dim:
         raise OutputInvalid(f"feature size {arr.shape[0]} differs from {dim} of this team's other cases")
     return arr

@@ -429,11 +429,12 @@ def fit_logreg(
     started = time.perf_counter()
     ytr, yva, classes = encode_labels(np.asarray(y_train), np.asarray(y_val))
     stats = {n: NormStats.fit(n, x_train) for n in dict.fromkeys(norms)}
+    xtr, xva = (torch.as_tensor(np.asarray(x, dtype=np.float32)) for x in (x_train, x_val))
+    normed = {n: (st.apply(xtr).numpy(), st.apply(xva).numpy()) for n, st in stats.items()}
     heads: list[dict[str, Any]] = []
     logits, states, losses = [], [], []
     for c, norm in itertools.product(cs, stats):
-        xt = stats[norm].apply(torch.as_tensor(np.asarray(x_train, dtype=np.float32))).numpy()
-        xv = stats[norm].apply(torch.as_tensor(np.asarray(x_val, dtype=np.float32))).numpy()
+        xt, xv = normed[norm]
         model = LogisticRegression(
             C=float(c),
             solver="lbfgs",
