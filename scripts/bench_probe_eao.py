@@ -4,15 +4,17 @@ Data: ``--cases`` cases of ``[D, 5, 5, 5]`` tokens (``--grid`` sets the side; ``
 from side-1..side+1, so cases of one batch differ in token count) with a
 finding planted in a few tokens of each positive case, written as one reference ``.h5`` per case.
 
-Reference approach: a ``Dataset`` that opens each case's ``.h5`` file on every access, a ``DataLoader``, and one
-attention-pooling head (explicit keys/values through ``nn.MultiheadAttention``) per learning rate, trained in a
-Python loop, evaluated on val every epoch. ctfm: the same files imported into a store, the packed token cache
-read batch by batch, every learning rate trained on the same batch in one pass (``fit_eao``). Both use the same
-rules (AdamW, cosine schedule with warm-up, inverse-frequency sampling with replacement, same batch size,
-epochs and seed); each runs in its own child process so its peak memory (ru_maxrss) is its own, and the
-one-off import + pack of the store cache runs in a third one (reported apart).
+Reference approach (the public reference trainer's design and defaults: ``run_EAO.sh``): a ``Dataset`` that
+opens each case's ``.h5`` file on every access, a ``DataLoader`` with inverse-frequency sample weights scaled to
+[0.1, 1], one post-norm attention-pooling head (``nn.MultiheadAttention`` over explicit keys/values, feed-forward
+1x) per learning rate, all called in a Python loop on each batch with their losses summed, one AdamW without
+weight decay at constant lr, batch 8, val evaluated every epoch. ctfm: the same files imported into a store,
+the packed token cache read batch by batch, every learning rate trained as one stacked module (``fit_eao``) with
+the same rules (``configs/benchmark.yaml``, section ``eao``), same batch size, epochs and seed. Each side runs in
+its own child process so its peak memory (ru_maxrss) is its own; the one-off import + pack of the store cache
+runs in a third one (reported apart).
 
-Usage: ``python scripts/bench_probe_eao.py [--epochs 20] [--variable] [--grid 5] [--threads 2] [--device cuda]``
+Usage: ``python scripts/bench_probe_eao.py [--epochs 20] [--variable] [--grid 5] [--batch-size 8] [--threads 2]``
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def _reference(args: dict, queue: mp.Queue) -> None:
     from torch import nn
     from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-    from ctfm.probe.training import batched_metrics, build_schedule, class_weights
+    from ctfm.probe.training import BatchSampler, batched_metrics
 
     torch.set_num_threads(args["threads"])
     _warm_imports()
@@ -91,74 +93,81 @@ def _reference(args: dict, queue: mp.Queue) -> None:
         def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
             j = self.idx[i]
             with h5py.File(files[j], "r") as fh:
-                arr = np.asarray(fh["y_hat"], dtype=np.float32)
-            return torch.from_numpy(arr.reshape(arr.shape[0], -1).T.copy()), int(y[j])
+                arr = torch.tensor(fh["y_hat"][:]).float()
+            return arr.flatten(1), int(y[j])  # [D, tokens]
 
-    def collate(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        t = max(x.shape[0] for x, _ in items)
-        out = torch.zeros(len(items), t, items[0][0].shape[1])
+    def collate(items: list) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Stack [tokens, B, D]; cases of different grids are zero-padded with a key-padding mask."""
+        t = max(x.shape[1] for x, _ in items)
+        out = torch.zeros(t, len(items), items[0][0].shape[0])
         mask = torch.ones(len(items), t, dtype=torch.bool)
         for i, (x, _) in enumerate(items):
-            out[i, : len(x)], mask[i, : len(x)] = x, False
-        return out, mask, torch.tensor([lab for _, lab in items])
+            out[: x.shape[1], i], mask[i, : x.shape[1]] = x.T, False
+        return out, (mask if mask.any() else None), torch.tensor([lab for _, lab in items])
 
     class Block(nn.Module):
-        def __init__(self, d: int) -> None:
+        def __init__(self, d: int, heads: int, ffn_mult: float) -> None:
             super().__init__()
-            self.ln_q, self.ln_kv, self.ln_ff = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-            self.attn = nn.MultiheadAttention(d, 4, batch_first=True)
-            self.ff = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+            self.mha = nn.MultiheadAttention(d, heads)
+            self.norm_attn, self.norm_kv, self.norm_ffn = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+            hidden = round(ffn_mult * d)
+            self.ffn = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
 
-        def forward(self, q: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            kv = self.ln_kv(x)
-            q = q + self.attn(self.ln_q(q), kv, kv, key_padding_mask=mask, need_weights=False)[0]
-            return q + self.ff(self.ln_ff(q))
+        def forward(self, q: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+            kv = self.norm_kv(x)
+            q = self.norm_attn(q + self.mha(q, kv, kv, key_padding_mask=mask)[0])
+            return self.norm_ffn(q + self.ffn(q))
 
     class AttnPool(nn.Module):
-        def __init__(self, d: int) -> None:
+        def __init__(
+            self, d: int, queries: int = 2, heads: int = 4, layers: int = 2, ffn_mult: float = 1
+        ) -> None:
             super().__init__()
-            self.queries = nn.Parameter(torch.randn(2, d) * 0.02)
-            self.blocks = nn.ModuleList([Block(d), Block(d)])
-            self.norm, self.fc = nn.LayerNorm(d), nn.Linear(2 * d, 2)
+            self.queries = nn.Parameter(torch.empty(queries, d))
+            nn.init.xavier_uniform_(self.queries)
+            self.blocks = nn.ModuleList([Block(d, heads, ffn_mult) for _ in range(layers)])
+            self.norm, self.fc = nn.LayerNorm(d), nn.Linear(queries * d, 2)
+            nn.init.xavier_uniform_(self.fc.weight)
+            nn.init.zeros_(self.fc.bias)
 
-        def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            q = self.queries.expand(x.shape[0], -1, -1)
+        def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+            q = self.queries.unsqueeze(1).expand(-1, x.shape[1], -1)  # [Q, B, D]
             for b in self.blocks:
                 q = b(q, x, mask)
-            return self.fc(self.norm(q).flatten(1))
+            return self.fc(self.norm(q).permute(1, 0, 2).flatten(1))
 
     start, cpu = time.perf_counter(), time.process_time()
-    weights = class_weights(y[train], 2)[y[train]]
-    val_loader = DataLoader(H5Tokens(val), batch_size=args["batch_size"], collate_fn=collate)
+    torch.manual_seed(args["seed"])
+    weights = BatchSampler(y[train], args["batch_size"], "weighted-scaled", 0, 2).sample_weights
+    loader = DataLoader(
+        H5Tokens(train),
+        batch_size=args["batch_size"],
+        sampler=WeightedRandomSampler(weights, len(train), replacement=True),
+        collate_fn=collate,
+        drop_last=True,
+        num_workers=args["ref_workers"],
+    )
+    val_loader = DataLoader(
+        H5Tokens(val), batch_size=args["batch_size"], collate_fn=collate, num_workers=args["ref_workers"]
+    )
+    heads = nn.ModuleList(AttnPool(args["dim"], ffn_mult=args["ffn_mult"]) for _ in args["lrs"])
+    opt = torch.optim.AdamW(
+        [{"params": h.parameters(), "lr": lr} for h, lr in zip(heads, args["lrs"], strict=True)],
+        weight_decay=args["weight_decay"],
+    )
     best = 0.0
-    for lr in args["lrs"]:
-        torch.manual_seed(args["seed"])
-        sampler = WeightedRandomSampler(weights, len(train), replacement=True)
-        loader = DataLoader(
-            H5Tokens(train),
-            batch_size=args["batch_size"],
-            sampler=sampler,
-            collate_fn=collate,
-            drop_last=True,
-        )
-        head = AttnPool(args["dim"])
-        opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=args["weight_decay"])
-        sched = build_schedule("cosine", args["epochs"], len(loader), args["warmup"]).lr_factor
-        step = 0
-        for _ in range(args["epochs"]):
-            head.train()
-            for x, mask, lab in loader:
-                for g in opt.param_groups:
-                    g["lr"] = lr * sched[step]
-                opt.zero_grad()
-                nn.functional.cross_entropy(head(x, mask), lab).backward()
-                opt.step()
-                step += 1
-            head.eval()
-            with torch.no_grad():
-                logits = torch.cat([head(x, m) for x, m, _ in val_loader]).numpy()
-            bacc = batched_metrics(y[val], logits[None], np.zeros(1))["val_balanced_acc"][0]
-            best = max(best, float(bacc))
+    for _ in range(args["epochs"]):
+        heads.train()
+        for x, mask, lab in loader:
+            loss = torch.stack([nn.functional.cross_entropy(h(x, mask), lab) for h in heads]).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        heads.eval()
+        with torch.no_grad():
+            logits = torch.stack([torch.cat([h(x, m) for x, m, _ in val_loader]) for h in heads]).numpy()
+        bacc = batched_metrics(y[val], logits, np.zeros(len(heads)))["val_balanced_acc"]
+        best = max(best, float(np.max(bacc)))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put({"seconds": seconds, "cpu_seconds": cpu, "peak_mib": peak, "best_val_bacc": best})
@@ -170,7 +179,7 @@ def _reference(args: dict, queue: mp.Queue) -> None:
 def _ctfm(args: dict, queue: mp.Queue) -> None:
     import torch
 
-    from ctfm.probe.eao import EAOData, HeadSpec, TokenReader, fit_eao, plan_memory
+    from ctfm.probe.eao import EAOData, TokenReader, eao_head_specs, fit_eao, plan_memory
     from ctfm.probe.training import TrainConfig
     from ctfm.store import Store
 
@@ -184,15 +193,9 @@ def _ctfm(args: dict, queue: mp.Queue) -> None:
     train, val = np.asarray(args["train"]), np.asarray(args["val"])
     data = EAOData(reader, rows[train], y[train], rows[val], y[val], [0, 1])
     config = TrainConfig.from_benchmark(
-        "eao",
-        epochs=args["epochs"],
-        batch_size=args["batch_size"],
-        warmup_epochs=args["warmup"],
-        seed=args["seed"],
-        patience=10**6,
-        device=args["device"],
+        "eao", epochs=args["epochs"], batch_size=args["batch_size"], patience=10**6, device=args["device"]
     )
-    specs = [HeadSpec("attn-pool")]
+    specs = eao_head_specs(["attn-pool"], ffn_mult=args["ffn_mult"])
     plan = plan_memory(specs, len(args["lrs"]), reader, args["batch_size"], 2)
     start, cpu = time.perf_counter(), time.process_time()
     result = fit_eao(data, specs, args["lrs"], config, weight_decay=args["weight_decay"])
@@ -232,12 +235,20 @@ def _run(target, args: dict) -> dict:
 
 
 def main() -> None:
+    from ctfm.benchmark import load_benchmark
+
+    eao = load_benchmark().section("eao")  # the rules both sides follow
+    assert eao["schedule"] == "none" and eao["sampling"] == "weighted-scaled", (
+        "the reference side assumes these"
+    )
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", type=int, default=300)
     p.add_argument("--dim", type=int, default=320)
     p.add_argument("--epochs", type=int, default=20, help="reduced from the reference 1000 for both")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3])
+    p.add_argument("--batch-size", type=int, default=eao["batch_size"])
+    p.add_argument("--lrs", type=float, nargs="+", default=eao["lrs"])
+    p.add_argument("--ffn-mult", type=float, default=eao["ffn_mult"])
+    p.add_argument("--ref-workers", type=int, default=0, help="reference DataLoader workers")
     p.add_argument("--grid", type=int, default=5, help="token grid side (5: [D, 5, 5, 5])")
     p.add_argument("--variable", action="store_true", help="grid sides drawn from side-1..side+1 per axis")
     p.add_argument("--amp", type=float, default=6.0, help="strength of the planted finding")
@@ -260,8 +271,9 @@ def main() -> None:
             "epochs": a.epochs,
             "batch_size": a.batch_size,
             "lrs": a.lrs,
-            "warmup": 5.0 if a.epochs > 10 else 0.0,
-            "weight_decay": 1e-4,
+            "ffn_mult": a.ffn_mult,
+            "ref_workers": a.ref_workers,
+            "weight_decay": float(eao["weight_decays"][0]),
             "seed": 42,
             "threads": a.threads,
             "device": a.device,
@@ -274,8 +286,9 @@ def main() -> None:
     g = a.grid
     grid = f"variable {g - 1}..{g + 1} per axis" if a.variable else f"{g}x{g}x{g}"
     print(
-        f"EAO bench: {a.cases} cases [{a.dim}, {grid}], attn-pool x {len(a.lrs)} lrs, {a.epochs} epochs, "
-        f"batch {a.batch_size}, {a.threads} threads, packed {a.dtype}"
+        f"EAO bench: {a.cases} cases [{a.dim}, {grid}], attn-pool (ffn {a.ffn_mult:g}x) x {len(a.lrs)} lrs, "
+        f"{a.epochs} epochs, batch {a.batch_size}, {a.threads} threads, packed {a.dtype}, "
+        f"reference workers {a.ref_workers}"
     )
     print(f"ctfm memory plan: {ours['plan']}")
     rows = [("ctfm", ours)] + ([("reference", ref)] if ref else [])

@@ -92,6 +92,11 @@ class Benchmark:
         return (*self.roi_diseases, *self.nonroi_diseases)
 
     @property
+    def ranking_metrics(self) -> list[str]:
+        """The challenge ranks teams on these metrics (mean rank over diseases and metrics)."""
+        return list(self.raw["ranking"]["metrics"])
+
+    @property
     def chest_tasks(self) -> dict[str, str]:
         return dict(self.raw.get("chest_tasks", {}))
 

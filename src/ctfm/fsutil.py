@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +59,27 @@ def write_text_atomic(dest: Path, text: str) -> None:
 def write_bytes_atomic(dest: Path, data: bytes) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)
+
+
+def link_or_copy(src: Path, dest: Path, link: bool = True) -> bool:
+    """Place ``src`` at ``dest`` in one rename: a hard link where the file system allows (no copy; the shared
+    file's permissions are left alone), else a copy with the usual permissions. Returns whether it linked."""
+    dest = Path(dest)
+    if link:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        os.close(fd)
+        os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+            os.replace(tmp, dest)
+            return True
+        except OSError:  # another file system, a link limit, or not allowed: copy instead
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    with atomic_path(dest) as tmp_path:
+        shutil.copyfile(src, tmp_path)
+    return False
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

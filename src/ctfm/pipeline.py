@@ -437,7 +437,6 @@ class Pipeline:
                 train=train, lrs=lp.lrs, weight_decays=lp.weight_decays, norms=lp.norms, **common
             )
             return options, linear_task(options)
-        from ctfm.benchmark import load_benchmark
         from ctfm.probe.eao import eao_head_specs, eao_task
 
         eao = self.cfg.probe.eao
@@ -452,9 +451,7 @@ class Pipeline:
         options = ProbeOptions.defaults(
             section="eao", train=train, probe="+".join(s.name for s in specs), lrs=eao.lrs, **common
         )
-        wd = float(load_benchmark().section("eao")["weight_decay"])
-        options.weight_decays = [wd]
-        return options, eao_task(options, specs, wd, log=self.log)
+        return options, eao_task(options, specs, log=self.log)
 
     def eval_stage(self, task: str, model: str, probe_key: str) -> Stage:
         ev = self.cfg.eval

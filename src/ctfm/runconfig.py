@@ -106,7 +106,7 @@ class EvalSection:
 
 @dataclass
 class LeaderboardSection:
-    metrics: list[str] = field(default_factory=lambda: ["balanced_acc", "auroc"])
+    metrics: list[str] = field(default_factory=lambda: load_benchmark().ranking_metrics)
     bootstrap: int = 1000
 
 

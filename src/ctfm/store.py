@@ -422,6 +422,15 @@ class View:
         self._append(rec)
         return rec
 
+    def retime(self, case: str, seconds: float) -> CaseRecord:
+        """Correct a stored case's extraction time (a new manifest row; the file is untouched)."""
+        current = self.record(case)
+        if current is None or current.status != "ok":
+            raise StoreError(f"{case}: no stored embedding to retime in {self}")
+        rec = dataclasses.replace(current, seconds=round(float(seconds), 4))
+        self._append(rec)
+        return rec
+
     def record_failure(self, case: str, status: str = "failed", error: str = "", **fields: Any) -> CaseRecord:
         """Record a failed or timed-out case; an older embedding file of the case is removed."""
         check_case(case)

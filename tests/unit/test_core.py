@@ -10,7 +10,7 @@ import pytest
 
 from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError, DataError
-from ctfm.fsutil import atomic_path, sha256_file, write_text_atomic
+from ctfm.fsutil import atomic_path, link_or_copy, sha256_file, write_text_atomic
 from ctfm.labels import read_labels
 from ctfm.nifti import case_id, geometry, list_volumes, read_array, write
 
@@ -108,6 +108,21 @@ def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
     mode = plain.stat().st_mode & 0o777
     assert atomic.stat().st_mode & 0o777 == mode  # not mkstemp's private 0600
     assert (tmp_path / "durable.bin").stat().st_mode & 0o777 == mode
+
+
+def test_link_or_copy_links_without_touching_the_source_or_copies(tmp_path):
+    src, dest = tmp_path / "src.bin", tmp_path / "sub" / "dest.bin"
+    src.write_bytes(b"data")
+    src.chmod(0o600)
+    dest.parent.mkdir()
+    dest.write_bytes(b"old")
+    assert link_or_copy(src, dest) is True
+    assert dest.read_bytes() == b"data" and dest.stat().st_ino == src.stat().st_ino
+    assert src.stat().st_mode & 0o777 == 0o600  # a shared inode keeps its owner's permissions
+    copied = tmp_path / "copy.bin"
+    assert link_or_copy(src, copied, link=False) is False
+    assert copied.read_bytes() == b"data" and copied.stat().st_ino != src.stat().st_ino
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["dest.bin"]  # no temporaries left
 
 
 def test_nifti_round_trip_keeps_dtype_and_affine(tmp_path):

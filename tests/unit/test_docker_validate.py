@@ -19,7 +19,7 @@ from ctfm.extract.docker import (
     _parse_bytes,
     _split_cpus,
     discover_tarballs,
-    link_or_copy,
+    place_input,
     team_from_tag,
 )
 from ctfm.extract.validate import OutputInvalid, check_output, embedding_problems, scan_outputs
@@ -106,14 +106,14 @@ def test_helpers(tmp_path):
         RunSettings(batch_cases=0)
 
 
-def test_link_or_copy_links_readable_files_and_copies_private_ones(tmp_path):
+def test_inputs_are_linked_when_readable_and_copied_readable_when_private(tmp_path):
     src = tmp_path / "a.nii.gz"
     src.write_bytes(b"abc")
     os.chmod(src, 0o644)
-    link_or_copy(src, tmp_path / "linked", uid=65534)
+    place_input(src, tmp_path / "linked", uid=65534)
     assert (tmp_path / "linked").stat().st_ino == src.stat().st_ino
     os.chmod(src, 0o600)
-    link_or_copy(src, tmp_path / "copied", uid=65534 if os.getuid() != 65534 else 1)
+    place_input(src, tmp_path / "copied", uid=65534 if os.getuid() != 65534 else 1)
     copied = tmp_path / "copied"
     assert copied.stat().st_ino != src.stat().st_ino and copied.read_bytes() == b"abc"
     assert copied.stat().st_mode & 0o004

@@ -60,8 +60,8 @@ def test_padding_never_changes_a_prediction(name: str) -> None:
 
 
 def _naive_attn_pool(head: AttnPoolHead, x: torch.Tensor) -> torch.Tensor:
-    """The textbook computation (explicit keys and values through nn.MultiheadAttention) of a one-member head
-    (member weights are stored [1, in, out])."""
+    """The reference layer's computation (explicit keys and values through nn.MultiheadAttention, post-norm
+    residuals) of a one-member head (member weights are stored [1, in, out])."""
 
     def linear(layer: torch.nn.Module, v: torch.Tensor) -> torch.Tensor:
         return v @ layer.weight[0] + layer.bias[0]
@@ -72,14 +72,18 @@ def _naive_attn_pool(head: AttnPoolHead, x: torch.Tensor) -> torch.Tensor:
     q = head.queries[0].unsqueeze(0).expand(x.shape[0], -1, -1)
     for b in head.blocks:
         mha = torch.nn.MultiheadAttention(x.shape[-1], b.num_heads, batch_first=True).eval()
-        mha.in_proj_weight.data = torch.cat(
-            [b.q_proj.weight[0].T, b.k_proj.weight[0].T, b.v_proj.weight[0].T]
-        )
-        mha.in_proj_bias.data = torch.cat([b.q_proj.bias[0], b.k_proj.bias[0], b.v_proj.bias[0]])
+        d = x.shape[-1]
+        by_out = [b.q_proj.weight[0].T] + [
+            w.weight[0].transpose(1, 2).reshape(d, d) for w in (b.k_proj, b.v_proj)
+        ]
+        mha.in_proj_weight.data = torch.cat(by_out)  # [3D, D]: output units (head-major) x inputs
+        mha.in_proj_bias.data = torch.cat(
+            [b.q_proj.bias[0], torch.randn(d), b.v_proj.bias[0]]
+        )  # key bias cancels
         mha.out_proj.weight.data, mha.out_proj.bias.data = b.out_proj.weight[0].T, b.out_proj.bias[0]
         kv = norm(b.ln_kv, x)
-        q = q + mha(norm(b.ln_q, q), kv, kv, need_weights=False)[0]
-        q = q + linear(b.ff_out, torch.nn.functional.gelu(linear(b.ff_in, norm(b.ln_ff, q))))
+        q = norm(b.ln_attn, q + mha(q, kv, kv, need_weights=False)[0])
+        q = norm(b.ln_ff, q + linear(b.ff_out, torch.nn.functional.gelu(linear(b.ff_in, q))))
     return linear(head.classifier, norm(head.norm, q).flatten(1))
 
 
@@ -120,10 +124,12 @@ def test_grid_members_train_exactly_like_separately_built_heads_and_stop_cleanly
     spec = HeadSpec("attn-pool", {"num_layers": 2, "ffn_mult": 2.0, "num_heads": 2})
     lrs = [1e-3, 1e-2, 3e-2]
     grid = HeadGrid([spec], lrs, dim=8, num_classes=2, seed=3, weight_decay=0.01, optimizer=optimizer)
+    first = [grid.state_of(k) for k in range(3)]
+    assert not np.allclose(first[0]["queries"], first[1]["queries"])  # each member its own initial draw
     singles = []
-    for lr in lrs:
-        torch.manual_seed(3)
+    for k, lr in enumerate(lrs):
         head = build_head("attn-pool", dim=8, num_classes=2, **spec.kwargs)
+        head.load_state_dict({name: torch.from_numpy(v) for name, v in first[k].items()})
         opt = (
             torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
             if optimizer == "adamw"
@@ -150,7 +156,7 @@ def test_grid_members_train_exactly_like_separately_built_heads_and_stop_cleanly
             loss = torch.nn.functional.cross_entropy(head(batch.tokens, batch.mask), yt[rows])
             loss.backward()
             opt.step()
-            assert losses[k] == pytest.approx(loss.item(), abs=1e-5)
+            assert float(losses[k]) == pytest.approx(loss.item(), abs=1e-5)
             state = grid.state_of(k)
             for key, value in head.state_dict().items():
                 np.testing.assert_allclose(state[key], value.detach().numpy(), atol=1e-5, err_msg=key)

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+import ctfm.probe.eao as eao_module
 from ctfm.errors import ConfigError, DataError
 from ctfm.probe.checkpoint import load_predictor
 from ctfm.probe.data import DiseaseData
 from ctfm.probe.eao import (
     EAOData,
+    available_bytes,
     check_memory,
     eao_head_specs,
     fit_eao,
@@ -88,10 +90,19 @@ def test_memory_plan_refuses_a_run_that_cannot_fit() -> None:
     assert mem_available_bytes(Path("/nonexistent")) is None
 
 
+def test_memory_available_is_the_gpus_free_memory_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No GPU here: torch.cuda.mem_get_info is replaced by a stand-in reporting 3 GiB free of 80.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3 * 2**30, 80 * 2**30))
+    assert available_bytes(torch.device("cuda")) == 3 * 2**30
+    monkeypatch.setattr(eao_module, "mem_available_bytes", lambda: 123)  # the host's, fixed for the test
+    assert available_bytes(torch.device("cpu")) == 123
+
+
 def test_head_specs_take_config_defaults_and_only_accepted_options() -> None:
     specs = eao_head_specs(["attn-pool", "mean-linear", "abmil"], num_layers=1, hidden=8, dropout=None)
-    assert specs[0].kwargs == {"num_heads": 4, "num_layers": 1, "num_queries": 2}
-    assert specs[1].kwargs == {} and specs[2].kwargs == {"hidden": 8}
+    reference = {"dropout": 0.0, "ffn_mult": 1, "num_heads": 4, "num_queries": 2}  # configs/benchmark.yaml
+    assert specs[0].kwargs == {**reference, "num_layers": 1}
+    assert specs[1].kwargs == {} and specs[2].kwargs == {"dropout": 0.0, "hidden": 8}
     with pytest.raises(ConfigError, match="--head"):
         eao_head_specs(["transformer"])
 

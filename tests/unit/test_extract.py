@@ -209,3 +209,22 @@ def test_tiny_organ_survives_coarse_resampling(tmp_path: Path) -> None:
     world = (affine() @ np.array([30, 10, 12, 1.0]))[:3]
     box = np.array(prep.crop_box_world).reshape(2, 3)  # first and last voxel centres of the crop
     assert np.abs(box.mean(axis=0) - world).max() <= 6.0  # centred on the organ within one target voxel
+
+
+def test_local_and_container_runs_select_cases_alike(tmp_path: Path) -> None:
+    from ctfm.extract.docker import collect_inputs
+    from ctfm.extract.inputs import read_case_list, select_cases
+
+    for case in ("case_0", "case_1", "case_2"):
+        make_case(tmp_path, case, mask_dir=tmp_path / "masks" if case != "case_1" else None)
+    images = tmp_path / "images"
+    wanted = read_case_list("case_2.nii.gz, case_0,")  # with or without the suffix, in any order
+    assert [c for c, _ in select_cases(images, wanted)] == ["case_0", "case_2"]
+    inputs, no_mask = collect_inputs(images, tmp_path / "masks", [*wanted, "case_1"])
+    assert [i.case for i in inputs] == ["case_0", "case_2"] and list(no_mask) == ["case_1"]
+    assert "ctfm masks" in no_mask["case_1"]
+    with pytest.raises(DataError, match="case_9"):
+        select_cases(images, ["case_9"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"no \.nii\.gz volumes"):
+        select_cases(tmp_path / "empty")

@@ -77,6 +77,17 @@ def test_weighted_sampler_balances_classes_and_is_seeded():
     assert sorted(only.tolist()) == list(range(100))
 
 
+def test_scaled_sampler_draws_the_rare_class_ten_times_as_often_per_case_as_the_reference_eao():
+    y = np.array([0] * 90 + [1] * 10)
+    s = BatchSampler(y, 10, "weighted-scaled", seed=0, num_classes=2)
+    assert s.sample_weights[y == 0].unique().tolist() == [pytest.approx(0.1)]
+    assert s.sample_weights[y == 1].unique().tolist() == [pytest.approx(1.0)]
+    share = np.mean([y[torch.cat(s.epoch()).numpy()].mean() for _ in range(50)])
+    assert abs(share - 10 / (10 + 9)) < 0.03  # 10 x 1.0 against 90 x 0.1
+    balanced = BatchSampler(np.array([0, 1] * 5), 4, "weighted-scaled", seed=0, num_classes=2)
+    assert balanced.uniform and torch.all(balanced.sample_weights == balanced.sample_weights[0])
+
+
 def test_early_stopping_stops_a_plateau_at_min_epoch_plus_patience():
     stop = EarlyStopping(2, "min", decay=0.9, patience=4, min_epoch=6)
     heads = np.arange(2)
@@ -162,6 +173,9 @@ def test_config_defaults_follow_the_reference_protocol_and_validate():
     assert (cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.schedule) == (150, 128, "adamw", "cosine")
     assert (cfg.patience, cfg.min_epoch, cfg.ema_decay, cfg.seed, cfg.monitor) == (10, 6, 0.9, 42, "val_loss")
     assert TrainConfig.from_benchmark(epochs=3, optimizer=None).epochs == 3
+    eao = TrainConfig.from_benchmark("eao")  # the reference EAO trainer's defaults
+    assert (eao.epochs, eao.batch_size, eao.schedule, eao.sampling) == (1000, 8, "none", "weighted-scaled")
+    assert (eao.patience, eao.min_epoch, eao.ema_decay, eao.monitor) == (50, 1, 0.0, "val_balanced_acc")
     with pytest.raises(ConfigError, match="--schedule"):
         TrainConfig.from_benchmark(schedule="step")
     with pytest.raises(ConfigError, match="--monitor"):

@@ -83,6 +83,19 @@ def test_cases_by_status_and_last_record_wins(tmp_path: Path) -> None:
     assert view.cases("ok") == ["c000", "c001", "c002"]
 
 
+def test_retime_corrects_seconds_without_touching_the_file(tmp_path: Path) -> None:
+    view = Store(tmp_path).view("m", "lp", "full")
+    _fill_lp(view, n=2)
+    before, stat = view.record("c000"), view.case_path("c000").stat()
+    after = view.retime("c000", 1.234567)
+    assert after.seconds == 1.2346 and view.record("c000").seconds == 1.2346
+    assert (after.checksum, after.shape, after.file) == (before.checksum, before.shape, before.file)
+    assert view.case_path("c000").stat().st_ino == stat.st_ino  # not copied again
+    view.record_failure("c001", "failed", "bad")
+    with pytest.raises(StoreError, match="c001"):
+        view.retime("c001", 1.0)
+
+
 def test_validate_y_hat_rejects_bad_arrays() -> None:
     validate_y_hat(np.zeros(4, np.float16), "lp")
     validate_y_hat(np.zeros((4, 1, 2, 3), np.float64), "eao")

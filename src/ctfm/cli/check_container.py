@@ -41,7 +41,8 @@ def extract_with_containers(
     from rich.console import Console
 
     from ctfm.extract.docker import run_containers, team_table
-    from ctfm.extract.local import read_case_list, resolve_view
+    from ctfm.extract.inputs import read_case_list
+    from ctfm.extract.local import resolve_view
 
     console = Console()
     view, mask_dir = resolve_view(masks, disease)

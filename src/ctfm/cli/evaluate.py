@@ -154,14 +154,12 @@ def leaderboard_command(
     out: Path = typer.Option(..., "--out", help="Output folder."),
 ) -> None:
     """Rank models per disease, aggregate by mean rank, and measure ranking stability by bootstrap."""
-    from ctfm.benchmark import load_benchmark
     from ctfm.evaluate.leaderboard import build_leaderboard, gather, write_leaderboard
 
-    names = split_list(metrics) or list(load_benchmark().section("ranking")["metrics"])
     data, entries = gather(results, split, split_list(strategy) or None)
-    lb = build_leaderboard(data, entries, names, n_boot=bootstrap, seed=seed)
+    lb = build_leaderboard(data, entries, split_list(metrics) or None, n_boot=bootstrap, seed=seed)
     paths = write_leaderboard(lb, out, title)
-    title = f"{title}: {len(entries)} model(s) x {len(data)} disease(s), ranked on {', '.join(names)}"
+    title = f"{title}: {len(entries)} model(s) x {len(data)} disease(s), ranked on {', '.join(lb.metrics)}"
     table = leaderboard_table(lb.table(), title)
     Console().print(table)
     console.print(f"wrote {', '.join(str(p) for p in paths)}")

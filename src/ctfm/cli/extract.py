@@ -73,7 +73,8 @@ def extract_cmd(
     from rich.console import Console
 
     from ctfm.errors import ConfigError
-    from ctfm.extract.local import ExtractConfig, read_case_list, run_local
+    from ctfm.extract.inputs import read_case_list
+    from ctfm.extract.local import ExtractConfig, run_local
 
     if not extractor:
         raise ConfigError("pass --extractor NAME (built-ins: hu-stats, cnn3d)")

@@ -145,7 +145,11 @@ WarmupEpochsOpt = Annotated[
     float | None, typer.Option("--warmup-epochs", help="Linear warm-up length for cosine.")
 ]
 SamplingOpt = Annotated[
-    str | None, typer.Option("--sampling", help="weighted (with replacement), loss-weight or none.")
+    str | None,
+    typer.Option(
+        "--sampling",
+        help="weighted (with replacement), weighted-scaled (reference EAO), loss-weight or none.",
+    ),
 ]
 MinEpochOpt = Annotated[
     int | None, typer.Option("--min-epoch", help="First epoch counted for patience and selection.")
@@ -296,7 +300,7 @@ def eao(
         int | None, typer.Option("--num-layers", help="attn-pool cross-attention layers (default 2).")
     ] = None,
     ffn_mult: Annotated[
-        float | None, typer.Option("--ffn-mult", help="attn-pool feed-forward width multiplier (4).")
+        float | None, typer.Option("--ffn-mult", help="attn-pool feed-forward width multiplier (1).")
     ] = None,
     dropout: Annotated[
         float | None, typer.Option("--dropout", help="Dropout of attn-pool, abmil and mlp (0).")
@@ -308,7 +312,7 @@ def eao(
         list[str] | None, typer.Option("--lrs", help="Learning rates (default: config eao.lrs).")
     ] = None,
     weight_decay: Annotated[
-        float | None, typer.Option("--weight-decay", help="Weight decay (default: config).")
+        float | None, typer.Option("--weight-decay", help="Weight decay (default 0).")
     ] = None,
     optimizer: Annotated[str | None, typer.Option("--optimizer", help="adamw or sgd.")] = None,
     schedule: ScheduleOpt = None,
@@ -316,7 +320,7 @@ def eao(
     sampling: SamplingOpt = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs (default 1000).")] = None,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Train batch size (default 128).")
+        int | None, typer.Option("--batch-size", help="Train batch size (default 8).")
     ] = None,
     eval_batch_size: Annotated[
         int | None, typer.Option("--eval-batch-size", help="Validation batch size (default 4x --batch-size).")
@@ -342,7 +346,6 @@ def eao(
     force: ForceOpt = False,
 ) -> None:
     """Embedding aggregation (task 2): token heads x learning rates trained together on the packed tokens."""
-    from ctfm.benchmark import load_benchmark
     from ctfm.probe.eao import eao_head_specs, eao_task
     from ctfm.probe.runner import ProbeOptions, run_probe
 
@@ -366,6 +369,7 @@ def eao(
         train=train,
         probe="+".join(s.name for s in specs),
         lrs=_numbers(lrs, float, "--lrs"),
+        weight_decays=None if weight_decay is None else [weight_decay],
         split_column=split_column,
         folds=folds,
         seeds=_numbers(seeds, int, "--seeds"),
@@ -374,12 +378,10 @@ def eao(
         force=force,
         wandb=wandb,
     )
-    wd = weight_decay if weight_decay is not None else float(load_benchmark().section("eao")["weight_decay"])
-    options.weight_decays = [wd]
 
     def log(message: str) -> None:
         console.print(message, highlight=False)
 
-    task = eao_task(options, specs, wd, dtype, eval_batch_size, log=log, progress=console.is_terminal)
+    task = eao_task(options, specs, dtype, eval_batch_size, log=log, progress=console.is_terminal)
     outcomes = run_probe(options, task, log=log)
     _report(outcomes, f"ctfm probe eao — {options.model} -> {options.out}")

@@ -14,14 +14,13 @@ Example:
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError, OfflineError
-from ctfm.fsutil import atomic_path
+from ctfm.fsutil import link_or_copy
 
 
 @dataclass(frozen=True)
@@ -97,13 +96,7 @@ def _link_into(src: Path, dest: Path) -> bool:
     real = src.resolve()
     if dest.is_file() and dest.stat().st_size == real.stat().st_size:
         return False
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest) as tmp:
-        tmp.unlink()
-        try:
-            os.link(real, tmp)
-        except OSError:
-            shutil.copyfile(real, tmp)
+    link_or_copy(real, dest)
     return True
 
 

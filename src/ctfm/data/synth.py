@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -32,7 +31,7 @@ from ctfm import __version__
 from ctfm.benchmark import load_benchmark
 from ctfm.data.phantom import SHAPES, render_case
 from ctfm.errors import ConfigError
-from ctfm.fsutil import write_text_atomic
+from ctfm.fsutil import link_or_copy, write_text_atomic
 from ctfm.nifti import NII_SUFFIX, read_array, write
 
 SYNTH_VERSION = "1.0"
@@ -154,23 +153,13 @@ def _write_labels(out: Path, table: pd.DataFrame, diseases: tuple[str, ...]) -> 
         write_text_atomic(out / "labels" / f"{disease}.csv", frame.to_csv(index=False))
 
 
-def _link_or_copy(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists():
-        dest.unlink()
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copy2(src, dest)
-
-
 def write_test_demo(out: Path, cases: list[str]) -> bool:
     """Copy a few cases to ``test_demo/images`` and build their ROI masks with :mod:`ctfm.masks`.
 
     Returns whether masks were written: without the masks library only the images are written (never fake masks).
     """
     for case in cases:
-        _link_or_copy(
+        link_or_copy(
             out / "images" / f"{case}{NII_SUFFIX}", out / "test_demo" / "images" / f"{case}{NII_SUFFIX}"
         )
     try:

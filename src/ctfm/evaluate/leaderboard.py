@@ -21,17 +21,18 @@ ranks and each resample's mean ranks measures the ranking's overall stability.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ctfm.benchmark import load_benchmark
 from ctfm.errors import DataError
 from ctfm.evaluate.bootstrap import CI_LEVEL, percentile_interval, resample_metrics
 from ctfm.evaluate.metrics import LOWER_IS_BETTER, METRICS, compute_all
 
-DEFAULT_METRICS = ("balanced_acc", "auroc")
 CHUNK = 1000  # resamples per batch (bounds memory near 0.1 GB at 20 models x 300 cases)
 
 
@@ -180,12 +181,14 @@ def _disease_seed(seed: int, d: int) -> np.random.Generator:
 def build_leaderboard(
     data: list[DiseaseData],
     entries: list[str],
-    metrics: list[str] | tuple[str, ...] = DEFAULT_METRICS,
+    metrics: Sequence[str] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> Leaderboard:
-    """Rank ``entries`` on every disease of ``data`` and measure the ranking's stability by bootstrap."""
-    metrics = list(metrics)
+    """Rank ``entries`` on every disease of ``data`` and measure the ranking's stability by bootstrap.
+
+    ``metrics`` default to the challenge's ranking metrics (``configs/benchmark.yaml``, ``ranking``)."""
+    metrics = list(metrics or load_benchmark().ranking_metrics)
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise DataError(f"unknown ranking metric(s) {unknown}; choose from {', '.join(METRICS)}")

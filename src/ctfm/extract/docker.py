@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import itertools
 import os
 import shutil
@@ -49,6 +48,7 @@ from ctfm.extract.validate import (
     check_output,
     feature_dim,
 )
+from ctfm.fsutil import link_or_copy
 
 LABEL = "ctfm.runner"
 LABEL_PID = "ctfm.pid"
@@ -275,17 +275,11 @@ def _readable_by(path: Path, uid: int) -> bool:
     return bool(st.st_mode & stat.S_IROTH) or (st.st_uid == uid and bool(st.st_mode & stat.S_IRUSR))
 
 
-def link_or_copy(src: Path, dest: Path, uid: int) -> None:
-    """Hard-link ``src`` to ``dest`` (no copy); copy across devices or when the container user cannot read it."""
-    if _readable_by(src, uid):
-        try:
-            os.link(src, dest)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES):
-                raise
-    shutil.copyfile(src, dest)
-    os.chmod(dest, 0o644)
+def place_input(src: Path, dest: Path, uid: int) -> None:
+    """Hard-link an input into the container's folder (no copy); a copy, readable by the container user,
+    across file systems or when that user could not read the original."""
+    if not link_or_copy(src, dest, link=_readable_by(src, uid)):
+        os.chmod(dest, 0o644)
 
 
 @dataclass
@@ -299,25 +293,15 @@ def collect_inputs(
     images_dir: Path, masks_dir: Path | None, cases: Sequence[str] | None = None
 ) -> tuple[list[CaseInput], dict[str, str]]:
     """The cases of ``images_dir`` (optionally a subset) with their masks, and cases whose mask is missing."""
-    from ctfm.nifti import case_id, list_volumes
-    from ctfm.store import check_case
+    from ctfm.extract.inputs import mask_of, select_cases
 
-    vols = {case_id(p): p for p in list_volumes(Path(images_dir))}
-    if cases is not None:
-        unknown = sorted(set(cases) - set(vols))
-        if unknown:
-            raise DataError(f"{images_dir}: no image for case(s) {', '.join(unknown[:5])}")
-        vols = {c: vols[c] for c in cases}
-    if not vols:
-        raise DataError(f"{images_dir}: no .nii.gz images")
     out, no_mask = [], {}
-    for case, path in sorted(vols.items()):
-        check_case(case)
+    for case, path in select_cases(images_dir, cases):
         mask = None
         if masks_dir is not None:
-            mask = Path(masks_dir) / path.name
-            if not mask.is_file():
-                no_mask[case] = f"no mask {mask} (masks are required for an ROI view; run `ctfm masks`)"
+            mask, error = mask_of(masks_dir, path)
+            if error:
+                no_mask[case] = error
                 continue
         out.append(CaseInput(case, path, mask))
     return out, no_mask
@@ -456,9 +440,9 @@ class ContainerRunner:
         if any(ci.mask is not None for ci in inputs):
             (in_dir / "fg_masks").mkdir()
         for ci in inputs:
-            link_or_copy(ci.image, in_dir / ci.image.name, uid)
+            place_input(ci.image, in_dir / ci.image.name, uid)
             if ci.mask is not None:
-                link_or_copy(ci.mask, in_dir / "fg_masks" / ci.image.name, uid)
+                place_input(ci.mask, in_dir / "fg_masks" / ci.image.name, uid)
         for d in (base, in_dir, *([in_dir / "fg_masks"] if (in_dir / "fg_masks").exists() else [])):
             os.chmod(d, 0o755)
         out_dir.mkdir(mode=0o700)
@@ -817,18 +801,10 @@ class _TeamState:
     def run_chunk(self, chunk: list[CaseInput], gpu: str | None, cpuset: str) -> None:
         for ci in chunk:
             self.by_case[ci.case] = ci
-        kept: dict[str, tuple[ValidOutput, float]] = {}
-
-        def on_valid(out: ValidOutput, seconds: float) -> bool:
-            ok = self.ingest(out, seconds)
-            if ok:
-                kept[out.case] = (out, seconds)
-            return ok
-
-        result = self.runner.run_container(self.image, chunk, on_valid, self.log_fh, gpu, cpuset)
+        result = self.runner.run_container(self.image, chunk, self.ingest, self.log_fh, gpu, cpuset)
         self._note(result)
         if len(chunk) > 1:
-            self._correct_startup(result, kept)
+            self._correct_startup(result)
         shutil.rmtree(self.runner.work / result.name, ignore_errors=True)
         for case, reason in result.invalid.items():
             with self.runner._ingest_lock:
@@ -867,7 +843,7 @@ class _TeamState:
         if result.peak_memory is not None:
             self.report.peak_memory = max(self.report.peak_memory or 0, result.peak_memory)
 
-    def _correct_startup(self, result: ContainerResult, kept: dict[str, tuple[ValidOutput, float]]) -> None:
+    def _correct_startup(self, result: ContainerResult) -> None:
         """Split the first case's time into start-up and work: start-up = first file - the median gap."""
         order = sorted(result.arrivals.items(), key=lambda kv: (kv[1], kv[0]))
         if len(order) < 2:
@@ -876,11 +852,11 @@ class _TeamState:
         gaps = [b - a for a, b in itertools.pairwise(times)]
         startup = max(0.0, times[0] - statistics.median(gaps))
         self.report.startups.append(startup)
-        first = order[0][0]
-        if first in kept and startup > 0:
-            out, _ = kept[first]
-            with contextlib.suppress(Exception):
-                self.ingest(out, times[0] - startup)
+        first = self.report.outcomes.get(order[0][0])
+        if first is not None and first.status == "ok" and startup > 0:
+            with self.runner._ingest_lock:
+                rec = self.view.retime(first.case, times[0] - startup)
+                first.seconds = rec.seconds
 
 
 def _chunks(items: list[CaseInput], n: int) -> list[list[CaseInput]]:

@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,8 @@ import numpy as np
 
 from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError, CtfmError, DataError, StoreError
+from ctfm.extract.inputs import mask_of, select_cases
 from ctfm.fsutil import sha256_file
-from ctfm.nifti import case_id, list_volumes
 from ctfm.store import FULL_VIEW, CaseRecord, Store, View
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -111,32 +110,6 @@ def resolve_view(masks: Path | None, disease: str | None) -> tuple[str, Path | N
     return disease, resolve_mask_dir(masks, disease)
 
 
-def select_cases(images: Path, cases: Iterable[str] | None = None) -> list[tuple[str, Path]]:
-    """(case, image path) for every volume in ``images``, restricted to ``cases`` when given."""
-    found = {case_id(p): p for p in list_volumes(images)}
-    if not found:
-        raise DataError(f"{images}: no .nii.gz volumes")
-    if cases is None:
-        return sorted(found.items())
-    wanted = [c.removesuffix(".nii.gz") for c in cases]
-    missing = [c for c in wanted if c not in found]
-    if missing:
-        raise DataError(f"{images}: no image for case(s) {', '.join(missing[:5])}")
-    return [(c, found[c]) for c in sorted(set(wanted))]
-
-
-def read_case_list(value: str | None) -> list[str] | None:
-    """``--cases``: a file with one case per line, or a comma-separated list."""
-    if not value:
-        return None
-    path = Path(value)
-    if path.is_file():
-        items = [line.strip() for line in path.read_text().splitlines()]
-    else:
-        items = [c.strip() for c in value.split(",")]
-    return [c for c in items if c and not c.startswith("#")]
-
-
 def plan_items(cfg: ExtractConfig, view: View, mask_dir: Path | None) -> tuple[list[CaseItem], list[str]]:
     """Cases to run (with their mask) and cases skipped because they are already ok."""
     todo, skipped = [], []
@@ -146,10 +119,7 @@ def plan_items(cfg: ExtractConfig, view: View, mask_dir: Path | None) -> tuple[l
             continue
         item = CaseItem(case=case, image=image)
         if mask_dir is not None:
-            mask = mask_dir / image.name
-            item.mask = mask
-            if not mask.is_file():
-                item.error = f"no mask {mask} (masks are required for an ROI view; run `ctfm masks`)"
+            item.mask, item.error = mask_of(mask_dir, image)
         todo.append(item)
     return todo, skipped
 

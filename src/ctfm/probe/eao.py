@@ -60,6 +60,14 @@ def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
     return None
 
 
+def available_bytes(device: torch.device) -> int | None:
+    """Memory the heads can use: free GPU memory on CUDA (they live there), else the host's MemAvailable."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    return mem_available_bytes()
+
+
 def _member_activation_floats(spec: HeadSpec, batch: int, tokens: int, dim: int) -> float:
     """Rough float count a head keeps for backward on one [batch, tokens, dim] batch."""
     bt = batch * tokens
@@ -173,7 +181,7 @@ def fit_eao(
     specs: Sequence[HeadSpec],
     lrs: Sequence[float],
     config: TrainConfig,
-    weight_decay: float = 1e-4,
+    weight_decay: float = 0.0,
     eval_batch_size: int | None = None,
     on_epoch: Callable[[int, int], None] | None = None,
 ) -> FitResult:
@@ -209,15 +217,16 @@ def fit_eao(
             epoch -= 1
             break
         order = torch.cat(sampler.epoch()).numpy()
-        train_loss = np.zeros(len(grid))
+        running: dict[int, torch.Tensor] = {}
         batches = bucketed_batches(order, data.reader.lengths[data.train_rows], sampler.batch_size, rng)
         for idx in batches:
             beta1 = None if schedule.beta1 is None else float(schedule.beta1[step])
             grid.set_schedule(float(schedule.lr_factor[step]), beta1)
             losses = grid.train_step(data.reader.batch(data.train_rows[idx]), y_train_t[idx], weight)
             for i, loss in losses.items():
-                train_loss[i] += loss / len(batches)
+                running[i] = running[i] + loss if i in running else loss
             step += 1
+        train_loss = np.array([float(running[int(h)]) / len(batches) for h in heads])
         logits = grid.logits(data.reader, data.val_rows, eval_bs)  # aligned with `heads`
         val_loss = loss_per_head(torch.from_numpy(logits), y_val_t).numpy()
         metrics = batched_metrics(data.y_val, logits, val_loss)
@@ -226,7 +235,7 @@ def fit_eao(
             {
                 "epoch": np.full(len(heads), epoch),
                 "head": heads,
-                "train_loss": train_loss[heads],
+                "train_loss": train_loss,
                 **{k: np.asarray(v, dtype=np.float64) for k, v in metrics.items()},
                 "monitor_ema": stopper.ema[heads],
             }
@@ -322,7 +331,6 @@ def predict_tokens(predictor: Predictor, x: Sequence[np.ndarray], batch_size: in
 def eao_task(
     options: ProbeOptions,
     specs: Sequence[HeadSpec],
-    weight_decay: float,
     dtype: str = "float32",
     eval_batch_size: int | None = None,
     log: Callable[[str], None] | None = None,
@@ -330,6 +338,9 @@ def eao_task(
 ) -> ProbeTask:
     """Task 2 for the shared runner: packed tokens in, every (head x lr) member trained in one pass."""
     log = log or (lambda _msg: None)
+    if len(options.weight_decays) != 1:
+        raise ConfigError(f"EAO trains with one weight decay per run, not {options.weight_decays}")
+    weight_decay = float(options.weight_decays[0])
 
     def load(disease: str) -> DiseaseData:
         return load_disease(options.store, options.model, options.labels, disease, "eao", dtype)
@@ -339,8 +350,9 @@ def eao_task(
         y_tr, y_va, classes = encode_labels(labels[train], labels[val])
         rows = data.table["row"].to_numpy()
         reader = TokenReader.from_packed(data.packed)
+        available = available_bytes(resolve_device(config.device))
         plan = plan_memory(
-            specs, len(options.lrs), reader, config.batch_size, len(classes), eval_batch_size=eval_batch_size
+            specs, len(options.lrs), reader, config.batch_size, len(classes), available, eval_batch_size
         )
         log(f"{data.disease}: EAO training {plan.describe()}")
         check_memory(plan)

@@ -2,9 +2,9 @@
 
 The members of one architecture are one module with a member axis on every parameter (see
 :mod:`ctfm.probe.eao_heads`): one forward and one backward pass per batch serve all of them. Each member
-keeps its own learning rate through a stock torch optimiser whose parameter groups are the members' slices
-of the stacked parameters, so it updates exactly as a separately built head would. A member that stops
-early is cut out of its module and stops costing compute.
+keeps its own learning rate: torch's fused optimiser kernel updates each member's slice of the stacked
+parameters, so it updates exactly as a separately built head would. A member that stops early is cut out of
+its module and stops costing compute.
 """
 
 from __future__ import annotations
@@ -45,22 +45,73 @@ class GridMember:
     active: bool = True
 
 
-def _optimizer(name: str, groups: list[dict], betas: tuple[float, float]) -> torch.optim.Optimizer:
-    """SGD with momentum or AdamW over per-member groups (each group sets its own lr and weight decay)."""
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=0.0, momentum=SGD_MOMENTUM)
-    try:  # the fused kernel is several times faster on CPU and GPU where this torch has it
-        return torch.optim.AdamW(groups, lr=0.0, betas=betas, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=0.0, betas=betas)
+class StackedOptimizer:
+    """AdamW or SGD with momentum over stacked member parameters, each member at its own lr and weight decay.
+
+    Each member's rows are updated by torch's fused optimiser kernel (the one ``torch.optim.AdamW(fused=True)``
+    and ``SGD(fused=True)`` run), one call per member over views of its rows, so a member follows the stock
+    optimiser on a separately built head exactly. The state is stacked like the parameters: dropping members
+    is one index selection, and a step costs a few kernel calls, not a Python loop over every tensor.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        params: Sequence[nn.Parameter],
+        lrs: Sequence[float],
+        weight_decays: Sequence[float],
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        self.kind, self.params = kind, list(params)
+        self.lrs, self.weight_decays = list(lrs), list(weight_decays)
+        self.betas, self.eps = betas, eps
+        # AdamW: first and second moments; SGD: the momentum buffer (zero = what its first step sets, as
+        # dampening is 0). Steps are counted per member and parameter, as torch counts them per tensor.
+        self.state = [[torch.zeros_like(p) for p in self.params] for _ in range(2 if kind == "adamw" else 1)]
+        self.steps = torch.zeros(len(self.lrs), len(self.params), device=self.params[0].device)
+        self._cache_rows()
+
+    def _cache_rows(self) -> None:
+        """Per member, views of its rows of every parameter and state tensor (rebuilt when members drop)."""
+        tensors = [[p.detach() for p in self.params], *self.state]
+        self._rows = [[[t[r] for t in group] for group in tensors] for r in range(len(self.lrs))]
+
+    def step(self, lr_factor: float, beta1: float | None = None) -> None:
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not live:
+            return
+        index = torch.as_tensor(live, device=self.steps.device)
+        self.steps[:, index] += 1
+        steps = self.steps[:, index]  # a copy: the kernel reads each member's counts
+        grads = [self.params[i].grad.unbind(0) for i in live]
+        b1 = self.betas[0] if beta1 is None else beta1
+        for r, (lr, wd) in enumerate(zip(self.lrs, self.weight_decays, strict=True)):
+            params, *states = ([group[i] for i in live] for group in self._rows[r])
+            rows = params, [g[r] for g in grads], *states
+            if self.kind == "adamw":
+                torch._fused_adamw_(
+                    *rows, [], list(steps[r].unbind(0)), lr=lr * lr_factor, beta1=b1, beta2=self.betas[1],
+                    weight_decay=wd, eps=self.eps, amsgrad=False, maximize=False,
+                )  # fmt: skip
+            else:
+                torch._fused_sgd_(
+                    *rows, weight_decay=wd, momentum=SGD_MOMENTUM, lr=lr * lr_factor, dampening=0.0,
+                    nesterov=False, maximize=False, is_first_step=False,
+                )  # fmt: skip
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only the members at ``rows`` (after the module kept the same rows of its parameters)."""
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.steps.device)
+        self.state = [[buf.index_select(0, index) for buf in st] for st in self.state]
+        self.steps = self.steps.index_select(0, index)
+        self.lrs = [self.lrs[r] for r in rows]
+        self.weight_decays = [self.weight_decays[r] for r in rows]
+        self._cache_rows()
 
 
 class MemberStack:
-    """The members of one architecture: a stacked module and per-member optimiser groups.
-
-    Each member's parameters, as the optimiser sees them, are views of its rows of the stacked parameters;
-    their gradients are set to the matching rows of the stacked gradients before each step.
-    """
+    """The members of one architecture: a stacked module and its stacked optimiser."""
 
     def __init__(
         self,
@@ -70,52 +121,27 @@ class MemberStack:
         betas: tuple[float, float],
     ) -> None:
         self.module, self.members = module, members
-        self._kind, self._betas = optimizer, betas
-        self._build_optimizer()
-
-    def _build_optimizer(self, states: list[list[dict]] | None = None) -> None:
-        """One param group per member; ``states`` (per member, per parameter) carries optimiser state over."""
-        params = list(self.module.parameters())
-        self.views = [[p.detach()[row] for p in params] for row in range(len(self.members))]
-        groups = [
-            {"params": v, "lr": m.lr, "weight_decay": m.weight_decay}
-            for v, m in zip(self.views, self.members, strict=True)
-        ]
-        self.optimizer = _optimizer(self._kind, groups, self._betas)
-        if states is None:
-            return
-        for views, state in zip(self.views, states, strict=True):
-            for view, kept in zip(views, state, strict=True):
-                if kept:
-                    self.optimizer.state[view] = kept
+        lrs, wds = [m.lr for m in members], [m.weight_decay for m in members]
+        self.optimizer = StackedOptimizer(optimizer, list(module.parameters()), lrs, wds, betas)
 
     def step(self, lr_factor: float, beta1: float | None) -> None:
-        params = list(self.module.parameters())
-        for group, member in zip(self.optimizer.param_groups, self.members, strict=True):
-            group["lr"] = member.lr * lr_factor
-            if beta1 is not None and "betas" in group:
-                group["betas"] = (beta1, group["betas"][1])
-        for row, views in enumerate(self.views):
-            for view, p in zip(views, params, strict=True):
-                view.grad = None if p.grad is None else p.grad[row]
-        self.optimizer.step()
+        self.optimizer.step(lr_factor, beta1)
 
     def drop(self, stopped: set[int]) -> None:
         """Remove stopped members (grid indices) from the module and the optimiser, keeping the others' state."""
         rows = [r for r, m in enumerate(self.members) if m.index not in stopped]
-        states = [[self.optimizer.state.get(v, {}) for v in self.views[r]] for r in rows]
         self.members = [self.members[r] for r in rows]
         if not rows:
             return
         self.module.keep_members(rows)
-        self._build_optimizer(states)
+        self.optimizer.keep(rows)
 
 
 class HeadGrid:
     """Every (head x lr) member, stepped together on each batch; stopped members are dropped.
 
-    Members of one architecture start from the same initial weights (seeded), as the reference trains one
-    freshly seeded head per learning rate. The batch is read and padded once for all members.
+    Each member starts from its own (seeded) initial draw, as the reference builds its heads one per
+    learning rate from one random stream. The batch is read and padded once for all members.
     """
 
     def __init__(
@@ -125,7 +151,7 @@ class HeadGrid:
         dim: int,
         num_classes: int,
         seed: int,
-        weight_decay: float = 1e-4,
+        weight_decay: float = 0.0,
         optimizer: str = "adamw",
         betas: tuple[float, float] = (0.9, 0.999),
         device: str | torch.device = "cpu",
@@ -178,14 +204,15 @@ class HeadGrid:
 
     def train_step(
         self, batch: TokenBatch, y: torch.Tensor, class_weight: torch.Tensor | None = None
-    ) -> dict[int, float]:
-        """One optimiser step for every active member on the same batch; returns member -> loss.
+    ) -> dict[int, torch.Tensor]:
+        """One optimiser step for every active member on the same batch; returns member -> loss (a 0-d tensor
+        on the training device: reading it waits for the GPU, so callers read an epoch's sum once).
 
         The members' losses are summed before the backward pass: each member's gradient is its own loss's.
         """
         x, mask = batch.tokens.to(self.device), batch.mask.to(self.device)
         y = y.to(self.device)
-        losses: dict[int, float] = {}
+        losses: dict[int, torch.Tensor] = {}
         for stack in self._live_stacks():
             stack.module.train()
             stack.module.zero_grad(set_to_none=True)
@@ -193,7 +220,7 @@ class HeadGrid:
             loss = _member_losses(logits, y, class_weight)
             loss.sum().backward()
             stack.step(self._lr_factor, self._beta1)
-            losses.update(zip((m.index for m in stack.members), loss.detach().cpu().tolist(), strict=True))
+            losses.update(zip((m.index for m in stack.members), loss.detach().unbind(0), strict=True))
         return losses
 
     @torch.no_grad()

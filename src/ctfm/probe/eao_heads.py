@@ -66,8 +66,8 @@ def _per_member(param: torch.Tensor, ndim: int) -> torch.Tensor:
 class MemberLinear(nn.Module):
     """``members`` independent linear layers as one batched product: x [M or 1, ..., I] -> [M, ..., O].
 
-    Weights are stored ``[M, in, out]``; every member starts from the same draw of ``nn.Linear``'s default
-    initialisation, as a grid of freshly seeded heads would.
+    Weights are stored ``[M, in, out]``; each member gets its own draw of ``nn.Linear``'s default
+    initialisation, as the heads of the reference's grid, built one after another from one seeded stream, do.
     """
 
     def __init__(self, members: int, in_features: int, out_features: int, bias: bool = True) -> None:
@@ -78,11 +78,11 @@ class MemberLinear(nn.Module):
         self.init_uniform(bound, bound if bias else None)
 
     def init_uniform(self, weight_bound: float, bias_bound: float | None) -> None:
-        """Uniform weights (and biases; 0 bound = zeros), one draw shared by all members."""
+        """Uniform weights (and biases; 0 bound = zeros), drawn independently for every member."""
         with torch.no_grad():
-            self.weight.copy_(torch.empty(self.weight.shape[1:]).uniform_(-weight_bound, weight_bound))
+            self.weight.uniform_(-weight_bound, weight_bound)
             if self.bias is not None and bias_bound is not None:
-                self.bias.copy_(torch.empty(self.bias.shape[1:]).uniform_(-bias_bound, bias_bound))
+                self.bias.uniform_(-bias_bound, bias_bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         members, (n_in, n_out) = self.weight.shape[0], self.weight.shape[1:]
@@ -105,6 +105,25 @@ class MemberLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xhat = F.layer_norm(x, x.shape[-1:])
         return xhat * _per_member(self.weight, x.dim()) + _per_member(self.bias, x.dim())
+
+
+class MemberHeadProjection(nn.Module):
+    """Per-attention-head key or value projections of ``members`` layers, stored head-major
+    ``[M, H, in, head_dim]`` (with an optional bias ``[M, H * head_dim]``).
+
+    The folded attention contracts each head's projection with per-head queries or pooled tokens; this layout
+    lets it read the weights in place, as one batched product over (member, head), with no per-step copy.
+    """
+
+    def __init__(self, members: int, dim: int, num_heads: int, bound: float, bias: bool) -> None:
+        super().__init__()
+        shape = (members, num_heads, dim, dim // num_heads)
+        self.weight = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(members, dim)) if bias else None
+
+    def by_head(self) -> torch.Tensor:
+        """The weights as a batch of matrices [M * H, in, head_dim] (a view)."""
+        return self.weight.flatten(0, 1)
 
 
 class MemberHead(nn.Module, abc.ABC):
@@ -137,7 +156,8 @@ class MemberHead(nn.Module, abc.ABC):
 
 
 class CrossAttentionBlock(nn.Module):
-    """Queries attend to layer-normed tokens, then a feed-forward block (both pre-norm, residual).
+    """The reference cross-attention layer: the queries attend to layer-normed tokens, then a feed-forward
+    block; each is residual and followed by a LayerNorm (post-norm), as in the reference trainer's head.
 
     The parameters are those of a standard multi-head cross-attention (q/k/v/out projections, LayerNorm on
     keys/values), but the forward pass is reordered: the key projection is folded into the queries and the
@@ -149,22 +169,22 @@ class CrossAttentionBlock(nn.Module):
     def __init__(self, members: int, dim: int, num_heads: int, ffn_mult: float, dropout: float) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.ln_q = MemberLayerNorm(members, dim)
         self.ln_kv = MemberLayerNorm(members, dim)
+        # nn.MultiheadAttention's initialisation: xavier-uniform over the stacked q/k/v weights (fan-in D,
+        # fan-out 3D) and zero projection biases, so the head trains like the textbook module. The key bias
+        # is left out: it adds the same score to every token, which the softmax cancels.
+        bound = math.sqrt(6.0 / (dim + 3 * dim))
         self.q_proj = MemberLinear(members, dim, dim)
-        self.k_proj = MemberLinear(members, dim, dim)
-        self.v_proj = MemberLinear(members, dim, dim)
+        self.q_proj.init_uniform(bound, 0.0)
+        self.k_proj = MemberHeadProjection(members, dim, num_heads, bound, bias=False)
+        self.v_proj = MemberHeadProjection(members, dim, num_heads, bound, bias=True)
         self.out_proj = MemberLinear(members, dim, dim)
+        self.ln_attn = MemberLayerNorm(members, dim)
         hidden = max(1, round(dim * ffn_mult))
-        self.ln_ff = MemberLayerNorm(members, dim)
         self.ff_in = MemberLinear(members, dim, hidden)
         self.ff_out = MemberLinear(members, hidden, dim)
+        self.ln_ff = MemberLayerNorm(members, dim)
         self.drop = nn.Dropout(dropout)
-        # nn.MultiheadAttention's initialisation: xavier-uniform over the stacked q/k/v weights (fan-in D,
-        # fan-out 3D) and zero projection biases, so the head trains like the textbook module.
-        bound = math.sqrt(6.0 / (dim + 3 * dim))
-        for proj in (self.q_proj, self.k_proj, self.v_proj):
-            proj.init_uniform(bound, 0.0)
         nn.init.zeros_(self.out_proj.bias)
 
     def attend(self, q: torch.Tensor, xhat: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -174,29 +194,33 @@ class CrossAttentionBlock(nn.Module):
         mx, b = xhat.shape[:2]
         h = self.num_heads
         dh, g = d // h, m // mx
-        qh = self.q_proj(self.ln_q(q)).reshape(m, bq, nq, h, dh)
-        wk = self.k_proj.weight.reshape(m, d, h, dh)
-        # score[m,b,q,h,t] = <Q, K_t>/sqrt(dh); K_t = (xhat_t*g + beta) Wk + bk; terms constant in t cancel.
-        a = torch.einsum("mbqhe,mdhe->mbqhd", qh, wk) * _per_member(self.ln_kv.weight / math.sqrt(dh), 5)
+        # score[m,b,q,h,t] = <Q, K_t>/sqrt(dh); K_t = (xhat_t*g + beta) Wk: terms constant in t cancel, so each
+        # head's query is carried into token space, a = Q_h Wk_h^T * g / sqrt(dh), one product per (m, h).
+        qh = self.q_proj(q).reshape(m, bq * nq, h, dh).transpose(1, 2).reshape(m * h, bq * nq, dh)
+        a = torch.bmm(qh, self.k_proj.by_head().transpose(1, 2)).reshape(m, h, bq, nq, d)
+        a = a.permute(0, 2, 3, 1, 4) * _per_member(self.ln_kv.weight / math.sqrt(dh), 5)  # [m, bq, nq, h, d]
         a = a.reshape(mx, g, bq, nq * h, d).transpose(1, 2).reshape(mx, bq, g * nq * h, d)
         scores = torch.matmul(a, xhat.transpose(-1, -2))  # [Mx, B, g*Q*H, T]
         p = masked_softmax(scores, None if mask is None else mask.unsqueeze(1))
         pooled = torch.matmul(p, xhat).reshape(mx, b, g, nq, h, d).transpose(1, 2).reshape(m, b, nq, h, d)
         pooled = pooled * _per_member(self.ln_kv.weight, 5) + _per_member(self.ln_kv.bias, 5)
-        wv = self.v_proj.weight.reshape(m, d, h, dh)
-        v = torch.einsum("mbqhd,mdhe->mbqhe", pooled, wv).reshape(m, b, nq, d)
+        pooled = pooled.permute(0, 3, 1, 2, 4).reshape(m * h, b * nq, d)
+        v = torch.bmm(pooled, self.v_proj.by_head()).reshape(m, h, b, nq, dh)
+        v = v.permute(0, 2, 3, 1, 4).reshape(m, b, nq, d)
         return self.out_proj(v + _per_member(self.v_proj.bias, 4))
 
     def forward(self, q: torch.Tensor, xhat: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        q = q + self.drop(self.attend(q, xhat, mask))
-        return q + self.drop(self.ff_out(self.drop(F.gelu(self.ff_in(self.ln_ff(q))))))
+        q = self.ln_attn(q + self.drop(self.attend(q, xhat, mask)))
+        return self.ln_ff(q + self.drop(self.ff_out(self.drop(F.gelu(self.ff_in(q))))))
 
 
 class AttnPoolHead(MemberHead):
     """The reference task-2 head: learnable queries, cross-attention layers, classifier over all queries.
 
-    Tokens whose dim is not a multiple of ``num_heads`` (e.g. 9 hand-made features) are first projected
-    linearly to ``embed_dim``, by default the next multiple of ``num_heads``; otherwise they are used as is.
+    Defaults follow the reference trainer (2 queries, 4 heads, 2 layers, feed-forward width 1x, no dropout,
+    xavier-initialised queries and classifier). Tokens whose dim is not a multiple of ``num_heads`` (e.g. 9
+    hand-made features) are first projected linearly to ``embed_dim``, by default the next multiple of
+    ``num_heads``; otherwise they are used as is.
     """
 
     def __init__(
@@ -206,7 +230,7 @@ class AttnPoolHead(MemberHead):
         num_queries: int = 2,
         num_heads: int = 4,
         num_layers: int = 2,
-        ffn_mult: float = 4.0,
+        ffn_mult: float = 1.0,
         dropout: float = 0.0,
         embed_dim: int | None = None,
         members: int = 1,
@@ -215,13 +239,17 @@ class AttnPoolHead(MemberHead):
         width = embed_dim or -(-dim // num_heads) * num_heads
         if width % num_heads:
             raise ConfigError(f"attn-pool: embed_dim {width} is not divisible by num_heads={num_heads}")
-        self.queries = nn.Parameter((torch.randn(num_queries, width) * 0.02).expand(members, -1, -1).clone())
+        self.queries = nn.Parameter(
+            torch.empty(members, num_queries, width).uniform_(*_xavier(num_queries, width))
+        )
         self.in_proj = MemberLinear(members, dim, width) if width != dim else None
         self.blocks = nn.ModuleList(
             CrossAttentionBlock(members, width, num_heads, ffn_mult, dropout) for _ in range(num_layers)
         )
         self.norm = MemberLayerNorm(members, width)
+        self.drop = nn.Dropout(dropout)
         self.classifier = MemberLinear(members, num_queries * width, num_classes)
+        self.classifier.init_uniform(_xavier(num_queries * width, num_classes)[1], 0.0)
 
     def forward_members(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         x = tokens.unsqueeze(0)  # one copy of the tokens for every member
@@ -233,7 +261,13 @@ class AttnPoolHead(MemberHead):
         for block in self.blocks:
             q = block(q, xhat, key_padding_mask)
         q = q.expand(-1, tokens.shape[0], -1, -1)  # only when there are no layers
-        return self.classifier(self.norm(q).flatten(2))
+        return self.classifier(self.drop(self.norm(q).flatten(2)))
+
+
+def _xavier(fan_a: int, fan_b: int) -> tuple[float, float]:
+    """Bounds of xavier-uniform initialisation for a weight joining ``fan_a`` and ``fan_b`` units."""
+    bound = math.sqrt(6.0 / (fan_a + fan_b))
+    return -bound, bound
 
 
 class MeanLinearHead(MemberHead):

@@ -1,0 +1,46 @@
+"""Which cases an extraction runs on: the volumes of an images folder, a ``--cases`` subset, and each case's
+mask in an ROI view. Shared by the in-process runner and the container runner so both read ``--cases`` alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from ctfm.errors import DataError
+from ctfm.nifti import NII_SUFFIX, case_id, list_volumes
+from ctfm.store import check_case
+
+
+def read_case_list(value: str | None) -> list[str] | None:
+    """``--cases``: a file with one case per line (``#`` comments), or a comma-separated list."""
+    if not value:
+        return None
+    path = Path(value)
+    if path.is_file():
+        items = [line.strip() for line in path.read_text().splitlines()]
+    else:
+        items = [c.strip() for c in value.split(",")]
+    return [c for c in items if c and not c.startswith("#")]
+
+
+def select_cases(images: Path, cases: Iterable[str] | None = None) -> list[tuple[str, Path]]:
+    """(case, image path), sorted, for every volume in ``images``, restricted to ``cases`` when given
+    (names with or without ``.nii.gz``)."""
+    found = {case_id(p): p for p in list_volumes(Path(images))}
+    if not found:
+        raise DataError(f"{images}: no {NII_SUFFIX} volumes")
+    if cases is not None:
+        wanted = {c.removesuffix(NII_SUFFIX) for c in cases}
+        missing = sorted(wanted - set(found))
+        if missing:
+            raise DataError(f"{images}: no image for case(s) {', '.join(missing[:5])}")
+        found = {c: found[c] for c in wanted}
+    return [(check_case(c), found[c]) for c in sorted(found)]
+
+
+def mask_of(mask_dir: Path, image: Path) -> tuple[Path, str | None]:
+    """A case's mask path in ``mask_dir`` and, when it is missing, the error its case is recorded with."""
+    mask = Path(mask_dir) / image.name
+    if mask.is_file():
+        return mask, None
+    return mask, f"no mask {mask} (masks are required for an ROI view; run `ctfm masks`)"
