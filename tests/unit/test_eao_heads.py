@@ -73,13 +73,11 @@ def _naive_attn_pool(head: AttnPoolHead, x: torch.Tensor) -> torch.Tensor:
     for b in head.blocks:
         mha = torch.nn.MultiheadAttention(x.shape[-1], b.num_heads, batch_first=True).eval()
         d = x.shape[-1]
-        by_out = [b.q_proj.weight[0].T] + [
-            w.weight[0].transpose(1, 2).reshape(d, d) for w in (b.k_proj, b.v_proj)
-        ]
-        mha.in_proj_weight.data = torch.cat(by_out)  # [3D, D]: output units (head-major) x inputs
-        mha.in_proj_bias.data = torch.cat(
-            [b.q_proj.bias[0], torch.randn(d), b.v_proj.bias[0]]
-        )  # key bias cancels
+        wk = b.k_proj.weight[0].reshape(d, d)  # [H, dh, D]: already output units (head-major) x inputs
+        wv = b.v_proj.weight[0].transpose(1, 2).reshape(d, d)  # [H, D, dh] -> the same layout
+        mha.in_proj_weight.data = torch.cat([b.q_proj.weight[0].T, wk, wv])
+        key_bias = torch.randn(d)  # any key bias: the softmax cancels it
+        mha.in_proj_bias.data = torch.cat([b.q_proj.bias[0], key_bias, b.v_proj.bias[0]])
         mha.out_proj.weight.data, mha.out_proj.bias.data = b.out_proj.weight[0].T, b.out_proj.bias[0]
         kv = norm(b.ln_kv, x)
         q = norm(b.ln_attn, q + mha(q, kv, kv, need_weights=False)[0])

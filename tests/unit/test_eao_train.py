@@ -39,6 +39,7 @@ def test_reader_pads_cases_of_different_grids_without_resizing() -> None:
     assert b.tokens.shape == (2, 5, 4)
     assert b.mask.tolist() == [[False, False, True, True, True], [False] * 5]
     assert torch.all(b.tokens[0, :2] == 3) and torch.all(b.tokens[0, 2:] == 0)
+    assert reader.batch(np.array([1, 1])).mask is None  # no padding: the heads skip masking
     np.testing.assert_array_equal(reader.case(1), cases[1])
 
 

@@ -319,7 +319,7 @@ def predict_tokens(predictor: Predictor, x: Sequence[np.ndarray], batch_size: in
     predictor.head.eval()
     for rows in eval_batches(np.arange(len(cases)), reader.lengths, batch_size):
         b = reader.batch(rows)
-        z = predictor.head(b.tokens.to(predictor.device), b.mask.to(predictor.device))
+        z = predictor.head(*b.on(predictor.device))
         out[rows] = z.float().cpu().numpy()
     return out
 

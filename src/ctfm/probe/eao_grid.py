@@ -210,7 +210,7 @@ class HeadGrid:
 
         The members' losses are summed before the backward pass: each member's gradient is its own loss's.
         """
-        x, mask = batch.tokens.to(self.device), batch.mask.to(self.device)
+        x, mask = batch.on(self.device)
         y = y.to(self.device)
         losses: dict[int, torch.Tensor] = {}
         for stack in self._live_stacks():
@@ -237,7 +237,7 @@ class HeadGrid:
             stack.module.eval()
         for idx in eval_batches(np.asarray(rows), reader.lengths, batch_size):
             b = reader.batch(idx)
-            x, mask = b.tokens.to(self.device), b.mask.to(self.device)
+            x, mask = b.on(self.device)
             pos = [where[int(r)] for r in idx]
             for stack in stacks:
                 z = stack.module.forward_members(x, mask).float().cpu().numpy()

@@ -108,21 +108,21 @@ class MemberLayerNorm(nn.Module):
 
 
 class MemberHeadProjection(nn.Module):
-    """Per-attention-head key or value projections of ``members`` layers, stored head-major
-    ``[M, H, in, head_dim]`` (with an optional bias ``[M, H * head_dim]``).
-
-    The folded attention contracts each head's projection with per-head queries or pooled tokens; this layout
-    lets it read the weights in place, as one batched product over (member, head), with no per-step copy.
+    """Per-attention-head key or value projections of ``members`` layers, stored head-major so the folded
+    attention reads them in place, as one batched product over (member, head): values ``[M, H, D, head_dim]``
+    (tokens into a head), keys ``[M, H, head_dim, D]`` (a head's queries back into token space). Neither the
+    weights nor their gradients are ever copied into another layout. Values carry a bias ``[M, D]``.
     """
 
-    def __init__(self, members: int, dim: int, num_heads: int, bound: float, bias: bool) -> None:
+    def __init__(self, members: int, dim: int, num_heads: int, bound: float, keys: bool) -> None:
         super().__init__()
-        shape = (members, num_heads, dim, dim // num_heads)
+        head_dim = dim // num_heads
+        shape = (members, num_heads, head_dim, dim) if keys else (members, num_heads, dim, head_dim)
         self.weight = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.zeros(members, dim)) if bias else None
+        self.bias = None if keys else nn.Parameter(torch.zeros(members, dim))
 
     def by_head(self) -> torch.Tensor:
-        """The weights as a batch of matrices [M * H, in, head_dim] (a view)."""
+        """The weights as a batch of matrices [M * H, rows, cols] (a view)."""
         return self.weight.flatten(0, 1)
 
 
@@ -176,8 +176,8 @@ class CrossAttentionBlock(nn.Module):
         bound = math.sqrt(6.0 / (dim + 3 * dim))
         self.q_proj = MemberLinear(members, dim, dim)
         self.q_proj.init_uniform(bound, 0.0)
-        self.k_proj = MemberHeadProjection(members, dim, num_heads, bound, bias=False)
-        self.v_proj = MemberHeadProjection(members, dim, num_heads, bound, bias=True)
+        self.k_proj = MemberHeadProjection(members, dim, num_heads, bound, keys=True)
+        self.v_proj = MemberHeadProjection(members, dim, num_heads, bound, keys=False)
         self.out_proj = MemberLinear(members, dim, dim)
         self.ln_attn = MemberLayerNorm(members, dim)
         hidden = max(1, round(dim * ffn_mult))
@@ -197,7 +197,7 @@ class CrossAttentionBlock(nn.Module):
         # score[m,b,q,h,t] = <Q, K_t>/sqrt(dh); K_t = (xhat_t*g + beta) Wk: terms constant in t cancel, so each
         # head's query is carried into token space, a = Q_h Wk_h^T * g / sqrt(dh), one product per (m, h).
         qh = self.q_proj(q).reshape(m, bq * nq, h, dh).transpose(1, 2).reshape(m * h, bq * nq, dh)
-        a = torch.bmm(qh, self.k_proj.by_head().transpose(1, 2)).reshape(m, h, bq, nq, d)
+        a = torch.bmm(qh, self.k_proj.by_head()).reshape(m, h, bq, nq, d)
         a = a.permute(0, 2, 3, 1, 4) * _per_member(self.ln_kv.weight / math.sqrt(dh), 5)  # [m, bq, nq, h, d]
         a = a.reshape(mx, g, bq, nq * h, d).transpose(1, 2).reshape(mx, bq, g * nq * h, d)
         scores = torch.matmul(a, xhat.transpose(-1, -2))  # [Mx, B, g*Q*H, T]

@@ -19,10 +19,15 @@ from ctfm.store import PackedEAO, to_float32
 
 @dataclass
 class TokenBatch:
-    """A padded batch: tokens [B, T, D] float32 and key_padding_mask [B, T] (True = padding)."""
+    """A padded batch: tokens [B, T, D] float32 and key_padding_mask [B, T] (True = padding; None when the
+    batch's cases have equal token counts, so the heads skip masking)."""
 
     tokens: torch.Tensor
-    mask: torch.Tensor
+    mask: torch.Tensor | None
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tokens and mask on ``device``."""
+        return self.tokens.to(device), None if self.mask is None else self.mask.to(device)
 
 
 class TokenReader:
@@ -85,7 +90,7 @@ class TokenReader:
         for i, r in enumerate(rows):
             out[i, : n[i]] = to_float32(self._raw(int(r)), self.dtype)
             mask[i, : n[i]] = False
-        return TokenBatch(torch.from_numpy(out), torch.from_numpy(mask))
+        return TokenBatch(torch.from_numpy(out), torch.from_numpy(mask) if mask.any() else None)
 
 
 def bucketed_batches(
