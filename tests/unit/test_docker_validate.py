@@ -148,3 +148,18 @@ def test_chunks_run_concurrently_one_slot_per_gpu():
 
     with pytest.raises(RuntimeError, match="engine gone"):
         _run_parallel([1, 2], ["0", "1"], ["0", "1"], boom)
+
+
+def test_inputs_are_hashed_once_per_run_unless_they_change(tmp_path, monkeypatch):
+    import ctfm.extract.docker as docker_module
+
+    runner = ContainerRunner(tmp_path / "store", RunSettings(), client=object())  # no engine call is made
+    calls = []
+    real = docker_module.sha256_file
+    monkeypatch.setattr(docker_module, "sha256_file", lambda p: calls.append(p) or real(p))
+    image = tmp_path / "case.nii.gz"
+    image.write_bytes(b"abc")
+    first = runner.input_sha256(image)
+    assert runner.input_sha256(image) == first and len(calls) == 1  # every team and view reuses it
+    image.write_bytes(b"abcd")
+    assert runner.input_sha256(image) != first and len(calls) == 2  # a replaced file is hashed again

@@ -48,7 +48,7 @@ from ctfm.extract.validate import (
     check_output,
     feature_dim,
 )
-from ctfm.fsutil import link_or_copy
+from ctfm.fsutil import link_or_copy, sha256_file
 
 LABEL = "ctfm.runner"
 LABEL_PID = "ctfm.pid"
@@ -327,7 +327,17 @@ class ContainerRunner:
         self._ingest_lock = threading.Lock()
         self._stop = threading.Event()
         self._old_handlers: dict[int, Any] = {}
+        self._hashes: dict[tuple[str, int, int], str] = {}
         self.work = self.store_root / WORK_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def input_sha256(self, path: Path) -> str:
+        """sha256 of an input volume or mask, hashed once per run: every team and view reads the same inputs.
+        Keyed by size and mtime too, so a file replaced during the run is hashed again."""
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in self._hashes:
+            self._hashes[key] = sha256_file(path)
+        return self._hashes[key]
 
     # lifecycle
     def __enter__(self) -> ContainerRunner:
@@ -751,11 +761,9 @@ class _TeamState:
         self.log_fh: Any = None
 
     def _record_fields(self, ci: CaseInput) -> dict[str, Any]:
-        from ctfm.fsutil import sha256_file
-
         return {
-            "image_sha256": sha256_file(ci.image),
-            "mask_sha256": sha256_file(ci.mask) if ci.mask else "",
+            "image_sha256": self.runner.input_sha256(ci.image),
+            "mask_sha256": self.runner.input_sha256(ci.mask) if ci.mask else "",
             "extractor": f"container:{self.image.team}",
             "extractor_version": (self.image.tags or [self.image.image_id])[0],
             "image_id": self.image.image_id,
@@ -765,7 +773,7 @@ class _TeamState:
         from ctfm.errors import StoreError
         from ctfm.store import CaseRecord
 
-        ci = self.by_case[out.case]
+        fields = self._record_fields(self.by_case[out.case])  # hashing stays outside the lock
         with self.runner._ingest_lock:
             if self.dim is not None and feature_dim(out.y_hat) != self.dim:
                 self._fail(
@@ -774,9 +782,7 @@ class _TeamState:
                     f"feature size {feature_dim(out.y_hat)} differs from {self.dim} of this team's other cases",
                 )
                 return False
-            record = CaseRecord(
-                case=out.case, status="ok", seconds=round(seconds, 4), **self._record_fields(ci)
-            )
+            record = CaseRecord(case=out.case, status="ok", seconds=round(seconds, 4), **fields)
             try:
                 self.view.import_file(out.case, out.path, record)
             except StoreError as exc:
