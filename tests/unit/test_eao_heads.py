@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ctfm.errors import ConfigError
-from ctfm.probe.eao_grid import HeadGrid, HeadSpec
+from ctfm.probe.eao_grid import HeadGrid, HeadSpec, StackedOptimizer
 from ctfm.probe.eao_heads import EAO_HEADS, AttnPoolHead
 from ctfm.probe.heads import build_head, head_names
 from ctfm.probe.tokens import TokenReader, bucketed_batches
@@ -161,6 +161,40 @@ def test_grid_members_train_exactly_like_separately_built_heads_and_stop_cleanly
     assert [m.index for m in grid.active] == [0, 2] and grid.stacks[0].module.members == 2
     with pytest.raises(KeyError):
         grid.state_of(1)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_stacked_optimiser_skips_a_parameter_without_gradient_as_torch_does(kind: str) -> None:
+    """A parameter that gets no gradient in a step is left alone and its step count does not advance,
+    as ``torch.optim`` leaves a parameter whose ``grad`` is None."""
+    torch.manual_seed(0)
+    lrs, shapes = [1e-2, 3e-2], [(3,), (2, 2)]
+    stacked = [torch.nn.Parameter(torch.randn(len(lrs), *s)) for s in shapes]
+    opt = StackedOptimizer(kind, stacked, lrs, [0.01, 0.01])
+    singles = []
+    for r, lr in enumerate(lrs):
+        params = [torch.nn.Parameter(p.detach()[r].clone()) for p in stacked]
+        ref = (
+            torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+            if kind == "adamw"
+            else torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM, weight_decay=0.01)
+        )
+        singles.append((params, ref))
+    for step, with_grad in enumerate([(0, 1), (0,), (0, 1), (0,)]):
+        grads = [torch.randn_like(p) for p in stacked]
+        for i, p in enumerate(stacked):
+            p.grad = grads[i] if i in with_grad else None
+        opt.step(1.0)
+        for r, (params, ref) in enumerate(singles):
+            for i, p in enumerate(params):
+                p.grad = grads[i][r].clone() if i in with_grad else None
+            ref.step()
+            for i, p in enumerate(params):
+                np.testing.assert_allclose(
+                    stacked[i].detach()[r], p.detach(), atol=1e-6, err_msg=f"{step=} {i=}"
+                )
+    if kind == "adamw":
+        assert opt.steps.tolist() == [[4.0, 2.0], [4.0, 2.0]]
 
 
 def _train_grid(names: list[str], epochs: int = 12) -> dict[str, float]:

@@ -73,25 +73,34 @@ class StackedOptimizer:
         self._cache_rows()
 
     def _cache_rows(self) -> None:
-        """Per member, views of its rows of every parameter and state tensor (rebuilt when members drop)."""
-        tensors = [[p.detach() for p in self.params], *self.state]
+        """Per member, views of its rows of every parameter, state tensor and step count (rebuilt when
+        members drop)."""
+        tensors = [[p.detach() for p in self.params], *self.state, list(self.steps.unbind(1))]
         self._rows = [[[t[r] for t in group] for group in tensors] for r in range(len(self.lrs))]
+
+    def zero_grad(self) -> None:
+        """Drop the gradients (cheaper than ``Module.zero_grad``, which walks the module tree every step)."""
+        for p in self.params:
+            p.grad = None
 
     def step(self, lr_factor: float, beta1: float | None = None) -> None:
         live = [i for i, p in enumerate(self.params) if p.grad is not None]
         if not live:
             return
-        index = torch.as_tensor(live, device=self.steps.device)
-        self.steps[:, index] += 1
-        steps = self.steps[:, index]  # a copy: the kernel reads each member's counts
+        if len(live) == len(self.params):  # the usual case: every parameter got a gradient
+            self.steps += 1
+        else:
+            self.steps[:, torch.as_tensor(live, device=self.steps.device)] += 1
         grads = [self.params[i].grad.unbind(0) for i in live]
         b1 = self.betas[0] if beta1 is None else beta1
         for r, (lr, wd) in enumerate(zip(self.lrs, self.weight_decays, strict=True)):
-            params, *states = ([group[i] for i in live] for group in self._rows[r])
+            params, *states, steps = (
+                group if len(live) == len(group) else [group[i] for i in live] for group in self._rows[r]
+            )
             rows = params, [g[r] for g in grads], *states
             if self.kind == "adamw":
                 torch._fused_adamw_(
-                    *rows, [], list(steps[r].unbind(0)), lr=lr * lr_factor, beta1=b1, beta2=self.betas[1],
+                    *rows, [], steps, lr=lr * lr_factor, beta1=b1, beta2=self.betas[1],
                     weight_decay=wd, eps=self.eps, amsgrad=False, maximize=False,
                 )  # fmt: skip
             else:
@@ -211,8 +220,9 @@ class HeadGrid:
         y = y.to(self.device)
         losses: dict[int, torch.Tensor] = {}
         for stack in self._live_stacks():
-            stack.module.train()
-            stack.module.zero_grad(set_to_none=True)
+            if not stack.module.training:
+                stack.module.train()
+            stack.optimizer.zero_grad()
             logits = stack.module.forward_members(x, mask)  # [M, B, C]
             loss = _member_losses(logits, y, class_weight)
             loss.sum().backward()
