@@ -171,6 +171,29 @@ def test_eval_refuses_other_store_manifest(bench: dict, tmp_path: Path, cli) -> 
     assert proc.stderr.count("error:") == 1  # one line (soft-wrapped by the terminal width at most)
 
 
+def test_eval_of_a_split_without_cases_names_the_labels_file(bench: dict, tmp_path: Path, cli) -> None:
+    """Every head is tried; each gets one error line naming the labels file, and nothing is written."""
+    proc = cli(
+        "eval",
+        "--runs",
+        bench["runs"],
+        "--store",
+        bench["store"],
+        "--labels",
+        bench["labels"],
+        "--split",
+        "test",
+        "--out",
+        tmp_path / "o",
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    stderr = " ".join(proc.stderr.split())  # undo any wrapping at the terminal width
+    assert stderr.count(f"{DISEASE}.csv: no case in split 'test'") == 2
+    assert "2 of 2 head(s) could not be evaluated" in stderr
+    assert "Traceback" not in proc.stderr and not list((tmp_path / "o").rglob("*_metrics.csv"))
+
+
 def test_leaderboard_from_eval_outputs(evaluated: Path, tmp_path: Path, cli) -> None:
     out = tmp_path / "lb"
     cli("leaderboard", "--results", evaluated, "--bootstrap", "100", "--seed", "3", "--out", out)

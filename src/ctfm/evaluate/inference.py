@@ -195,13 +195,10 @@ def find_checkpoints(runs: Path, strategies: list[str] | None = None) -> list[He
     return found
 
 
-def _split_labels(labels_dir: Path, disease: str, split: str) -> pd.DataFrame:
-    from ctfm.labels import labels_path, read_labels
-
-    table = read_labels(labels_path(labels_dir, disease), disease)
+def _split_rows(table: pd.DataFrame, split: str, where: Path) -> pd.DataFrame:
     rows = table[table["split"] == split].reset_index(drop=True)
     if rows.empty:
-        raise DataError(f"{labels_path(labels_dir, disease)}: no case in split {split!r}")
+        raise DataError(f"{where}: no case in split {split!r}")
     return rows
 
 
@@ -246,7 +243,9 @@ def predict_checkpoint(
     src = meta.get("store") or {}
     view = Store(Path(store_root)).view(src["model"], src["task"], src["view"])
     disease = meta["disease"]
-    trained_on = training_cases(read_labels(labels_path(labels_dir, disease), disease))
+    labels_file = labels_path(labels_dir, disease)
+    all_labels = read_labels(labels_file, disease)
+    trained_on = training_cases(all_labels)
     have = view.manifest_checksum(trained_on) if view.dir.exists() else "(empty)"
     if have != src.get("manifest_checksum"):
         raise StoreError(
@@ -254,7 +253,7 @@ def predict_checkpoint(
             f"{src['model']}/{src['task']}/{src['view']}, but {store_root} has {have[:12]}; "
             "evaluate against the store and labels the head was trained on, or retrain it"
         )
-    table = _split_labels(labels_dir, disease, split)
+    table = _split_rows(all_labels, split, labels_file)
     classes = [int(c) for c in meta["classes"]]
     labels = _class_index(table["label"], classes, f"{disease} labels")
     cases = table["case"].tolist()
