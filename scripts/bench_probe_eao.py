@@ -14,7 +14,7 @@ the same rules (``configs/benchmark.yaml``, section ``eao``), same batch size, e
 its own child process so its peak memory (ru_maxrss) is its own; the one-off import + pack of the store cache
 runs in a third one (reported apart).
 
-Usage: ``python scripts/bench_probe_eao.py [--epochs 20] [--variable] [--grid 5] [--batch-size 8] [--threads 2]``
+Usage: ``python scripts/bench_probe_eao.py [--epochs 20] [--variable] [--grid 5] [--batch-size 8] [--threads 2] [--seed 42]``
 """
 
 from __future__ import annotations
@@ -193,7 +193,12 @@ def _ctfm(args: dict, queue: mp.Queue) -> None:
     train, val = np.asarray(args["train"]), np.asarray(args["val"])
     data = EAOData(reader, rows[train], y[train], rows[val], y[val], [0, 1])
     config = TrainConfig.from_benchmark(
-        "eao", epochs=args["epochs"], batch_size=args["batch_size"], patience=10**6, device=args["device"]
+        "eao",
+        epochs=args["epochs"],
+        batch_size=args["batch_size"],
+        patience=10**6,
+        device=args["device"],
+        seed=args["seed"],
     )
     specs = eao_head_specs(["attn-pool"], ffn_mult=args["ffn_mult"])
     plan = plan_memory(specs, len(args["lrs"]), reader, args["batch_size"], 2)
@@ -255,6 +260,7 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="ctfm side: cpu, cuda or auto")
+    p.add_argument("--seed", type=int, default=eao["seed"], help="training seed of both sides")
     p.add_argument("--skip-reference", action="store_true")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -274,7 +280,7 @@ def main() -> None:
             "ffn_mult": a.ffn_mult,
             "ref_workers": a.ref_workers,
             "weight_decay": float(eao["weight_decays"][0]),
-            "seed": 42,
+            "seed": a.seed,
             "threads": a.threads,
             "device": a.device,
             "dtype": a.dtype,
@@ -287,7 +293,7 @@ def main() -> None:
     grid = f"variable {g - 1}..{g + 1} per axis" if a.variable else f"{g}x{g}x{g}"
     print(
         f"EAO bench: {a.cases} cases [{a.dim}, {grid}], attn-pool (ffn {a.ffn_mult:g}x) x {len(a.lrs)} lrs, "
-        f"{a.epochs} epochs, batch {a.batch_size}, {a.threads} threads, packed {a.dtype}, "
+        f"{a.epochs} epochs, batch {a.batch_size}, {a.threads} threads, seed {a.seed}, packed {a.dtype}, "
         f"reference workers {a.ref_workers}"
     )
     print(f"ctfm memory plan: {ours['plan']}")
