@@ -24,6 +24,7 @@ from ctfm.probe.eao import (
 )
 from ctfm.probe.eao_grid import HeadSpec
 from ctfm.probe.layout import DiseaseLayout
+from ctfm.probe.report import panel_groups
 from ctfm.probe.tokens import TokenReader, bucketed_batches
 from ctfm.probe.training import TrainConfig
 from ctfm.store import to_bfloat16_bits
@@ -163,3 +164,21 @@ def test_checkpoint_round_trips_through_load_predictor(tmp_path: Path) -> None:
     )
     with pytest.raises(DataError, match="D=8"):
         predictor.predict_logits([np.zeros((3, 5), np.float32)])
+
+
+def test_progress_figure_columns_are_head_architectures_for_token_grids_and_norms_for_linear_ones() -> None:
+    token_grid = [
+        {"name": "attn-pool", "lr": 1e-4},
+        {"name": "mean-linear", "lr": 1e-4},
+        {"name": "attn-pool", "lr": 1e-3},
+        {"name": "mean-linear", "lr": 1e-3},
+    ]
+    assert panel_groups(token_grid, {0, 1, 2, 3}) == [
+        ("attn-pool (2 heads)", [0, 2]),
+        ("mean-linear (2 heads)", [1, 3]),
+    ]
+    linear_grid = [{"name": "linear", "norm": n, "lr": lr} for n in ("raw", "std") for lr in (1e-3, 1e-2)]
+    assert panel_groups(linear_grid, {0, 1, 2}) == [
+        ("norm=raw (2 heads)", [0, 1]),
+        ("norm=std (1 head)", [2]),
+    ]

@@ -87,8 +87,22 @@ def write_reports(fit: FitResult, layout: RunLayout, monitor: str) -> None:
     progress_figure(fit, layout.progress)
 
 
+def panel_groups(heads: list[dict], trained: set[int]) -> list[tuple[str, list[int]]]:
+    """The figure's columns as (title, head indices): one per input norm for linear grids, one per head
+    architecture for token grids (which have no norm), so lines of one column differ only in lr and decay."""
+    key = "norm" if any("norm" in h for h in heads) else "name"
+    values = list(dict.fromkeys(h.get(key, "raw") for h in heads))
+    groups = []
+    for value in values:
+        members = [i for i, h in enumerate(heads) if h.get(key, "raw") == value and i in trained]
+        label = f"norm={value}" if key == "norm" else str(value)
+        groups.append((f"{label} ({len(members)} head{'' if len(members) == 1 else 's'})", members))
+    return groups
+
+
 def progress_figure(fit: FitResult, path: Path) -> None:
-    """Val loss, balanced accuracy and AUROC per grid point over epochs, one column per input norm.
+    """Val loss, balanced accuracy and AUROC per grid point over epochs, one column per panel group (see
+    :func:`panel_groups`).
 
     Lines are coloured by lr (log scale; C for logistic regression); each strategy's selected (head, epoch) is
     a thick line with a marker. One LineCollection per panel keeps a 104-head figure fast to draw.
@@ -102,7 +116,7 @@ def progress_figure(fit: FitResult, path: Path) -> None:
 
     hist = fit.history
     curves = {i: h.sort_values("epoch") for i, h in hist.groupby("head")}
-    norms = list(dict.fromkeys(h.get("norm", "raw") for h in fit.heads))
+    groups = panel_groups(fit.heads, set(curves))
     axis_name = "lr" if "lr" in fit.heads[0] else "C"
     values = np.array([h.get(axis_name, 1.0) for h in fit.heads], dtype=np.float64)
     positive = values[values > 0]
@@ -114,11 +128,10 @@ def progress_figure(fit: FitResult, path: Path) -> None:
     for name, sel in fit.selections.items():
         selected.setdefault(sel.head, []).append((name, sel.epoch))
     fig, axes = plt.subplots(
-        len(METRIC_COLUMNS), len(norms), figsize=(5.5 * len(norms) + 1.5, 9), squeeze=False, sharex=True
+        len(METRIC_COLUMNS), len(groups), figsize=(5.5 * len(groups) + 1.5, 9), squeeze=False, sharex=True
     )
     single_epoch = hist["epoch"].nunique() <= 1
-    for col, norm in enumerate(norms):
-        heads = [i for i, h in enumerate(fit.heads) if h.get("norm", "raw") == norm and i in curves]
+    for col, (title, heads) in enumerate(groups):
         for row, metric in enumerate(METRIC_COLUMNS):
             ax = axes[row][col]
             segs = [np.column_stack([curves[i]["epoch"], curves[i][metric]]) for i in heads]
@@ -147,7 +160,7 @@ def progress_figure(fit: FitResult, path: Path) -> None:
                         label=f"{strategy}: {fit.heads[i]['name']} ep{epoch}",
                     )
             if row == 0:
-                ax.set_title(f"norm={norm} ({len(heads)} heads)")
+                ax.set_title(title)
             if col == 0:
                 ax.set_ylabel(metric)
             if row == len(METRIC_COLUMNS) - 1:
