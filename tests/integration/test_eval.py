@@ -135,8 +135,8 @@ def _eval_copy(bench: dict, tmp_path: Path, change) -> tuple[Path, Path]:
     return store, runs
 
 
-def _eval_val(cli, bench: dict, store: Path, runs: Path, out: Path, **kwargs):
-    """``ctfm eval`` of ``runs`` on the val split of ``store`` (no bootstrap), written to ``out``."""
+def _eval_split(cli, bench: dict, store: Path, runs: Path, out: Path, split: str = "val", **kwargs):
+    """``ctfm eval`` of ``runs`` on ``split`` of ``store`` (no bootstrap), written to ``out``."""
     return cli(
         "eval",
         "--runs",
@@ -146,7 +146,7 @@ def _eval_val(cli, bench: dict, store: Path, runs: Path, out: Path, **kwargs):
         "--labels",
         bench["labels"],
         "--split",
-        "val",
+        split,
         "--bootstrap",
         "0",
         "--out",
@@ -158,14 +158,14 @@ def _eval_val(cli, bench: dict, store: Path, runs: Path, out: Path, **kwargs):
 def test_eval_accepts_cases_added_after_training(bench: dict, tmp_path: Path, cli) -> None:
     """Extracting a new (e.g. test) case after training leaves the head's train/val embeddings unchanged."""
     store, runs = _eval_copy(bench, tmp_path, lambda v: v.write_case("synth_9999", np.ones(8, np.float32)))
-    _eval_val(cli, bench, store, runs, tmp_path / "o")
+    _eval_split(cli, bench, store, runs, tmp_path / "o")
     assert list((tmp_path / "o").rglob("val_metrics.csv"))
 
 
 def test_eval_refuses_other_store_manifest(bench: dict, tmp_path: Path, cli) -> None:
     """A train/val embedding re-extracted after training means the head saw other data: refused."""
     store, runs = _eval_copy(bench, tmp_path, lambda v: v.write_case("synth_0001", np.ones(8, np.float32)))
-    proc = _eval_val(cli, bench, store, runs, tmp_path / "o", check=False)
+    proc = _eval_split(cli, bench, store, runs, tmp_path / "o", check=False)
     assert proc.returncode == 2, proc.stderr
     assert "manifest" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.count("error:") == 1  # one line (soft-wrapped by the terminal width at most)
@@ -173,20 +173,7 @@ def test_eval_refuses_other_store_manifest(bench: dict, tmp_path: Path, cli) -> 
 
 def test_eval_of_a_split_without_cases_names_the_labels_file(bench: dict, tmp_path: Path, cli) -> None:
     """Every head is tried; each gets one error line naming the labels file, and nothing is written."""
-    proc = cli(
-        "eval",
-        "--runs",
-        bench["runs"],
-        "--store",
-        bench["store"],
-        "--labels",
-        bench["labels"],
-        "--split",
-        "test",
-        "--out",
-        tmp_path / "o",
-        check=False,
-    )
+    proc = _eval_split(cli, bench, bench["store"], bench["runs"], tmp_path / "o", "test", check=False)
     assert proc.returncode == 1, proc.stderr
     stderr = " ".join(proc.stderr.split())  # undo any wrapping at the terminal width
     assert stderr.count(f"{DISEASE}.csv: no case in split 'test'") == 2

@@ -87,16 +87,16 @@ class StackedOptimizer:
         live = [i for i, p in enumerate(self.params) if p.grad is not None]
         if not live:
             return
-        if len(live) == len(self.params):  # the usual case: every parameter got a gradient
+        every = len(live) == len(self.params)  # the usual case: every parameter got a gradient
+        if every:
             self.steps += 1
         else:
             self.steps[:, torch.as_tensor(live, device=self.steps.device)] += 1
         grads = [self.params[i].grad.unbind(0) for i in live]
         b1 = self.betas[0] if beta1 is None else beta1
         for r, (lr, wd) in enumerate(zip(self.lrs, self.weight_decays, strict=True)):
-            params, *states, steps = (
-                group if len(live) == len(group) else [group[i] for i in live] for group in self._rows[r]
-            )
+            groups = self._rows[r] if every else [[group[i] for i in live] for group in self._rows[r]]
+            params, *states, steps = groups
             rows = params, [g[r] for g in grads], *states
             if self.kind == "adamw":
                 torch._fused_adamw_(

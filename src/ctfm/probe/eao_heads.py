@@ -173,7 +173,7 @@ class CrossAttentionBlock(nn.Module):
         # nn.MultiheadAttention's initialisation: xavier-uniform over the stacked q/k/v weights (fan-in D,
         # fan-out 3D) and zero projection biases, so the head trains like the textbook module. The key bias
         # is left out: it adds the same score to every token, which the softmax cancels.
-        bound = math.sqrt(6.0 / (dim + 3 * dim))
+        bound = _xavier_bound(dim, 3 * dim)
         self.q_proj = MemberLinear(members, dim, dim)
         self.q_proj.init_uniform(bound, 0.0)
         self.k_proj = MemberHeadProjection(members, dim, num_heads, bound, keys=True)
@@ -239,9 +239,8 @@ class AttnPoolHead(MemberHead):
         width = embed_dim or -(-dim // num_heads) * num_heads
         if width % num_heads:
             raise ConfigError(f"attn-pool: embed_dim {width} is not divisible by num_heads={num_heads}")
-        self.queries = nn.Parameter(
-            torch.empty(members, num_queries, width).uniform_(*_xavier(num_queries, width))
-        )
+        bound = _xavier_bound(num_queries, width)
+        self.queries = nn.Parameter(torch.empty(members, num_queries, width).uniform_(-bound, bound))
         self.in_proj = MemberLinear(members, dim, width) if width != dim else None
         self.blocks = nn.ModuleList(
             CrossAttentionBlock(members, width, num_heads, ffn_mult, dropout) for _ in range(num_layers)
@@ -249,7 +248,7 @@ class AttnPoolHead(MemberHead):
         self.norm = MemberLayerNorm(members, width)
         self.drop = nn.Dropout(dropout)
         self.classifier = MemberLinear(members, num_queries * width, num_classes)
-        self.classifier.init_uniform(_xavier(num_queries * width, num_classes)[1], 0.0)
+        self.classifier.init_uniform(_xavier_bound(num_queries * width, num_classes), 0.0)
 
     def forward_members(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         x = tokens.unsqueeze(0)  # one copy of the tokens for every member
@@ -264,10 +263,9 @@ class AttnPoolHead(MemberHead):
         return self.classifier(self.drop(self.norm(q).flatten(2)))
 
 
-def _xavier(fan_a: int, fan_b: int) -> tuple[float, float]:
-    """Bounds of xavier-uniform initialisation for a weight joining ``fan_a`` and ``fan_b`` units."""
-    bound = math.sqrt(6.0 / (fan_a + fan_b))
-    return -bound, bound
+def _xavier_bound(fan_a: int, fan_b: int) -> float:
+    """Bound of xavier-uniform initialisation for a weight joining ``fan_a`` and ``fan_b`` units."""
+    return math.sqrt(6.0 / (fan_a + fan_b))
 
 
 class MeanLinearHead(MemberHead):
