@@ -90,12 +90,11 @@ def write_reports(fit: FitResult, layout: RunLayout, monitor: str) -> None:
 def panel_groups(heads: list[dict], trained: set[int]) -> list[tuple[str, list[int]]]:
     """The figure's columns as (title, head indices): one per input norm for linear grids, one per head
     architecture for token grids (which have no norm), so lines of one column differ only in lr and decay."""
-    key = "norm" if any("norm" in h for h in heads) else "name"
-    values = list(dict.fromkeys(h.get(key, "raw") for h in heads))
+    by_norm = any("norm" in h for h in heads)
+    labels = [f"norm={h.get('norm', 'raw')}" if by_norm else str(h["name"]) for h in heads]
     groups = []
-    for value in values:
-        members = [i for i, h in enumerate(heads) if h.get(key, "raw") == value and i in trained]
-        label = f"norm={value}" if key == "norm" else str(value)
+    for label in dict.fromkeys(labels):
+        members = [i for i, lab in enumerate(labels) if lab == label and i in trained]
         groups.append((f"{label} ({len(members)} head{'' if len(members) == 1 else 's'})", members))
     return groups
 
