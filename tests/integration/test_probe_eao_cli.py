@@ -92,3 +92,40 @@ def test_probe_eao_unknown_head_is_one_red_line(cli, tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "--head 'transformer'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--num-heads", "0"], "attn-pool: --num-heads must be an integer of at least 1, not 0"),
+        (["--dropout", "1.5"], "attn-pool: --dropout must be in [0, 1), not 1.5"),
+        (["--dtype", "float8"], "--dtype 'float8' is not one of float32, float16, bfloat16"),
+        (["--eval-batch-size", "0"], "--eval-batch-size must be at least 1, not 0"),
+    ],
+)
+def test_probe_eao_bad_options_are_one_red_line_before_any_work(
+    cli, tmp_path: Path, option: list[str], message: str
+) -> None:
+    store, labels = _bench(tmp_path, n=12)
+    out = tmp_path / "probes"
+    proc = cli(
+        "probe", "eao", "--store", store, "--model", "tiny", "--labels", labels, "--out", out,
+        "--disease", DISEASE, *option, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {message}"
+    assert not out.exists()  # rejected before any disease was touched
+
+
+def test_probe_eao_failed_disease_names_its_labels_file(cli, tmp_path: Path) -> None:
+    store, labels = _bench(tmp_path, n=12)
+    proc = cli(
+        "probe", "eao", "--store", store, "--model", "tiny", "--labels", labels, "--out", tmp_path / "probes",
+        "--disease", DISEASE, "--split-column", "fold7", "--epochs", "1", check=False, env={"COLUMNS": "250"},
+    )  # fmt: skip
+    assert proc.returncode == 1
+    error = f"{labels / DISEASE}.csv: no column 'fold7'; it has no fold columns"
+    # said when it happens, and again in the list of failures under the table (the table only marks it)
+    assert f"{DISEASE}: {error}" in proc.stderr and f"failed {DISEASE}: {error}" in proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith(f"│ {DISEASE}"))
+    assert [c.strip() for c in row.split("│")[1:-1]] == [DISEASE, "failed", "", "", "", "", "", ""]

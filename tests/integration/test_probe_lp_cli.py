@@ -98,6 +98,14 @@ def test_lp_user_mistakes_are_one_line(cli, bench):
     base = _base(store, labels, tmp / "probes")
     proc = cli(*base, "--disease", "fatty_liver", "--schedule", "step", check=False)
     assert proc.returncode == 2 and "--schedule 'step'" in proc.stderr and "Traceback" not in proc.stderr
+    for option, message in (
+        (["--betas", "0.9:x"], "--betas expects beta1:beta2 pairs such as 0.9:0.999, got '0.9:x'"),
+        (["--lrs", "1e-3,-1e-2"], "--lrs values must be positive, not -0.01"),
+        (["--probe", "logreg", "--cs", "0"], "--cs values must be positive, not 0"),
+    ):
+        proc = cli(*base, "--disease", "fatty_liver", *option, check=False)
+        assert (proc.returncode, proc.stderr.strip()) == (2, f"error: {message}"), option
+    assert not (tmp / "probes").exists()  # nothing was started
 
 
 @pytest.mark.slow

@@ -109,6 +109,34 @@ def test_head_specs_take_config_defaults_and_only_accepted_options() -> None:
         eao_head_specs(["transformer"])
 
 
+@pytest.mark.parametrize(
+    ("head", "option", "value", "message"),
+    [
+        ("attn-pool", "num_heads", 0, "--num-heads must be an integer of at least 1, not 0"),
+        ("attn-pool", "num_queries", 0, "--num-queries must be an integer of at least 1"),
+        ("attn-pool", "num_layers", -1, "--num-layers must be an integer of at least 0"),
+        ("attn-pool", "num_heads", 2.5, "--num-heads must be an integer"),
+        ("attn-pool", "ffn_mult", 0.0, "--ffn-mult must be a positive number"),
+        ("attn-pool", "dropout", 1.0, r"--dropout must be in \[0, 1\)"),
+        ("abmil", "hidden", 0, "abmil: --hidden must be an integer of at least 1"),
+        ("mlp", "dropout", -0.1, r"mlp: --dropout must be in \[0, 1\)"),
+    ],
+)
+def test_head_options_out_of_range_are_config_errors(head: str, option: str, value, message: str) -> None:
+    # Before, these crashed inside the head's constructor (division by zero) or built a degenerate head.
+    with pytest.raises(ConfigError, match=message):
+        eao_head_specs([head], **{option: value})
+
+
+def test_head_options_at_their_bounds_are_accepted() -> None:
+    spec = eao_head_specs(["attn-pool"], num_layers=0, num_heads=1, num_queries=1, dropout=0.0, ffn_mult=0.5)[
+        0
+    ]
+    assert spec.kwargs["num_layers"] == 0 and spec.kwargs["ffn_mult"] == 0.5
+    # options a head does not take are not checked against it (mean-linear has no dropout)
+    assert eao_head_specs(["mean-linear"], dropout=5.0)[0].kwargs == {}
+
+
 def _data(n: int = 96, dim: int = 8, seed: int = 0) -> EAOData:
     cases, y = planted_tokens(n, grids=[(2, 2, 3), (3, 2, 2), (2, 2, 2)], dim=dim, amp=4.0, seed=seed)
     half = n * 2 // 3

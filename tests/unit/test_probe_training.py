@@ -8,6 +8,7 @@ import torch
 from sklearn import metrics as skm
 
 from ctfm.errors import ConfigError
+from ctfm.probe.runner import ProbeOptions
 from ctfm.probe.training import (
     BatchSampler,
     EarlyStopping,
@@ -180,6 +181,42 @@ def test_config_defaults_follow_the_reference_protocol_and_validate():
         TrainConfig.from_benchmark(schedule="step")
     with pytest.raises(ConfigError, match="--monitor"):
         TrainConfig.from_benchmark(monitor="val_f1")
+    for option, flag in (
+        ("warmup_epochs", "--warmup-epochs"),
+        ("min_epoch", "--min-epoch"),
+        ("threads", "--threads"),
+    ):
+        with pytest.raises(ConfigError, match=f"{flag} must be at least 0, not -1"):
+            TrainConfig.from_benchmark(**{option: -1})
+    assert TrainConfig.from_benchmark(warmup_epochs=0, min_epoch=0, threads=0).min_epoch == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"lrs": [1e-3, 0.0]}, "--lrs values must be positive, not 0"),
+        ({"weight_decays": [-1e-4]}, r"weight decay \(--wds, --weight-decay\) values must be at least 0"),
+        ({"eps": [0.0]}, "--eps values must be positive"),
+        ({"betas": [(0.9, 1.0)]}, r"--betas values must be in \[0, 1\), not 1"),
+        ({"logreg_cs": [-2.0]}, "--cs values must be positive, not -2"),
+    ],
+)
+def test_probe_options_reject_optimiser_values_out_of_range(tmp_path, options, message):
+    with pytest.raises(ConfigError, match=message):
+        ProbeOptions.defaults(
+            store=tmp_path, model="m", labels=tmp_path, out=tmp_path, diseases=["x"], **options
+        )
+    # the same call with in-range values builds (weight decay 0 and beta1 0 are valid)
+    ok = ProbeOptions.defaults(
+        store=tmp_path,
+        model="m",
+        labels=tmp_path,
+        out=tmp_path,
+        diseases=["x"],
+        weight_decays=[0.0],
+        betas=[(0.0, 0.5)],
+    )
+    assert ok.weight_decays == [0.0]
 
 
 def test_mean_std():

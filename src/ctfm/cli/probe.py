@@ -49,10 +49,11 @@ def _betas(values: list[str] | None) -> list[tuple[float, float]] | None:
 
     pairs = []
     for v in split_list(values):
-        parts = v.split(":")
-        if len(parts) != 2:
-            raise ConfigError(f"--betas expects beta1:beta2 pairs such as 0.9:0.999, got {v!r}")
-        pairs.append((float(parts[0]), float(parts[1])))
+        try:
+            beta1, beta2 = (float(b) for b in v.split(":"))
+        except ValueError:
+            raise ConfigError(f"--betas expects beta1:beta2 pairs such as 0.9:0.999, got {v!r}") from None
+        pairs.append((beta1, beta2))
     return pairs or None
 
 
@@ -84,7 +85,7 @@ def print_outcomes(outcomes: list[Any], title: str) -> int:
     for o in outcomes:
         if o.status == "failed":
             failed += 1
-            table.add_row(o.disease, "[red]failed[/]", "", "", "", "", "", o.error[:60])
+            table.add_row(o.disease, "[red]failed[/]")  # its error is listed under the table
             continue
         s = o.summary or {}
         runs = s.get("runs", [])
@@ -190,6 +191,9 @@ def _report(outcomes: list, title: str) -> None:
     """The per-disease outcome table; exit 1 when any disease failed."""
     failed = print_outcomes(outcomes, title)
     if failed:
+        for o in outcomes:
+            if o.status == "failed":
+                console.print(f"[red]failed {o.disease}: {o.error}[/]", highlight=False)
         console.print(f"[red]{failed} disease(s) failed[/]")
         raise typer.Exit(1)
 

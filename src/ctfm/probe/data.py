@@ -49,6 +49,7 @@ class DiseaseData:
     missing: dict[str, str] = field(default_factory=dict)
     missing_split: dict[str, str] = field(default_factory=dict)
     store_key: dict[str, str] = field(default_factory=dict)
+    labels_file: Path | None = None  # named in errors about the labels (set by load_disease)
     # eao (added by the EAO helper): the store's PackedEAO; ``x`` is then its token memmap [sum n_i, D],
     # never loaded whole, and ``row`` indexes cases of ``packed``.
     packed: Any = field(default=None, repr=False)
@@ -63,10 +64,11 @@ class DiseaseData:
 
     def split(self, column: str = "split") -> Split:
         """Train/val rows by a column holding ``train``/``val`` (``split`` or ``fold<k>``)."""
+        source = self.labels_file or f"{self.disease} labels"
         if column not in self.table.columns:
             folds = [c for c in self.table.columns if c.startswith("fold")]
             raise DataError(
-                f"{self.disease}: label CSV has no column {column!r}"
+                f"{source}: no column {column!r}"
                 + (f"; fold columns: {', '.join(folds)}" if folds else "; it has no fold columns")
             )
         values = self.table[column].astype(str).str.strip().str.lower()
@@ -75,13 +77,13 @@ class DiseaseData:
         for name, rows in ((TRAIN, train), (VAL, val)):
             if len(rows) == 0:
                 raise DataError(
-                    f"{self.disease}: no case with an embedding has {column}={name}; "
+                    f"{source}: no case with an embedding has {column}={name}; "
                     f"values found: {sorted(set(values))}"
                 )
             classes = np.unique(self.table["label"].to_numpy()[rows])
             if len(classes) < 2:
                 raise DataError(
-                    f"{self.disease}: the {name} cases of column {column!r} all have class {classes.tolist()}; "
+                    f"{source}: the {name} cases of column {column!r} all have class {classes.tolist()}; "
                     "a probe needs at least two classes in train and in val"
                 )
         return Split(column, train, val)
@@ -161,7 +163,8 @@ def load_disease(
             f"{view.dir}: no ok {task} embeddings for model {model!r} in view {view.view!r} "
             f"(needed by {disease}); run `ctfm extract` or `ctfm store import` first"
         )
-    table = read_labels(labels_path(labels_dir, disease), disease)
+    csv = labels_path(labels_dir, disease)
+    table = read_labels(csv, disease)
     packed = view.packed(dtype)
     statuses = {
         case: rec.status + (f": {rec.error}" if rec.error else "") for case, rec in view.records().items()
@@ -174,6 +177,7 @@ def load_disease(
     }
     x = packed.tokens if task == "eao" else packed.as_float32()
     data = match_embeddings(disease, table, list(packed.cases), statuses, x, key)
+    data.labels_file = csv
     if task == "eao":
         data.packed = packed
     return data

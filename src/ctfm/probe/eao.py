@@ -44,6 +44,7 @@ from ctfm.probe.training import (
     resolve_device,
     seed_everything,
 )
+from ctfm.store import PACK_DTYPES
 
 # ----------------------------------------------------------------------------------------------------------
 # Memory planning
@@ -338,6 +339,10 @@ def eao_task(
 ) -> ProbeTask:
     """Task 2 for the shared runner: packed tokens in, every (head x lr) member trained in one pass."""
     log = log or (lambda _msg: None)
+    if dtype not in PACK_DTYPES:
+        raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(PACK_DTYPES)}")
+    if eval_batch_size is not None and eval_batch_size < 1:
+        raise ConfigError(f"--eval-batch-size must be at least 1, not {eval_batch_size}")
     if len(options.weight_decays) != 1:
         raise ConfigError(f"EAO trains with one weight decay per run, not {options.weight_decays}")
     weight_decay = float(options.weight_decays[0])
@@ -397,5 +402,22 @@ def eao_head_specs(names: Sequence[str] | None = None, **options: object) -> lis
         accepted = set(inspect.signature(EAO_HEADS[name]).parameters) - {"dim", "num_classes", "members"}
         kwargs = {k: conf[k] for k in accepted if k in conf}
         kwargs.update({k: v for k, v in options.items() if k in accepted and v is not None})
+        for key, value in kwargs.items():
+            _check_head_option(name, key, value)
         specs.append(HeadSpec(name, dict(sorted(kwargs.items()))))
     return specs
+
+
+# Valid ranges of the head options (a value outside would crash or silently build a degenerate head).
+_AT_LEAST = {"num_queries": 1, "num_heads": 1, "num_layers": 0, "hidden": 1, "embed_dim": 1}
+
+
+def _check_head_option(head: str, key: str, value: object) -> None:
+    """One clear line naming the option (as its CLI flag) when a head option is out of range."""
+    flag = f"--{key.replace('_', '-')}"
+    if key in _AT_LEAST and (isinstance(value, bool) or not isinstance(value, int) or value < _AT_LEAST[key]):
+        raise ConfigError(f"{head}: {flag} must be an integer of at least {_AT_LEAST[key]}, not {value!r}")
+    if key == "ffn_mult" and not (isinstance(value, int | float) and value > 0):
+        raise ConfigError(f"{head}: {flag} must be a positive number, not {value!r}")
+    if key == "dropout" and not (isinstance(value, int | float) and 0 <= value < 1):
+        raise ConfigError(f"{head}: {flag} must be in [0, 1), not {value!r}")

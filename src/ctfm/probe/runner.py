@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import numpy as np
 
 from ctfm import __version__
 from ctfm.benchmark import load_benchmark
-from ctfm.errors import CtfmError
+from ctfm.errors import ConfigError, CtfmError
 from ctfm.fsutil import write_text_atomic
 from ctfm.probe.data import DiseaseData, few_shot, fold_columns, load_disease
 from ctfm.probe.layout import DiseaseLayout, RunLayout
@@ -92,6 +92,16 @@ class ProbeOptions:
     wandb_project: str = "ctfm"
     logreg_cs: list[float] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        """Optimiser values out of range would train silently wrong heads (a negative lr climbs the loss) or
+        crash deep inside a run; they are one clear error before any disease is touched."""
+        _check_all("--lrs", self.lrs, lambda v: v > 0, "positive")
+        _check_all("weight decay (--wds, --weight-decay)", self.weight_decays, lambda v: v >= 0, "at least 0")
+        _check_all("--eps", self.eps, lambda v: v > 0, "positive")
+        _check_all("--cs", self.logreg_cs, lambda v: v > 0, "positive")
+        for pair in self.betas:
+            _check_all("--betas", pair, lambda v: 0 <= v < 1, "in [0, 1)")
+
     @classmethod
     def defaults(cls, section: str = "linear_probe", **kwargs: Any) -> ProbeOptions:
         """Grid axes and training rules from ``configs/benchmark.yaml`` unless given (None = default)."""
@@ -113,6 +123,12 @@ class ProbeOptions:
         d.update({k: str(v) for k, v in d.items() if isinstance(v, Path)})
         d["train"] = asdict(self.train)
         return d
+
+
+def _check_all(flag: str, values: Sequence[float], ok: Callable[[float], bool], wording: str) -> None:
+    bad = [v for v in values if not ok(v)]
+    if bad:
+        raise ConfigError(f"{flag} values must be {wording}, not {bad[0]:g}")
 
 
 FitFn = Callable[[DiseaseData, np.ndarray, np.ndarray, TrainConfig], FitResult]

@@ -102,6 +102,9 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError("--ema must be in [0, 1)")
+        for name in ("warmup_epochs", "min_epoch", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 0, not {getattr(self, name)}")
         return self
 
     def with_seed(self, seed: int) -> TrainConfig:
