@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -124,8 +125,6 @@ def test_eval_from_predictions_file_matches(evaluated: Path, bench: dict, tmp_pa
 
 def _eval_copy(bench: dict, tmp_path: Path, change) -> tuple[Path, Path]:
     """A copy of the store (changed by ``change(view)``) and of model_a's probe run."""
-    import shutil
-
     from ctfm.store import Store
 
     store, runs = tmp_path / "store", tmp_path / "runs"
@@ -225,27 +224,43 @@ def test_eval_predictions_multiclass_and_multilabel(kind: str, tmp_path: Path) -
     assert (tmp_path / "out" / "val_roc.png").is_file() and (tmp_path / "out" / "val_metrics.csv").is_file()
 
 
+def _eval_eao(root: Path, cli) -> Path:
+    """A task-2 head of model ``tok`` trained on token maps, evaluated on val into ``root/eval``."""
+    labels, truth = write_labels(root, n_train=4, n_val=12)
+    view = write_store(root, truth, "tok", skip=(SKIPPED,), task="eao")
+    write_probe(root / "probes", view, "tok", 0, list(truth), task="eao")
+    out = root / "eval"
+    cli(
+        "eval", "--runs", root / "probes", "--store", root / "store", "--labels", labels, "--split", "val",
+        "--bootstrap", "50", "--out", out,
+    )  # fmt: skip
+    return out
+
+
 def test_eval_eao_checkpoint(tmp_path: Path, cli) -> None:
     """Task 2 heads are rebuilt from their checkpoints and read token maps from the packed eao view."""
-    labels, truth = write_labels(tmp_path, n_train=4, n_val=12)
-    view = write_store(tmp_path, truth, "tok", skip=(SKIPPED,), task="eao")
-    write_probe(tmp_path / "probes", view, "tok", 0, list(truth), task="eao")
-    out = tmp_path / "eval"
-    cli(
-        "eval",
-        "--runs",
-        tmp_path / "probes",
-        "--store",
-        tmp_path / "store",
-        "--labels",
-        labels,
-        "--split",
-        "val",
-        "--bootstrap",
-        "50",
-        "--out",
-        out,
-    )
+    out = _eval_eao(tmp_path, cli)
     metrics = pd.read_csv(out / "tok" / "eao" / DISEASE / "val_auroc" / "val_metrics.csv")
     assert metrics.loc[0, "failed_cases"] == 1 and metrics.loc[0, "n_cases"] == 12
     assert metrics.loc[0, "balanced_acc"] > 0.8  # feature 0 separates the classes in every token
+
+
+def test_leaderboard_ranks_one_task_at_a_time(evaluated: Path, tmp_path: Path, cli) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(evaluated, results)  # task 1 results of model_a and model_b
+    shutil.copytree(_eval_eao(tmp_path / "eao", cli), results, dirs_exist_ok=True)  # task 2 of tok
+    board = tmp_path / "lb"
+    mixed = cli("leaderboard", "--results", results, "--bootstrap", "0", "--out", board, check=False)
+    assert (mixed.returncode, mixed.stderr.strip()) == (
+        2, f"error: {results}: results for tasks ['eao', 'lp']; pick one with --task"
+    )  # fmt: skip
+    for task, models in (("lp", ["model_a", "model_b"]), ("eao", ["tok"])):
+        cli("leaderboard", "--results", results, "--task", task, "--bootstrap", "0", "--out", board / task)
+        assert sorted(pd.read_csv(board / task / "leaderboard.csv")["model"]) == models
+    none = cli(
+        "leaderboard", "--results", results, "--task", "lp", "--split", "test", "--out", board, check=False
+    )
+    assert (none.returncode, none.stderr.strip()) == (
+        2,
+        f"error: {results}: no result has split test and task lp",
+    )

@@ -117,6 +117,20 @@ def test_probe_eao_bad_options_are_one_red_line_before_any_work(
     assert not out.exists()  # rejected before any disease was touched
 
 
+def test_probe_eao_missing_store_folder_is_a_usage_error(cli, tmp_path: Path) -> None:
+    _, labels = _bench(tmp_path, n=12)
+    proc = cli(
+        "probe", "eao", "--store", tmp_path / "nowhere", "--model", "tiny", "--labels", labels,
+        "--out", tmp_path / "probes", "--disease", DISEASE, check=False, env={"COLUMNS": "200"},
+    )  # fmt: skip
+    assert (
+        proc.returncode == 2
+        and "Invalid value for '--store'" in proc.stderr
+        and "does not exist" in proc.stderr
+    )
+    assert not (tmp_path / "probes").exists()
+
+
 def test_probe_eao_failed_disease_names_its_labels_file(cli, tmp_path: Path) -> None:
     store, labels = _bench(tmp_path, n=12)
     proc = cli(

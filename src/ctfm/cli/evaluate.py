@@ -48,9 +48,14 @@ def _metrics_table(rows: list[dict], title: str) -> None:
 
 def eval_command(
     runs: Path = typer.Option(None, "--runs", help="Probe output folder (`ctfm probe --out`)."),
-    store: Path = typer.Option(None, "--store", help="Embedding store the heads were trained on."),
+    store: Path = typer.Option(
+        None, "--store", help="Embedding store the heads were trained on.", exists=True, file_okay=False
+    ),
     labels: Path = typer.Option(
-        None, "--labels", help="Labels folder (<disease>.csv), or one label CSV with --predictions."
+        None,
+        "--labels",
+        help="Labels folder (<disease>.csv), or one label CSV with --predictions.",
+        exists=True,
     ),
     split: str = typer.Option(
         None,
@@ -70,7 +75,7 @@ def eval_command(
         None, "--model", help="With --predictions: model name (default: the CSV's folder)."
     ),
     bootstrap: int = typer.Option(
-        2000, "--bootstrap", help="Bootstrap resamples for the 95 % intervals (0: none)."
+        2000, "--bootstrap", help="Bootstrap resamples for the 95 % intervals (0: none).", min=0
     ),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
@@ -147,8 +152,11 @@ def leaderboard_command(
     results: Path = typer.Option(..., "--results", help="Folder with `ctfm eval` outputs."),
     metrics: list[str] = typer.Option(None, "--metrics", help="Ranking metrics (default: the challenge's)."),
     split: str = typer.Option(None, "--split", help="Split to rank when results hold several."),
+    task: str = typer.Option(None, "--task", help="Task to rank (lp or eao) when results hold both."),
     strategy: list[str] = typer.Option(None, "--strategy", help="Only these checkpoint strategies."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Case resamples per disease for rank stability."),
+    bootstrap: int = typer.Option(
+        1000, "--bootstrap", help="Case resamples per disease for rank stability (0: none).", min=0
+    ),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     title: str = typer.Option("ctfm leaderboard", "--title", help="Page title."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
@@ -156,7 +164,7 @@ def leaderboard_command(
     """Rank models per disease, aggregate by mean rank, and measure ranking stability by bootstrap."""
     from ctfm.evaluate.leaderboard import build_leaderboard, gather, write_leaderboard
 
-    data, entries = gather(results, split, split_list(strategy) or None)
+    data, entries = gather(results, split, split_list(strategy) or None, task)
     lb = build_leaderboard(data, entries, split_list(metrics) or None, n_boot=bootstrap, seed=seed)
     paths = write_leaderboard(lb, out, title)
     title = f"{title}: {len(entries)} model(s) x {len(data)} disease(s), ranked on {', '.join(lb.metrics)}"

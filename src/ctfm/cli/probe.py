@@ -131,9 +131,13 @@ def run_with_progress(options: Any, task: Any, title: str) -> list[Any]:
 
 
 # Options shared by ``lp`` and ``eao`` (declared once; options whose help differs stay in each command).
-StoreOpt = Annotated[Path, typer.Option("--store", help="Embedding store root.")]
+StoreOpt = Annotated[
+    Path, typer.Option("--store", help="Embedding store root.", exists=True, file_okay=False)
+]
 ModelOpt = Annotated[str, typer.Option("--model", help="Model name in the store.")]
-LabelsOpt = Annotated[Path, typer.Option("--labels", help="Folder of <disease>.csv label files.")]
+LabelsOpt = Annotated[
+    Path, typer.Option("--labels", help="Folder of <disease>.csv label files.", exists=True, file_okay=False)
+]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder (written into, never deleted).")]
 DiseaseOpt = Annotated[
     list[str] | None, typer.Option("--disease", help="Disease(s) to probe (repeat or comma-separate).")

@@ -256,9 +256,12 @@ def _eval_meta(pred_csv: Path) -> dict:
 
 
 def gather(
-    results: Path, split: str | None = None, strategies: list[str] | None = None
+    results: Path, split: str | None = None, strategies: list[str] | None = None, task: str | None = None
 ) -> tuple[list[DiseaseData], list[str]]:
     """Read every ``<split>_per_sample_predictions.csv`` under ``results`` into per-disease arrays.
+
+    One leaderboard ranks one split of one task (``lp`` or ``eao``, as the challenge ranks its two tasks
+    apart): results holding several must be narrowed with ``split`` / ``task``.
 
     An entry is a model, or ``model [strategy]`` when several strategies are present, plus ``(tag)`` for a
     probe run tag (fold, seed). A case one entry lacks
@@ -278,10 +281,20 @@ def gather(
             continue
         if strategies and meta.get("strategy") not in strategies:
             continue
+        if task and meta.get("task") != task:
+            continue
         found.append((f, meta))
+    if not found:
+        asked = {"split": split, "task": task, "strategy": ", ".join(strategies or [])}
+        raise DataError(
+            f"{results}: no result has " + " and ".join(f"{k} {v}" for k, v in asked.items() if v)
+        )
     splits = sorted({meta.get("split") for _, meta in found})
     if len(splits) != 1:
         raise DataError(f"{results}: results for splits {splits or 'none'}; pick one with --split")
+    tasks = sorted({str(meta.get("task")) for _, meta in found})
+    if len(tasks) != 1:
+        raise DataError(f"{results}: results for tasks {tasks}; pick one with --task")
     multi_strategy = len({meta.get("strategy") for _, meta in found}) > 1
     by_disease: dict[str, dict[str, Path]] = {}
     for f, meta in found:
