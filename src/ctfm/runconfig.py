@@ -257,6 +257,26 @@ def _check_semantics(cfg: RunConfig, problems: _Problems) -> None:
     from ctfm.evaluate.metrics import METRICS
 
     _check_names(problems, "leaderboard.metrics", cfg.leaderboard.metrics, METRICS)
+    _check_probe_settings(cfg.probe, problems)
+
+
+def _check_probe_settings(probe: ProbeSection, problems: _Problems) -> None:
+    """The probe sections, checked as the probe stages will check them, so a bad value fails before
+    extraction starts rather than after it."""
+    from ctfm.probe.eao import eao_head_specs
+    from ctfm.probe.runner import check_grid_values
+    from ctfm.probe.training import TrainConfig
+
+    for key, section, rules in (("probe.lp", probe.lp, "linear_probe"), ("probe.eao", probe.eao, "eao")):
+        try:
+            TrainConfig.from_benchmark(
+                rules, epochs=section.epochs, batch_size=section.batch_size, patience=section.patience
+            )
+            check_grid_values(section.lrs or [], getattr(section, "weight_decays", None) or [])
+            if isinstance(section, EaoProbeSection):
+                eao_head_specs(section.heads)
+        except ConfigError as exc:
+            problems.add(key, str(exc))
 
 
 def _check_names(problems: _Problems, key: str, names: list[str], known: Sequence[str]) -> None:

@@ -54,6 +54,14 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
         ({"eval": {"strategies": []}}, r"eval\.strategies: give at least one of val_balanced_acc"),
         ({"eval": {"strategies": ["best"]}}, r"eval\.strategies\[0\]: 'best' is not one of"),
         ({"leaderboard": {"metrics": ["auroc", "dice"]}}, r"leaderboard\.metrics\[1\]: 'dice' is not one of"),
+        # probe settings fail when the config is read, not after extraction
+        ({"probe": {"eao": {"heads": ["transformer"]}}}, r"probe\.eao: --head 'transformer' is not one of"),
+        (
+            {"probe": {"eao": {"lrs": [1e-3, -1e-4]}}},
+            r"probe\.eao: --lrs values must be positive, not -0.0001",
+        ),
+        ({"probe": {"lp": {"weight_decays": [-1.0]}}}, r"probe\.lp: weight decay .* must be at least 0"),
+        ({"probe": {"lp": {"epochs": 0}}}, r"probe\.lp: --epochs must be at least 1"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, change, message):

@@ -93,14 +93,7 @@ class ProbeOptions:
     logreg_cs: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        """Optimiser values out of range would train silently wrong heads (a negative lr climbs the loss) or
-        crash deep inside a run; they are one clear error before any disease is touched."""
-        _check_all("--lrs", self.lrs, lambda v: v > 0, "positive")
-        _check_all("weight decay (--wds, --weight-decay)", self.weight_decays, lambda v: v >= 0, "at least 0")
-        _check_all("--eps", self.eps, lambda v: v > 0, "positive")
-        _check_all("--cs", self.logreg_cs, lambda v: v > 0, "positive")
-        for pair in self.betas:
-            _check_all("--betas", pair, lambda v: 0 <= v < 1, "in [0, 1)")
+        check_grid_values(self.lrs, self.weight_decays, self.eps, self.betas, self.logreg_cs)
 
     @classmethod
     def defaults(cls, section: str = "linear_probe", **kwargs: Any) -> ProbeOptions:
@@ -123,6 +116,23 @@ class ProbeOptions:
         d.update({k: str(v) for k, v in d.items() if isinstance(v, Path)})
         d["train"] = asdict(self.train)
         return d
+
+
+def check_grid_values(
+    lrs: Sequence[float],
+    weight_decays: Sequence[float] = (),
+    eps: Sequence[float] = (),
+    betas: Sequence[tuple[float, float]] = (),
+    cs: Sequence[float] = (),
+) -> None:
+    """Optimiser values out of range would train silently wrong heads (a negative lr climbs the loss) or
+    crash deep inside a run; they are one clear error before any disease is touched."""
+    _check_all("--lrs", lrs, lambda v: v > 0, "positive")
+    _check_all("weight decay (--wds, --weight-decay)", weight_decays, lambda v: v >= 0, "at least 0")
+    _check_all("--eps", eps, lambda v: v > 0, "positive")
+    _check_all("--cs", cs, lambda v: v > 0, "positive")
+    for pair in betas:
+        _check_all("--betas", pair, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def _check_all(flag: str, values: Sequence[float], ok: Callable[[float], bool], wording: str) -> None:
