@@ -82,6 +82,12 @@ def test_extract_failures_recorded_others_succeed_and_resume(cli, tmp_path: Path
     forced = cli(*args, *roi, "--force", "--cases", "case_00,case_03")
     assert forced.returncode == 0
     assert view.records()["case_00"].written_at > ok.written_at
+    # a wrong --device is refused even when every selected case is already done
+    done = cli(*args, *roi, "--cases", "case_00", "--device", "tpu", check=False)
+    assert (done.returncode, done.stderr.strip()) == (
+        2,
+        "error: --device must be one of auto, cpu, cuda, not 'tpu'",
+    )
 
 
 def test_extract_cnn3d_eao_whole_scan_batched(cli, tmp_path: Path) -> None:

@@ -315,11 +315,11 @@ def run_local(cfg: ExtractConfig, progress: bool = True, console: Any = None) ->
     from ctfm.extract.preprocess import Preprocessor, resolve_spec
 
     view, mask_dir, extractor = prepare_run(cfg)
+    device = resolve_device(cfg.device)  # a wrong --device is an error even when every case is done
     items, skipped = plan_items(cfg, view, mask_dir)
     summary = ExtractSummary(view=f"{view.model}/{view.task}/{view.view}", skipped=skipped)
     if not items:
         return summary
-    device = resolve_device(cfg.device)
     extractor.setup(device=device, weights=cfg.weights, seed=cfg.seed)
     preprocessor = Preprocessor(resolve_spec(extractor.preprocess), with_mask=mask_dir is not None)
     runner = _Runner(view, extractor, cfg.task, summary)
