@@ -12,12 +12,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -186,6 +187,9 @@ def _convert(value: Any, tp: Any, key: str, problems: _Problems, base: Path) -> 
         return path if path.is_absolute() else (base / path)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            return float(value)
     if tp in (int, float, str, bool) and (
         not isinstance(value, tp) or (tp is int and isinstance(value, bool))
     ):
@@ -268,15 +272,21 @@ def _check_probe_settings(probe: ProbeSection, problems: _Problems) -> None:
     from ctfm.probe.training import TrainConfig
 
     for key, section, rules in (("probe.lp", probe.lp, "linear_probe"), ("probe.eao", probe.eao, "eao")):
-        try:
-            TrainConfig.from_benchmark(
-                rules, epochs=section.epochs, batch_size=section.batch_size, patience=section.patience
-            )
-            check_grid_values(section.lrs or [], getattr(section, "weight_decays", None) or [])
-            if isinstance(section, EaoProbeSection):
-                eao_head_specs(section.heads)
-        except ConfigError as exc:
-            problems.add(key, str(exc))
+        sizes = {"epochs": section.epochs, "batch_size": section.batch_size, "patience": section.patience}
+        _collect(problems, key, TrainConfig.from_benchmark, rules, **sizes)
+        _collect(
+            problems, key, check_grid_values, section.lrs or [], getattr(section, "weight_decays", None) or []
+        )
+        if isinstance(section, EaoProbeSection):
+            _collect(problems, key, eao_head_specs, section.heads)
+
+
+def _collect(problems: _Problems, key: str, check: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+    """Run one check; its ConfigError becomes a problem of ``key`` (so every problem is reported at once)."""
+    try:
+        check(*args, **kwargs)
+    except ConfigError as exc:
+        problems.add(key, str(exc))
 
 
 def _check_names(problems: _Problems, key: str, names: list[str], known: Sequence[str]) -> None:

@@ -69,6 +69,26 @@ def test_bad_configs_name_the_key(tmp_path, change, message):
         load_run_config(_write(tmp_path, {**BASE, **change}))
 
 
+def test_floats_written_without_a_dot_are_floats(tmp_path):
+    # YAML 1.1 (PyYAML) reads `1e-3` as the string "1e-3"; a user writing lrs that way means a number
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(BASE) + "probe: {eao: {lrs: [1e-3, 2E-4]}, lp: {lrs: [5e-2]}}\n")
+    cfg = load_run_config(path)
+    assert cfg.probe.eao.lrs == [1e-3, 2e-4] and cfg.probe.lp.lrs == [5e-2]
+    path.write_text(yaml.safe_dump(BASE) + "probe: {eao: {lrs: [fast]}}\n")
+    with pytest.raises(ConfigError, match=r"probe\.eao\.lrs\[0\]: expected float, got 'fast'"):
+        load_run_config(path)
+
+
+def test_every_probe_problem_is_reported_at_once(tmp_path):
+    probe = {"lp": {"epochs": 0}, "eao": {"heads": ["attn-pool", "transformer"], "lrs": [1e-3, -1.0]}}
+    with pytest.raises(ConfigError) as info:
+        load_run_config(_write(tmp_path, {**BASE, "probe": probe}))
+    lines = str(info.value).splitlines()[1:]
+    assert [line.split(":")[0].strip() for line in lines] == ["probe.lp", "probe.eao", "probe.eao"]
+    assert "--head 'transformer'" in lines[2] and "--lrs values must be positive, not -1" in lines[1]
+
+
 def test_missing_required_key_and_several_problems_reported_together(tmp_path):
     cfg = {k: v for k, v in BASE.items() if k != "output"}
     cfg["bogus"] = 1
