@@ -16,9 +16,9 @@ from ctfm.extract.docker import (
     ContainerRunner,
     RunSettings,
     _chunks,
-    _parse_bytes,
     _split_cpus,
     discover_tarballs,
+    parse_bytes,
     place_input,
     team_from_tag,
 )
@@ -92,7 +92,13 @@ def test_embedding_problems():
 def test_helpers(tmp_path):
     assert team_from_tag("registry.local:5000/ns/acme-sub:v7") == "acme-sub"
     assert team_from_tag("acme") == "acme"
-    assert _parse_bytes("1g") == 1 << 30 and _parse_bytes("512m") == 512 << 20
+    assert parse_bytes("1g") == 1 << 30 and parse_bytes("512m") == 512 << 20
+    assert parse_bytes("1.5G") == 3 << 29 and parse_bytes("2048") == 2048
+    for bad in ("lots", "", "0g", "-1m", "g"):
+        with pytest.raises(ConfigError, match="is not a size such as 32g or 512m"):
+            parse_bytes(bad)
+    with pytest.raises(ConfigError, match="--memory 'lots'"):  # refused before any image is loaded
+        RunSettings(memory="lots")
     assert [len(c) for c in _chunks(list(range(7)), 3)] == [3, 3, 1]
     assert len(_split_cpus(1)) == 1
     (tmp_path / "acme_lp.tar.gz").write_bytes(b"")

@@ -88,6 +88,7 @@ class RunSettings:
             raise ConfigError(f"--batch-cases must be at least 1, not {self.batch_cases}")
         if self.timeout_per_case <= 0:
             raise ConfigError(f"--timeout-per-case must be positive, not {self.timeout_per_case}")
+        parse_bytes(self.memory)  # a bad --memory fails here, before any image is loaded
         if self.user is not None and not all(p.isdigit() for p in self.user.split(":", 1)):
             raise ConfigError(
                 f"container user must be numeric uid[:gid] (e.g. 65534:65534), not {self.user!r}"
@@ -249,12 +250,17 @@ def discover_tarballs(folder: Path, task: str) -> dict[str, Path]:
     return found
 
 
-def _parse_bytes(text: str) -> int:
+def parse_bytes(text: str) -> int:
+    """``32g``, ``512m``, ``1.5G``, ``1024`` -> bytes (docker's memory syntax)."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     t = text.strip().lower().rstrip("b")
-    if t and t[-1] in units:
-        return int(float(t[:-1]) * units[t[-1]])
-    return int(t)
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        value = 0.0
+    if value < 1:
+        raise ConfigError(f"--memory {text!r} is not a size such as 32g or 512m")
+    return int(value)
 
 
 def _split_cpus(slots: int) -> list[str]:
@@ -483,7 +489,7 @@ class ContainerRunner:
         if has_masks:
             env["MASKS_DIR"] = contract["masks_dir"]
         entry = contract["entrypoint"][s.task].split()
-        mem = _parse_bytes(s.memory)
+        mem = parse_bytes(s.memory)
         kwargs: dict[str, Any] = {
             "image": image.ref,
             "entrypoint": entry[:1],
@@ -1216,7 +1222,7 @@ def _judge(
         )
     peaks = [r.peak_memory for r in results if r.peak_memory]
     report.peak_memory = max(peaks) if peaks else None
-    limit = _parse_bytes(settings.memory)
+    limit = parse_bytes(settings.memory)
     report.add(
         "peak memory",
         report.peak_memory is None or report.peak_memory <= limit,
