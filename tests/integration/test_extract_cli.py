@@ -33,6 +33,8 @@ def test_store_import_and_ls(cli, tmp_path: Path) -> None:
     view = Store(store).view("team/a", "lp", "full")
     assert view.cases("ok") == ["case_0", "case_1", "case_2"] and view.cases("failed") == ["broken"]
     listing = cli("store", "ls", "--store", store).stdout
+    typo = cli("store", "ls", "--store", tmp_path / "stroe", check=False)  # a mistyped store is not "empty"
+    assert typo.returncode == 2 and "Invalid value for '--store'" in typo.stderr
     assert "team_a" in listing and "full" in listing
     row = next(line for line in listing.splitlines() if "team_a" in line)
     assert [c for c in row.replace("│", " ").split() if c.isdigit()][:3] == ["3", "1", "0"]

@@ -36,7 +36,9 @@ def import_cmd(
 
 
 @store_app.command("ls")
-def ls_cmd(store: Path = typer.Option(..., "--store", help="Store root folder.")) -> None:
+def ls_cmd(
+    store: Path = typer.Option(..., "--store", help="Store root folder.", exists=True, file_okay=False),
+) -> None:
     """Print every view with its case counts by status."""
     from rich.console import Console
     from rich.table import Table
