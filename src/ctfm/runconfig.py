@@ -237,7 +237,7 @@ def _check_semantics(cfg: RunConfig, problems: _Problems) -> None:
                 problems.add(
                     f"diseases[{i}]", f"unknown disease {disease!r} (known: {', '.join(bench.diseases)})"
                 )
-    from ctfm.extract.docker import parse_bytes
+    from ctfm.extract.docker import RunSettings
     from ctfm.extract.extractors import available as available_extractors
 
     known = available_extractors()
@@ -254,11 +254,14 @@ def _check_semantics(cfg: RunConfig, problems: _Problems) -> None:
             problems.add(f"containers[{i}]", "give exactly one of `folder`, `image` or `baseline: true`")
         elif spec.folder is not None and not spec.folder.is_dir():
             problems.add(f"containers[{i}].folder", f"folder {spec.folder} does not exist")
-        _collect(problems, f"containers[{i}].memory", parse_bytes, spec.memory)
-        if spec.timeout_per_case <= 0:
-            problems.add(
-                f"containers[{i}].timeout_per_case", f"must be positive, not {spec.timeout_per_case:g}"
-            )
+        # the runner's own settings checks (memory size, time limit), now rather than at the extract stage
+        _collect(
+            problems,
+            f"containers[{i}]",
+            RunSettings,
+            memory=spec.memory,
+            timeout_per_case=spec.timeout_per_case,
+        )
     if not cfg.extractors and not cfg.containers:
         problems.add("extractors", "name at least one extractor or container to score")
     _check_names(

@@ -62,10 +62,10 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
         ),
         ({"probe": {"lp": {"weight_decays": [-1.0]}}}, r"probe\.lp: weight decay .* must be at least 0"),
         ({"probe": {"lp": {"epochs": 0}}}, r"probe\.lp: --epochs must be at least 1"),
-        ({"containers": [{"baseline": True, "memory": "lots"}]}, r"containers\[0\]\.memory: --memory 'lots'"),
+        ({"containers": [{"baseline": True, "memory": "lots"}]}, r"containers\[0\]: --memory 'lots'"),
         (
             {"containers": [{"baseline": True, "timeout_per_case": 0}]},
-            r"timeout_per_case: must be positive, not 0",
+            r"containers\[0\]: --timeout-per-case must be positive, not 0",
         ),
     ],
 )

@@ -73,19 +73,17 @@ def resolve_diseases(diseases: list[str] | None, all_: bool) -> list[str]:
     return [bench.check_disease(d) for d in names]
 
 
-def print_outcomes(outcomes: list[Any], title: str) -> int:
-    """A table of per-disease results; returns the number of failed diseases."""
+def print_outcomes(outcomes: list[Any], title: str) -> None:
+    """A table of per-disease results (a failed disease is only marked; :func:`_report` lists its error)."""
     from rich.table import Table
 
     table = Table(title=title)
     table.add_column("disease", no_wrap=True)
     for col in ("status", "runs", "train/val", "missing", "val bacc", "val auroc", "seconds"):
         table.add_column(col)
-    failed = 0
     for o in outcomes:
         if o.status == "failed":
-            failed += 1
-            table.add_row(o.disease, "[red]failed[/]")  # its error is listed under the table
+            table.add_row(o.disease, "[red]failed[/]")
             continue
         s = o.summary or {}
         runs = s.get("runs", [])
@@ -109,7 +107,6 @@ def print_outcomes(outcomes: list[Any], title: str) -> int:
             f"{o.seconds:.1f}" if o.status == "done" else "",
         )
     Console().print(table)
-    return failed
 
 
 def run_with_progress(options: Any, task: Any, title: str) -> list[Any]:
@@ -193,12 +190,12 @@ def _train_config(section: str, args: dict[str, Any]) -> TrainConfig:
 
 def _report(outcomes: list, title: str) -> None:
     """The per-disease outcome table; exit 1 when any disease failed."""
-    failed = print_outcomes(outcomes, title)
+    print_outcomes(outcomes, title)
+    failed = [o for o in outcomes if o.status == "failed"]
+    for o in failed:
+        console.print(f"[red]failed {o.disease}: {o.error}[/]", highlight=False)
     if failed:
-        for o in outcomes:
-            if o.status == "failed":
-                console.print(f"[red]failed {o.disease}: {o.error}[/]", highlight=False)
-        console.print(f"[red]{failed} disease(s) failed[/]")
+        console.print(f"[red]{len(failed)} disease(s) failed[/]")
         raise typer.Exit(1)
 
 

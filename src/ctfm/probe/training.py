@@ -97,18 +97,21 @@ class TrainConfig:
         bad = [s for s in self.strategies if s not in STRATEGIES]
         if bad:
             raise ConfigError(f"unknown checkpoint strategy {bad}; known: {', '.join(STRATEGIES)}")
-        for name in ("epochs", "batch_size", "patience"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        for name, least in _AT_LEAST.items():
+            if getattr(self, name) < least:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be at least {least}, not {getattr(self, name)}"
+                )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError("--ema must be in [0, 1)")
-        for name in ("warmup_epochs", "min_epoch", "threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 0, not {getattr(self, name)}")
         return self
 
     def with_seed(self, seed: int) -> TrainConfig:
         return replace(self, seed=seed)
+
+
+# Smallest allowed value of each numeric training option.
+_AT_LEAST = {"epochs": 1, "batch_size": 1, "patience": 1, "warmup_epochs": 0, "min_epoch": 0, "threads": 0}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
