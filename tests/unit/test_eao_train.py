@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,7 @@ from ctfm.probe.eao_grid import HeadSpec
 from ctfm.probe.layout import DiseaseLayout
 from ctfm.probe.report import panel_groups
 from ctfm.probe.tokens import TokenReader, bucketed_batches
-from ctfm.probe.training import TrainConfig
+from ctfm.probe.training import TrainConfig, reuse_freed_memory
 from ctfm.store import to_bfloat16_bits
 from eao_fixtures import flatten, one_thread, planted_tokens  # noqa: F401 (fixture)
 
@@ -151,6 +154,35 @@ def _config(**kw: object) -> TrainConfig:
 
 
 SPECS = [HeadSpec("mean-linear"), HeadSpec("attn-pool", {"num_layers": 1, "num_heads": 2, "ffn_mult": 1.0})]
+
+
+_FAULTS_SCRIPT = """
+import resource, torch
+from ctfm.probe.training import reuse_freed_memory
+def faults_per_round():
+    def one():  # a training step's pattern: many gradient-sized blocks, then all freed
+        blocks = [torch.ones(1 << 20) for _ in range(12)]
+        del blocks
+    one()
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        one()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 5
+before = faults_per_round()
+applied = reuse_freed_memory()
+print(before, applied, faults_per_round())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
+def test_training_reuses_freed_blocks_instead_of_faulting_in_fresh_pages() -> None:
+    # In a child process: the setting is process-wide and one-way, and the test needs the "before".
+    out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, check=True)
+    before, applied, after = out.stdout.split()
+    assert applied == "True"
+    assert float(before) > 5_000  # 48 MiB of fresh pages a round with glibc's defaults
+    assert float(after) < 0.01 * float(before)
+    assert reuse_freed_memory() is True  # applied here too, once (fit_eao calls it)
 
 
 def test_fit_trains_every_member_on_the_same_batches_deterministically() -> None:

@@ -42,6 +42,7 @@ from ctfm.probe.training import (
     history_frame,
     loss_per_head,
     resolve_device,
+    reuse_freed_memory,
     seed_everything,
 )
 from ctfm.store import PACK_DTYPES
@@ -194,6 +195,7 @@ def fit_eao(
     start = time.perf_counter()
     seed_everything(config.seed)
     device = resolve_device(config.device)
+    reuse_freed_memory()
     num_classes = len(data.classes)
     grid = HeadGrid(
         specs, lrs, data.reader.dim, num_classes, config.seed, weight_decay, config.optimizer, device=device

