@@ -190,7 +190,8 @@ def fit_eao(
     """Train every (head x lr) member on the same batches with the shared rules of ``training.py``.
 
     Per member: EMA early stopping on ``config.monitor``; per checkpoint strategy: the best (member, epoch)
-    among the members still training. ``on_epoch(epoch, active_members)`` reports progress.
+    among the members still training. ``on_epoch(epoch, active_members)`` reports progress. On glibc it sets
+    the process's allocator to keep freed blocks for reuse (:func:`~ctfm.probe.training.reuse_freed_memory`).
     """
     start = time.perf_counter()
     seed_everything(config.seed)
