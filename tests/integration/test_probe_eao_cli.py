@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cli_support import wandb_logged, wandb_records
 from ctfm.probe.checkpoint import load_predictor
 from ctfm.probe.layout import DiseaseLayout
 from ctfm.store import Store
@@ -36,14 +37,17 @@ def _bench(root: Path, n: int = 60) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_probe_eao_trains_saves_and_resumes(cli, tmp_path: Path) -> None:
+def test_probe_eao_trains_saves_and_resumes(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
     store, labels = _bench(tmp_path)
     out = tmp_path / "probes"
     args = [
         "probe", "eao", "--store", store, "--model", "tiny", "--labels", labels, "--out", out,
         "--disease", DISEASE, "--head", "attn-pool", "--head", "mean-linear", "--num-layers", "1",
         "--num-heads", "2", "--ffn-mult", "1", "--lrs", "1e-3,1e-2", "--epochs", "4", "--batch-size", "16",
-        "--min-epoch", "1", "--warmup-epochs", "1", "--dtype", "float16", "--device", "cpu",
+        "--min-epoch", "1", "--warmup-epochs", "1", "--dtype", "float16", "--device", "cpu", "--wandb",
     ]  # fmt: skip
     proc = cli(*args)
     assert "needs about" in proc.stdout + proc.stderr  # memory estimate is said before training
@@ -58,6 +62,12 @@ def test_probe_eao_trains_saves_and_resumes(cli, tmp_path: Path) -> None:
     assert sorted(grid["name"]) == ["attn-pool", "attn-pool", "mean-linear", "mean-linear"]
     summary = json.loads(layout.summary.read_text())
     assert summary["task"] == "eao" and summary["store"]["view"] == "full"
+    # The wandb summary tells which member each strategy selected: members share a head name, not an lr.
+    (run_file,) = run.dir.glob("wandb/offline-run-*/run-*.wandb")
+    logged = {k: v for u in wandb_logged(wandb_records(run_file), "summary") for k, v in u.items()}
+    for name, sel in summary["runs"][0]["selections"].items():
+        hyper = {k: v for k, v in sel.items() if k not in ("head_index", "score", "val_metrics")}
+        assert "lr" in hyper and {k: logged[f"{name}/{k}"] for k in hyper} == hyper, name
 
     # The checkpoint rebuilds its head and reproduces its val balanced accuracy from the store's tokens.
     predictor = load_predictor(run.checkpoint("val_balanced_acc"))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cli_support import wandb_logged, wandb_records
 from probe_fixtures import MODEL, write_bench
 
 SMALL = ["--epochs", "6", "--batch-size", "32", "--min-epoch", "2", "--patience", "3", "--device", "cpu"]
@@ -108,44 +109,6 @@ def test_lp_user_mistakes_are_one_line(cli, bench):
     assert not (tmp / "probes").exists()  # nothing was started
 
 
-_WANDB_BLOCK = 32768
-
-
-def _wandb_records(path: Path) -> list:
-    """The records of a ``.wandb`` run file: a 7-byte ``:W&B`` header, then LevelDB log framing (32 KiB blocks;
-    each chunk: crc 4 bytes, length 2 bytes little-endian, type 1 byte: 1 full, 2 first, 3 middle, 4 last)
-    around ``wandb_internal_pb2.Record`` messages. wandb ships no Python reader for it any more."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a wandb run file ({len(data)} bytes)"
-    pos, parts, records = 7, [], []
-    while pos + 7 <= len(data):
-        if _WANDB_BLOCK - pos % _WANDB_BLOCK < 7:  # block trailer: padding
-            pos += _WANDB_BLOCK - pos % _WANDB_BLOCK
-            continue
-        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
-        parts.append(data[pos + 7 : pos + 7 + length])
-        pos += 7 + length
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(b"".join(parts))
-            records.append(record)
-            parts = []
-    return records
-
-
-def _logged(records: list, kind: str) -> list[dict]:
-    """Key -> value of every ``history`` item list or ``summary`` update in the run file (wandb writes a key
-    either as ``key`` or as the parts of ``nested_key``)."""
-    items = {"history": lambda r: r.history.item, "summary": lambda r: r.summary.update}[kind]
-    return [
-        {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items(r)}
-        for r in records
-        if r.WhichOneof("record_type") == kind
-    ]
-
-
 @pytest.mark.slow
 def test_lp_wandb_offline_without_key_logs_the_history_and_selections(cli, bench, monkeypatch):
     tmp, store, labels = bench
@@ -157,12 +120,12 @@ def test_lp_wandb_offline_without_key_logs_the_history_and_selections(cli, bench
     cli(*_base(store, labels, out), "--disease", "fatty_liver", *SMALL, *grid, "--wandb")
     disease = out / MODEL / "fatty_liver"
     (run_file,) = disease.glob("wandb/offline-run-*/run-*.wandb")
-    records = _wandb_records(run_file)
+    records = wandb_records(run_file)
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert (run.project, run.display_name) == ("ctfm", f"{MODEL}-lp-fatty_liver")
     # one history row per epoch: the best value over the heads still training, as history.csv has them
     history = pd.read_csv(disease / "history.csv").groupby("epoch")
-    logged = _logged(records, "history")
+    logged = wandb_logged(records, "history")
     assert [row["epoch"] for row in logged] == list(history.groups)
     for row in logged:
         epoch = history.get_group(row["epoch"])
@@ -171,10 +134,11 @@ def test_lp_wandb_offline_without_key_logs_the_history_and_selections(cli, bench
         assert row["val/balanced_acc_best"] == pytest.approx(epoch["val_balanced_acc"].max())
         assert row["val/auroc_best"] == pytest.approx(epoch["val_auroc"].max())
     # the summary holds every checkpoint strategy's selection, as summary.json does
-    summary = {k: v for update in _logged(records, "summary") for k, v in update.items()}
+    summary = {k: v for update in wandb_logged(records, "summary") for k, v in update.items()}
     selections = json.loads((disease / "summary.json").read_text())["runs"][0]["selections"]
     assert len(selections) == 5
     for name, sel in selections.items():
         assert (summary[f"{name}/head"], summary[f"{name}/epoch"]) == (sel["head"], sel["epoch"])
+        assert (summary[f"{name}/lr"], summary[f"{name}/norm"]) == (sel["lr"], sel["norm"])
         for metric, value in sel["val_metrics"].items():
             assert summary[f"{name}/{metric}"] == pytest.approx(value), (name, metric)

@@ -194,7 +194,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _wandb_log(
     options: ProbeOptions, task: str, disease: str, spec: RunSpec, fit: FitResult, where: Path
 ) -> None:
-    """Per-epoch best-over-heads val metrics and the selections; offline when no API key is configured."""
+    """Per-epoch best-over-heads val metrics and each strategy's selection (head, hyper-parameters, epoch,
+    val metrics); offline when no API key is configured."""
     import wandb
 
     mode = None
@@ -223,7 +224,9 @@ def _wandb_log(
     for name, sel in fit.selections.items():
         for k, v in sel.metrics.items():
             run.summary[f"{name}/{k}"] = v
-        run.summary[f"{name}/head"] = fit.heads[sel.head]["name"]
+        # the head's name and hyper-parameters: token heads of one grid share a name and differ by lr
+        for k, v in fit.heads[sel.head].items():
+            run.summary[f"{name}/{'head' if k == 'name' else k}"] = v
         run.summary[f"{name}/epoch"] = sel.epoch
     run.finish()
 
