@@ -1,4 +1,4 @@
-"""Shared test set-up: markers, the Docker rule, and the CLI runner."""
+"""Shared test set-up: markers, the Docker rule, the CLI runner and offline wandb."""
 
 from __future__ import annotations
 
@@ -49,6 +49,14 @@ def _docker_required() -> None:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def wandb_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real wandb with no API key: the CLI's runs are written offline (read them with ``wandb_records``)."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
 
 
 @pytest.fixture(scope="session")

@@ -37,10 +37,8 @@ def _bench(root: Path, n: int = 60) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_probe_eao_trains_saves_and_resumes(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
+@pytest.mark.usefixtures("wandb_offline")
+def test_probe_eao_trains_saves_and_resumes(cli, tmp_path: Path) -> None:
     store, labels = _bench(tmp_path)
     out = tmp_path / "probes"
     args = [

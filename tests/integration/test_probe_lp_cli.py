@@ -110,11 +110,9 @@ def test_lp_user_mistakes_are_one_line(cli, bench):
 
 
 @pytest.mark.slow
-def test_lp_wandb_offline_without_key_logs_the_history_and_selections(cli, bench, monkeypatch):
+@pytest.mark.usefixtures("wandb_offline")
+def test_lp_wandb_offline_without_key_logs_the_history_and_selections(cli, bench):
     tmp, store, labels = bench
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp / "probes"
     grid = ["--lrs", "1e-2,1e-1", "--wds", "1e-4", "--norms", "raw,std"]
     cli(*_base(store, labels, out), "--disease", "fatty_liver", *SMALL, *grid, "--wandb")
