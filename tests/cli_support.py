@@ -69,3 +69,8 @@ def wandb_logged(records: list, kind: str) -> list[dict]:
         for r in records
         if r.WhichOneof("record_type") == kind
     ]
+
+
+def wandb_summary(records: list) -> dict:
+    """The run's final summary: every ``summary`` update applied in order."""
+    return {k: v for update in wandb_logged(records, "summary") for k, v in update.items()}

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cli_support import wandb_logged, wandb_records
+from cli_support import wandb_records, wandb_summary
 from ctfm.probe.checkpoint import load_predictor
 from ctfm.probe.layout import DiseaseLayout
 from ctfm.store import Store
@@ -62,7 +62,7 @@ def test_probe_eao_trains_saves_and_resumes(cli, tmp_path: Path) -> None:
     assert summary["task"] == "eao" and summary["store"]["view"] == "full"
     # The wandb summary tells which member each strategy selected: members share a head name, not an lr.
     (run_file,) = run.dir.glob("wandb/offline-run-*/run-*.wandb")
-    logged = {k: v for u in wandb_logged(wandb_records(run_file), "summary") for k, v in u.items()}
+    logged = wandb_summary(wandb_records(run_file))
     for name, sel in summary["runs"][0]["selections"].items():
         hyper = {k: v for k, v in sel.items() if k not in ("head_index", "score", "val_metrics")}
         assert "lr" in hyper and {k: logged[f"{name}/{k}"] for k in hyper} == hyper, name

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cli_support import wandb_logged, wandb_records
+from cli_support import wandb_logged, wandb_records, wandb_summary
 from probe_fixtures import MODEL, write_bench
 
 SMALL = ["--epochs", "6", "--batch-size", "32", "--min-epoch", "2", "--patience", "3", "--device", "cpu"]
@@ -132,7 +132,7 @@ def test_lp_wandb_offline_without_key_logs_the_history_and_selections(cli, bench
         assert row["val/balanced_acc_best"] == pytest.approx(epoch["val_balanced_acc"].max())
         assert row["val/auroc_best"] == pytest.approx(epoch["val_auroc"].max())
     # the summary holds every checkpoint strategy's selection, as summary.json does
-    summary = {k: v for update in wandb_logged(records, "summary") for k, v in update.items()}
+    summary = wandb_summary(records)
     selections = json.loads((disease / "summary.json").read_text())["runs"][0]["selections"]
     assert len(selections) == 5
     for name, sel in selections.items():

@@ -132,9 +132,9 @@ def test_head_options_out_of_range_are_config_errors(head: str, option: str, val
 
 
 def test_head_options_at_their_bounds_are_accepted() -> None:
-    spec = eao_head_specs(["attn-pool"], num_layers=0, num_heads=1, num_queries=1, dropout=0.0, ffn_mult=0.5)[
-        0
-    ]
+    (spec,) = eao_head_specs(
+        ["attn-pool"], num_layers=0, num_heads=1, num_queries=1, dropout=0.0, ffn_mult=0.5
+    )
     assert spec.kwargs["num_layers"] == 0 and spec.kwargs["ffn_mult"] == 0.5
     # options a head does not take are not checked against it (mean-linear has no dropout)
     assert eao_head_specs(["mean-linear"], dropout=5.0)[0].kwargs == {}

@@ -291,7 +291,7 @@ def gather(
         )
     splits = sorted({meta.get("split") for _, meta in found})
     if len(splits) != 1:
-        raise DataError(f"{results}: results for splits {splits or 'none'}; pick one with --split")
+        raise DataError(f"{results}: results for splits {splits}; pick one with --split")
     tasks = sorted({str(meta.get("task")) for _, meta in found})
     if len(tasks) != 1:
         raise DataError(f"{results}: results for tasks {tasks}; pick one with --task")

@@ -412,14 +412,15 @@ def eao_head_specs(names: Sequence[str] | None = None, **options: object) -> lis
 
 
 # Valid ranges of the head options (a value outside would crash or silently build a degenerate head).
-_AT_LEAST = {"num_queries": 1, "num_heads": 1, "num_layers": 0, "hidden": 1, "embed_dim": 1}
+_HEAD_OPTION_AT_LEAST = {"num_queries": 1, "num_heads": 1, "num_layers": 0, "hidden": 1, "embed_dim": 1}
 
 
 def _check_head_option(head: str, key: str, value: object) -> None:
     """One clear line naming the option (as its CLI flag) when a head option is out of range."""
     flag = f"--{key.replace('_', '-')}"
-    if key in _AT_LEAST and (isinstance(value, bool) or not isinstance(value, int) or value < _AT_LEAST[key]):
-        raise ConfigError(f"{head}: {flag} must be an integer of at least {_AT_LEAST[key]}, not {value!r}")
+    least = _HEAD_OPTION_AT_LEAST.get(key)
+    if least is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+        raise ConfigError(f"{head}: {flag} must be an integer of at least {least}, not {value!r}")
     if key == "ffn_mult" and not (isinstance(value, int | float) and value > 0):
         raise ConfigError(f"{head}: {flag} must be a positive number, not {value!r}")
     if key == "dropout" and not (isinstance(value, int | float) and 0 <= value < 1):
