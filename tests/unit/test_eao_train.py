@@ -20,6 +20,7 @@ from ctfm.probe.eao import (
     available_bytes,
     check_memory,
     eao_head_specs,
+    eval_batch,
     fit_eao,
     mem_available_bytes,
     plan_memory,
@@ -93,6 +94,15 @@ def test_memory_plan_refuses_a_run_that_cannot_fit() -> None:
     with pytest.raises(ConfigError, match="does not fit"):
         check_memory(tight)
     assert mem_available_bytes(Path("/nonexistent")) is None
+
+
+def test_validation_batches_hold_a_token_budget_of_cases_and_the_plan_counts_them() -> None:
+    assert eval_batch(8, longest=125) == 16384 // 125  # small grids: few, large batches
+    assert eval_batch(8, longest=8**3) == 32  # large grids: never below 4x the training batch
+    assert eval_batch(8, longest=125, eval_batch_size=5) == 5
+    small = TokenReader(*flatten([np.zeros((125, 32), np.float32)] * 200))
+    plan = plan_memory([HeadSpec("mean-linear")], 1, small, batch_size=8, num_classes=2, available=None)
+    assert plan.batch_bytes == 3 * 4 * 131 * 125 * 32  # the validation batch, the largest one read
 
 
 def test_memory_available_is_the_gpus_free_memory_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,7 +190,9 @@ def test_training_reuses_freed_blocks_instead_of_faulting_in_fresh_pages() -> No
     out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, check=True)
     before, applied, after = out.stdout.split()
     assert applied == "True"
-    assert float(before) > 5_000  # 48 MiB of fresh pages a round with glibc's defaults
+    # With glibc's defaults a round faults in fresh pages: all 48 MiB (about 12,258 faults) in most runs
+    # here, about 2,657 in some (also with address randomisation off); after the call, none.
+    assert float(before) > 1_000
     assert float(after) < 0.01 * float(before)
     assert reuse_freed_memory() is True  # applied here too, once (fit_eao calls it)
 

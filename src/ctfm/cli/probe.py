@@ -328,7 +328,11 @@ def eao(
         int | None, typer.Option("--batch-size", help="Train batch size (default 8).")
     ] = None,
     eval_batch_size: Annotated[
-        int | None, typer.Option("--eval-batch-size", help="Validation batch size (default 4x --batch-size).")
+        int | None,
+        typer.Option(
+            "--eval-batch-size",
+            help="Validation batch size (default: up to 16,384 tokens, at least 4x --batch-size).",
+        ),
     ] = None,
     patience: Annotated[
         int | None, typer.Option("--patience", help="Early-stopping patience in epochs (default 50).")

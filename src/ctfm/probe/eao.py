@@ -120,10 +120,14 @@ def _gb(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
-def eval_batch(batch_size: int, eval_batch_size: int | None = None) -> int:
-    """Validation batch size: as given, else 4x the training batch (no gradients are kept, and fewer,
-    larger batches read each member's weights fewer times per epoch)."""
-    return eval_batch_size or 4 * batch_size
+EVAL_BATCH_TOKENS = 16384
+
+
+def eval_batch(batch_size: int, longest: int, eval_batch_size: int | None = None) -> int:
+    """Validation batch size: as given, else as many cases of ``longest`` tokens as make
+    ``EVAL_BATCH_TOKENS`` tokens, and at least 4x the training batch. No gradients are kept, and fewer,
+    larger batches read each member's weights fewer times per epoch."""
+    return eval_batch_size or max(4 * batch_size, EVAL_BATCH_TOKENS // max(1, longest))
 
 
 def plan_memory(
@@ -139,7 +143,7 @@ def plan_memory(
     longest = int(reader.lengths.max()) if len(reader) else 0
     b = min(batch_size, len(reader))
     dim = reader.dim
-    largest = min(max(b, eval_batch(batch_size, eval_batch_size)), len(reader))
+    largest = min(max(b, eval_batch(batch_size, longest, eval_batch_size)), len(reader))
     batch_bytes = 3 * 4 * largest * longest * dim  # raw read buffer, float32 tensor, normalised copy
     params = sum(_param_count(s, dim, num_classes) for s in specs) * n_lrs
     acts = sum(_member_activation_floats(s, b, longest, dim) for s in specs) * n_lrs
@@ -212,7 +216,7 @@ def fit_eao(
     rng = np.random.default_rng(config.seed)
     y_train_t = torch.as_tensor(data.y_train, dtype=torch.long)
     y_val_t = torch.as_tensor(data.y_val, dtype=torch.long)
-    eval_bs = eval_batch(config.batch_size, eval_batch_size)
+    eval_bs = eval_batch(config.batch_size, int(data.reader.lengths.max(initial=1)), eval_batch_size)
     records: list[dict[str, np.ndarray]] = []
     step, epoch = 0, 0
     for epoch in range(1, config.epochs + 1):
