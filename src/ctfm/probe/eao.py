@@ -140,7 +140,7 @@ def plan_memory(
     eval_batch_size: int | None = None,
 ) -> MemoryPlan:
     """Estimate peak memory of an EAO run before it starts (the longest cases fill the biggest batch)."""
-    longest = int(reader.lengths.max()) if len(reader) else 0
+    longest = reader.longest
     b = min(batch_size, len(reader))
     dim = reader.dim
     largest = min(max(b, eval_batch(batch_size, longest, eval_batch_size)), len(reader))
@@ -216,7 +216,7 @@ def fit_eao(
     rng = np.random.default_rng(config.seed)
     y_train_t = torch.as_tensor(data.y_train, dtype=torch.long)
     y_val_t = torch.as_tensor(data.y_val, dtype=torch.long)
-    eval_bs = eval_batch(config.batch_size, int(data.reader.lengths.max(initial=1)), eval_batch_size)
+    eval_bs = eval_batch(config.batch_size, data.reader.longest, eval_batch_size)
     records: list[dict[str, np.ndarray]] = []
     step, epoch = 0, 0
     for epoch in range(1, config.epochs + 1):

@@ -66,6 +66,11 @@ class TokenReader:
     def dim(self) -> int:
         return int(self.tokens.shape[1])
 
+    @property
+    def longest(self) -> int:
+        """Token count of the longest case (0 when empty): what sizes the largest padded batch."""
+        return int(self.lengths.max(initial=0))
+
     def __len__(self) -> int:
         return len(self.lengths)
 
