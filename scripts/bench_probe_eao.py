@@ -12,9 +12,11 @@ weight decay at constant lr, batch 8, val evaluated every epoch. ctfm: the same 
 the packed token cache read batch by batch, every learning rate trained as one stacked module (``fit_eao``) with
 the same rules (``configs/benchmark.yaml``, section ``eao``), same batch size, epochs and seed. Each side runs in
 its own child process so its peak memory (ru_maxrss) is its own; the one-off import + pack of the store cache
-runs in a third one (reported apart).
+runs in a third one (reported apart). On a GPU (``--device cuda --ref-device cuda``: both sides there) ctfm
+replays its steps as CUDA graphs, as ``ctfm probe eao`` does; ``--eager`` times it without them.
 
-Usage: ``python scripts/bench_probe_eao.py [--epochs 20] [--variable] [--grid 5] [--batch-size 8] [--threads 2] [--seed 42]``
+Usage: ``python scripts/bench_probe_eao.py [--epochs 20] [--variable] [--grid 5] [--batch-size 8] [--threads 2]
+[--seed 42] [--device cuda --ref-device cuda [--eager]]``
 """
 
 from __future__ import annotations
@@ -58,13 +60,17 @@ def make_cases(
     return names, y
 
 
-def _warm_imports() -> None:
-    """Import what the first optimiser and metric call import lazily (seconds of one-off start-up), so
-    neither side's training time includes it."""
+def _warm_up(device: str) -> None:
+    """Import what the first optimiser and metric call import lazily and start the device's context and
+    matrix library (seconds of one-off start-up), so neither side's training time includes them."""
     import sklearn.metrics  # noqa: F401
     import torch
 
+    from ctfm.probe.training import resolve_device
+
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+    x = torch.ones(2, 2, device=resolve_device(device))
+    (x @ x).sum().item()
 
 
 # ---------------------------------------------------------------------------------------------- reference
@@ -79,7 +85,12 @@ def _reference(args: dict, queue: mp.Queue) -> None:
     from ctfm.probe.training import BatchSampler, batched_metrics
 
     torch.set_num_threads(args["threads"])
-    _warm_imports()
+    _warm_up(args["ref_device"])
+    dev = torch.device(args["ref_device"])
+
+    def on(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return x.to(dev), None if mask is None else mask.to(dev)
+
     files, y = [Path(f) for f in args["files"]], np.asarray(args["y"])
     train, val = np.asarray(args["train"]), np.asarray(args["val"])
 
@@ -150,7 +161,7 @@ def _reference(args: dict, queue: mp.Queue) -> None:
     val_loader = DataLoader(
         H5Tokens(val), batch_size=args["batch_size"], collate_fn=collate, num_workers=args["ref_workers"]
     )
-    heads = nn.ModuleList(AttnPool(args["dim"], ffn_mult=args["ffn_mult"]) for _ in args["lrs"])
+    heads = nn.ModuleList(AttnPool(args["dim"], ffn_mult=args["ffn_mult"]) for _ in args["lrs"]).to(dev)
     opt = torch.optim.AdamW(
         [{"params": h.parameters(), "lr": lr} for h, lr in zip(heads, args["lrs"], strict=True)],
         weight_decay=args["weight_decay"],
@@ -159,13 +170,18 @@ def _reference(args: dict, queue: mp.Queue) -> None:
     for _ in range(args["epochs"]):
         heads.train()
         for x, mask, lab in loader:
+            x, mask, lab = *on(x, mask), lab.to(dev)
             loss = torch.stack([nn.functional.cross_entropy(h(x, mask), lab) for h in heads]).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         heads.eval()
         with torch.no_grad():
-            logits = torch.stack([torch.cat([h(x, m) for x, m, _ in val_loader]) for h in heads]).numpy()
+            logits = (
+                torch.stack([torch.cat([h(*on(x, m)) for x, m, _ in val_loader]) for h in heads])
+                .cpu()
+                .numpy()
+            )
         bacc = batched_metrics(y[val], logits, np.zeros(len(heads)))["val_balanced_acc"]
         best = max(best, float(np.max(bacc)))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -179,12 +195,20 @@ def _reference(args: dict, queue: mp.Queue) -> None:
 def _ctfm(args: dict, queue: mp.Queue) -> None:
     import torch
 
-    from ctfm.probe.eao import EAOData, TokenReader, eao_head_specs, fit_eao, plan_memory
-    from ctfm.probe.training import TrainConfig
+    from ctfm.probe.eao import (
+        EAOData,
+        TokenReader,
+        available_bytes,
+        cuda_graphed,
+        eao_head_specs,
+        fit_eao,
+        plan_memory,
+    )
+    from ctfm.probe.training import TrainConfig, resolve_device
     from ctfm.store import Store
 
     torch.set_num_threads(args["threads"])
-    _warm_imports()
+    _warm_up(args["device"])
     y = np.asarray(args["y"])
     view = Store(Path(args["store"])).view("bench", "eao", "full")
     packed = view.packed(args["dtype"])  # built by _pack in another process: a cache hit here
@@ -201,9 +225,15 @@ def _ctfm(args: dict, queue: mp.Queue) -> None:
         seed=args["seed"],
     )
     specs = eao_head_specs(["attn-pool"], ffn_mult=args["ffn_mult"])
-    plan = plan_memory(specs, len(args["lrs"]), reader, args["batch_size"], 2)
+    device = resolve_device(args["device"])
+    graphed = cuda_graphed(device, config, not args["eager"])
+    plan = plan_memory(
+        specs, len(args["lrs"]), reader, args["batch_size"], 2, available_bytes(device), graphed=graphed
+    )
     start, cpu = time.perf_counter(), time.process_time()
-    result = fit_eao(data, specs, args["lrs"], config, weight_decay=args["weight_decay"])
+    result = fit_eao(
+        data, specs, args["lrs"], config, weight_decay=args["weight_decay"], cuda_graphs=not args["eager"]
+    )
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put(
@@ -214,6 +244,7 @@ def _ctfm(args: dict, queue: mp.Queue) -> None:
             "best_val_bacc": float(result.history["val_balanced_acc"].max()),
             "cache_mib": packed.tokens.nbytes / 2**20,
             "plan": plan.describe(),
+            "cuda_graphs": result.extra["cuda_graphs"],
         }
     )
 
@@ -260,6 +291,8 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="ctfm side: cpu, cuda or auto")
+    p.add_argument("--ref-device", default="cpu", help="reference side: cpu or cuda")
+    p.add_argument("--eager", action="store_true", help="ctfm side on a GPU: no CUDA graphs")
     p.add_argument("--seed", type=int, default=eao["seed"], help="training seed of both sides")
     p.add_argument("--skip-reference", action="store_true")
     a = p.parse_args()
@@ -283,6 +316,8 @@ def main() -> None:
             "seed": a.seed,
             "threads": a.threads,
             "device": a.device,
+            "ref_device": a.ref_device,
+            "eager": a.eager,
             "dtype": a.dtype,
             "store": str(Path(tmp) / "store"),
             "h5_dir": str(h5_dir),
@@ -294,7 +329,8 @@ def main() -> None:
     print(
         f"EAO bench: {a.cases} cases [{a.dim}, {grid}], attn-pool (ffn {a.ffn_mult:g}x) x {len(a.lrs)} lrs, "
         f"{a.epochs} epochs, batch {a.batch_size}, {a.threads} threads, seed {a.seed}, packed {a.dtype}, "
-        f"reference workers {a.ref_workers}"
+        f"reference workers {a.ref_workers}; devices: ctfm {a.device}"
+        f"{' (CUDA graphs)' if ours['cuda_graphs'] else ''}, reference {a.ref_device}"
     )
     print(f"ctfm memory plan: {ours['plan']}")
     rows = [("ctfm", ours)] + ([("reference", ref)] if ref else [])

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+
+from ctfm.probe.eao import EAOData
+from ctfm.probe.tokens import TokenReader
+from ctfm.store import Store
+
+DISEASE = "ascites"  # whole-scan disease: view "full"
+DIM = 8
 
 
 def planted_tokens(
@@ -40,6 +50,18 @@ def flatten(cases: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(cases), offsets
 
 
+GRIDS = [(2, 2, 3), (3, 2, 2), (2, 2, 2)]
+
+
+def planted_eao_data(n: int = 96, dim: int = 8, seed: int = 0, grids: list | None = None) -> EAOData:
+    """Two thirds train, one third val, of planted cases of several grid sizes (padded, masked batches)."""
+    cases, y = planted_tokens(n, grids=grids or GRIDS, dim=dim, amp=4.0, seed=seed)
+    half = n * 2 // 3
+    return EAOData(
+        TokenReader(*flatten(cases)), np.arange(half), y[:half], np.arange(half, n), y[half:], [0, 1]
+    )
+
+
 @pytest.fixture
 def one_thread():
     """Tiny tensors: one thread is fastest, and immune to a busy machine's oversubscription."""
@@ -47,3 +69,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def write_token_bench(root: Path, n: int = 60) -> tuple[Path, Path]:
+    """A store with eao token maps [D, h, w, l] (grids differ) and the disease's label CSV."""
+    grids = [(2, 2, 3), (3, 2, 2), (2, 3, 3)]
+    cases, y = planted_tokens(n, grids=grids, dim=DIM, amp=4.0, seed=1)
+    view = Store(root / "store").view("tiny", "eao", "full")
+    names = [f"case_{i:03d}" for i in range(n)]
+    for i, (name, tokens) in enumerate(zip(names, cases, strict=True)):
+        view.write_case(name, tokens.T.reshape(DIM, *grids[i % len(grids)]))
+    split = np.where(np.arange(n) < n * 2 // 3, "train", "val")
+    labels = root / "labels"
+    labels.mkdir()
+    pd.DataFrame({"case_id": [f"{c}.nii.gz" for c in names], "split": split, DISEASE: y}).to_csv(
+        labels / f"{DISEASE}.csv", index=False
+    )
+    return root / "store", labels

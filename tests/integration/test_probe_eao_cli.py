@@ -13,33 +13,13 @@ from cli_support import wandb_records, wandb_summary
 from ctfm.probe.checkpoint import load_predictor
 from ctfm.probe.layout import DiseaseLayout
 from ctfm.store import Store
-from eao_fixtures import planted_tokens
-
-DISEASE = "ascites"  # whole-scan disease: view "full"
-DIM = 8
-
-
-def _bench(root: Path, n: int = 60) -> tuple[Path, Path]:
-    """A store with eao token maps [D, h, w, l] (grids differ) and the disease's label CSV."""
-    grids = [(2, 2, 3), (3, 2, 2), (2, 3, 3)]
-    cases, y = planted_tokens(n, grids=grids, dim=DIM, amp=4.0, seed=1)
-    view = Store(root / "store").view("tiny", "eao", "full")
-    names = [f"case_{i:03d}" for i in range(n)]
-    for i, (name, tokens) in enumerate(zip(names, cases, strict=True)):
-        view.write_case(name, tokens.T.reshape(DIM, *grids[i % len(grids)]))
-    split = np.where(np.arange(n) < n * 2 // 3, "train", "val")
-    labels = root / "labels"
-    labels.mkdir()
-    pd.DataFrame({"case_id": [f"{c}.nii.gz" for c in names], "split": split, DISEASE: y}).to_csv(
-        labels / f"{DISEASE}.csv", index=False
-    )
-    return root / "store", labels
+from eao_fixtures import DIM, DISEASE, write_token_bench
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("wandb_offline")
 def test_probe_eao_trains_saves_and_resumes(cli, tmp_path: Path) -> None:
-    store, labels = _bench(tmp_path)
+    store, labels = write_token_bench(tmp_path)
     out = tmp_path / "probes"
     args = [
         "probe", "eao", "--store", store, "--model", "tiny", "--labels", labels, "--out", out,
@@ -114,7 +94,7 @@ def test_probe_eao_unknown_head_is_one_red_line(cli, tmp_path: Path) -> None:
 def test_probe_eao_bad_options_are_one_red_line_before_any_work(
     cli, tmp_path: Path, option: list[str], message: str
 ) -> None:
-    store, labels = _bench(tmp_path, n=12)
+    store, labels = write_token_bench(tmp_path, n=12)
     out = tmp_path / "probes"
     proc = cli(
         "probe", "eao", "--store", store, "--model", "tiny", "--labels", labels, "--out", out,
@@ -126,7 +106,7 @@ def test_probe_eao_bad_options_are_one_red_line_before_any_work(
 
 
 def test_probe_eao_missing_store_folder_is_a_usage_error(cli, tmp_path: Path) -> None:
-    _, labels = _bench(tmp_path, n=12)
+    _, labels = write_token_bench(tmp_path, n=12)
     proc = cli(
         "probe", "eao", "--store", tmp_path / "nowhere", "--model", "tiny", "--labels", labels,
         "--out", tmp_path / "probes", "--disease", DISEASE, check=False, env={"COLUMNS": "200"},
@@ -140,7 +120,7 @@ def test_probe_eao_missing_store_folder_is_a_usage_error(cli, tmp_path: Path) ->
 
 
 def test_probe_eao_failed_disease_names_its_labels_file(cli, tmp_path: Path) -> None:
-    store, labels = _bench(tmp_path, n=12)
+    store, labels = write_token_bench(tmp_path, n=12)
     proc = cli(
         "probe", "eao", "--store", store, "--model", "tiny", "--labels", labels, "--out", tmp_path / "probes",
         "--disease", DISEASE, "--split-column", "fold7", "--epochs", "1", check=False, env={"COLUMNS": "250"},

@@ -16,9 +16,9 @@ from ctfm.errors import ConfigError, DataError
 from ctfm.probe.checkpoint import load_predictor
 from ctfm.probe.data import DiseaseData
 from ctfm.probe.eao import (
-    EAOData,
     available_bytes,
     check_memory,
+    cuda_graphed,
     eao_head_specs,
     eval_batch,
     fit_eao,
@@ -26,13 +26,13 @@ from ctfm.probe.eao import (
     plan_memory,
     save_eao_checkpoints,
 )
-from ctfm.probe.eao_grid import HeadSpec
+from ctfm.probe.eao_grid import HeadSpec, graph_length
 from ctfm.probe.layout import DiseaseLayout
 from ctfm.probe.report import panel_groups
 from ctfm.probe.tokens import TokenReader, bucketed_batches
 from ctfm.probe.training import TrainConfig, reuse_freed_memory
 from ctfm.store import to_bfloat16_bits
-from eao_fixtures import flatten, one_thread, planted_tokens  # noqa: F401 (fixture)
+from eao_fixtures import flatten, one_thread, planted_eao_data  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,6 +105,27 @@ def test_validation_batches_hold_a_token_budget_of_cases_and_the_plan_counts_the
     assert plan.batch_bytes == 3 * 4 * 131 * 125 * 32  # the validation batch, the largest one read
 
 
+def test_cuda_graphs_pad_to_few_lengths_apply_to_constant_schedules_and_are_planned_for() -> None:
+    lengths = range(27, 217)  # grids 3x3x3 to 6x6x6
+    padded = {t: graph_length(t, 216) for t in lengths}
+    assert padded[64] == 64 and padded[65] == 91 and padded[125] == 128 and padded[200] == padded[216] == 216
+    assert all(t <= p < 1.42 * t for t, p in padded.items()) and len(set(padded.values())) == 7
+    assert graph_length(125, 125) == 125  # equal grids: no padding at all
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    constant = TrainConfig.from_benchmark("eao")
+    assert constant.schedule == "none" and cuda_graphed(gpu, constant)
+    assert not cuda_graphed(gpu, constant, enabled=False) and not cuda_graphed(cpu, constant)
+    assert not cuda_graphed(gpu, TrainConfig.from_benchmark("eao", schedule="cosine"))
+    # each captured shape (two batch sizes per padded length) keeps its gradients and activations
+    reader = TokenReader(*flatten([np.zeros((t, 32), np.float32) for t in (64, 100, 125)]))
+    eager = plan_memory([HeadSpec("attn-pool")], 3, reader, batch_size=2, num_classes=2, available=None)
+    graphed = plan_memory([HeadSpec("attn-pool")], 3, reader, 2, 2, available=None, graphed=True)
+    weights = eager.params_bytes // 4
+    assert graphed.graph_bytes == 2 * 2 * (weights + eager.activation_bytes)  # 64, and 125 (100 pads to it)
+    assert graphed.total == eager.total + graphed.graph_bytes and "CUDA graphs" in graphed.describe()
+    assert "CUDA graphs" not in eager.describe()
+
+
 def test_memory_available_is_the_gpus_free_memory_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     # No GPU here: torch.cuda.mem_get_info is replaced by a stand-in reporting 3 GiB free of 80.
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3 * 2**30, 80 * 2**30))
@@ -150,14 +171,6 @@ def test_head_options_at_their_bounds_are_accepted() -> None:
     assert eao_head_specs(["mean-linear"], dropout=5.0)[0].kwargs == {}
 
 
-def _data(n: int = 96, dim: int = 8, seed: int = 0) -> EAOData:
-    cases, y = planted_tokens(n, grids=[(2, 2, 3), (3, 2, 2), (2, 2, 2)], dim=dim, amp=4.0, seed=seed)
-    half = n * 2 // 3
-    return EAOData(
-        TokenReader(*flatten(cases)), np.arange(half), y[:half], np.arange(half, n), y[half:], [0, 1]
-    )
-
-
 def _config(**kw: object) -> TrainConfig:
     base = {"epochs": 4, "batch_size": 16, "device": "cpu", "min_epoch": 1, "warmup_epochs": 1.0}
     return TrainConfig.from_benchmark("eao", **{**base, **kw})
@@ -200,7 +213,7 @@ def test_training_reuses_freed_blocks_instead_of_faulting_in_fresh_pages() -> No
 
 
 def test_fit_trains_every_member_on_the_same_batches_deterministically() -> None:
-    data = _data()
+    data = planted_eao_data()
     a = fit_eao(data, SPECS, [1e-3, 1e-2], _config())
     b = fit_eao(data, SPECS, [1e-3, 1e-2], _config())
     assert [h["name"] for h in a.heads] == ["mean-linear"] * 2 + ["attn-pool"] * 2
@@ -212,13 +225,13 @@ def test_fit_trains_every_member_on_the_same_batches_deterministically() -> None
 
 def test_early_stopping_stops_a_plateaued_member() -> None:
     # lr 0 never changes the head: its monitored metric is flat and it stops after `patience` epochs.
-    fit = fit_eao(_data(), [HeadSpec("mean-linear")], [0.0, 1e-2], _config(epochs=12, patience=3))
+    fit = fit_eao(planted_eao_data(), [HeadSpec("mean-linear")], [0.0, 1e-2], _config(epochs=12, patience=3))
     assert fit.stopped_epoch[0] == 4
     assert fit.history[fit.history["head"] == 0]["epoch"].max() == 4
 
 
 def test_checkpoint_round_trips_through_load_predictor(tmp_path: Path) -> None:
-    data = _data()
+    data = planted_eao_data()
     config = _config()
     fit = fit_eao(data, SPECS, [1e-2], config)
     disease = DiseaseData("ascites", table=None, x=data.reader.tokens, store_key={"model": "m"})  # type: ignore[arg-type]

@@ -334,6 +334,14 @@ def eao(
             help="Validation batch size (default: up to 16,384 tokens, at least 4x --batch-size).",
         ),
     ] = None,
+    cuda_graphs: Annotated[
+        bool,
+        typer.Option(
+            "--cuda-graphs/--no-cuda-graphs",
+            help="On a GPU with the constant schedule (none, the default), replay each batch shape's training "
+            "step as one CUDA graph: the same steps, about 8x faster.",
+        ),
+    ] = True,
     patience: Annotated[
         int | None, typer.Option("--patience", help="Early-stopping patience in epochs (default 50).")
     ] = None,
@@ -391,6 +399,8 @@ def eao(
     def log(message: str) -> None:
         console.print(message, highlight=False)
 
-    task = eao_task(options, specs, dtype, eval_batch_size, log=log, progress=console.is_terminal)
+    task = eao_task(
+        options, specs, dtype, eval_batch_size, log=log, progress=console.is_terminal, cuda_graphs=cuda_graphs
+    )
     outcomes = run_probe(options, task, log=log)
     _report(outcomes, f"ctfm probe eao — {options.model} -> {options.out}")
