@@ -86,3 +86,12 @@ def write_token_bench(root: Path, n: int = 60) -> tuple[Path, Path]:
         labels / f"{DISEASE}.csv", index=False
     )
     return root / "store", labels
+
+
+def eval_val(cli, runs: Path, store: Path, labels: Path, out: Path) -> pd.Series:
+    """Score the val split with ``ctfm eval`` (the val_balanced_acc checkpoint); its metrics row."""
+    cli(
+        "eval", "--runs", runs, "--store", store, "--labels", labels, "--split", "val",
+        "--strategy", "val_balanced_acc", "--bootstrap", "0", "--out", out,
+    )  # fmt: skip
+    return pd.read_csv(out / "tiny" / "eao" / DISEASE / "val_balanced_acc" / "val_metrics.csv").iloc[0]

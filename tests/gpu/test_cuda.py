@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -25,7 +24,7 @@ from ctfm.probe.heads import build_head
 from ctfm.probe.layout import DiseaseLayout
 from ctfm.probe.linear import build_grid, fit_linear_grid
 from ctfm.probe.training import TrainConfig
-from eao_fixtures import DISEASE, GRIDS, planted_eao_data, write_token_bench
+from eao_fixtures import DISEASE, GRIDS, eval_val, planted_eao_data, write_token_bench
 from probe_fixtures import planted, split_arrays
 
 pytestmark = [
@@ -171,10 +170,5 @@ def test_probe_eao_cli_on_cuda_records_the_device_and_its_checkpoint_scores_on_c
     )  # fmt: skip
     summary = json.loads(DiseaseLayout.of(out, "tiny", DISEASE, "eao").summary.read_text())
     assert summary["runs"][0]["device"].startswith("cuda"), summary["runs"][0]
-    evals = tmp_path / "eval"
-    cli(
-        "eval", "--runs", out, "--store", store, "--labels", labels, "--split", "val",
-        "--strategy", "val_balanced_acc", "--bootstrap", "0", "--out", evals,
-    )  # fmt: skip
-    scored = pd.read_csv(evals / "tiny" / "eao" / DISEASE / "val_balanced_acc" / "val_metrics.csv")
-    assert int(scored["failed_cases"].iloc[0]) == 0 and 0.0 <= scored["balanced_acc"].iloc[0] <= 1.0
+    scored = eval_val(cli, out, store, labels, tmp_path / "eval")
+    assert int(scored["failed_cases"]) == 0 and 0.0 <= scored["balanced_acc"] <= 1.0

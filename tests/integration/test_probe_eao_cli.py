@@ -13,7 +13,7 @@ from cli_support import wandb_records, wandb_summary
 from ctfm.probe.checkpoint import load_predictor
 from ctfm.probe.layout import DiseaseLayout
 from ctfm.store import Store
-from eao_fixtures import DIM, DISEASE, write_token_bench
+from eao_fixtures import DIM, DISEASE, eval_val, write_token_bench
 
 
 @pytest.mark.slow
@@ -60,14 +60,9 @@ def test_probe_eao_trains_saves_and_resumes(cli, tmp_path: Path) -> None:
     assert bacc == pytest.approx(report.loc["val_balanced_acc", "balanced_acc"], abs=0.02)  # float16 cache
 
     # `ctfm eval` rebuilds the head from the checkpoint and scores the val split the same way.
-    evals = tmp_path / "eval"
-    cli(
-        "eval", "--runs", out, "--store", store, "--labels", labels, "--split", "val",
-        "--strategy", "val_balanced_acc", "--bootstrap", "0", "--out", evals,
-    )  # fmt: skip
-    scored = pd.read_csv(evals / "tiny" / "eao" / DISEASE / "val_balanced_acc" / "val_metrics.csv")
-    assert scored["balanced_acc"].iloc[0] == pytest.approx(bacc, abs=1e-9)
-    assert int(scored["failed_cases"].iloc[0]) == 0
+    scored = eval_val(cli, out, store, labels, tmp_path / "eval")
+    assert scored["balanced_acc"] == pytest.approx(bacc, abs=1e-9)
+    assert int(scored["failed_cases"]) == 0
 
     again = cli(*args)
     assert "skipped" in again.stdout
