@@ -279,8 +279,13 @@ class HeadGrid:
         with torch.cuda.stream(side):
             losses = self._step(graph.x, graph.mask, graph.y, class_weight)
         main.wait_stream(side)
-        with torch.cuda.graph(graph.graph):
-            graph.losses = self._step(graph.x, graph.mask, graph.y, class_weight)
+        try:
+            with torch.cuda.graph(graph.graph):
+                graph.losses = self._step(graph.x, graph.mask, graph.y, class_weight)
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"capturing the EAO training step as a CUDA graph failed ({exc}); rerun with --no-cuda-graphs"
+            ) from exc
         self._graphs[key] = graph
         return _by_member(losses)
 
