@@ -26,7 +26,7 @@ from ctfm.probe.eao import (
     plan_memory,
     save_eao_checkpoints,
 )
-from ctfm.probe.eao_grid import HeadSpec, graph_length
+from ctfm.probe.eao_grid import HeadGrid, HeadSpec, graph_length
 from ctfm.probe.layout import DiseaseLayout
 from ctfm.probe.report import panel_groups
 from ctfm.probe.tokens import TokenReader, bucketed_batches
@@ -116,6 +116,8 @@ def test_cuda_graphs_pad_to_few_lengths_apply_to_constant_schedules_and_are_plan
     assert constant.schedule == "none" and cuda_graphed(gpu, constant)
     assert not cuda_graphed(gpu, constant, enabled=False) and not cuda_graphed(cpu, constant)
     assert not cuda_graphed(gpu, TrainConfig.from_benchmark("eao", schedule="cosine"))
+    with pytest.raises(ValueError, match="need a CUDA device"):
+        HeadGrid([HeadSpec("mean-linear")], [1e-3], 8, 2, seed=0).use_cuda_graphs(8)
     # each captured shape (two batch sizes per padded length) keeps its gradients and activations
     reader = TokenReader(*flatten([np.zeros((t, 32), np.float32) for t in (64, 100, 125)]))
     eager = plan_memory([HeadSpec("attn-pool")], 3, reader, batch_size=2, num_classes=2, available=None)

@@ -223,7 +223,9 @@ def fit_eao(
     grid = HeadGrid(
         specs, lrs, data.reader.dim, num_classes, config.seed, weight_decay, config.optimizer, device=device
     )
-    graphed = cuda_graphed(device, config, cuda_graphs) and grid.use_cuda_graphs(data.reader.longest)
+    graphed = cuda_graphed(device, config, cuda_graphs)
+    if graphed:
+        grid.use_cuda_graphs(data.reader.longest)
     sampler = BatchSampler(data.y_train, config.batch_size, config.sampling, config.seed, num_classes)
     schedule = build_schedule(config.schedule, config.epochs, sampler.steps_per_epoch, config.warmup_epochs)
     weight = None

@@ -215,19 +215,18 @@ class HeadGrid:
                     return stack.module.member_state(row)
         raise KeyError(f"grid member {index} is not training")
 
-    def use_cuda_graphs(self, longest: int) -> bool:
+    def use_cuda_graphs(self, longest: int) -> None:
         """Replay each batch shape's whole step (forward, backward, optimiser) as one CUDA graph.
 
         On a GPU an eager step of the default grid is bound by launching its ~200 small kernels from Python:
         9.1 ms a step against 1.1 ms replayed, with identical weights after 200 steps (measured on an H200).
         Batches are padded to a few lengths (:func:`graph_length`, at most ``longest``) so a run captures a few
         graphs. The step's schedule is captured too: call this only for a constant schedule (a changed one
-        recaptures). Returns whether graphs are used (CUDA only).
+        recaptures); :func:`ctfm.probe.eao.cuda_graphed` decides when.
         """
         if self.device.type != "cuda":
-            return False
+            raise ValueError(f"CUDA graphs need a CUDA device, not {self.device}")
         self._graphs, self._longest = {}, longest
-        return True
 
     def train_step(
         self, batch: TokenBatch, y: torch.Tensor, class_weight: torch.Tensor | None = None
@@ -266,13 +265,14 @@ class HeadGrid:
         assert self._graphs is not None
         size, tokens = batch.tokens.shape[:2]
         length = graph_length(tokens, self._longest)
-        key = (size, length, batch.mask is not None or length > tokens, class_weight is not None)
+        masked = batch.mask is not None or length > tokens
+        key = (size, length, masked, class_weight is not None)
         graph = self._graphs.get(key)
         if graph is not None:
             graph.load(batch, y)
             graph.graph.replay()
             return _by_member([(idx, loss.clone()) for idx, loss in graph.losses])
-        graph = _GraphedStep(size, length, self.dim, key[2], self.device)
+        graph = _GraphedStep(size, length, self.dim, masked, self.device)
         graph.load(batch, y)
         main, side = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
         side.wait_stream(main)
@@ -317,7 +317,7 @@ def graph_length(tokens: int, longest: int) -> int:
     a run captures a few graphs, not one per length, and pads at most 42%."""
     if tokens >= longest:
         return tokens
-    return min(longest, math.ceil(2 ** (math.ceil(2 * math.log2(tokens)) / 2) - 1e-9))
+    return min(longest, math.ceil(2 ** (math.ceil(2 * math.log2(tokens)) / 2)))
 
 
 class _GraphedStep:
