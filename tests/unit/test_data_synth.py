@@ -232,7 +232,10 @@ def test_totalseg_folders_flag_writes_one_file_per_class(tmp_path):
     assert np.array_equal(liver.astype(bool), seg == V2.id_of("liver"))
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"cases": 0}, "--cases"), ({"shape": "huge"}, "--shape")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"cases": 0}, "--cases"), ({"seed": -1}, "--seed"), ({"shape": "huge"}, "--shape")],
+)
 def test_bad_arguments_are_config_errors(tmp_path, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         generate_benchmark(tmp_path / "x", **kwargs)
@@ -247,3 +250,56 @@ def test_rerun_with_fewer_cases_drops_stale_ones_and_foreign_folders_are_refused
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(ConfigError, match="not a synthetic benchmark"):
         generate_benchmark(tmp_path / "mine", cases=1)
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_rerun_deletes_only_what_the_generator_wrote(tmp_path):
+    root = generate_benchmark(tmp_path / "b", cases=3, seed=0, totalseg_folders=True)
+    mine = {
+        "notes/synth_0001_radiologist.txt": "reading notes",
+        "synth_overview.xlsx": "a spreadsheet",
+        "images/synth_0002.json": "a sidecar",
+        "test_demo/README_mine.txt": "about the demo",
+        "totalseg_folders/synth_0002/my_notes.txt": "notes on a dropped case",
+    }
+    for rel, text in mine.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    generate_benchmark(root, cases=2, seed=0)  # drops synth_0002 and the per-class folders
+    for rel, text in mine.items():
+        assert (root / rel).read_text() == text, rel
+    assert sorted(p.name for p in (root / "images").glob("*.nii.gz")) == [
+        "synth_0000.nii.gz",
+        "synth_0001.nii.gz",
+    ]
+    assert not (root / "totalseg_folders" / "synth_0000").exists()
+    assert [p.name for p in (root / "totalseg_folders").rglob("*")] == ["synth_0002", "my_notes.txt"]
+
+
+def test_an_interrupted_run_is_flagged_and_a_rerun_finishes_it_byte_identically(tmp_path, monkeypatch):
+    from ctfm.data import synth
+    from ctfm.data.check import check_benchmark
+
+    clean = _tree(generate_benchmark(tmp_path / "clean", cases=4, seed=3))
+    root = generate_benchmark(tmp_path / "b", cases=4, seed=0)
+    real, calls = synth.render_and_write, []
+
+    def interrupted(job):
+        calls.append(job.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(synth, "render_and_write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate_benchmark(root, cases=4, seed=3)  # another seed: two cases rewritten, two still seed 0
+    monkeypatch.setattr(synth, "render_and_write", real)
+    (root / "images" / ".synth_0002.nii.gz.x1y2.part.nii.gz").write_bytes(b"half a volume")  # a killed write
+    problems = check_benchmark(root).problems
+    assert [(p.file, "did not finish" in p.problem) for p in problems] == [("manifest.json", True)]
+    generate_benchmark(root, cases=4, seed=3)
+    assert _tree(root) == clean
+    assert check_benchmark(root).ok

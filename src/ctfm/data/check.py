@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctfm.data.synth import read_manifest
 from ctfm.errors import DataError
 from ctfm.labels import read_labels
 from ctfm.nifti import Geometry, case_id, geometry, list_volumes, read_array
@@ -184,6 +185,9 @@ def check_benchmark(
     report = CheckReport(root=root)
     if not (root / "images").is_dir():
         report.problems.append(Problem("images/", "", "no images/ folder"))
+    if read_manifest(root).get("complete") is False:
+        unfinished = "generation did not finish (interrupted?): rerun `ctfm data synth` with the same --out"
+        report.problems.append(Problem("manifest.json", "", unfinished))
     _check_label_files(root, report)
     jobs = volume_jobs(root)
     for kind in ("image", "totalseg", "mask"):

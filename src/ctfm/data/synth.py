@@ -15,9 +15,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +42,12 @@ TEST_FRACTION = 0.2
 N_FOLDS = 5
 TEST_DEMO_CASES = 5
 LABEL_SEED_OFFSET = 1_000_003  # label/split stream, independent of every per-case stream
+GENERATOR = "ctfm.data.synth"
+_CASE = re.compile(rf"{CASE_PREFIX}\d{{4,}}")
+# A volume this generator writes, or the temporary of an interrupted write of one (see fsutil.atomic_path).
+_OWNED = re.compile(
+    rf"(?P<part>\.)?(?P<stem>[^.]+){re.escape(NII_SUFFIX)}(?(part)\..+\.part{re.escape(NII_SUFFIX)})"
+)
 
 
 @dataclass(frozen=True)
@@ -178,29 +185,58 @@ def write_test_demo(out: Path, cases: list[str]) -> bool:
     return True
 
 
-def _check_args(cases: int, shape: str, workers: int) -> None:
+def _check_args(cases: int, seed: int, shape: str, workers: int) -> None:
     if cases < 1:
         raise ConfigError(f"--cases must be at least 1 (got {cases})")
+    if seed < 0:
+        raise ConfigError(f"--seed must be 0 or more (got {seed})")
     if shape not in SHAPES:
         raise ConfigError(f"--shape must be one of {', '.join(SHAPES)} (got {shape!r})")
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1 (got {workers})")
 
 
-def _prepare_out(out: Path, names: set[str]) -> None:
-    """Refuse a non-empty folder that is not a synthetic benchmark; drop cases a previous run left behind."""
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if read_manifest(out).get("generator") != "ctfm.data.synth":
+def _prepare_out(out: Path, arguments: dict[str, object], keep: set[str]) -> None:
+    """Refuse a non-empty folder that is not a synthetic benchmark; mark the folder unfinished before any file
+    changes (an interrupted run is then recognised, rerun and flagged by ``ctfm data check``); drop what an
+    earlier run wrote that this one will not rewrite."""
+    if out.exists() and any(out.iterdir()) and read_manifest(out).get("generator") != GENERATOR:
         raise ConfigError(f"{out} is not empty and not a synthetic benchmark; choose a new or empty --out")
-    shutil.rmtree(out / "test_demo", ignore_errors=True)  # fully derived: rebuilt below
-    stale = [
-        p
-        for p in out.rglob(f"{CASE_PREFIX}*")
-        if p.name.split(".")[0] not in names and (p.is_file() or p.parent.name == "totalseg_folders")
-    ]
-    for path in stale:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    started = {"generator": GENERATOR, "generator_version": SYNTH_VERSION, "complete": False}
+    write_text_atomic(out / "manifest.json", json.dumps({**started, "arguments": arguments}, indent=1) + "\n")
+    for folder in (out / "images", out / "totalseg"):
+        _drop_owned(folder, keep)
+    for folder in (out / "test_demo" / "images", *(out / "test_demo" / "fg_masks").glob("*/")):
+        _drop_owned(folder, set())  # derived: rebuilt from the new cases
+    classes = set(load_benchmark().class_map("v2").names.values())
+    by_class = out / "totalseg_folders"
+    for folder in by_class.glob(f"{CASE_PREFIX}*/"):
+        if arguments["totalseg_folders"] and folder.name in keep:
+            _drop_owned(folder, classes, classes.__contains__)  # only interrupted writes' temporaries
+        elif _is_case(folder.name):
+            _drop_owned(folder, set(), classes.__contains__)
+            _remove_if_empty(folder)
+    _remove_if_empty(by_class)
+
+
+def _is_case(stem: str) -> bool:
+    return _CASE.fullmatch(stem) is not None
+
+
+def _drop_owned(folder: Path, keep: set[str], owns: Callable[[str], bool] = _is_case) -> None:
+    """Delete the volumes this generator writes in ``folder`` (``owns`` their stem) that are not in ``keep``,
+    and the temporaries of interrupted writes; anything else is the user's."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        match = _OWNED.fullmatch(path.name)
+        if match and path.is_file() and owns(match["stem"]) and (match["part"] or match["stem"] not in keep):
+            path.unlink()
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # absent, or holds the user's files
+        folder.rmdir()
 
 
 def generate_benchmark(
@@ -213,7 +249,7 @@ def generate_benchmark(
     progress: bool = False,
 ) -> Path:
     """Write a synthetic benchmark folder; deterministic in (cases, seed, shape), whatever ``workers`` is."""
-    _check_args(cases, shape, workers)
+    _check_args(cases, seed, shape, workers)
     out = Path(out)
     bench = load_benchmark()
     diseases = bench.diseases
@@ -230,24 +266,20 @@ def generate_benchmark(
         )
         for i, row in table.iterrows()
     ]
-    _prepare_out(out, set(table["case"]))
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    arguments = {"cases": cases, "seed": int(seed), "shape": shape, "totalseg_folders": totalseg_folders}
+    _prepare_out(out, arguments, set(table["case"]))
     results = {r.name: r for r in _run_jobs(jobs, workers, progress)}
     _write_labels(out, table, diseases)
     test_cases = sorted(table.loc[table["split"] == "test", "case"]) or list(table["case"])  # tiny runs
     demo_cases = test_cases[:TEST_DEMO_CASES]
     has_masks = write_test_demo(out, demo_cases)
     manifest = {
-        "generator": "ctfm.data.synth",
+        "generator": GENERATOR,
         "generator_version": SYNTH_VERSION,
+        "complete": True,
         "ctfm_version": __version__,
         "seed": int(seed),
-        "arguments": {
-            "cases": cases,
-            "seed": int(seed),
-            "shape": shape,
-            "totalseg_folders": totalseg_folders,
-        },
+        "arguments": arguments,
         "class_map": "v2",
         "diseases": {
             d: {"positives": int(table[d].sum()), "prevalence": round(float(table[d].mean()), 4)}
