@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import inspect
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -156,6 +157,20 @@ class _Plan:
     @property
     def dtype(self) -> type:
         return np.uint8 if len(self.organs) <= 8 else np.uint16 if len(self.organs) <= 16 else np.uint64
+
+
+def _check_covers(class_map: ClassMap, diseases: Sequence[str]) -> None:
+    """Refuse a class map without an organ the diseases need: every mask would be silently empty."""
+    bench = load_benchmark()
+    ids, optional = class_map.ids, optional_organs()
+    lacking = {
+        organ: [d for d in diseases if organ in bench.roi_organs(d)]
+        for organ in _Plan.of(diseases).organs
+        if organ not in ids and organ not in optional
+    }
+    if lacking:
+        detail = "; ".join(f"{o} (needed by {', '.join(ds)})" for o, ds in lacking.items())
+        raise ConfigError(f"class map {class_map.version!r} has no class named {detail}")
 
 
 # ------------------------------------------------------------------------------------------- computation
@@ -472,10 +487,11 @@ def cases_from_labels(labels_dir: Path, diseases: Iterable[str] | None = None) -
 
 
 # ------------------------------------------------------------------------------------------- one case
-def _digest(organs: Sequence[str], class_map: ClassMap | None, margin_mm: float) -> str:
+def _digest(organs: Sequence[str], class_map: ClassMap | None, margin_mm: float, inputs: list) -> str:
+    """What a mask was built from: settings and the input files' stamps, so any change rebuilds it."""
     ids = {o: (class_map.ids.get(o) if class_map else o) for o in sorted(organs)}
-    blob = json.dumps({"v": FORMAT_VERSION, "ids": ids, "margin": round(float(margin_mm), 6)}, sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+    settings = {"v": FORMAT_VERSION, "ids": ids, "margin": round(float(margin_mm), 6), "inputs": inputs}
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _descrip(digest: str, voxels: int, status: str) -> str:
@@ -495,12 +511,13 @@ def _parse_descrip(path: Path) -> tuple[str, int, str, float] | None:
     return None
 
 
-def _input_mtime(src: LabelSource, organs: Iterable[str]) -> float:
-    if src.layout == MULTILABEL:
-        return src.path.stat().st_mtime
-    times = [src.path.stat().st_mtime]
-    times += [f.stat().st_mtime for f in map(src.organ_file, organs) if f.is_file()]
-    return max(times)
+def _input_stamps(src: LabelSource, organs: Iterable[str]) -> list[tuple[str, int, int]]:
+    """(name, size, mtime in ns) of each input file: a replaced label map changes them even when it is
+    older than the mask (``cp -p``, ``rsync -a``, ``tar x`` keep the source's time)."""
+    files = (
+        [src.path] if src.layout == MULTILABEL else [f for f in map(src.organ_file, organs) if f.is_file()]
+    )
+    return [(f.name, (st := f.stat()).st_size, st.st_mtime_ns) for f in files]
 
 
 @dataclass(frozen=True)
@@ -574,11 +591,11 @@ def process_case(job: _Job) -> _Result:
     cmap = job.class_map if src.layout == MULTILABEL else None
     try:
         todo: list[int] = []
-        mtime = _input_mtime(src, plan.organs)
+        stamps = _input_stamps(src, plan.organs)
         for g, organs in enumerate(plan.groups):
-            digest = _digest(organs, cmap, job.margin_mm)
-            paths = [job.out_dir / d / f"{src.case}{nifti.NII_SUFFIX}" for d in plan.members[g]]
-            done = [] if job.force else [_up_to_date(p, digest, mtime) for p in paths]
+            digest = _digest(organs, cmap, job.margin_mm, stamps)
+            paths = [mask_path(job.out_dir, d, src.case) for d in plan.members[g]]
+            done = [] if job.force else [_up_to_date(p, digest) for p in paths]
             if job.force or not all(done):
                 todo.append(g)
                 continue
@@ -594,7 +611,7 @@ def process_case(job: _Job) -> _Result:
             for g in todo:
                 voxels = slabs[g].voxels
                 status, message = _qc(plan.groups[g], present, voxels)
-                digest = _digest(plan.groups[g], cmap, job.margin_mm)
+                digest = _digest(plan.groups[g], cmap, job.margin_mm, stamps)
                 payload = nifti.encode_gz(
                     slabs[g].data,
                     affine,
@@ -604,7 +621,7 @@ def process_case(job: _Job) -> _Result:
                     z0=slabs[g].z0,
                 )
                 for disease in plan.members[g]:
-                    write_bytes_atomic(job.out_dir / disease / f"{src.case}{nifti.NII_SUFFIX}", payload)
+                    write_bytes_atomic(mask_path(job.out_dir, disease, src.case), payload)
                     result.rows.append(
                         MaskRow(src.case, disease, voxels, round(voxels * ml, 3), status, message)
                     )
@@ -612,18 +629,27 @@ def process_case(job: _Job) -> _Result:
     except Exception as exc:  # one bad case must not stop the batch
         message = str(exc) if isinstance(exc, DataError) else f"{src.path}: {type(exc).__name__}: {exc}"
         done_diseases = {r.disease for r in result.rows}
-        result.rows += [
-            MaskRow(src.case, d, 0, 0.0, FAILED, message) for d in job.diseases if d not in done_diseases
-        ]
+        failed = [d for d in job.diseases if d not in done_diseases]
+        result.rows += [MaskRow(src.case, d, 0, 0.0, FAILED, message) for d in failed]
+        for disease in failed:
+            _drop_stale_mask(mask_path(job.out_dir, disease, src.case))
     return result
 
 
-def _up_to_date(path: Path, digest: str, input_mtime: float) -> tuple[str, int, str, float] | None:
+def mask_path(out_dir: Path, disease: str, case: str) -> Path:
+    """Where :func:`build_masks` writes a case's mask for a disease."""
+    return Path(out_dir) / disease / f"{case}{nifti.NII_SUFFIX}"
+
+
+def _drop_stale_mask(path: Path) -> None:
+    """Remove a mask this module built from inputs that now fail, so no later stage uses it unawares."""
+    if _parse_descrip(path) is not None:
+        path.unlink(missing_ok=True)
+
+
+def _up_to_date(path: Path, digest: str) -> tuple[str, int, str, float] | None:
     """The recorded (digest, voxels, status, ml per voxel) when ``path`` was built from these inputs and settings."""
-    try:
-        if path.stat().st_mtime < input_mtime:
-            return None
-    except FileNotFoundError:
+    if not path.is_file():
         return None
     record = _parse_descrip(path)
     return record if record is not None and record[0] == digest else None
@@ -649,11 +675,12 @@ def build_masks(
     the batch goes on. Up-to-date outputs are skipped unless ``force``.
     """
     names = _check_diseases(diseases)
-    if margin_mm < 0:
-        raise ConfigError(f"--margin-mm must be >= 0, got {margin_mm}")
+    if not math.isfinite(margin_mm) or margin_mm < 0:
+        raise ConfigError(f"--margin-mm must be a finite number >= 0, got {margin_mm}")
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     cmap = resolve_class_map(class_map)
+    _check_covers(cmap, names)
     sources = find_label_maps(totalseg_dir)
     wanted = _case_diseases(cases, sources, names)
     out_dir = Path(out_dir)
@@ -664,6 +691,8 @@ def build_masks(
             where = Path(totalseg_dir) / f"{case}{nifti.NII_SUFFIX}"
             msg = f"{where}: no label map (neither {where.name} nor folder {case}/)"
             report.rows += [MaskRow(case, d, 0, 0.0, FAILED, msg) for d in case_diseases]
+            for disease in case_diseases:
+                _drop_stale_mask(mask_path(out_dir, disease, case))
             continue
         jobs.append(
             _Job(sources[case], tuple(case_diseases), out_dir, cmap, class_map is None, margin_mm, force)

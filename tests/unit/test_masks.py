@@ -282,6 +282,45 @@ def test_resume_does_no_work_and_settings_change_redoes(tmp_path, body):
     assert not [p for p in (tmp_path / "out").rglob("*") if ".part" in p.name]
 
 
+def test_a_label_map_replaced_by_an_older_file_rebuilds_its_masks(tmp_path, body):
+    label, affine = body
+    save(label, affine, tmp_path / "ts" / "c1.nii.gz")
+    save(np.where(label == V2.id_of("liver"), 0, label), affine, tmp_path / "other.nii.gz")  # no liver
+    assert build_masks(tmp_path / "ts", tmp_path / "out", ["fatty_liver"]).rows[0].status == OK
+    os.replace(tmp_path / "other.nii.gz", tmp_path / "ts" / "c1.nii.gz")
+    os.utime(tmp_path / "ts" / "c1.nii.gz", (1e9, 1e9))  # as `cp -p` or `rsync -a` leave it: years older
+    redo = build_masks(tmp_path / "ts", tmp_path / "out", ["fatty_liver"])
+    assert redo.written == 1 and redo.rows[0].status == EMPTY
+    assert _read(tmp_path / "out" / "fatty_liver" / "c1.nii.gz").sum() == 0
+
+
+def test_a_failed_rebuild_removes_the_stale_mask_and_keeps_other_files(tmp_path, body):
+    label, affine = body
+    save(label, affine, tmp_path / "ts" / "c1.nii.gz")
+    save(label, affine, tmp_path / "ts" / "c3.nii.gz")
+    build_masks(tmp_path / "ts", tmp_path / "out", ["fatty_liver"])
+    mine = tmp_path / "out" / "fatty_liver" / "c2.nii.gz"
+    save(np.ones((4, 4, 4), np.uint8), affine, mine)  # a mask the user made by hand
+    (tmp_path / "ts" / "c1.nii.gz").write_bytes(b"corrupt now")
+    (tmp_path / "ts" / "c3.nii.gz").unlink()
+    report = build_masks(tmp_path / "ts", tmp_path / "out", ["fatty_liver"], cases=["c1", "c2", "c3"])
+    assert [r.status for r in report.rows] == [FAILED] * 3
+    assert sorted(p.name for p in (tmp_path / "out" / "fatty_liver").iterdir()) == ["c2.nii.gz"]
+
+
+def test_a_class_map_without_a_needed_organ_is_refused_up_front(tmp_path, body):
+    label, affine = body
+    save(label, affine, tmp_path / "ts" / "c1.nii.gz")
+    tsv = tmp_path / "renamed.tsv"
+    rows = [f"{i}\t{'Liver' if n == 'liver' else n}" for i, n in V2.names.items()]
+    tsv.write_text("id\tname\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ConfigError, match=r"has no class named liver \(needed by fatty_liver"):
+        build_masks(tmp_path / "ts", tmp_path / "out", ["fatty_liver", "splenomegaly"], class_map=tsv)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="finite"):
+        build_masks(tmp_path / "ts", tmp_path / "out", ["fatty_liver"], margin_mm=float("inf"))
+
+
 def test_cases_from_labels(tmp_path):
     labels = tmp_path / "labels"
     labels.mkdir()
