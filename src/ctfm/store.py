@@ -48,6 +48,10 @@ DATASET = "y_hat"
 MANIFEST = "manifest.jsonl"
 EMBEDDINGS = "embeddings"
 PACKED = "packed"
+MODEL_NAME = "model.json"
+MAX_Y_HAT_BYTES = (
+    1 << 30
+)  # one case's embedding in memory: far above any [D, h, w, l] token map  # in the model folder: the name that owns it
 PACK_DTYPES = ("float32", "float16", "bfloat16")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _CASE_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -118,14 +122,28 @@ def read_y_hat(path: Path) -> np.ndarray:
         with h5py.File(path, "r") as fh:
             if DATASET not in fh:
                 raise StoreError(f"{path}: no dataset {DATASET!r} (found: {', '.join(fh.keys()) or 'none'})")
+            if not isinstance(fh.get(DATASET, getlink=True), h5py.HardLink):
+                raise StoreError(f"{path}: {DATASET!r} is a link; store the array in the file itself")
             ds = fh[DATASET]
             if not isinstance(ds, h5py.Dataset):
                 raise StoreError(f"{path}: {DATASET!r} is a group, not a dataset")
+            _check_self_contained(path, ds)
             return np.asarray(ds[()])
     except StoreError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:  # what h5py raises for broken files
         raise StoreError(f"{path}: not a readable HDF5 file ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_self_contained(path: Path, ds: Any) -> None:
+    """Refuse datasets whose data lives in other files (virtual or external storage: reading them would copy
+    any file the reader can open, e.g. another team's embeddings) or that would not fit in memory (a tiny
+    compressed file can declare terabytes)."""
+    if ds.is_virtual or ds.external:
+        raise StoreError(f"{path}: {DATASET!r} reads its data from other files; store the array itself")
+    nbytes = int(np.prod(ds.shape, dtype=np.float64)) * ds.dtype.itemsize
+    if nbytes > MAX_Y_HAT_BYTES:
+        raise StoreError(f"{path}: {DATASET!r} of shape {ds.shape} is {nbytes} bytes, over {MAX_Y_HAT_BYTES}")
 
 
 def write_y_hat(path: Path, arr: np.ndarray) -> None:
@@ -261,6 +279,7 @@ class View:
     """One (model, task, view) folder. Cheap to create; reads the manifest lazily and incrementally."""
 
     def __init__(self, store_root: Path, model: str, task: str, view: str) -> None:
+        self.name = str(model).strip()
         self.model = sanitize_name(model)
         self.task = check_task(task)
         self.view = check_view(view)
@@ -271,6 +290,7 @@ class View:
         self._records: dict[str, CaseRecord] = {}
         self._offset = 0
         self._identity: tuple[int, int] | None = None
+        self._claimed = False
 
     def __repr__(self) -> str:
         return f"View({self.model}/{self.task}/{self.view})"
@@ -310,9 +330,32 @@ class View:
             self._records[rec.case] = rec
         self._offset += end
 
+    def _claim_model_folder(self) -> None:
+        """Record the model name that owns the model folder on its first write; refuse another name that
+        sanitises to the same folder (``team a`` and ``team_a``), which would overwrite its embeddings."""
+        if self._claimed:
+            return
+        path = self.dir.parents[1] / MODEL_NAME
+        try:
+            owner = json.loads(path.read_text())["name"]
+        except FileNotFoundError:
+            write_text_atomic(path, json.dumps({"name": self.name}) + "\n")
+            owner = self.name
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(
+                f"{path}: unreadable ({exc}); it names the model that owns this folder"
+            ) from None
+        if owner != self.name:
+            raise StoreError(
+                f"model name {self.name!r} maps to the store folder {self.model!r} of model {owner!r}; "
+                "choose a name that differs in letters or digits"
+            )
+        self._claimed = True
+
     def _append(self, record: CaseRecord) -> None:
         if record.status not in STATUSES:
             raise StoreError(f"unknown status {record.status!r}; use one of {', '.join(STATUSES)}")
+        self._claim_model_folder()
         record.written_at = time.time()
         self.dir.mkdir(parents=True, exist_ok=True)
         line = record.to_json().encode() + b"\n"
@@ -408,6 +451,7 @@ class View:
         arr = np.asarray(y_hat)
         validate_y_hat(arr, self.task)
         self._check_consistent(case, arr)
+        self._claim_model_folder()
         path = self.case_path(case)
         write_y_hat(path, arr)
         return self._record_ok(case, path, arr, record)
@@ -437,6 +481,7 @@ class View:
         if status not in ("failed", "timeout"):
             raise StoreError(f"record_failure needs status failed or timeout, not {status!r}")
         rec = CaseRecord(case=case, status=status, error=error, **fields)
+        self._claim_model_folder()
         with contextlib.suppress(FileNotFoundError):
             self.case_path(case).unlink()
         self._append(rec)
@@ -454,6 +499,7 @@ class View:
         except StoreError as exc:
             raise StoreError(f"{h5_path}: {exc}") from None
         self._check_consistent(case, arr)
+        self._claim_model_folder()
         path = self.case_path(case)
         with atomic_path(path, durable=True) as tmp:
             shutil.copyfile(h5_path, tmp)
@@ -616,7 +662,8 @@ class ImportReport:
 
 
 def import_folder(view: View, h5_dir: Path) -> ImportReport:
-    """Import every ``<case>.h5`` in ``h5_dir`` into ``view``; bad files are recorded failed, not fatal.
+    """Import every ``<case>.h5`` in ``h5_dir`` into ``view``; bad files are recorded failed, not fatal
+    (a case already stored keeps its embedding).
 
     For lp the first good file fixes D (or the view's existing D); files of another D are rejected.
     """
@@ -638,6 +685,9 @@ def import_folder(view: View, h5_dir: Path) -> ImportReport:
             view.import_file(case, path, CaseRecord(case=case, status="ok", extractor="import"))
             report.ok += 1
         except StoreError as exc:
+            if view.is_done(case):  # a bad new file never costs the embedding already stored
+                report.failed.append((case, f"{exc} (kept the embedding already stored)"))
+                continue
             view.record_failure(case, "failed", str(exc), extractor="import")
             report.failed.append((case, str(exc)))
     return report

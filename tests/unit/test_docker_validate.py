@@ -68,6 +68,41 @@ def test_symlink_missing_dataset_junk_and_size(tmp_path):
         check_output(h5(tmp_path / "g.h5"), tmp_path / "stage", "lp", dim=8)
 
 
+def test_outputs_that_read_other_files_or_declare_huge_arrays_are_rejected(tmp_path):
+    """A container could point y_hat at any file the runner can read (another team's embeddings, a host
+    secret) through HDF5 virtual datasets, external storage or external links, or declare a huge array in a
+    tiny compressed file: each fails its case, and nothing outside the output is read."""
+    victim = h5(tmp_path / "victim.h5", np.full(4, 7.0, np.float32))
+    (tmp_path / "secret.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    out = tmp_path / "out"
+    out.mkdir()
+    with h5py.File(out / "virtual.h5", "w") as fh:
+        layout = h5py.VirtualLayout(shape=(4,), dtype=np.float32)
+        layout[:] = h5py.VirtualSource(str(victim), "y_hat", shape=(4,))
+        fh.create_virtual_dataset("y_hat", layout)
+    with h5py.File(out / "external.h5", "w") as fh:
+        fh.create_dataset(
+            "y_hat", shape=(4,), dtype=np.float32, external=[(str(tmp_path / "secret.bin"), 0, 16)]
+        )
+    with h5py.File(out / "linked.h5", "w") as fh:
+        fh["y_hat"] = h5py.ExternalLink(str(victim), "y_hat")
+    with h5py.File(out / "bomb.h5", "w") as fh:
+        fh.create_dataset(
+            "y_hat", shape=(1 << 28, 2), dtype=np.float32, chunks=(1 << 20, 2), compression="gzip"
+        )
+    (out / "folder.h5").mkdir()
+    reasons = {
+        "virtual": "other files",
+        "external": "other files",
+        "linked": "is a link",
+        "bomb": "over 1073741824",
+        "folder": "not a regular file",
+    }
+    for case, reason in reasons.items():
+        with pytest.raises(OutputInvalid, match=reason):
+            check_output(out / f"{case}.h5", tmp_path / "stage", "lp")
+
+
 def test_scan_reports_missing_unexpected_and_one_feature_size(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

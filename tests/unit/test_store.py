@@ -289,6 +289,35 @@ def test_import_reference_files_validates_each(tmp_path: Path) -> None:
     assert view.packed().X.shape == (3, 16)
 
 
+def test_a_rejected_import_keeps_the_embedding_already_stored(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    stored = {f"case_{i}": RNG.normal(size=8).astype(np.float32) for i in range(3)}
+    for case, arr in stored.items():
+        _h5(first / f"{case}.h5", y_hat=arr)
+    _h5(second / "case_1.h5", y_hat=np.zeros(16, np.float32))  # another D
+    (second / "case_2.h5").write_bytes((first / "case_2.h5").read_bytes()[:500])  # truncated
+    _h5(second / "case_3.h5", y_hat=np.ones(8, np.float32))
+    view = Store(tmp_path / "store").view("team-x", "lp", "full")
+    import_folder(view, first)
+    report = import_folder(view, second)
+    assert report.ok == 1
+    assert sorted(case for case, why in report.failed if "kept the embedding" in why) == ["case_1", "case_2"]
+    assert view.cases("ok") == ["case_0", "case_1", "case_2", "case_3"]
+    for case, arr in stored.items():
+        np.testing.assert_array_equal(view.read_case(case), arr)
+
+
+def test_two_model_names_sharing_a_folder_cannot_overwrite_each_other(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    first = store.view("team a", "lp", "full")
+    first.write_case("case_0", np.ones(8, np.float32))
+    with pytest.raises(StoreError, match="'team_a' maps to the store folder 'team_a' of model 'team a'"):
+        store.view("team_a", "lp", "full").write_case("case_0", np.zeros(8, np.float32))
+    np.testing.assert_array_equal(first.read_case("case_0"), np.ones(8, np.float32))
+    store.view("team a", "eao", "full").write_case("case_0", np.ones((8, 2, 2, 2), np.float32))  # same owner
+
+
 def test_timing_csv_reference_format(tmp_path: Path) -> None:
     view = Store(tmp_path).view("m", "lp", "full")
     view.write_case("a", np.zeros(4, np.float32), _rec("a", seconds=1.25))

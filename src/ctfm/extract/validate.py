@@ -68,12 +68,13 @@ def stage_output(path: Path, staging: Path, max_bytes: int = DEFAULT_MAX_BYTES) 
         raise OutputInvalid("output file missing") from None
     except OSError as exc:  # ELOOP: a symlink
         raise OutputInvalid(f"output is not a regular file ({exc.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OutputInvalid("output is not a regular file (a folder or special file)")
     staging.mkdir(parents=True, exist_ok=True)
     dest = staging / Path(path).name
     with os.fdopen(fd, "rb") as src:
-        st = os.fstat(src.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise OutputInvalid("output is not a regular file (special file)")
         if st.st_size > max_bytes:
             raise OutputInvalid(f"output is {st.st_size} bytes, over the limit of {max_bytes}")
         with dest.open("wb") as out:
