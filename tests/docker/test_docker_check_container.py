@@ -64,3 +64,16 @@ def test_collapsed_embeddings_fail(test_image, tmp_path, cli):
     assert proc.returncode == 1
     status, detail = _row(proc.stdout, "embeddings informative")
     assert status == "FAIL" and detail.startswith("collapsed:"), detail
+
+
+def test_a_hanging_image_gets_clear_verdicts(test_image, tmp_path, cli):
+    """No output at all: every row that judges outputs fails and says why, none contradicts itself."""
+    images = write_cases(tmp_path / "images", 2)
+    (images / "case_0000.nii.gz").unlink()  # left: the case the image hangs on
+    proc = cli(
+        "check-container", test_image("hang"), "--images", images, "--memory", "1g", "--timeout-per-case", "3",
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    for row in ("one feature size", "embeddings informative"):
+        assert _row(proc.stdout, row) == ("FAIL", "no valid output to judge"), row

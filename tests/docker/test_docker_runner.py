@@ -82,6 +82,25 @@ def test_hanging_container_times_out_and_others_continue(tmp_path, cases4, test_
     assert "container killed" in report.outcomes[BAD_CASE].error
     rec = Store(tmp_path / "s").view("ctfm-test", "lp", "full").record(BAD_CASE)
     assert rec.status == "timeout"
+    assert rec.seconds >= 6  # the timing CSV lists the seconds a timed-out case used, not 0
+
+
+def test_a_container_filling_the_disk_is_stopped(tmp_path, cases4, test_image, no_leftovers):
+    """The output folder is on the host's disk: a container writing more than its cases may is killed long
+    before its time limit, and only its bad case fails."""
+    mib = 1 << 20
+    report = run_tag(
+        tmp_path / "s",
+        test_image("fill"),
+        cases4,
+        batch_cases=4,
+        timeout_per_case=600,
+        max_output_bytes=16 * mib,
+    )
+    expected = dict.fromkeys([f"case_{i:04d}" for i in range(4)], "ok")
+    expected[BAD_CASE] = "failed"
+    assert statuses(report) == expected
+    assert f"wrote over {16 * mib} bytes into its output folder" in report.outcomes[BAD_CASE].error
 
 
 def test_crash_on_one_case_is_retried_alone(tmp_path, cases4, test_image, no_leftovers):
@@ -90,6 +109,13 @@ def test_crash_on_one_case_is_retried_alone(tmp_path, cases4, test_image, no_lef
     assert "exited with code 3" in report.outcomes[BAD_CASE].error
     assert sum(s == "ok" for s in statuses(report).values()) == 3
     assert "crashing on case_0001" in report.log_path.read_text()
+
+
+def test_out_of_memory_is_named_as_such(tmp_path, cases4, test_image, no_leftovers):
+    report = run_tag(tmp_path / "s", test_image("hog"), cases4, memory="256m")
+    assert statuses(report)[BAD_CASE] == "failed"
+    assert "container killed: out of memory (limit 256m)" in report.outcomes[BAD_CASE].error
+    assert sum(s == "ok" for s in statuses(report).values()) == 3
 
 
 def test_nan_output_fails_that_case_only(tmp_path, cases4, test_image, no_leftovers):
@@ -170,6 +196,7 @@ def test_tarball_with_unusual_tag_is_loaded_recorded_and_removed(
         buildargs={"BASE": base.id, "MODE": "good"},
         labels={"ctfm.test.nonce": str(time.time_ns())},
         network_mode="none",
+        rm=True,
     )
     teams = tmp_path / "teams"
     teams.mkdir()
@@ -184,6 +211,45 @@ def test_tarball_with_unusual_tag_is_loaded_recorded_and_removed(
     assert {view.record(c).image_id for c in view.cases()} == {img.id}
     assert view.record("case_0000").extractor_version == "registry.local/acme-sub:v7"
     assert img.id not in {i.id for i in docker_client.images.list(all=True)}  # removed after the run
+
+
+def test_a_tarball_cannot_take_over_another_images_tag(
+    tmp_path, cases4, test_image, docker_client, no_leftovers, monkeypatch
+):
+    """`docker load` moves a tag onto the loaded image: a team whose tarball carries the organizer's tag
+    must not be run, recorded or removed in that image's place. Also: a relative --store works."""
+    organizer = docker_client.images.get(test_image("good"))
+    organizer.tag("ctfm-victim", "1")
+    img, _ = docker_client.images.build(
+        path=str(Path(__file__).parent / "images"),
+        tag="ctfm-thief:1",
+        buildargs={"BASE": organizer.id, "MODE": "good"},
+        labels={"ctfm.test.nonce": str(time.time_ns())},
+        network_mode="none",
+        rm=True,
+    )
+    teams = tmp_path / "teams"
+    teams.mkdir()
+    img.tag("ctfm-victim", "1")  # the tarball claims the organizer's tag
+    img.reload()
+    with (teams / "thief_lp.tar.gz").open("wb") as fh:
+        for chunk in img.save(named="ctfm-victim:1"):
+            fh.write(chunk)
+    docker_client.images.remove(img.id, force=True)
+    organizer.tag("ctfm-victim", "1")
+    monkeypatch.chdir(tmp_path)
+    settings = RunSettings(memory="1g")
+    thief, victim = run_containers(Path("s"), cases4, settings, tarballs_dir=teams, tags=["ctfm-victim:1"])
+    assert thief.all_ok and victim.all_ok
+    assert (thief.image_id, victim.image_id) == (img.id, organizer.id)
+    for team, image_id in (("thief", img.id), ("ctfm-victim", organizer.id)):
+        view = Store(tmp_path / "s").view(team, "lp", "full")
+        assert {view.record(c).image_id for c in view.cases()} == {image_id}
+    assert (
+        docker_client.images.get("ctfm-victim:1").id == organizer.id
+    )  # the tag survived the thief's removal
+    assert img.id not in {i.id for i in docker_client.images.list(all=True)}
+    docker_client.images.remove("ctfm-victim:1")
 
 
 def _extract_cmd(tag: str, images: Path, store: Path) -> list[str]:
@@ -210,10 +276,16 @@ def test_kill_runner_and_resume(tmp_path, test_image, docker_client):
     proc.wait()
     done_before = {c: view.record(c).written_at for c in view.cases()}
     assert 2 <= len(done_before) < 6
-    assert ctfm_containers(docker_client, proc.pid), "a SIGKILLed runner leaves its container behind"
+
+    def leftovers():
+        return ctfm_containers(docker_client, proc.pid) or list((store / ".ctfm-work").iterdir())
+
+    deadline = time.monotonic() + 60  # the engine keeps the container: the runner's watchdog removes it
+    while leftovers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not leftovers(), "the dead runner's container or work folder was left behind"
 
     subprocess.run(_extract_cmd(tag, images, store), check=True, capture_output=True)
-    assert not ctfm_containers(docker_client, proc.pid), "the rerun removes the dead runner's container"
     assert len(view.cases()) == 6
     for case, written in done_before.items():
         assert view.record(case).written_at == written, f"{case} was redone"
@@ -256,7 +328,7 @@ def test_broken_tarball_and_image_without_shell_do_not_stop_the_others(
     # An image whose entry cannot start: `sh` is shadowed by a directory on PATH (/usr/local/bin).
     (tmp_path / "ctx").mkdir()
     (tmp_path / "ctx" / "Dockerfile").write_text(f"FROM {test_image('good')}\nENV PATH=/nosh\n")
-    docker_client.images.build(path=str(tmp_path / "ctx"), tag="ctfm-nosh:1", network_mode="none")
+    docker_client.images.build(path=str(tmp_path / "ctx"), tag="ctfm-nosh:1", network_mode="none", rm=True)
     proc = cli(
         "extract", "--containers", teams, "--image", "ctfm-nosh:1", "--image", test_image("good"),
         "--images", cases4, "--store", tmp_path / "s", "--memory", "1g", check=False,

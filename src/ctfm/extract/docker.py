@@ -30,6 +30,8 @@ import signal
 import socket
 import stat
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -55,6 +57,7 @@ LABEL_PID = "ctfm.pid"
 LABEL_HOST = "ctfm.host"
 LABEL_TEAM = "ctfm.team"
 WORK_DIR = ".ctfm-work"
+DISK_CHECK_S = 1.0  # how often a running container's output folder is measured
 NOBODY = "65534:65534"
 GPU_DRIVER_HINT = "could not select device driver"
 
@@ -130,6 +133,12 @@ class ContainerResult:
     peak_memory: int | None = None
     error: str = ""
     invalid: dict[str, str] = field(default_factory=dict)  # case -> why its final output was rejected
+    oom_killed: bool = False
+
+    def exit_reason(self, memory: str) -> str:
+        if self.oom_killed:
+            return f"container killed: out of memory (limit {memory})"
+        return f"container exited with code {self.exit_code}"
 
 
 @dataclass
@@ -217,6 +226,29 @@ def cleanup_stale(client: Any) -> list[str]:
             client.api.remove_container(c["Id"], force=True)
             removed.append(",".join(n.lstrip("/") for n in c.get("Names") or []) or c["Id"][:12])
     return removed
+
+
+def watch_runner(pid: int, store_root: str, poll_s: float = 1.0) -> None:
+    """The watchdog, in a process of its own: once runner ``pid`` is gone without cleaning up (SIGKILL, OOM
+    killer), remove its containers and work folders. The engine keeps a container running after its client
+    dies, so without this a hung team container would outlive its time limit until the next run."""
+    while _pid_alive(pid):
+        time.sleep(poll_s)
+    cleanup_stale(docker_client())
+    cleanup_stale_work(Path(store_root))
+
+
+def _start_watchdog(store_root: Path) -> subprocess.Popen:
+    code = "import sys; from ctfm.extract.docker import watch_runner; watch_runner(int(sys.argv[1]), sys.argv[2])"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(os.getpid()), str(store_root)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,  # a Ctrl-C of the runner's terminal must not stop it first
+    )
 
 
 def cleanup_stale_work(root: Path) -> None:
@@ -325,8 +357,10 @@ class ContainerRunner:
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.store_root = Path(store_root)
+        self.store_root = Path(store_root).resolve()  # the engine mounts absolute paths only
+        self._watched = client is None  # the watchdog reaches the engine the way docker_client() does
         self.client = client or docker_client()
+        self._watchdog: subprocess.Popen | None = None
         self.log = log or (lambda msg: None)
         self._live: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -352,6 +386,8 @@ class ContainerRunner:
         cleanup_stale_work(self.store_root)
         self.work.mkdir(parents=True, exist_ok=True)
         os.chmod(self.work, 0o755)
+        if self._watched:
+            self._watchdog = _start_watchdog(self.store_root)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 self._old_handlers[sig] = signal.signal(sig, self._on_signal)
@@ -387,6 +423,11 @@ class ContainerRunner:
                 with contextlib.suppress(Exception):
                     self.client.api.remove_container(c["Id"], force=True)
         shutil.rmtree(self.work, ignore_errors=True)
+        if self._watchdog is not None:
+            self._watchdog.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._watchdog.wait(5)
+            self._watchdog = None
         for sig, handler in self._old_handlers.items():
             with contextlib.suppress(Exception):
                 signal.signal(sig, handler)
@@ -400,7 +441,7 @@ class ContainerRunner:
         tarball = Path(tarball)
         if not tarball.is_file():
             raise DataError(f"{tarball}: tarball not found")
-        before = {i.id for i in self.client.images.list(all=True)}
+        before = {i.id: list(i.tags) for i in self.client.images.list(all=True)}
         try:
             with tarball.open("rb") as fh:
                 images = self.client.images.load(fh)
@@ -417,11 +458,27 @@ class ContainerRunner:
         return TeamImage(
             team=name,
             image_id=img.id,
-            tags=list(img.tags),
+            tags=self._restore_tags(tarball, img, before),
             size=int(img.attrs.get("Size", 0)),
             source=str(tarball),
             loaded=img.id not in before,
         )
+
+    def _restore_tags(self, tarball: Path, img: Any, before: dict[str, list[str]]) -> list[str]:
+        """``docker load`` moves any tag in the tarball onto its image: a team could take over another
+        image's tag (an organizer's, another team's) and so be run, recorded or removed in its place. Tags
+        that named another image before the load go back to it; the loaded image keeps only its own."""
+        from docker.utils import parse_repository_tag
+
+        owner = {tag: image_id for image_id, tags in before.items() for tag in tags}
+        own = []
+        for tag in img.tags:
+            if owner.get(tag, img.id) == img.id:
+                own.append(tag)
+                continue
+            self.client.api.tag(owner[tag], *parse_repository_tag(tag), force=True)
+            self.log(f"{tarball.name}: its image claims tag {tag} of another image; the tag stays there")
+        return own
 
     def resolve_tag(self, tag: str, team: str | None = None) -> TeamImage:
         import docker
@@ -587,6 +644,7 @@ class ContainerRunner:
             if s.measure_memory:
                 sampler = threading.Thread(target=_sample_memory, args=(container, result, done), daemon=True)
                 sampler.start()
+            stopped, next_disk_check = "", 0.0
             while True:
                 finished = done.wait(s.poll_s)
                 now = time.monotonic() - t0
@@ -596,15 +654,19 @@ class ContainerRunner:
                     self._poll_outputs(out_dir, wanted, result, taken, last_stat, staging, on_valid, now)
                 if finished:
                     break
-                if now > limit:
-                    result.timed_out = True
+                if now >= next_disk_check:
+                    next_disk_check = now + DISK_CHECK_S
+                    stopped = _over_disk_budget(out_dir, s.max_output_bytes * len(cases))
+                result.timed_out = now > limit
+                if stopped or result.timed_out:
                     with contextlib.suppress(Exception):
                         container.kill()
                     done.wait(30)
                     break
             result.wall_s = time.monotonic() - t0
             result.exit_code = exit_box.get("code")
-            result.error = exit_box.get("error", "")
+            result.error = stopped or exit_box.get("error", "")
+            result.oom_killed = _oom_killed(container)
             if sampler is not None:
                 sampler.join(2)
             self._final_outputs(out_dir, wanted, result, taken, staging, on_valid, single)
@@ -786,23 +848,25 @@ class _TeamState:
                     out.case,
                     "failed",
                     f"feature size {feature_dim(out.y_hat)} differs from {self.dim} of this team's other cases",
+                    seconds,
                 )
                 return False
             record = CaseRecord(case=out.case, status="ok", seconds=round(seconds, 4), **fields)
             try:
                 self.view.import_file(out.case, out.path, record)
             except StoreError as exc:
-                self._fail(out.case, "failed", str(exc))
+                self._fail(out.case, "failed", str(exc), seconds)
                 return False
             if self.dim is None:
                 self.dim = feature_dim(out.y_hat)
             self._set(CaseOutcome(out.case, "ok", seconds))
         return True
 
-    def _fail(self, case: str, status: str, error: str) -> None:
+    def _fail(self, case: str, status: str, error: str, seconds: float = 0.0) -> None:
+        """Record a failed case with the seconds it used (0 when its batch gives it no time of its own)."""
         fields = self._record_fields(self.by_case[case])
-        self.view.record_failure(case, status, error, **fields)
-        self._set(CaseOutcome(case, status, 0.0, error))
+        self.view.record_failure(case, status, error, seconds=round(seconds, 4), **fields)
+        self._set(CaseOutcome(case, status, seconds, error))
 
     def _set(self, outcome: CaseOutcome) -> None:
         new = outcome.case not in self.report.outcomes
@@ -834,18 +898,19 @@ class _TeamState:
 
     def _settle(self, missing: list[CaseInput], result: ContainerResult) -> None:
         invalid = result.invalid
+        seconds = result.wall_s if len(result.cases) == 1 else 0.0
         for ci in missing:
             if ci.case in self.report.outcomes:
                 continue
             with self.runner._ingest_lock:
                 if ci.case in invalid:
-                    self._fail(ci.case, "failed", invalid[ci.case])
+                    self._fail(ci.case, "failed", invalid[ci.case], seconds)
                 elif result.timed_out:
                     limit = self.runner.settings.timeout_per_case
-                    self._fail(ci.case, "timeout", f"no output within {limit:g} s; container killed")
+                    self._fail(ci.case, "timeout", f"no output within {limit:g} s; container killed", seconds)
                 else:
-                    why = result.error or f"container exited with code {result.exit_code}"
-                    self._fail(ci.case, "failed", f"no output ({why}); see {self.report.log_path}")
+                    why = result.error or result.exit_reason(self.runner.settings.memory)
+                    self._fail(ci.case, "failed", f"no output ({why}); see {self.report.log_path}", seconds)
 
     def _note(self, result: ContainerResult) -> None:
         if result.unexpected:
@@ -928,6 +993,31 @@ def _api_error(exc: Exception, gpu: str | None) -> Exception:
             "nvidia-container-toolkit and restart dockerd, or run without --gpus"
         )
     return ContainerError(f"the Docker engine refused the container: {text.strip()}")
+
+
+def _oom_killed(container: Any) -> bool:
+    """Whether the engine killed the container for going over its memory limit (exit 137 alone could be
+    any SIGKILL)."""
+    with contextlib.suppress(Exception):
+        container.reload()
+        return bool(container.attrs["State"].get("OOMKilled"))
+    return False
+
+
+def _over_disk_budget(out_dir: Path, budget: int, max_entries: int = 100_000) -> str:
+    """Why a container's output folder is over budget (disk blocks used, or entries), else ''. The folder is
+    on the host's disk: without this a container could fill it and stop the whole run."""
+    used = entries = 0
+    for root, dirs, files in os.walk(out_dir):  # never follows links
+        for name in dirs + files:
+            entries += 1
+            with contextlib.suppress(OSError):
+                used += os.lstat(os.path.join(root, name)).st_blocks * 512
+        if used > budget:
+            return f"wrote over {budget} bytes into its output folder; container stopped"
+        if entries > max_entries:
+            return f"wrote over {max_entries} files into its output folder; container stopped"
+    return ""
 
 
 def _wait(container: Any, box: dict[str, Any], done: threading.Event) -> None:
@@ -1048,6 +1138,7 @@ def _progress(enabled: bool) -> Iterator[Any]:
 
 def team_table(reports: Sequence[TeamReport]) -> Any:
     """The end-of-run table: team, ok, failed, timeout, median s/case, start-up s, image size."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="container extraction")
@@ -1055,10 +1146,10 @@ def team_table(reports: Sequence[TeamReport]) -> Any:
         table.add_column(col, justify="left" if col == "team" else "right", overflow="fold")
     for r in reports:
         if r.error:
-            table.add_row(r.team, "-", "not run", "-", "-", "-", "-", "-")
+            table.add_row(escape(r.team), "-", "not run", "-", "-", "-", "-", "-")
             continue
         table.add_row(
-            r.team,
+            escape(r.team),
             str(r.count("ok")),
             str(r.count("failed")),
             str(r.count("timeout")),
@@ -1175,7 +1266,9 @@ def _judge(
 
     cases = [ci.case for ci in inputs]
     bad_exit = [
-        f"{r.name}: exit {r.exit_code}" for r in results if r.exit_code not in (0,) and not r.timed_out
+        f"{r.name}: {r.exit_reason(settings.memory)}"
+        for r in results
+        if r.exit_code not in (0,) and not r.timed_out
     ]
     timeouts = [", ".join(r.cases) for r in results if r.timed_out]
     unexpected = sorted({n for r in results for n in r.unexpected})
@@ -1193,12 +1286,12 @@ def _judge(
     report.add("outputs valid", not invalid and not missing, detail or f"{len(cases)} cases x 2 runs valid")
     arrays = runs[0]
     dims = sorted({int(a.shape[0]) for a in arrays.values()})
-    report.add("one feature size", len(dims) <= 1, f"D = {dims[0]}" if len(dims) == 1 else f"D values {dims}")
-    degenerate = embedding_problems(arrays)
+    none = "no valid output to judge"
+    sizes = f"D = {dims[0]}" if len(dims) == 1 else f"D values {', '.join(map(str, dims))}" if dims else none
+    report.add("one feature size", len(dims) == 1, sizes)
+    degenerate = embedding_problems(arrays) if arrays else [none]
     report.add(
-        "embeddings informative",
-        not degenerate and bool(arrays),
-        "; ".join(degenerate) or "not constant, not collapsed",
+        "embeddings informative", not degenerate, "; ".join(degenerate) or "not constant, not collapsed"
     )
     diffs = {}
     for c in cases:
@@ -1223,9 +1316,11 @@ def _judge(
     peaks = [r.peak_memory for r in results if r.peak_memory]
     report.peak_memory = max(peaks) if peaks else None
     limit = parse_bytes(settings.memory)
+    oom = [r.name for r in results if r.oom_killed]
     report.add(
         "peak memory",
-        report.peak_memory is None or report.peak_memory <= limit,
-        ("not measured (runs too short)" if report.peak_memory is None else _human(report.peak_memory))
+        not oom and (report.peak_memory is None or report.peak_memory <= limit),
+        (f"out of memory in {len(oom)} run(s); " if oom else "")
+        + ("not measured (runs too short)" if report.peak_memory is None else _human(report.peak_memory))
         + f" vs limit {settings.memory}",
     )

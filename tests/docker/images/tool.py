@@ -1,6 +1,7 @@
 """Test extractor for the docker tests: a tiny deterministic embedding, plus misbehaviours chosen by MODE.
 
-MODE (baked into each test image): good, hang, crash, nan, junk, net, slow (SLOW seconds per case). BAD_CASE names the case a
+MODE (baked into each test image): good, hang, crash, nan, junk, net, fill (writes 100 MiB of stray data, then
+hangs), hog (touches 1 GiB of memory), slow (SLOW seconds per case). BAD_CASE names the case a
 misbehaving image picks on (default: the second case in sorted order).
 """
 
@@ -53,6 +54,14 @@ for path in cases:
     case = path.name[: -len(".nii.gz")]
     is_bad = case == bad
     if MODE == "hang" and is_bad:
+        time.sleep(3600)
+    if MODE == "hog" and is_bad:
+        hog = bytearray(1 << 30)
+        hog[:: 1 << 12] = b"\1" * ((1 << 30) >> 12)
+    if MODE == "fill" and is_bad:
+        with open(out / "filler.bin", "wb") as fh:
+            for _ in range(100):
+                fh.write(b"\1" * (1 << 20))
         time.sleep(3600)
     if MODE == "crash" and is_bad:
         print(f"crashing on {case}", file=sys.stderr, flush=True)
