@@ -40,6 +40,20 @@ def test_check_of_missing_folder_is_one_red_line(cli, tmp_path):
     assert "not a folder" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_paths_with_brackets_print_verbatim_and_never_crash_the_output(cli, tmp_path, monkeypatch):
+    """rich reads `[...]` as markup: a path like `b[/x]` once crashed the command after its work was done."""
+    monkeypatch.setenv("COLUMNS", "250")
+    out = tmp_path / "b[/x] [red]"
+    proc = cli("data", "synth", "--out", out, "--cases", "2")
+    assert f"to {out} in" in proc.stdout
+    (out / "images" / "synth_0001.nii.gz").unlink()
+    proc = cli("data", "check", out, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "b[/x] [red]" in proc.stdout and "listed case has no image" in proc.stdout
+    proc = cli("data", "check", tmp_path / "gone[/y]", check=False)
+    assert proc.returncode == 2 and f"{tmp_path / 'gone[/y]'}: not a folder" in proc.stderr
+
+
 def test_download_from_offline_cache(cli, tmp_path, monkeypatch):
     cache = build_offline_cache(tmp_path / "cache")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))

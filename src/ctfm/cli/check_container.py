@@ -11,6 +11,8 @@ from typing import Any
 
 import typer
 
+from ctfm.cli import plain
+
 
 def _settings(**kwargs: Any) -> Any:
     from ctfm.extract.docker import RunSettings
@@ -66,7 +68,7 @@ def extract_with_containers(
         masks_dir=mask_dir,
         view=view,
         cases=read_case_list(cases),
-        log=lambda msg: console.print(f"[yellow]{msg}[/]", highlight=False, soft_wrap=True),
+        log=lambda msg: console.print(f"[yellow]{plain(msg)}[/]", highlight=False, soft_wrap=True),
         progress=True,
     )
     console.print(team_table(reports))
@@ -74,19 +76,27 @@ def extract_with_containers(
     for r in reports:
         if r.error:
             failed = True
-            console.print(f"[red]not run[/] {r.team}: {r.error}", highlight=False, soft_wrap=True)
+            console.print(
+                f"[red]not run[/] {plain(r.team)}: {plain(r.error)}", highlight=False, soft_wrap=True
+            )
             continue
         for case, o in sorted(r.outcomes.items()):
             if o.status != "ok":
                 failed = True
                 console.print(
-                    f"[red]{o.status}[/] {r.team} {case}: {o.error}", highlight=False, soft_wrap=True
+                    f"[red]{o.status}[/] {plain(r.team)} {plain(case)}: {plain(o.error)}",
+                    highlight=False,
+                    soft_wrap=True,
                 )
         if r.unexpected:
             console.print(
-                f"[yellow]{r.team}: unexpected files (not copied): {', '.join(sorted(set(r.unexpected)))}"
+                f"[yellow]{plain(r.team)}: unexpected files (not copied): {plain(', '.join(sorted(set(r.unexpected))))}"
             )
-        console.print(f"{r.team}: container log {r.log_path}; timing {r.timing_csv or '-'}", highlight=False)
+        console.print(
+            f"{r.team}: container log {r.log_path}; timing {r.timing_csv or '-'}",
+            markup=False,
+            highlight=False,
+        )
     if failed:
         raise typer.Exit(1)
 
@@ -138,7 +148,7 @@ def check_container_cmd(
             img_dir,
             settings,
             masks_dir=masks,
-            log=lambda msg: console.print(f"[yellow]{msg}[/]", highlight=False),
+            log=lambda msg: console.print(f"[yellow]{plain(msg)}[/]", highlight=False),
             log_path=log,
         )
     table = Table(
@@ -154,7 +164,7 @@ def check_container_cmd(
         console.print("[bold green]PASS[/]: the container respects the contract")
         return
     console.print(
-        "[bold red]FAIL[/]: fix the failing checks above" + (f"; container log: {log}" if log else "")
+        "[bold red]FAIL[/]: fix the failing checks above" + (f"; container log: {plain(log)}" if log else "")
     )
     raise typer.Exit(1)
 

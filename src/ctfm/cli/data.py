@@ -9,6 +9,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ctfm.cli import plain
+
 console = Console()
 data_app = typer.Typer(help="Benchmark data: synthesise the embedded default, validate a folder, download.")
 
@@ -41,7 +43,7 @@ def synth(
     )
     manifest = read_manifest(root)
     took = time.perf_counter() - start
-    console.print(f"wrote {cases} {shape} cases to {root} in {took:.1f} s (seed {seed})")
+    console.print(f"wrote {cases} {shape} cases to {root} in {took:.1f} s (seed {seed})", markup=False)
     if not manifest.get("test_demo", {}).get("fg_masks"):
         console.print(
             "[yellow]test_demo/fg_masks not written: the masks library (ctfm.masks) is not available[/]"
@@ -64,13 +66,13 @@ def check(
     report = check_benchmark(folder, workers=workers, progress=True, class_map=class_map)
     counts = ", ".join(f"{n} {k}" for k, n in report.counts.items())
     if report.ok:
-        console.print(f"[green]OK[/] {folder}: {counts}")
+        console.print(f"[green]OK[/] {plain(folder)}: {counts}")
         return
-    table = Table(title=f"{len(report.problems)} problem(s) in {folder}")
+    table = Table(title=f"{len(report.problems)} problem(s) in {plain(folder)}")
     for column in ("file", "case", "problem"):
         table.add_column(column, overflow="fold")
     for p in report.problems:
-        table.add_row(p.file, p.case, p.problem)
+        table.add_row(plain(p.file), plain(p.case), plain(p.problem))
     console.print(table)
     console.print(f"checked {counts}")
     raise typer.Exit(1)
@@ -90,7 +92,8 @@ def download(
     result = download_benchmark(dest, include=include or None, revision=revision)
     console.print(
         f"{result.files} file(s) in {result.dest} ({result.linked} new, {result.skipped} already there); "
-        f"benchmark root: {result.root}"
+        f"benchmark root: {result.root}",
+        markup=False,
     )
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
+from ctfm.cli import plain
 from ctfm.cli.probe import split_list
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def eval_command(
             predictions, out, labels, disease, split, bootstrap, seed, model
         )
         _metrics_table([result.row()], f"{predictions.name}")
-        console.print(f"wrote {out}")
+        console.print(f"wrote {out}", markup=False)
         return
     missing = [name for name, v in (("--runs", runs), ("--store", store), ("--labels", labels)) if v is None]
     if missing:
@@ -123,10 +124,10 @@ def eval_command(
         if len(errors) == 1 and not results:
             raise CtfmError(errors[0])
         for err in errors:
-            console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+            console.print(f"[red]error:[/] {plain(err)}", highlight=False, soft_wrap=True)
         console.print(f"[red]{len(errors)} of {len(heads)} head(s) could not be evaluated[/]")
         raise typer.Exit(1)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {out}", markup=False)
 
 
 def leaderboard_table(frame: pd.DataFrame, title: str) -> Table:
@@ -170,4 +171,4 @@ def leaderboard_command(
     title = f"{title}: {len(entries)} model(s) x {len(data)} disease(s), ranked on {', '.join(lb.metrics)}"
     table = leaderboard_table(lb.table(), title)
     Console().print(table)
-    console.print(f"wrote {', '.join(str(p) for p in paths)}")
+    console.print(f"wrote {', '.join(str(p) for p in paths)}", markup=False)

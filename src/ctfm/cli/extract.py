@@ -11,6 +11,8 @@ from typing import Any
 
 import typer
 
+from ctfm.cli import plain
+
 
 def extract_cmd(
     extractor: str | None = typer.Option(
@@ -120,7 +122,7 @@ def print_summary(console: Any, summary: Any) -> None:
     )
     console.print(table)
     for case, error in summary.failed:
-        console.print(f"[red]failed[/] {case}: {error}", highlight=False, soft_wrap=True)
+        console.print(f"[red]failed[/] {plain(case)}: {plain(error)}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from ctfm import __version__
+from ctfm.cli import plain
 from ctfm.errors import CtfmError
 
 # Modules under ctfm.cli, in pipeline order; each exposes `register(app)` adding its command(s).
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="ctfm")
     except CtfmError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {plain(exc)}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

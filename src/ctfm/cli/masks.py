@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ctfm.cli import plain
+
 
 def masks(
     totalseg: Path = typer.Option(
@@ -34,7 +36,6 @@ def masks(
     device: str = typer.Option("gpu", "--device", help="TotalSegmentator device: gpu, cpu, mps."),
 ) -> None:
     """Build the foreground mask of each ROI disease (union of its organs) for every case."""
-    from rich.markup import escape
 
     from ctfm.errors import ConfigError
     from ctfm.masks import build_masks, cases_from_labels, run_totalsegmentator, totalsegmentator_missing
@@ -47,10 +48,10 @@ def masks(
             raise ConfigError("--run-totalsegmentator needs --images DIR (the CT volumes to segment)")
         missing = totalsegmentator_missing()
         if missing:
-            console.print(f"[yellow]warning:[/] {escape(missing)}", highlight=False, soft_wrap=True)
+            console.print(f"[yellow]warning:[/] {plain(missing)}", highlight=False, soft_wrap=True)
         else:
             done = run_totalsegmentator(images, totalseg, diseases, cases=cases, device=device)
-            console.print(f"TotalSegmentator segmented {len(done)} image(s) into {totalseg}")
+            console.print(f"TotalSegmentator segmented {len(done)} image(s) into {totalseg}", markup=False)
     report = build_masks(
         totalseg,
         out,
@@ -68,13 +69,13 @@ def masks(
 
 
 def _summarise(report, console: Console, limit: int = 20) -> None:  # report: ctfm.masks.MaskReport
-    from rich.markup import escape
     from rich.table import Table
 
     counts = ", ".join(f"{status} {n}" for status, n in sorted(report.counts().items()))
     console.print(
         f"masks: {report.written} written, {report.skipped} up to date, {report.maps_read} label map(s) read "
         f"by {report.workers} worker(s); {counts}; report {report.path}",
+        markup=False,
         highlight=False,
         soft_wrap=True,
     )
@@ -84,13 +85,13 @@ def _summarise(report, console: Console, limit: int = 20) -> None:  # report: ct
     if failed:
         console.print(f"[red]{len(failed)} case(s) failed:[/]")
         for case, message in failed[:limit]:
-            console.print(f"  [red]{escape(case)}[/]: {escape(message)}", highlight=False, soft_wrap=True)
+            console.print(f"  [red]{plain(case)}[/]: {plain(message)}", highlight=False, soft_wrap=True)
     if report.flagged:
         table = Table(title=f"{len(report.flagged)} mask(s) flagged (first {limit})")
         for column in ("case", "disease", "status", "message"):
             table.add_column(column, overflow="fold")
         for row in report.flagged[:limit]:
-            table.add_row(row.case, row.disease, f"[yellow]{row.status}[/]", escape(row.message))
+            table.add_row(plain(row.case), row.disease, f"[yellow]{row.status}[/]", plain(row.message))
         console.print(table)
 
 

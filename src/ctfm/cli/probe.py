@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from ctfm.cli import plain
+
 if TYPE_CHECKING:
     from ctfm.probe.training import TrainConfig
 
@@ -122,7 +124,7 @@ def run_with_progress(options: Any, task: Any, title: str) -> list[Any]:
         return run_probe(
             options,
             task,
-            log=lambda m: bar.console.print(m, highlight=False),
+            log=lambda m: bar.console.print(m, markup=False, highlight=False),
             on_run=lambda disease, tag: bar.update(job, advance=1, description=f"{title} {disease} {tag}"),
         )
 
@@ -193,7 +195,7 @@ def _report(outcomes: list, title: str) -> None:
     print_outcomes(outcomes, title)
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:
-        console.print(f"[red]failed {o.disease}: {o.error}[/]", highlight=False)
+        console.print(f"[red]failed {o.disease}: {plain(o.error)}[/]", highlight=False)
     if failed:
         console.print(f"[red]{len(failed)} disease(s) failed[/]")
         raise typer.Exit(1)
@@ -397,7 +399,7 @@ def eao(
     )
 
     def log(message: str) -> None:
-        console.print(message, highlight=False)
+        console.print(message, markup=False, highlight=False)
 
     task = eao_task(
         options, specs, dtype, eval_batch_size, log=log, progress=console.is_terminal, cuda_graphs=cuda_graphs

@@ -26,7 +26,9 @@ def _execute(config: Path, out: Path | None) -> None:
 
     cfg = load_run_config(config, overrides={"output": str(out.resolve()) if out else None})
     started = time.perf_counter()
-    result = run_pipeline(cfg, log=lambda m: console.print(m, highlight=False, soft_wrap=True), progress=True)
+    result = run_pipeline(
+        cfg, log=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True), progress=True
+    )
     stages = Table(title=f"stages ({time.perf_counter() - started:.0f} s)")
     for col in ("stage", "status", "seconds"):
         stages.add_column(col, justify="right" if col == "seconds" else "left")
@@ -40,7 +42,8 @@ def _execute(config: Path, out: Path | None) -> None:
         frame = pd.read_csv(folder / "leaderboard.csv")
         out_console.print(leaderboard_table(frame, f"leaderboard, task {task}"))
         console.print(
-            f"report: {folder / 'leaderboard.html'}   figures and per-head metrics: {cfg.output / 'eval'}"
+            f"report: {folder / 'leaderboard.html'}   figures and per-head metrics: {cfg.output / 'eval'}",
+            markup=False,
         )
 
 

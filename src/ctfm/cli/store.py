@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from ctfm.cli import plain
+
 store_app = typer.Typer(help="The embedding store: import reference-format .h5 folders, list views.")
 
 
@@ -26,11 +28,11 @@ def import_cmd(
     target = Store(store).view(model, task, view)
     report = import_folder(target, h5_dir)
     console.print(
-        f"imported {report.ok} case(s) into {target.dir}"
+        f"imported {report.ok} case(s) into {plain(target.dir)}"
         + (f", [red]{len(report.failed)} failed[/]" if report.failed else "")
     )
     for case, error in report.failed:
-        console.print(f"  [red]failed[/] {case}: {error}", highlight=False)
+        console.print(f"  [red]failed[/] {plain(case)}: {plain(error)}", highlight=False)
     if report.failed:
         raise typer.Exit(1)
 
@@ -48,9 +50,9 @@ def ls_cmd(
     views = Store(store).views()
     console = Console()
     if not views:
-        console.print(f"no views under {store}")
+        console.print(f"no views under {store}", markup=False)
         return
-    table = Table(title=f"store {store}")
+    table = Table(title=f"store {plain(store)}")
     for col in ("model", "task", "view", *STATUSES, "D"):
         table.add_column(col, justify="right" if col in (*STATUSES, "D") else "left")
     for v in views:
