@@ -452,6 +452,8 @@ def find_label_maps(totalseg_dir: Path) -> dict[str, LabelSource]:
     totalseg_dir = Path(totalseg_dir)
     if not totalseg_dir.is_dir():
         raise DataError(f"{totalseg_dir}: TotalSegmentator folder not found")
+    files = [p for p in totalseg_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
+    nifti.refuse_duplicates(totalseg_dir, [p for p in files if p.name.endswith((".nii.gz", ".nii"))])
     found: dict[str, LabelSource] = {}
     for entry in sorted(totalseg_dir.iterdir()):
         if entry.name.startswith("."):
@@ -682,6 +684,8 @@ def build_masks(
     cmap = resolve_class_map(class_map)
     _check_covers(cmap, names)
     sources = find_label_maps(totalseg_dir)
+    if not sources and cases is None:
+        raise DataError(f"{totalseg_dir}: no label maps (<case>.nii.gz files or <case>/ class folders)")
     wanted = _case_diseases(cases, sources, names)
     out_dir = Path(out_dir)
     report = MaskReport()

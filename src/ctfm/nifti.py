@@ -6,6 +6,7 @@ import functools
 import gzip
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,23 @@ def list_volumes(folder: Path) -> list[Path]:
     )
 
 
+def duplicate_cases(paths: Iterable[Path]) -> dict[str, list[str]]:
+    """Cases with more than one volume (``x.nii`` and ``x.nii.gz``): which one is meant cannot be known."""
+    names: dict[str, list[str]] = {}
+    for path in paths:
+        names.setdefault(case_id(path), []).append(Path(path).name)
+    return {case: found for case, found in names.items() if len(found) > 1}
+
+
+def refuse_duplicates(folder: Path, paths: Iterable[Path]) -> None:
+    """One clear error before any work when a case has two volumes in ``folder``."""
+    dupes = duplicate_cases(paths)
+    if dupes:
+        case, found = next(iter(dupes.items()))
+        more = f" (and {len(dupes) - 1} more case(s) like it)" if len(dupes) > 1 else ""
+        raise DataError(f"{folder}: {' and '.join(found)} are both case {case!r}; keep one{more}")
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Voxel grid of a volume: enough to tell whether two volumes are aligned."""
@@ -54,7 +72,12 @@ class Geometry:
         return self.shape == other.shape and np.allclose(self.affine, other.affine, atol=atol)
 
     def describe(self) -> str:
-        return f"shape {self.shape}, spacing {tuple(round(s, 3) for s in self.spacing)}"
+        """Everything :meth:`matches` compares, so two grids that differ never read the same."""
+        origin = tuple(round(float(v), 3) for v in self.affine[:3, 3])
+        axes = "".join(nib.aff2axcodes(self.affine))
+        return (
+            f"shape {self.shape}, spacing {tuple(round(s, 3) for s in self.spacing)}, origin {origin}, {axes}"
+        )
 
 
 def load(path: Path) -> nib.Nifti1Image:

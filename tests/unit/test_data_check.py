@@ -105,6 +105,8 @@ def test_label_map_with_other_affine(bench):
     write(bench / "totalseg" / f"{CASE}.nii.gz", seg, affine)
     (problem,) = _problems(bench, f"totalseg/{CASE}.nii.gz")
     assert "affine differs from its image" in problem.problem
+    own, ref = problem.problem.split(": ", 1)[1].split(" vs ")
+    assert own != ref and "origin" in own  # the message shows what differs
 
 
 def test_label_map_with_non_integer_values(bench):
@@ -137,3 +139,14 @@ def test_damaged_mask_geometry_in_test_demo(bench):
     write(masks[0], np.ascontiguousarray(mask[1:]), img.affine)
     problems = _problems(bench, str(masks[0].relative_to(bench)))
     assert len(problems) == 1 and "mask shape differs" in problems[0].problem
+
+
+def test_a_case_with_two_volumes_is_flagged(bench):
+    import gzip
+
+    src = bench / "totalseg" / f"{CASE}.nii.gz"
+    (bench / "totalseg" / f"{CASE}.nii").write_bytes(gzip.decompress(src.read_bytes()))
+    problems = [p for p in check_benchmark(bench).problems if "both this case" in p.problem]
+    assert [(p.case, p.problem) for p in problems] == [
+        (CASE, f"{CASE}.nii and {CASE}.nii.gz are both this case; keep one")
+    ]

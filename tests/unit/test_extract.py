@@ -228,3 +228,8 @@ def test_local_and_container_runs_select_cases_alike(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"no \.nii\.gz volumes"):
         select_cases(tmp_path / "empty")
+    import gzip
+
+    (images / "case_0.nii").write_bytes(gzip.decompress((images / "case_0.nii.gz").read_bytes()))
+    with pytest.raises(DataError, match=r"case_0\.nii and case_0\.nii\.gz are both case 'case_0'; keep one"):
+        select_cases(images)  # which volume is meant cannot be known

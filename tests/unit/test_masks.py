@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from ctfm.benchmark import load_benchmark
-from ctfm.errors import ConfigError
+from ctfm.errors import ConfigError, DataError
 from ctfm.masks import (
     EMPTY,
     FAILED,
@@ -319,6 +319,17 @@ def test_a_class_map_without_a_needed_organ_is_refused_up_front(tmp_path, body):
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="finite"):
         build_masks(tmp_path / "ts", tmp_path / "out", ["fatty_liver"], margin_mm=float("inf"))
+
+
+def test_an_empty_or_ambiguous_totalsegmentator_folder_is_an_error(tmp_path, body):
+    (tmp_path / "ts").mkdir()
+    with pytest.raises(DataError, match="no label maps"):
+        build_masks(tmp_path / "ts", tmp_path / "out", ["fatty_liver"])
+    label, affine = body
+    save(label, affine, tmp_path / "ts" / "c1.nii.gz")
+    save(label, affine, tmp_path / "ts" / "c1.nii")
+    with pytest.raises(DataError, match=r"c1\.nii and c1\.nii\.gz are both case 'c1'"):
+        build_masks(tmp_path / "ts", tmp_path / "out", ["fatty_liver"])
 
 
 def test_cases_from_labels(tmp_path):

@@ -21,7 +21,7 @@ import numpy as np
 from ctfm.data.synth import read_manifest
 from ctfm.errors import DataError
 from ctfm.labels import read_labels
-from ctfm.nifti import Geometry, case_id, geometry, list_volumes, read_array
+from ctfm.nifti import Geometry, case_id, duplicate_cases, geometry, list_volumes, read_array
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,16 @@ def volume_jobs(root: Path) -> list[_VolumeJob]:
     return jobs
 
 
+def _check_duplicates(root: Path, jobs: list[_VolumeJob], report: CheckReport) -> None:
+    by_folder: dict[Path, list[Path]] = {}
+    for job in jobs:
+        by_folder.setdefault(job.path.parent, []).append(job.path)
+    for folder, paths in by_folder.items():
+        for case, names in duplicate_cases(paths).items():
+            problem = f"{' and '.join(names)} are both this case; keep one"
+            report.problems.append(Problem(_rel(root, folder / names[0]), case, problem))
+
+
 def check_benchmark(
     root: Path,
     workers: int = 2,
@@ -190,6 +200,7 @@ def check_benchmark(
         report.problems.append(Problem("manifest.json", "", unfinished))
     _check_label_files(root, report)
     jobs = volume_jobs(root)
+    _check_duplicates(root, jobs, report)
     for kind in ("image", "totalseg", "mask"):
         report.counts[f"{kind}s" if kind != "totalseg" else "label maps"] = sum(j.kind == kind for j in jobs)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ctfm.errors import DataError
-from ctfm.nifti import NII_SUFFIX, case_id, list_volumes
+from ctfm.nifti import NII_SUFFIX, case_id, list_volumes, refuse_duplicates
 from ctfm.store import check_case
 
 
@@ -26,7 +26,9 @@ def read_case_list(value: str | None) -> list[str] | None:
 def select_cases(images: Path, cases: Iterable[str] | None = None) -> list[tuple[str, Path]]:
     """(case, image path), sorted, for every volume in ``images``, restricted to ``cases`` when given
     (names with or without ``.nii.gz``)."""
-    found = {case_id(p): p for p in list_volumes(Path(images))}
+    volumes = list_volumes(Path(images))
+    refuse_duplicates(Path(images), volumes)
+    found = {case_id(p): p for p in volumes}
     if not found:
         raise DataError(f"{images}: no {NII_SUFFIX} volumes")
     if cases is not None:
