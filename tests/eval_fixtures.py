@@ -101,6 +101,7 @@ def write_probe(
         val_metrics={"auroc": 1.0},
         seed=42,
     )
-    layout.summary.write_text(json.dumps({"runs": [{"tag": ""}]}))
+    run = {"tag": "", "split_column": "split", "selections": {strategy: {"val_metrics": {"auroc": 1.0}}}}
+    layout.summary.write_text(json.dumps({"runs": [run]}))
     layout.done.write_text("")
     return path

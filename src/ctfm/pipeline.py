@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.markup import escape
 
 from ctfm.errors import CtfmError, DataError
 from ctfm.fsutil import write_text_atomic
@@ -245,7 +246,7 @@ class Pipeline:
             if report.failed or report.flagged:
                 self.log(
                     f"[yellow]masks: {len(report.failed)} failed, {len(report.flagged)} flagged row(s), "
-                    f"see {report.path}[/]"
+                    f"see {escape(str(report.path))}[/]"
                 )
             return "masks: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
 
@@ -290,7 +291,7 @@ class Pipeline:
                 progress=self.progress,
             )
             for case, error in summary.failed:
-                self.log(f"[yellow]{model}/{task}/{view} {case}: {error}[/]")
+                self.log(f"[yellow]{model}/{task}/{view} {case}: {escape(error)}[/]")
             detail = (
                 f"{summary.view}: {len(summary.ok)} extracted, {len(summary.skipped)} already stored, "
                 f"{len(summary.failed)} failed"
@@ -308,7 +309,7 @@ class Pipeline:
         label = str(spec.folder or spec.image or "baseline")
         why = docker_status()
         if why is not None:
-            self.log(f"[yellow]containers {label}: skipped: {why}[/]")
+            self.log(f"[yellow]containers {label}: skipped: {escape(str(why))}[/]")
             self.result.outcomes.append(StageOutcome(f"containers/{label}", "skipped", detail=why))
             return {}
         teams: dict[str, dict[str, list[str | None]]] = {}  # team -> task -> stage keys
@@ -319,7 +320,7 @@ class Pipeline:
                 self.result.outcomes.append(
                     StageOutcome(f"containers/{label}/{task}", "failed", detail=str(exc))
                 )
-                self.log(f"[red]containers {label} {task}: {exc}[/]")
+                self.log(f"[red]containers {label} {task}: {escape(str(exc))}[/]")
                 continue
             for view in self.views:
                 key = fingerprint(data_key, masks_key if view != "full" else "", spec, source, task, view)
@@ -372,7 +373,7 @@ class Pipeline:
             parts = []
             for r in reports:
                 if r.error:
-                    self.log(f"[yellow]container {r.team}: not run: {r.error}[/]")
+                    self.log(f"[yellow]container {escape(r.team)}: not run: {escape(r.error)}[/]")
                     parts.append(f"{r.team}: not run")
                     continue
                 parts.append(
@@ -402,7 +403,7 @@ class Pipeline:
             outcomes = run_probe(options, probe_task, log=self.log)
             failed = [o for o in outcomes if o.status == "failed"]
             for o in failed:
-                self.log(f"[yellow]probe {task} {model} {o.disease}: {o.error}[/]")
+                self.log(f"[yellow]probe {task} {model} {o.disease}: {escape(o.error)}[/]")
             done = sum(o.status in ("done", "skipped") for o in outcomes)
             detail = f"probe {task} {model}: {done} disease(s) trained, {len(failed)} failed"
             if failed:
@@ -460,15 +461,17 @@ class Pipeline:
         out = self.out / "eval" / task
 
         def run(_force: bool) -> str:
-            from ctfm.evaluate.inference import evaluate_checkpoint, find_checkpoints
+            from ctfm.evaluate.inference import drop_stale_results, evaluate_checkpoint, find_checkpoints
             from ctfm.store import sanitize_name
 
-            heads = [h for h in find_checkpoints(runs, ev.strategies) if h.model_dir == sanitize_name(model)]
+            found, problems = find_checkpoints(runs, ev.strategies, self.diseases)
+            if problems:
+                raise DataError(problems[0])
+            heads = [h for h in found if h.model_dir == sanitize_name(model)]
             if not heads:
                 raise DataError(f"{runs}: no checkpoint of {model} for strategies {', '.join(ev.strategies)}")
-            failed = 0
-            for head in heads:
-                result = evaluate_checkpoint(
+            results = [
+                evaluate_checkpoint(
                     head.path,
                     self.store_root,
                     self.data_root / "labels",
@@ -477,8 +480,12 @@ class Pipeline:
                     ev.bootstrap,
                     self.cfg.seed,
                     head.tag,
+                    head.split_column,
                 )
-                failed += result.failed_cases
+                for head in heads
+            ]
+            drop_stale_results(out, ev.split, results)
+            failed = sum(r.failed_cases for r in results)
             return f"eval {task} {model}: {len(heads)} head(s) on {ev.split}, {failed} case(s) scored as failures"
 
         return Stage(f"eval/{task}/{model}", key, run)

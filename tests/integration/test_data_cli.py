@@ -54,6 +54,14 @@ def test_paths_with_brackets_print_verbatim_and_never_crash_the_output(cli, tmp_
     assert proc.returncode == 2 and f"{tmp_path / 'gone[/y]'}: not a folder" in proc.stderr
 
 
+def test_an_output_path_that_is_a_file_is_one_red_line(cli, tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    proc = cli("data", "synth", "--out", tmp_path / "afile", "--cases", "1", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'afile'}: Not a directory"]
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 def test_download_from_offline_cache(cli, tmp_path, monkeypatch):
     cache = build_offline_cache(tmp_path / "cache")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))

@@ -180,6 +180,60 @@ def test_eval_of_a_split_without_cases_names_the_labels_file(bench: dict, tmp_pa
     assert "Traceback" not in proc.stderr and not list((tmp_path / "o").rglob("*_metrics.csv"))
 
 
+def test_eval_of_val_uses_the_column_the_head_was_trained_on(bench: dict, tmp_path: Path, cli) -> None:
+    """A fold head's val cases are its fold's val cases, not the `split` column's (there they were train)."""
+    runs = tmp_path / "runs"
+    shutil.copytree(bench["runs"] / "model_a", runs / "model_a")
+    summary = runs / "model_a" / DISEASE / "summary.json"
+    data = json.loads(summary.read_text())
+    data["runs"][0]["split_column"] = "fold0"
+    summary.write_text(json.dumps(data))
+    labels = shutil.copytree(bench["labels"], tmp_path / "labels")
+    table = pd.read_csv(labels / f"{DISEASE}.csv")
+    table["fold0"] = np.where(table["split"] == "train", "val", "train")  # the roles swapped
+    table.to_csv(labels / f"{DISEASE}.csv", index=False)
+    cli("eval", "--runs", runs, "--store", bench["store"], "--labels", labels, "--split", "val",
+        "--bootstrap", "0", "--out", tmp_path / "o")  # fmt: skip
+    preds = pd.read_csv(next((tmp_path / "o").rglob("val_per_sample_predictions.csv")))
+    assert sorted(preds["filename"]) == sorted(table.loc[table["fold0"] == "val", "case_id"])
+
+
+def test_a_second_eval_removes_its_stale_results_and_reports_broken_runs(
+    bench: dict, tmp_path: Path, cli
+) -> None:
+    """Results of heads the runs no longer hold are removed (a leaderboard would rank them); another model's
+    results in the same folder stay. A missing checkpoint or unreadable summary is one error line each."""
+    runs, out = tmp_path / "runs", tmp_path / "o"
+    shutil.copytree(bench["runs"], runs)
+    _eval_split(cli, bench, bench["store"], runs, out)
+    disease_a = runs / "model_a" / DISEASE
+    import torch
+
+    payload = torch.load(disease_a / "checkpoints" / "val_auroc.pt", weights_only=False)
+    torch.save({**payload, "strategy": "val_loss"}, disease_a / "checkpoints" / "val_loss.pt")
+    summary = json.loads((disease_a / "summary.json").read_text())
+    summary["runs"][0]["selections"] = {"val_loss": {}}  # the probe was rerun with another strategy
+    (disease_a / "summary.json").write_text(json.dumps(summary))
+    shutil.move(runs / "model_b", tmp_path / "model_b")
+    proc = _eval_split(cli, bench, bench["store"], runs, out)
+    assert "removed the earlier val result" in proc.stderr
+    kept = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("val_per_sample_predictions.csv"))
+    assert kept == [f"model_a/lp/{DISEASE}/val_loss", f"model_b/lp/{DISEASE}/val_auroc"]
+
+    shutil.move(tmp_path / "model_b", runs / "model_b")
+    (runs / "model_b" / DISEASE / "summary.json").write_text("{")
+    (disease_a / "checkpoints" / "val_loss.pt").unlink()
+    shutil.copytree(bench["runs"] / "model_a", runs / "model_c")
+    proc = _eval_split(cli, bench, bench["store"], runs, tmp_path / "o2", check=False)
+    stderr = " ".join(proc.stderr.split())
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (
+        "checkpoint missing:" in stderr and "val_loss.pt" in stderr and "summary.json: unreadable" in stderr
+    )
+    assert "2 disease(s) of the runs could not be read" in stderr
+    assert len(list((tmp_path / "o2").rglob("val_metrics.csv"))) == 1  # model_c's head is still scored
+
+
 def test_leaderboard_from_eval_outputs(evaluated: Path, tmp_path: Path, cli) -> None:
     out = tmp_path / "lb"
     cli("leaderboard", "--results", evaluated, "--bootstrap", "100", "--seed", "3", "--out", out)

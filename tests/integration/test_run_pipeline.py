@@ -103,3 +103,11 @@ def test_bad_config_is_one_clear_message(cli, tmp_path):
     assert "Traceback" not in proc.stderr
     missing = cli("run", tmp_path / "absent.yaml", check=False)
     assert missing.returncode == 2 and "run config not found" in missing.stderr
+
+
+def test_a_failed_stage_makes_the_run_exit_1(cli, tmp_path):
+    cfg = _config(tmp_path, data={"path": str(tmp_path / "not_a_benchmark")})
+    (tmp_path / "not_a_benchmark").mkdir()
+    proc = cli("run", cfg, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "not a benchmark folder" in proc.stderr and "stage(s) failed" in proc.stderr

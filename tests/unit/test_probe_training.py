@@ -173,7 +173,9 @@ def test_config_defaults_follow_the_reference_protocol_and_validate():
     cfg = TrainConfig.from_benchmark()
     assert (cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.schedule) == (150, 128, "adamw", "cosine")
     assert (cfg.patience, cfg.min_epoch, cfg.ema_decay, cfg.seed, cfg.monitor) == (10, 6, 0.9, 42, "val_loss")
-    assert TrainConfig.from_benchmark(epochs=3, optimizer=None).epochs == 3
+    assert TrainConfig.from_benchmark(epochs=8, optimizer=None).epochs == 8
+    with pytest.raises(ConfigError, match="--epochs 5 is below --min-epoch 6"):
+        TrainConfig.from_benchmark(epochs=5)  # would finish "done" without a checkpoint
     eao = TrainConfig.from_benchmark("eao")  # the reference EAO trainer's defaults
     assert (eao.epochs, eao.batch_size, eao.schedule, eao.sampling) == (1000, 8, "none", "weighted-scaled")
     assert (eao.patience, eao.min_epoch, eao.ema_decay, eao.monitor) == (50, 1, 0.0, "val_balanced_acc")

@@ -100,7 +100,7 @@ def eval_command(
         raise ConfigError(f"--split must be val, test or train, not {split!r}")
     from rich.progress import Progress
 
-    heads = inference.find_checkpoints(runs, split_list(strategy) or None)
+    heads, problems = inference.find_checkpoints(runs, split_list(strategy) or None)
     results, errors = [], []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("evaluating", total=len(heads))
@@ -108,24 +108,31 @@ def eval_command(
             try:
                 results.append(
                     inference.evaluate_checkpoint(
-                        ref.path, store, labels, split, out, bootstrap, seed, ref.tag
+                        ref.path, store, labels, split, out, bootstrap, seed, ref.tag, ref.split_column
                     )
                 )
             except CtfmError as exc:  # recorded; the others are still scored
                 errors.append(str(exc))
             progress.advance(task)
     if results:
+        for folder in inference.drop_stale_results(out, split, results):
+            console.print(
+                f"removed the earlier {split} result in {folder}: no current head made it", markup=False
+            )
         inference.write_summary(results, out, split)
         _metrics_table([r.row() for r in results], f"{split}: {len(results)} head(s)")
         failed = sum(r.failed_cases for r in results)
         if failed:
             console.print(f"[yellow]{failed} case(s) without an embedding were scored as failures[/]")
-    if errors:
-        if len(errors) == 1 and not results:
-            raise CtfmError(errors[0])
-        for err in errors:
+    if errors or problems:
+        if len(errors) + len(problems) == 1 and not results:
+            raise CtfmError((errors + problems)[0])
+        for err in problems + errors:
             console.print(f"[red]error:[/] {plain(err)}", highlight=False, soft_wrap=True)
-        console.print(f"[red]{len(errors)} of {len(heads)} head(s) could not be evaluated[/]")
+        if errors:
+            console.print(f"[red]{len(errors)} of {len(heads)} head(s) could not be evaluated[/]")
+        if problems:
+            console.print(f"[red]{len(problems)} disease(s) of the runs could not be read[/]")
         raise typer.Exit(1)
     console.print(f"wrote {out}", markup=False)
 

@@ -59,12 +59,21 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: usage errors are click's short messages; user mistakes (CtfmError) one red line, exit 2."""
+    """Entry point: usage errors are click's short messages; user mistakes (CtfmError) one red line, exit 2;
+    file system errors (no permission, read-only or full disk) one red line naming the file, exit 1."""
     try:
         app(args=argv, prog_name="ctfm")
     except CtfmError as exc:
         err_console.print(f"[bold red]error:[/] {plain(exc)}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except OSError as exc:  # an unwritable or full disk, a file where a folder belongs: no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        err_console.print(
+            f"[bold red]error:[/] {plain(where + (exc.strerror or str(exc)))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def run_with_progress(options: Any, task: Any, title: str) -> list[Any]:
         return run_probe(
             options,
             task,
-            log=lambda m: bar.console.print(m, markup=False, highlight=False),
+            log=lambda m: bar.console.print(m, highlight=False),
             on_run=lambda disease, tag: bar.update(job, advance=1, description=f"{title} {disease} {tag}"),
         )
 
@@ -399,7 +399,7 @@ def eao(
     )
 
     def log(message: str) -> None:
-        console.print(message, markup=False, highlight=False)
+        console.print(message, highlight=False)  # library messages: markup, with names escaped
 
     task = eao_task(
         options, specs, dtype, eval_batch_size, log=log, progress=console.is_terminal, cuda_graphs=cuda_graphs

@@ -26,9 +26,7 @@ def _execute(config: Path, out: Path | None) -> None:
 
     cfg = load_run_config(config, overrides={"output": str(out.resolve()) if out else None})
     started = time.perf_counter()
-    result = run_pipeline(
-        cfg, log=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True), progress=True
-    )
+    result = run_pipeline(cfg, log=lambda m: console.print(m, highlight=False, soft_wrap=True), progress=True)
     stages = Table(title=f"stages ({time.perf_counter() - started:.0f} s)")
     for col in ("stage", "status", "seconds"):
         stages.add_column(col, justify="right" if col == "seconds" else "left")
@@ -45,6 +43,12 @@ def _execute(config: Path, out: Path | None) -> None:
             f"report: {folder / 'leaderboard.html'}   figures and per-head metrics: {cfg.output / 'eval'}",
             markup=False,
         )
+    if result.failed:
+        names = ", ".join(o.name for o in result.failed)
+        console.print(
+            f"[red]{len(result.failed)} stage(s) failed or left items to retry: {names}; rerun to resume[/]"
+        )
+        raise typer.Exit(1)
 
 
 def run_command(

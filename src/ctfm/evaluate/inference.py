@@ -164,41 +164,65 @@ class HeadRef:
     disease: str
     strategy: str
     tag: str = ""
+    split_column: str = "split"  # the column whose train/val the head was trained and selected on
 
 
-def find_checkpoints(runs: Path, strategies: list[str] | None = None) -> list[HeadRef]:
-    """Every finished probe head under a ``ctfm probe --out`` folder, optionally only some strategies."""
+def find_checkpoints(
+    runs: Path, strategies: list[str] | None = None, diseases: list[str] | None = None
+) -> tuple[list[HeadRef], list[str]]:
+    """Every head of every finished run recorded in the probe summaries under a ``ctfm probe --out``
+    folder (optionally only some strategies or diseases), and one problem line per disease whose summary
+    is unreadable or whose checkpoint is missing (the others are still returned)."""
     from ctfm.probe.layout import TASK_FOLDERS, DiseaseLayout, list_diseases
 
     runs = Path(runs)
     if not runs.is_dir():
         raise DataError(f"{runs}: run folder not found; pass the --out folder of `ctfm probe`")
     found: list[HeadRef] = []
+    problems: list[str] = []
     for model_dir in sorted(p.name for p in runs.iterdir() if p.is_dir()):
         for task in TASK_FOLDERS:
             for disease in list_diseases(runs, model_dir, task):
+                if diseases is not None and disease not in diseases:
+                    continue
                 layout = DiseaseLayout.of(runs, model_dir, disease, task)
-                for tag in layout.run_tags():
-                    ckpt_dir = layout.run(tag).checkpoints_dir
-                    names = sorted(p.stem for p in ckpt_dir.glob("*.pt"))
-                    for strategy in names:
-                        if strategies and strategy not in strategies:
-                            continue
-                        found.append(
-                            HeadRef(
-                                layout.run(tag).checkpoint(strategy), model_dir, task, disease, strategy, tag
-                            )
-                        )
-    if not found:
+                try:
+                    found += _disease_heads(layout, model_dir, disease, strategies)
+                except DataError as exc:
+                    problems.append(str(exc))
+    if not found and not problems:
         wanted = f" for strategies {', '.join(strategies)}" if strategies else ""
         raise DataError(f"{runs}: no finished probe checkpoint{wanted}; run `ctfm probe` first")
-    return found
+    return found, problems
 
 
-def _split_rows(table: pd.DataFrame, split: str, where: Path) -> pd.DataFrame:
-    rows = table[table["split"] == split].reset_index(drop=True)
+def _disease_heads(layout: Any, model_dir: str, disease: str, strategies: list[str] | None) -> list[HeadRef]:
+    heads = []
+    for run in layout.runs():
+        for strategy in run["selections"]:
+            if strategies and strategy not in strategies:
+                continue
+            path = layout.run(run["tag"]).checkpoint(strategy)
+            if not path.is_file():
+                raise DataError(f"checkpoint missing: {path}; rerun the probe with --force")
+            heads.append(
+                HeadRef(path, model_dir, layout.task, disease, strategy, run["tag"], run["split_column"])
+            )
+    return heads
+
+
+def _split_rows(table: pd.DataFrame, split: str, where: Path, column: str = "split") -> pd.DataFrame:
+    """The cases of ``split``: test from the split column; train and val from the column the head was
+    trained on (a fold column for cross-validated heads, whose val cases are another fold's train)."""
+    column = "split" if split == "test" else column
+    if column not in table.columns:
+        raise DataError(f"{where}: no column {column!r}, which the head was trained on")
+    values = table[column].astype(str).str.strip().str.lower()
+    rows = table[values == split].reset_index(drop=True)
     if rows.empty:
-        raise DataError(f"{where}: no case in split {split!r}")
+        raise DataError(
+            f"{where}: no case in split {split!r}" + (f" of column {column!r}" if column != "split" else "")
+        )
     return rows
 
 
@@ -230,7 +254,7 @@ def _predict_view(
 
 
 def predict_checkpoint(
-    checkpoint: Path, store_root: Path, labels_dir: Path, split: str
+    checkpoint: Path, store_root: Path, labels_dir: Path, split: str, split_column: str = "split"
 ) -> tuple[Predictions, dict[str, Any]]:
     """Rebuild a head, predict every case of ``split``; missing embeddings become scored failures."""
     from ctfm.labels import labels_path, read_labels
@@ -253,7 +277,7 @@ def predict_checkpoint(
             f"{src['model']}/{src['task']}/{src['view']}, but {store_root} has {have[:12]}; "
             "evaluate against the store and labels the head was trained on, or retrain it"
         )
-    table = _split_rows(all_labels, split, labels_file)
+    table = _split_rows(all_labels, split, labels_file, split_column)
     classes = [int(c) for c in meta["classes"]]
     labels = _class_index(table["label"], classes, f"{disease} labels")
     cases = table["case"].tolist()
@@ -318,9 +342,10 @@ def evaluate_checkpoint(
     n_boot: int = 2000,
     seed: int = 0,
     tag: str = "",
+    split_column: str = "split",
 ) -> EvalResult:
     """Predict, score with bootstrap intervals, and write every file for one checkpoint."""
-    preds, meta = predict_checkpoint(checkpoint, store_root, labels_dir, split)
+    preds, meta = predict_checkpoint(checkpoint, store_root, labels_dir, split, split_column)
     src = meta.get("store") or {}
     result = EvalResult(
         model=str(src.get("model", "")),
@@ -490,6 +515,25 @@ def evaluate_predictions(
     )
     write_outputs(Path(out), split_name, preds, result)
     return result
+
+
+def drop_stale_results(out: Path, split: str, results: list[EvalResult]) -> list[Path]:
+    """Remove this split's result files that an earlier eval wrote for the models and tasks just evaluated
+    but that no current head produced (a disease, seed or strategy since dropped), so a leaderboard of
+    ``out`` never ranks them; results of other models are left alone. Returns the folders cleaned."""
+    current = {
+        result_dir(out, sanitize_name(r.model), r.task, r.disease, r.strategy, r.tag).resolve()
+        for r in results
+    }
+    stale = []
+    for model, task in {(sanitize_name(r.model), r.task) for r in results}:
+        for pred in sorted((Path(out) / model / task).rglob(f"{split}{PRED_SUFFIX}")):
+            if pred.parent.resolve() in current:
+                continue
+            for suffix in (PRED_SUFFIX, METRICS_SUFFIX, JSON_SUFFIX, "_roc.png", "_pr.png"):
+                (pred.parent / f"{split}{suffix}").unlink(missing_ok=True)
+            stale.append(pred.parent)
+    return stale
 
 
 def write_summary(results: list[EvalResult], out: Path, split: str) -> Path:

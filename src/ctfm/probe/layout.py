@@ -90,15 +90,23 @@ class DiseaseLayout:
     def run(self, tag: str = "") -> RunLayout:
         return RunLayout(self.dir / tag if tag else self.dir)
 
-    def run_tags(self) -> list[str]:
-        """Tags of the runs recorded in ``summary.json`` (``[""]`` for a single run)."""
+    def runs(self) -> list[dict]:
+        """The runs recorded in ``summary.json``: tag (``""`` for a single run), split column, and the
+        selections (strategy -> selected head) whose checkpoints the run wrote."""
         try:
-            summary = json.loads(self.summary.read_text())
+            runs = json.loads(self.summary.read_text())["runs"]
+            runs = [
+                {"split_column": "split", **run, "tag": run["tag"], "selections": run["selections"]}
+                for run in runs
+            ]
         except FileNotFoundError:
             raise DataError(f"{self.summary}: no probe summary; run `ctfm probe {self.task}` first") from None
-        except ValueError as exc:
-            raise DataError(f"{self.summary}: unreadable ({exc}); rerun the probe with --force") from exc
-        return [run["tag"] for run in summary.get("runs", [])]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{self.summary}: unreadable ({exc!r}); rerun the probe with --force") from exc
+        return runs
+
+    def run_tags(self) -> list[str]:
+        return [run["tag"] for run in self.runs()]
 
     def checkpoints(self, strategy: str) -> dict[str, Path]:
         """Run tag -> checkpoint path of ``strategy`` for every finished run of this disease."""

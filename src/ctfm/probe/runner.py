@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
 
 from ctfm import __version__
 from ctfm.benchmark import load_benchmark
@@ -247,7 +248,8 @@ def run_disease(
     if missing:
         shown = ", ".join(missing[:10]) + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else "")
         log(
-            f"[yellow]{disease}: {len(missing)} train/val case(s) have no ok embedding and are left out: {shown}[/]"
+            f"[yellow]{disease}: {len(missing)} train/val case(s) have no ok embedding and are left out: "
+            f"{escape(shown)}[/]"
         )
     runs = []
     for spec in options.run_specs():
@@ -329,7 +331,7 @@ def run_probe(
         except CtfmError as exc:
             if stop_on_error:
                 raise
-            log(f"[red]{disease}: {exc}[/]")
+            log(f"[red]{disease}: {escape(str(exc))}[/]")
             outcomes.append(DiseaseOutcome(disease, "failed", error=str(exc)))
         for _ in range(planned - len(reported)):
             counted(disease, "")

@@ -107,6 +107,11 @@ class TrainConfig:
                 )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError("--ema must be in [0, 1)")
+        if self.epochs < self.min_epoch:
+            raise ConfigError(
+                f"--epochs {self.epochs} is below --min-epoch {self.min_epoch}: no epoch could be selected, so no "
+                "checkpoint would be written; raise --epochs or lower --min-epoch"
+            )
         return self
 
     def with_seed(self, seed: int) -> TrainConfig:
