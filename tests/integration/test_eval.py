@@ -114,6 +114,12 @@ def test_eval_from_predictions_file_matches(evaluated: Path, bench: dict, tmp_pa
     )
     again = pd.read_csv(out / "val_metrics.csv")
     assert again.loc[0, "failed_cases"] == 1 and again.loc[0, "n_cases"] == len(preds)
+    with_train = tmp_path / "with_train.csv"
+    extra = preds.iloc[:1].assign(filename="synth_0000.nii.gz")  # a train case
+    pd.concat([preds, extra]).to_csv(with_train, index=False)
+    proc = cli("eval", "--predictions", with_train, "--labels", bench["labels"] / f"{DISEASE}.csv",
+               "--split", "val", "--out", tmp_path / "x", check=False)  # fmt: skip
+    assert proc.returncode == 2 and "1 predicted case(s) belong to another split than 'val'" in proc.stderr
     full = tmp_path / "full"
     cli("eval", "--predictions", res / "val_per_sample_predictions.csv", "--bootstrap", "0", "--out", full)
     first = pd.read_csv(res / "val_metrics.csv")

@@ -58,8 +58,20 @@ def test_lp_grid_outputs_and_resume(cli, bench):
         "synth_0005": {"split": "train", "status": "failed: container crashed"}
     }
 
-    again = cli(*_base(store, labels, out), "--disease", "fatty_liver", *SMALL, *grid)
-    assert "skipped" in again.stdout
+    again = cli(*_base(store, labels, out), "--disease", "fatty_liver", *SMALL, *grid, "--device", "auto")
+    assert "skipped" in again.stdout  # the device does not change what a probe learns
+    other = ["--lrs", "1e-3", "--wds", "1e-4", "--norms", "raw,std"]
+    proc = cli(
+        *_base(store, labels, out), "--disease", "fatty_liver", *SMALL, *other, "--seeds", "3", check=False
+    )
+    assert proc.returncode == 1 and "trained with other --lrs, --seeds; pass --force" in " ".join(
+        proc.stderr.split()
+    )
+    assert json.loads((disease / "summary.json").read_text()) == summary  # the finished work is untouched
+    proc = cli(
+        *_base(store, labels, out), "--disease", "fatty_liver", *SMALL, *grid, "--seeds", "1,1", check=False
+    )
+    assert proc.returncode == 2 and "--seeds lists 1 more than once" in proc.stderr
 
 
 def test_lp_folds_few_shot_with_logreg(cli, bench):

@@ -89,3 +89,15 @@ def test_bootstrap_bookkeeping_and_seed() -> None:
     assert lb.final_rank[0] == 1 and lb.win_share[0] > 0.5
     again = build_leaderboard(data, names, METRICS, n_boot=200, seed=5)
     np.testing.assert_array_equal(again.boot_ranks, lb.boot_ranks)
+
+
+def test_an_unreadable_eval_json_is_one_error_naming_it(tmp_path):
+    from ctfm.errors import DataError
+    from ctfm.evaluate.leaderboard import gather
+
+    res = tmp_path / "m" / "lp" / "ascites" / "val_auroc"
+    res.mkdir(parents=True)
+    (res / "test_per_sample_predictions.csv").write_text("filename,label,prob_class_0,prob_class_1\n")
+    (res / "test_eval.json").write_text("{bad")
+    with pytest.raises(DataError, match=r"test_eval\.json: unreadable"):
+        gather(tmp_path)

@@ -46,3 +46,22 @@ def test_pred_values_that_contradict_the_columns_are_a_clear_error(tmp_path):
     frame.to_csv(path, index=False)
     with pytest.raises(DataError, match=r"p\.csv: column prob_class_"):
         read_predictions(path)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "match"),
+    [
+        ("label", "x", "non-integer label, e.g. c00"),
+        ("label", "", "non-integer label, e.g. c00"),
+        ("pred", "1.5", "non-integer pred, e.g. c00"),
+        ("prob_class_1", "abc", "non-numeric prob_class_0, prob_class_1, e.g. c00"),
+        ("filename", "c01.nii.gz", "1 case\\(s\\) listed more than once"),
+    ],
+)
+def test_bad_cells_are_one_error_naming_a_case(tmp_path, column, value, match):
+    frame = _preds([0, 1]).to_frame().astype({column: object})
+    frame.loc[0, column] = value
+    path = tmp_path / "p.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError, match=match):
+        read_predictions(path)

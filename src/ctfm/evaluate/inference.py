@@ -385,7 +385,8 @@ def _column_classes(frame: pd.DataFrame, probs: np.ndarray, where: str) -> list[
     if "pred" not in frame.columns:
         return list(range(n))
     seen: dict[int, int] = {}
-    for col, value in zip(probs.argmax(1), frame["pred"].astype(int), strict=True):
+    preds = _numbers(frame, ["pred"], Path(where), integers=True)[:, 0].astype(int)
+    for col, value in zip(probs.argmax(1), preds, strict=True):
         if seen.setdefault(int(col), int(value)) != int(value):
             raise DataError(
                 f"{where}: column prob_class_{col} is predicted as classes {seen[int(col)]} and {value}"
@@ -414,21 +415,24 @@ def read_predictions(path: Path) -> Predictions:
     multilabel = bool(label_cols)
     if not multilabel and "label" not in frame.columns:
         raise DataError(f"{path}: needs a label column (or label_<j> columns for multilabel targets)")
+    repeated = frame["filename"][frame["filename"].duplicated()].astype(str).unique().tolist()
+    if repeated:
+        raise DataError(f"{path}: {len(repeated)} case(s) listed more than once, e.g. {repeated[:3]}")
     if prob_cols:
-        probs = frame[prob_cols].to_numpy(dtype=float)
-        logits = (
-            frame[logit_cols].to_numpy(dtype=float) if logit_cols else np.log(np.clip(probs, 1e-300, None))
-        )
+        probs = _numbers(frame, prob_cols, path)
+        logits = _numbers(frame, logit_cols, path) if logit_cols else np.log(np.clip(probs, 1e-300, None))
     else:
-        logits, probs = to_probs(frame[logit_cols].to_numpy(dtype=float), multilabel)
+        logits, probs = to_probs(_numbers(frame, logit_cols, path), multilabel)
     if not np.isfinite(probs).all():
         raise DataError(f"{path}: non-finite probabilities")
     if multilabel:
-        labels = frame[label_cols].to_numpy(dtype=int)
+        labels = _numbers(frame, label_cols, path, integers=True).astype(int)
         classes: list[int] = []
     else:
         classes = _column_classes(frame, probs, str(path))
-        labels = _class_index(frame["label"].astype(int), classes, str(path))
+        labels = _class_index(
+            _numbers(frame, ["label"], path, integers=True)[:, 0].astype(int), classes, str(path)
+        )
     return Predictions(
         files=frame["filename"].astype(str).tolist(),
         labels=labels,
@@ -437,6 +441,21 @@ def read_predictions(path: Path) -> Predictions:
         classes=classes,
         multilabel=multilabel,
     )
+
+
+def _numbers(frame: pd.DataFrame, columns: list[str], path: Path, integers: bool = False) -> np.ndarray:
+    """Columns as floats; an empty or non-numeric cell (or a fractional label) is one error naming a case."""
+    values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    bad = np.isnan(values).any(axis=1)
+    if integers:
+        bad |= (values != np.round(values)).any(axis=1)
+    if bad.any():
+        case = frame["filename"].astype(str).to_numpy()[bad][0]
+        kind = "integer" if integers else "numeric"
+        raise DataError(
+            f"{path}: {int(bad.sum())} row(s) with an empty or non-{kind} {', '.join(columns)}, e.g. {case}"
+        )
+    return values
 
 
 def align_to_labels(preds: Predictions, table: pd.DataFrame, where: str) -> Predictions:
@@ -460,6 +479,18 @@ def align_to_labels(preds: Predictions, table: pd.DataFrame, where: str) -> Pred
         else:
             failed.append(case)
     return Predictions(table["file"].tolist(), labels, logits, probs, failed, preds.classes)
+
+
+def _refuse_other_splits(preds: Predictions, table: pd.DataFrame, split: str, where: Path) -> None:
+    from ctfm.nifti import case_id
+
+    split_of = dict(zip(table["case"], table["split"], strict=True))
+    other = sorted(c for c in map(case_id, preds.files) if split_of.get(c, split) != split)
+    if other:
+        raise DataError(
+            f"{where}: {len(other)} predicted case(s) belong to another split than {split!r}, e.g. {other[:3]}; "
+            "keep only that split's rows, or pick their split with --split"
+        )
 
 
 def evaluate_predictions(
@@ -492,6 +523,7 @@ def evaluate_predictions(
             labels = labels_path(labels, disease)
         table = read_labels(labels, disease or labels.stem)
         if split:
+            _refuse_other_splits(preds, table, split, predictions)
             table = table[table["split"] == split].reset_index(drop=True)
         else:
             from ctfm.nifti import case_id

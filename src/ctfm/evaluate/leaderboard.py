@@ -252,7 +252,10 @@ def _eval_meta(pred_csv: Path) -> dict:
     js = pred_csv.with_name(pred_csv.name.removesuffix(PRED_SUFFIX) + JSON_SUFFIX)
     if not js.is_file():
         raise DataError(f"{pred_csv}: no {js.name} beside it; produce results with `ctfm eval`")
-    return json.loads(js.read_text())
+    try:
+        return json.loads(js.read_text())
+    except ValueError as exc:
+        raise DataError(f"{js}: unreadable ({exc}); rerun `ctfm eval` for it") from None
 
 
 def gather(

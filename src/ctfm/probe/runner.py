@@ -50,6 +50,11 @@ class RunSpec:
 
 def plan_runs(split_column: str, folds: int, seeds: list[int], shots: int, tries: int) -> list[RunSpec]:
     """Every (split column, seed, try); tags name only the axes that vary (``""`` for a single run)."""
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(
+            f"--seeds lists {', '.join(map(str, repeated))} more than once (each run needs its own)"
+        )
     columns = fold_columns(folds) if folds else [split_column]
     draws = list(range(tries)) if shots else [0]
     runs = []
@@ -168,6 +173,29 @@ class DiseaseOutcome:
     error: str = ""
 
 
+# Options that do not change what a probe learns: where files are, which diseases, logging, the device.
+_NOT_RESULTS = {"store", "labels", "out", "diseases", "force", "wandb", "wandb_project"}
+_NOT_RESULTS_TRAIN = {"device", "threads"}
+
+
+def changed_options(stored: dict[str, Any] | None, options: ProbeOptions) -> list[str]:
+    """Names of the options a finished disease was trained with that differ from ``options`` (as
+    ``summary.json`` records them): skipping it would pass old results off as these options' results."""
+    if not stored:
+        return []
+    now = json.loads(json.dumps(options.describe(), default=str))
+    changed = [
+        k for k, v in now.items() if k not in _NOT_RESULTS | {"train"} and k in stored and stored[k] != v
+    ]
+    old_train = stored.get("train") or {}
+    changed += [
+        f"--{k.replace('_', '-')}"
+        for k, v in now["train"].items()
+        if k not in _NOT_RESULTS_TRAIN and k in old_train and old_train[k] != v
+    ]
+    return [c if c.startswith("--") else f"--{c.replace('_', '-')}" for c in changed]
+
+
 def select_rows(data: DiseaseData, spec: RunSpec) -> tuple[np.ndarray, np.ndarray]:
     """Train/val rows of a run; few-shot draws ``shots`` per class from train with a (seed, try) generator."""
     split = data.split(spec.split_column)
@@ -239,6 +267,12 @@ def run_disease(
     layout = DiseaseLayout.of(options.out, options.model, disease, task.name)
     if layout.is_done() and not options.force:
         summary = json.loads(layout.summary.read_text()) if layout.summary.is_file() else None
+        changed = changed_options((summary or {}).get("options"), options)
+        if changed:
+            raise ConfigError(
+                f"{layout.dir} was trained with other {', '.join(changed)}; pass --force to retrain it with "
+                "these options, or choose another --out"
+            )
         return DiseaseOutcome(disease, "skipped", summary=summary)
     started = time.perf_counter()
     layout.dir.mkdir(parents=True, exist_ok=True)
