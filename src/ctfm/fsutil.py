@@ -93,3 +93,10 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def is_partial(path: Path) -> bool:
     """True for temporaries left by :func:`atomic_path` (they are never real outputs)."""
     return path.name.startswith(".") and ".part" in path.name
+
+
+def remove_partials(folder: Path) -> None:
+    """Delete the temporaries a killed writer left under ``folder`` (call only where no writer runs)."""
+    for path in Path(folder).rglob(".*.part*"):
+        if path.is_file() and is_partial(path):
+            path.unlink(missing_ok=True)

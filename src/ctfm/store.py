@@ -541,7 +541,20 @@ class View:
         if not cases:
             raise StoreError(f"{self}: no ok cases to pack (run `ctfm extract` or `ctfm store import`)")
         stem = f"{self.task}-{dtype}-{checksum[:16]}"
-        arrays = [self.read_case(c) for c in cases]
+        arrays, damaged = [], []
+        for case in cases:
+            try:
+                arrays.append(self.read_case(case))
+            except StoreError as exc:
+                damaged.append(
+                    CaseRecord(
+                        case=case, status="failed", error=f"stored file unreadable ({exc}); re-extract it"
+                    )
+                )
+        if damaged:  # a file damaged after it was stored: that case is left out and says why, the rest packs
+            for record in damaged:
+                self._append(record)
+            return self._build_packed(dtype, self.manifest_checksum(), meta_path)
         dims = {int(a.shape[0]) for a in arrays}
         if len(dims) != 1:
             raise StoreError(f"{self}: cases disagree on feature dimension D ({sorted(dims)})")

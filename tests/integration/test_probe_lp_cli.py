@@ -72,6 +72,10 @@ def test_lp_grid_outputs_and_resume(cli, bench):
         *_base(store, labels, out), "--disease", "fatty_liver", *SMALL, *grid, "--seeds", "1,1", check=False
     )
     assert proc.returncode == 2 and "--seeds lists 1 more than once" in proc.stderr
+    killed = disease / ".progress.png.x1y2.part.png"  # what a SIGKILLed run was writing
+    killed.write_bytes(b"half a figure")
+    cli(*_base(store, labels, out), "--disease", "fatty_liver", *SMALL, *grid, "--force")
+    assert not killed.exists() and (disease / "progress.png").is_file()
 
 
 def test_lp_folds_few_shot_with_logreg(cli, bench):

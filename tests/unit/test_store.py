@@ -227,6 +227,18 @@ def test_packed_lp_cached_until_manifest_changes(tmp_path: Path, monkeypatch: py
     np.testing.assert_allclose(half.as_float32()[0], arrays["c000"], rtol=1e-3, atol=1e-3)
 
 
+def test_a_stored_file_damaged_later_is_left_out_of_the_pack_and_says_why(tmp_path: Path) -> None:
+    view = Store(tmp_path).view("m", "lp", "full")
+    arrays = _fill_lp(view, n=4)
+    path = view.case_path("c001")
+    path.write_bytes(path.read_bytes()[:100])  # disk damage, a botched copy
+    packed = view.packed()
+    assert packed.cases == ["c000", "c002", "c003"]
+    np.testing.assert_array_equal(packed.X[packed.index("c002")], arrays["c002"])
+    rec = view.record("c001")
+    assert rec.status == "failed" and "stored file unreadable" in rec.error and "re-extract" in rec.error
+
+
 def test_packed_eao_offsets_grids_and_bfloat16(tmp_path: Path) -> None:
     view = Store(tmp_path).view("m", "eao", "splenomegaly")
     grids = [(2, 2, 2), (1, 3, 2), (3, 1, 1)]

@@ -26,7 +26,7 @@ from rich.markup import escape
 from ctfm import __version__
 from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError, CtfmError
-from ctfm.fsutil import write_text_atomic
+from ctfm.fsutil import remove_partials, write_text_atomic
 from ctfm.probe.data import DiseaseData, few_shot, fold_columns, load_disease
 from ctfm.probe.layout import DiseaseLayout, RunLayout
 from ctfm.probe.report import write_reports
@@ -277,6 +277,7 @@ def run_disease(
     started = time.perf_counter()
     layout.dir.mkdir(parents=True, exist_ok=True)
     layout.done.unlink(missing_ok=True)  # a forced rerun is unfinished until it writes DONE again
+    remove_partials(layout.dir)  # what a killed run was writing
     data = task.load(disease)
     missing = data.missing_in()
     if missing:
