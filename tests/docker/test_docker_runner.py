@@ -184,26 +184,35 @@ def test_gpus_without_nvidia_runtime_is_a_clear_error(
         run_tag(tmp_path / "s", test_image("good"), cases4, gpus=("0",))
 
 
+def _team_tarball(docker_client, base_id: str, tag: str, tarball: Path, saved_as: str | None = None):
+    """A distinct image (new id, shared layers, so removing it leaves the test images alone) built as ``tag``
+    and saved as a team tarball naming it ``saved_as`` (default: ``tag``), then removed from the engine."""
+    img, _ = docker_client.images.build(
+        path=str(Path(__file__).parent / "images"),
+        tag=tag,
+        buildargs={"BASE": base_id, "MODE": "good"},
+        labels={"ctfm.test.nonce": str(time.time_ns())},
+        network_mode="none",
+        rm=True,
+    )
+    if saved_as is not None:
+        img.tag(*saved_as.rsplit(":", 1))
+        img.reload()
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    with tarball.open("wb") as fh:
+        for chunk in img.save(named=saved_as or True):
+            fh.write(chunk)
+    docker_client.images.remove(img.id, force=True)
+    return img
+
+
 def test_tarball_with_unusual_tag_is_loaded_recorded_and_removed(
     tmp_path, cases4, test_image, docker_client, no_leftovers
 ):
     """The team's tarball holds `registry.local/acme-sub:v7`, not `acme:latest`; its id is what counts."""
     base = docker_client.images.get(test_image("good"))
-    # A distinct image (new id, shared layers) so removing it after the run leaves the test images alone.
-    img, _ = docker_client.images.build(
-        path=str(Path(__file__).parent / "images"),
-        tag="registry.local/acme-sub:v7",
-        buildargs={"BASE": base.id, "MODE": "good"},
-        labels={"ctfm.test.nonce": str(time.time_ns())},
-        network_mode="none",
-        rm=True,
-    )
     teams = tmp_path / "teams"
-    teams.mkdir()
-    with (teams / "acme_lp.tar.gz").open("wb") as fh:
-        for chunk in img.save(named=True):
-            fh.write(chunk)
-    docker_client.images.remove(img.id, force=True)
+    img = _team_tarball(docker_client, base.id, "registry.local/acme-sub:v7", teams / "acme_lp.tar.gz")
     (report,) = run_containers(tmp_path / "s", cases4, RunSettings(memory="1g"), tarballs_dir=teams)
     assert report.team == "acme" and report.all_ok
     assert report.image_id == img.id
@@ -220,22 +229,10 @@ def test_a_tarball_cannot_take_over_another_images_tag(
     must not be run, recorded or removed in that image's place. Also: a relative --store works."""
     organizer = docker_client.images.get(test_image("good"))
     organizer.tag("ctfm-victim", "1")
-    img, _ = docker_client.images.build(
-        path=str(Path(__file__).parent / "images"),
-        tag="ctfm-thief:1",
-        buildargs={"BASE": organizer.id, "MODE": "good"},
-        labels={"ctfm.test.nonce": str(time.time_ns())},
-        network_mode="none",
-        rm=True,
-    )
     teams = tmp_path / "teams"
-    teams.mkdir()
-    img.tag("ctfm-victim", "1")  # the tarball claims the organizer's tag
-    img.reload()
-    with (teams / "thief_lp.tar.gz").open("wb") as fh:
-        for chunk in img.save(named="ctfm-victim:1"):
-            fh.write(chunk)
-    docker_client.images.remove(img.id, force=True)
+    img = _team_tarball(
+        docker_client, organizer.id, "ctfm-thief:1", teams / "thief_lp.tar.gz", "ctfm-victim:1"
+    )
     organizer.tag("ctfm-victim", "1")
     monkeypatch.chdir(tmp_path)
     settings = RunSettings(memory="1g")
@@ -245,9 +242,8 @@ def test_a_tarball_cannot_take_over_another_images_tag(
     for team, image_id in (("thief", img.id), ("ctfm-victim", organizer.id)):
         view = Store(tmp_path / "s").view(team, "lp", "full")
         assert {view.record(c).image_id for c in view.cases()} == {image_id}
-    assert (
-        docker_client.images.get("ctfm-victim:1").id == organizer.id
-    )  # the tag survived the thief's removal
+    tag_owner = docker_client.images.get("ctfm-victim:1").id
+    assert tag_owner == organizer.id  # the tag survived the thief's removal
     assert img.id not in {i.id for i in docker_client.images.list(all=True)}
     docker_client.images.remove("ctfm-victim:1")
 
