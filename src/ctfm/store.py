@@ -48,10 +48,8 @@ DATASET = "y_hat"
 MANIFEST = "manifest.jsonl"
 EMBEDDINGS = "embeddings"
 PACKED = "packed"
-MODEL_NAME = "model.json"
-MAX_Y_HAT_BYTES = (
-    1 << 30
-)  # one case's embedding in memory: far above any [D, h, w, l] token map  # in the model folder: the name that owns it
+MODEL_NAME = "model.json"  # in the model folder: the name that owns it
+MAX_Y_HAT_BYTES = 1 << 30  # one case's embedding in memory: far above any [D, h, w, l] token map
 PACK_DTYPES = ("float32", "float16", "bfloat16")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _CASE_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -120,9 +118,10 @@ def read_y_hat(path: Path) -> np.ndarray:
     path = Path(path)
     try:
         with h5py.File(path, "r") as fh:
-            if DATASET not in fh:
+            link = fh.get(DATASET, getlink=True)  # looked at without following it
+            if link is None:
                 raise StoreError(f"{path}: no dataset {DATASET!r} (found: {', '.join(fh.keys()) or 'none'})")
-            if not isinstance(fh.get(DATASET, getlink=True), h5py.HardLink):
+            if not isinstance(link, h5py.HardLink):
                 raise StoreError(f"{path}: {DATASET!r} is a link; store the array in the file itself")
             ds = fh[DATASET]
             if not isinstance(ds, h5py.Dataset):

@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ctfm.cli import plain
+
 console = Console(stderr=True)
 
 
@@ -44,7 +46,7 @@ def _execute(config: Path, out: Path | None) -> None:
             markup=False,
         )
     if result.failed:
-        names = ", ".join(o.name for o in result.failed)
+        names = plain(", ".join(o.name for o in result.failed))
         console.print(
             f"[red]{len(result.failed)} stage(s) failed or left items to retry: {names}; rerun to resume[/]"
         )

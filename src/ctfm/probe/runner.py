@@ -184,16 +184,14 @@ def changed_options(stored: dict[str, Any] | None, options: ProbeOptions) -> lis
     if not stored:
         return []
     now = json.loads(json.dumps(options.describe(), default=str))
-    changed = [
-        k for k, v in now.items() if k not in _NOT_RESULTS | {"train"} and k in stored and stored[k] != v
-    ]
-    old_train = stored.get("train") or {}
+    old_train, now_train = stored.get("train") or {}, now.pop("train")
+    changed = [k for k, v in now.items() if k not in _NOT_RESULTS and k in stored and stored[k] != v]
     changed += [
-        f"--{k.replace('_', '-')}"
-        for k, v in now["train"].items()
+        k
+        for k, v in now_train.items()
         if k not in _NOT_RESULTS_TRAIN and k in old_train and old_train[k] != v
     ]
-    return [c if c.startswith("--") else f"--{c.replace('_', '-')}" for c in changed]
+    return [f"--{k.replace('_', '-')}" for k in changed]
 
 
 def select_rows(data: DiseaseData, spec: RunSpec) -> tuple[np.ndarray, np.ndarray]:
