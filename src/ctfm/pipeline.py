@@ -151,9 +151,9 @@ class Pipeline:
         done_key = self.stamps.key(stage.name)
         if done_key == stage.key:
             self.result.outcomes.append(StageOutcome(stage.name, "up-to-date"))
-            self.log(f"[dim]{stage.name}: up to date[/]")
+            self.log(f"[dim]{escape(stage.name)}: up to date[/]")
             return stage.key
-        self.log(f"[bold]{stage.name}[/]" + (" (settings changed: redoing)" if done_key else ""))
+        self.log(f"[bold]{escape(stage.name)}[/]" + (" (settings changed: redoing)" if done_key else ""))
         start = time.perf_counter()
         try:
             detail = stage.run(done_key is not None)
@@ -167,11 +167,15 @@ class Pipeline:
         self._record(stage.name, "done", start, detail, "")
         return stage.key
 
+    def _log_text(self, message: str) -> None:
+        """Log a message that holds no markup of its own (names from outside are never read as markup)."""
+        self.log(escape(message))
+
     def _record(self, name: str, status: str, start: float, detail: str, colour: str) -> None:
         seconds = time.perf_counter() - start
         self.result.outcomes.append(StageOutcome(name, status, seconds, detail))
         text = f"{status}: {detail}" if colour else detail
-        self.log(f"  [{colour or 'default'}]{text}[/] [dim]({seconds:.1f} s)[/]")
+        self.log(f"  [{colour or 'default'}]{escape(text)}[/] [dim]({seconds:.1f} s)[/]")
 
     def run(self) -> RunResult:
         """Run every stage in order, resuming from the stamps; see :attr:`RunResult.failed` afterwards."""
@@ -350,7 +354,7 @@ class Pipeline:
         if not hasattr(self, "_baseline"):
             from ctfm.extract.images import build_baseline_image
 
-            self._baseline = build_baseline_image(log=self.log)
+            self._baseline = build_baseline_image(log=self._log_text)
         return self._baseline
 
     def _container_runner(self, spec: ContainerSpec, task: str, view: str) -> Callable[[bool], str]:
@@ -367,7 +371,7 @@ class Pipeline:
                 tags=[] if spec.folder is not None else [spec.image or self._baseline_tag()],
                 masks_dir=None if view == "full" else self.masks_root / view,
                 view=view,
-                log=self.log,
+                log=self._log_text,  # its lines name files a team's container wrote
                 progress=self.progress,
             )
             parts = []
@@ -424,6 +428,7 @@ class Pipeline:
             "diseases": self.diseases,
             "seeds": self.cfg.probe.seeds,
             "force": force,
+            "retrain_changed": True,  # the config is the truth: a disease trained otherwise is redone
         }
         if task == "lp":
             lp = self.cfg.probe.lp
@@ -464,10 +469,10 @@ class Pipeline:
             from ctfm.evaluate.inference import drop_stale_results, evaluate_checkpoint, find_checkpoints
             from ctfm.store import sanitize_name
 
-            found, problems = find_checkpoints(runs, ev.strategies, self.diseases)
-            if problems:
-                raise DataError(problems[0])
-            heads = [h for h in found if h.model_dir == sanitize_name(model)]
+            found = find_checkpoints(runs, ev.strategies, self.diseases, sanitize_name(model))
+            if found.problems:
+                raise DataError(found.problems[0])
+            heads = found.only(ev.strategies)
             if not heads:
                 raise DataError(f"{runs}: no checkpoint of {model} for strategies {', '.join(ev.strategies)}")
             results = [
@@ -484,7 +489,7 @@ class Pipeline:
                 )
                 for head in heads
             ]
-            drop_stale_results(out, ev.split, results)
+            drop_stale_results(out, ev.split, results, found)
             failed = sum(r.failed_cases for r in results)
             return f"eval {task} {model}: {len(heads)} head(s) on {ev.split}, {failed} case(s) scored as failures"
 

@@ -545,11 +545,10 @@ class View:
             try:
                 arrays.append(self.read_case(case))
             except StoreError as exc:
-                damaged.append(
-                    CaseRecord(
-                        case=case, status="failed", error=f"stored file unreadable ({exc}); re-extract it"
-                    )
-                )
+                if not self._damaged(case):
+                    raise  # a locked, unreachable or unreadable-for-now file: nothing to record
+                error = f"stored file unreadable ({exc}); its checksum changed: re-extract it"
+                damaged.append(CaseRecord(case=case, status="failed", error=error))
         if damaged:  # a file damaged after it was stored: that case is left out and says why, the rest packs
             for record in damaged:
                 self._append(record)
@@ -581,6 +580,11 @@ class View:
         write_text_atomic(meta_path, json.dumps(meta))
         self._drop_stale(set(files.values()), meta_path.stem)
         return meta
+
+    def _damaged(self, case: str) -> bool:
+        """Whether an ok case's file no longer has the checksum it was stored with."""
+        rec = self.record(case)
+        return rec is not None and bool(rec.checksum) and sha256_file(self.dir / rec.file) != rec.checksum
 
     def _save_npy(self, name: str, arr: np.ndarray) -> None:
         self.packed_dir.mkdir(parents=True, exist_ok=True)

@@ -245,6 +245,27 @@ def test_a_tarball_cannot_take_over_another_images_tag(
     tag_owner = docker_client.images.get("ctfm-victim:1").id
     assert tag_owner == organizer.id  # the tag survived the thief's removal
     assert img.id not in {i.id for i in docker_client.images.list(all=True)}
+
+    # A second image in the same tarball, claiming the tag: never run, its tag goes back, it is removed.
+    first = _team_tarball(docker_client, organizer.id, "ctfm-first:1", tmp_path / "first.tar")
+    second = _team_tarball(
+        docker_client, organizer.id, "ctfm-second:1", tmp_path / "second.tar", "ctfm-victim:1"
+    )
+    docker_client.images.load((tmp_path / "first.tar").read_bytes())
+    docker_client.images.load((tmp_path / "second.tar").read_bytes())  # takes ctfm-victim:1 for the save
+    both = tmp_path / "two" / "pair_lp.tar.gz"
+    both.parent.mkdir()
+    subprocess.run(["docker", "save", "-o", str(both), "ctfm-first:1", "ctfm-victim:1"], check=True)
+    for image in (first, second):
+        docker_client.images.remove(image.id, force=True)
+    organizer.tag("ctfm-victim", "1")
+    with ContainerRunner(tmp_path / "s2", settings) as runner:
+        loaded = runner.load_tarball(both)
+        assert loaded.image_id in (first.id, second.id)
+        assert docker_client.images.get("ctfm-victim:1").id == organizer.id
+        others = {first.id, second.id} - {loaded.image_id}
+        assert not others & {i.id for i in docker_client.images.list(all=True)}  # the unused one is gone
+        runner.release(loaded)
     docker_client.images.remove("ctfm-victim:1")
 
 

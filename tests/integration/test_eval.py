@@ -140,8 +140,10 @@ def _eval_copy(bench: dict, tmp_path: Path, change) -> tuple[Path, Path]:
     return store, runs
 
 
-def _eval_split(cli, bench: dict, store: Path, runs: Path, out: Path, split: str = "val", **kwargs):
-    """``ctfm eval`` of ``runs`` on ``split`` of ``store`` (no bootstrap), written to ``out``."""
+def _eval_split(
+    cli, bench: dict, store: Path, runs: Path, out: Path, split: str = "val", options: tuple = (), **kwargs
+):
+    """``ctfm eval`` of ``runs`` on ``split`` of ``store`` (no bootstrap, other ``options``), written to ``out``."""
     return cli(
         "eval",
         "--runs",
@@ -156,6 +158,7 @@ def _eval_split(cli, bench: dict, store: Path, runs: Path, out: Path, split: str
         "0",
         "--out",
         out,
+        *options,
         **kwargs,
     )
 
@@ -209,22 +212,39 @@ def test_a_second_eval_removes_its_stale_results_and_reports_broken_runs(
 ) -> None:
     """Results of heads the runs no longer hold are removed (a leaderboard would rank them); another model's
     results in the same folder stay. A missing checkpoint or unreadable summary is one error line each."""
-    runs, out = tmp_path / "runs", tmp_path / "o"
-    shutil.copytree(bench["runs"], runs)
-    _eval_split(cli, bench, bench["store"], runs, out)
-    disease_a = runs / "model_a" / DISEASE
     import torch
 
+    runs, out = tmp_path / "runs", tmp_path / "o"
+    shutil.copytree(bench["runs"], runs)
+    disease_a = runs / "model_a" / DISEASE
     payload = torch.load(disease_a / "checkpoints" / "val_auroc.pt", weights_only=False)
     torch.save({**payload, "strategy": "val_loss"}, disease_a / "checkpoints" / "val_loss.pt")
     summary = json.loads((disease_a / "summary.json").read_text())
-    summary["runs"][0]["selections"] = {"val_loss": {}}  # the probe was rerun with another strategy
+    summary["runs"][0]["selections"]["val_loss"] = {}
+    (disease_a / "summary.json").write_text(json.dumps(summary))
+
+    def kept():
+        return sorted(
+            p.parent.relative_to(out).as_posix() for p in out.rglob("val_per_sample_predictions.csv")
+        )
+
+    _eval_split(cli, bench, bench["store"], runs, out)
+    every = [
+        f"model_a/lp/{DISEASE}/val_auroc",
+        f"model_a/lp/{DISEASE}/val_loss",
+        f"model_b/lp/{DISEASE}/val_auroc",
+    ]
+    assert kept() == every
+    proc = _eval_split(
+        cli, bench, bench["store"], runs, out, options=("--strategy", "val_auroc")
+    )  # a filter drops nothing
+    assert kept() == every and "removed" not in proc.stderr
+    summary["runs"][0]["selections"] = {"val_loss": {}}  # the probe was rerun with one strategy
     (disease_a / "summary.json").write_text(json.dumps(summary))
     shutil.move(runs / "model_b", tmp_path / "model_b")
     proc = _eval_split(cli, bench, bench["store"], runs, out)
     assert "removed the earlier val result" in proc.stderr
-    kept = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("val_per_sample_predictions.csv"))
-    assert kept == [f"model_a/lp/{DISEASE}/val_loss", f"model_b/lp/{DISEASE}/val_auroc"]
+    assert kept() == [f"model_a/lp/{DISEASE}/val_loss", f"model_b/lp/{DISEASE}/val_auroc"]
 
     shutil.move(tmp_path / "model_b", runs / "model_b")
     (runs / "model_b" / DISEASE / "summary.json").write_text("{")

@@ -66,6 +66,10 @@ def test_probe_eao_trains_saves_and_resumes(cli, tmp_path: Path) -> None:
 
     again = cli(*args)
     assert "skipped" in again.stdout
+    other = list(args)
+    other[other.index("--num-heads") + 1], other[other.index("--dtype") + 1] = "1", "float32"
+    proc = cli(*other, check=False)  # the head's design is part of what was trained
+    assert proc.returncode == 1 and "trained with other --heads, --dtype" in " ".join(proc.stderr.split())
 
 
 def test_probe_eao_unknown_head_is_one_red_line(cli, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ctfm.errors import ConfigError
 from ctfm.probe.layout import DiseaseLayout, list_diseases
 from ctfm.probe.runner import ProbeOptions, linear_task, run_probe
 from ctfm.probe.training import TrainConfig
@@ -94,3 +95,12 @@ def test_runner_writes_layout_aggregates_seeds_and_resumes(tmp_path):
     options.diseases = ["fatty_liver"]
     assert run_probe(options, linear_task(options))[0].status == "done"
     assert (layout.dir / "user_notes.txt").read_text() == "mine"  # never deletes the user's folder
+    # `ctfm run` retrains a disease trained with other options (the config is the truth); the CLI refuses
+    options.force, options.lrs = False, [1e-3]
+    with pytest.raises(ConfigError, match="trained with other --lrs"):
+        run_probe(options, linear_task(options), stop_on_error=True)
+    options.retrain_changed = True
+    messages.clear()
+    assert run_probe(options, linear_task(options), log=messages.append)[0].status == "done"
+    assert any("retraining" in m for m in messages)
+    assert json.loads(layout.summary.read_text())["options"]["lrs"] == [1e-3]

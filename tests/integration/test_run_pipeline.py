@@ -105,9 +105,11 @@ def test_bad_config_is_one_clear_message(cli, tmp_path):
     assert missing.returncode == 2 and "run config not found" in missing.stderr
 
 
-def test_a_failed_stage_makes_the_run_exit_1(cli, tmp_path):
-    cfg = _config(tmp_path, data={"path": str(tmp_path / "not_a_benchmark")})
-    (tmp_path / "not_a_benchmark").mkdir()
+def test_a_failed_stage_makes_the_run_exit_1(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    data = tmp_path / "not a [/b] benchmark"  # its name is in the error: printed as is, never as markup
+    cfg = _config(tmp_path, data={"path": str(data)})
+    data.mkdir(parents=True)
     proc = cli("run", cfg, check=False)
-    assert proc.returncode == 1, proc.stderr
-    assert "not a benchmark folder" in proc.stderr and "stage(s) failed" in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{data}: not a benchmark folder" in proc.stderr and "stage(s) failed" in proc.stderr

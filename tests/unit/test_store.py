@@ -239,6 +239,24 @@ def test_a_stored_file_damaged_later_is_left_out_of_the_pack_and_says_why(tmp_pa
     assert rec.status == "failed" and "stored file unreadable" in rec.error and "re-extract" in rec.error
 
 
+def test_a_file_unreadable_for_now_but_intact_fails_the_pack_and_records_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock or I/O error (NFS, Lustre) is not damage: nothing is marked failed, the error is raised."""
+    import ctfm.store as store_module
+
+    view = Store(tmp_path).view("m", "lp", "full")
+    _fill_lp(view, n=3)
+
+    def locked(path):
+        raise StoreError(f"{path}: not a readable HDF5 file (OSError: unable to lock file)")
+
+    monkeypatch.setattr(store_module, "read_y_hat", locked)
+    with pytest.raises(StoreError, match="unable to lock"):
+        view.packed()
+    assert view.counts()["failed"] == 0 and len(view.cases("ok")) == 3
+
+
 def test_packed_eao_offsets_grids_and_bfloat16(tmp_path: Path) -> None:
     view = Store(tmp_path).view("m", "eao", "splenomegaly")
     grids = [(2, 2, 2), (1, 3, 2), (3, 1, 1)]

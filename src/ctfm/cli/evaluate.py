@@ -100,7 +100,8 @@ def eval_command(
         raise ConfigError(f"--split must be val, test or train, not {split!r}")
     from rich.progress import Progress
 
-    heads, problems = inference.find_checkpoints(runs, split_list(strategy) or None)
+    found = inference.find_checkpoints(runs, split_list(strategy) or None)
+    heads, problems = found.only(split_list(strategy) or None), found.problems
     results, errors = [], []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("evaluating", total=len(heads))
@@ -115,7 +116,7 @@ def eval_command(
                 errors.append(str(exc))
             progress.advance(task)
     if results:
-        for folder in inference.drop_stale_results(out, split, results):
+        for folder in inference.drop_stale_results(out, split, results, found):
             console.print(
                 f"removed the earlier {split} result in {folder}: no current head made it", markup=False
             )

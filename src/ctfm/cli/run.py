@@ -33,7 +33,7 @@ def _execute(config: Path, out: Path | None) -> None:
     for col in ("stage", "status", "seconds"):
         stages.add_column(col, justify="right" if col == "seconds" else "left")
     for o in result.outcomes:
-        stages.add_row(o.name, o.status, f"{o.seconds:.1f}" if o.seconds else "")
+        stages.add_row(plain(o.name), o.status, f"{o.seconds:.1f}" if o.seconds else "")
     console.print(stages)
     out_console = Console()
     for task, folder in result.leaderboards.items():

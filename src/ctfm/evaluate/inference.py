@@ -167,46 +167,60 @@ class HeadRef:
     split_column: str = "split"  # the column whose train/val the head was trained and selected on
 
 
+@dataclass
+class Checkpoints:
+    """What a probe ``--out`` folder holds: its heads, and the diseases whose heads could not be listed."""
+
+    heads: list[HeadRef]
+    problems: list[str]  # one line per broken disease (unreadable summary, missing checkpoint)
+    broken: set[tuple[str, str, str]]  # their (model folder, task, disease)
+
+    def only(self, strategies: list[str] | None) -> list[HeadRef]:
+        return [h for h in self.heads if not strategies or h.strategy in strategies]
+
+
 def find_checkpoints(
-    runs: Path, strategies: list[str] | None = None, diseases: list[str] | None = None
-) -> tuple[list[HeadRef], list[str]]:
+    runs: Path,
+    strategies: list[str] | None = None,
+    diseases: list[str] | None = None,
+    model: str | None = None,
+) -> Checkpoints:
     """Every head of every finished run recorded in the probe summaries under a ``ctfm probe --out``
-    folder (optionally only some strategies or diseases), and one problem line per disease whose summary
-    is unreadable or whose checkpoint is missing (the others are still returned)."""
+    folder (optionally only some diseases or one model folder); a broken disease is a problem line and the
+    others are still listed. Raises when no head of ``strategies`` (all when None) is found at all."""
     from ctfm.probe.layout import TASK_FOLDERS, DiseaseLayout, list_diseases
 
     runs = Path(runs)
     if not runs.is_dir():
         raise DataError(f"{runs}: run folder not found; pass the --out folder of `ctfm probe`")
-    found: list[HeadRef] = []
-    problems: list[str] = []
-    for model_dir in sorted(p.name for p in runs.iterdir() if p.is_dir()):
+    found = Checkpoints([], [], set())
+    for model_dir in sorted(p.name for p in runs.iterdir() if p.is_dir() and model in (None, p.name)):
         for task in TASK_FOLDERS:
             for disease in list_diseases(runs, model_dir, task):
                 if diseases is not None and disease not in diseases:
                     continue
-                layout = DiseaseLayout.of(runs, model_dir, disease, task)
                 try:
-                    found += _disease_heads(layout, model_dir, disease, strategies)
+                    found.heads += _disease_heads(DiseaseLayout.of(runs, model_dir, disease, task), model_dir)
                 except DataError as exc:
-                    problems.append(str(exc))
-    if not found and not problems:
+                    found.problems.append(str(exc))
+                    found.broken.add((model_dir, task, disease))
+    if not found.only(strategies) and not found.problems:
         wanted = f" for strategies {', '.join(strategies)}" if strategies else ""
         raise DataError(f"{runs}: no finished probe checkpoint{wanted}; run `ctfm probe` first")
-    return found, problems
+    return found
 
 
-def _disease_heads(layout: Any, model_dir: str, disease: str, strategies: list[str] | None) -> list[HeadRef]:
+def _disease_heads(layout: Any, model_dir: str) -> list[HeadRef]:
     heads = []
     for run in layout.runs():
         for strategy in run["selections"]:
-            if strategies and strategy not in strategies:
-                continue
             path = layout.run(run["tag"]).checkpoint(strategy)
             if not path.is_file():
                 raise DataError(f"checkpoint missing: {path}; rerun the probe with --force")
             heads.append(
-                HeadRef(path, model_dir, layout.task, disease, strategy, run["tag"], run["split_column"])
+                HeadRef(
+                    path, model_dir, layout.task, layout.dir.name, strategy, run["tag"], run["split_column"]
+                )
             )
     return heads
 
@@ -549,18 +563,22 @@ def evaluate_predictions(
     return result
 
 
-def drop_stale_results(out: Path, split: str, results: list[EvalResult]) -> list[Path]:
-    """Remove this split's result files that an earlier eval wrote for the models and tasks just evaluated
-    but that no current head produced (a disease, seed or strategy since dropped), so a leaderboard of
-    ``out`` never ranks them; results of other models are left alone. Returns the folders cleaned."""
-    current = {
+def drop_stale_results(out: Path, split: str, results: list[EvalResult], found: Checkpoints) -> list[Path]:
+    """Remove this split's result files that an earlier eval wrote, for the models and tasks just evaluated,
+    of heads the runs no longer hold (a disease, seed or strategy since dropped), so a leaderboard of ``out``
+    never ranks them. Heads left out by a filter or that failed this time keep their results, and so do
+    broken diseases and other models. Returns the folders cleaned."""
+    keep = {
+        result_dir(out, h.model_dir, h.task, h.disease, h.strategy, h.tag).resolve() for h in found.heads
+    } | {
         result_dir(out, sanitize_name(r.model), r.task, r.disease, r.strategy, r.tag).resolve()
         for r in results
     }
     stale = []
     for model, task in {(sanitize_name(r.model), r.task) for r in results}:
         for pred in sorted((Path(out) / model / task).rglob(f"{split}{PRED_SUFFIX}")):
-            if pred.parent.resolve() in current:
+            disease = pred.relative_to(Path(out) / model / task).parts[0]
+            if pred.parent.resolve() in keep or (model, task, disease) in found.broken:
                 continue
             for suffix in (PRED_SUFFIX, METRICS_SUFFIX, JSON_SUFFIX, "_roc.png", "_pr.png"):
                 (pred.parent / f"{split}{suffix}").unlink(missing_ok=True)

@@ -136,6 +136,9 @@ class ContainerResult:
     oom_killed: bool = False
 
     def exit_reason(self, memory: str) -> str:
+        """Why the container ended without all its outputs, as one phrase."""
+        if self.error:
+            return self.error
         if self.oom_killed:
             return f"container killed: out of memory (limit {memory})"
         return f"container exited with code {self.exit_code}"
@@ -451,9 +454,14 @@ class ContainerRunner:
             ) from exc
         if not images:
             raise ContainerError(f"{tarball}: docker load reported no image")
-        if len(images) > 1:
-            self.log(f"{tarball.name}: holds {len(images)} images; using the first ({images[0].id[:19]})")
         img = images[0]
+        if len(images) > 1:
+            self.log(f"{tarball.name}: holds {len(images)} images; using the first ({img.id[:19]})")
+        for extra in images[1:]:  # never run: its tags go back to their images and, if new, it goes
+            self._restore_tags(tarball, extra, before)
+            if extra.id not in before and extra.id != img.id:
+                with contextlib.suppress(Exception):
+                    self.client.images.remove(extra.id, force=True)
         name = team or tarball.name.split("_lp.tar")[0].split("_eao.tar")[0]
         return TeamImage(
             team=name,
@@ -909,7 +917,7 @@ class _TeamState:
                     limit = self.runner.settings.timeout_per_case
                     self._fail(ci.case, "timeout", f"no output within {limit:g} s; container killed", seconds)
                 else:
-                    why = result.error or result.exit_reason(self.runner.settings.memory)
+                    why = result.exit_reason(self.runner.settings.memory)
                     self._fail(ci.case, "failed", f"no output ({why}); see {self.report.log_path}", seconds)
 
     def _note(self, result: ContainerResult) -> None:
@@ -1268,7 +1276,7 @@ def _judge(
     bad_exit = [
         f"{r.name}: {r.exit_reason(settings.memory)}"
         for r in results
-        if r.exit_code not in (0,) and not r.timed_out
+        if (r.exit_code not in (0,) or r.error) and not r.timed_out
     ]
     timeouts = [", ".join(r.cases) for r in results if r.timed_out]
     unexpected = sorted({n for r in results for n in r.unexpected})

@@ -399,7 +399,8 @@ def eao_task(
                 eao_data, specs, options.lrs, config, weight_decay, eval_batch_size, on_epoch, cuda_graphs
             )
 
-    return ProbeTask("eao", load, fit, save_eao_checkpoints)
+    settings = {"heads": [{"name": s.name, **s.kwargs} for s in specs], "dtype": dtype}
+    return ProbeTask("eao", load, fit, save_eao_checkpoints, settings)
 
 
 @contextlib.contextmanager

@@ -94,6 +94,7 @@ class ProbeOptions:
     shots: int = 0
     tries: int = 1
     force: bool = False
+    retrain_changed: bool = False  # a finished disease trained with other options is retrained, not refused
     wandb: bool = False
     wandb_project: str = "ctfm"
     logreg_cs: list[float] = field(default_factory=list)
@@ -160,6 +161,7 @@ class ProbeTask:
     load: LoadFn
     fit: FitFn
     save: SaveFn
+    settings: dict[str, Any] = field(default_factory=dict)  # what else shapes the heads (EAO: heads, dtype)
 
 
 @dataclass
@@ -174,16 +176,19 @@ class DiseaseOutcome:
 
 
 # Options that do not change what a probe learns: where files are, which diseases, logging, the device.
-_NOT_RESULTS = {"store", "labels", "out", "diseases", "force", "wandb", "wandb_project"}
+_NOT_RESULTS = {"store", "labels", "out", "diseases", "force", "retrain_changed", "wandb", "wandb_project"}
 _NOT_RESULTS_TRAIN = {"device", "threads"}
 
 
-def changed_options(stored: dict[str, Any] | None, options: ProbeOptions) -> list[str]:
+def changed_options(
+    stored: dict[str, Any] | None, options: ProbeOptions, task_settings: dict[str, Any]
+) -> list[str]:
     """Names of the options a finished disease was trained with that differ from ``options`` (as
     ``summary.json`` records them): skipping it would pass old results off as these options' results."""
     if not stored:
         return []
     now = json.loads(json.dumps(options.describe(), default=str))
+    now.update(json.loads(json.dumps(task_settings, default=str)))
     old_train, now_train = stored.get("train") or {}, now.pop("train")
     changed = [k for k, v in now.items() if k not in _NOT_RESULTS and k in stored and stored[k] != v]
     changed += [
@@ -265,13 +270,15 @@ def run_disease(
     layout = DiseaseLayout.of(options.out, options.model, disease, task.name)
     if layout.is_done() and not options.force:
         summary = json.loads(layout.summary.read_text()) if layout.summary.is_file() else None
-        changed = changed_options((summary or {}).get("options"), options)
-        if changed:
+        changed = changed_options((summary or {}).get("options"), options, task.settings)
+        if not changed:
+            return DiseaseOutcome(disease, "skipped", summary=summary)
+        if not options.retrain_changed:
             raise ConfigError(
                 f"{layout.dir} was trained with other {', '.join(changed)}; pass --force to retrain it with "
                 "these options, or choose another --out"
             )
-        return DiseaseOutcome(disease, "skipped", summary=summary)
+        log(f"{disease}: trained with other {', '.join(changed)}: retraining")
     started = time.perf_counter()
     layout.dir.mkdir(parents=True, exist_ok=True)
     layout.done.unlink(missing_ok=True)  # a forced rerun is unfinished until it writes DONE again
@@ -328,7 +335,7 @@ def run_disease(
         },
         "runs": runs,
         "aggregate": aggregate(runs),
-        "options": options.describe(),
+        "options": {**options.describe(), **task.settings},
         "seconds": round(time.perf_counter() - started, 3),
         "ctfm_version": __version__,
     }
