@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format clean-demo
+.PHONY: install demo test lint format
 
 install:
 	@VENV=$(VENV) bash scripts/install.sh

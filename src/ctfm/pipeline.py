@@ -437,6 +437,7 @@ class Pipeline:
                 epochs=lp.epochs,
                 batch_size=lp.batch_size,
                 patience=lp.patience,
+                min_epoch=lp.min_epoch,
                 device=self.cfg.probe.device,
             )
             options = ProbeOptions.defaults(
@@ -451,6 +452,7 @@ class Pipeline:
             epochs=eao.epochs,
             batch_size=eao.batch_size,
             patience=eao.patience,
+            min_epoch=eao.min_epoch,
             device=self.cfg.probe.device,
         )
         specs = eao_head_specs(eao.heads)

@@ -79,6 +79,7 @@ class LinearProbeSection:
     epochs: int | None = None
     batch_size: int | None = None
     patience: int | None = None
+    min_epoch: int | None = None
 
 
 @dataclass
@@ -88,6 +89,7 @@ class EaoProbeSection:
     epochs: int | None = None
     patience: int | None = None
     batch_size: int | None = None
+    min_epoch: int | None = None
 
 
 @dataclass
@@ -281,7 +283,12 @@ def _check_probe_settings(probe: ProbeSection, problems: _Problems) -> None:
     from ctfm.probe.training import TrainConfig
 
     for key, section, rules in (("probe.lp", probe.lp, "linear_probe"), ("probe.eao", probe.eao, "eao")):
-        sizes = {"epochs": section.epochs, "batch_size": section.batch_size, "patience": section.patience}
+        sizes = {
+            "epochs": section.epochs,
+            "batch_size": section.batch_size,
+            "patience": section.patience,
+            "min_epoch": section.min_epoch,
+        }
         _collect(problems, key, TrainConfig.from_benchmark, rules, **sizes)
         _collect(
             problems, key, check_grid_values, section.lrs or [], getattr(section, "weight_decays", None) or []

@@ -107,3 +107,17 @@ def test_extract_cnn3d_eao_whole_scan_batched(cli, tmp_path: Path) -> None:
     assert view.records()["case_00"].crop_box_voxel[3:] != ()
     missing = cli("extract", "--images", root / "images", "--store", store, check=False)
     assert missing.returncode == 2 and "--extractor" in missing.stderr
+
+
+def test_extractor_and_team_images_are_alternatives(cli, tmp_path):
+    proc = cli("extract", "--extractor", "hu-stats", "--image", "foo:1", "--images", tmp_path, "--store",
+               tmp_path / "s", check=False)  # fmt: skip
+    assert proc.returncode == 2 and "pass one" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_check_container_with_a_missing_images_folder_names_it(cli, tmp_path):
+    """Before any engine call: the folder, not a mask folder inside it, is what is missing."""
+    missing = tmp_path / "test_demo"
+    proc = cli("check-container", "any:1", "--task", "eao", "--disease", "liver_cyst", "--images", missing,
+               check=False)  # fmt: skip
+    assert proc.returncode == 2 and f"{missing}: not a folder" in " ".join(proc.stderr.split())

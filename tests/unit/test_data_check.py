@@ -11,7 +11,7 @@ import pytest
 from ctfm.benchmark import load_benchmark
 from ctfm.data.check import check_benchmark
 from ctfm.data.synth import generate_benchmark
-from ctfm.errors import DataError
+from ctfm.errors import ConfigError, DataError
 from ctfm.nifti import read_array, write
 
 CASE = "synth_0001"
@@ -150,3 +150,21 @@ def test_a_case_with_two_volumes_is_flagged(bench):
     assert [(p.case, p.problem) for p in problems] == [
         (CASE, f"{CASE}.nii and {CASE}.nii.gz are both this case; keep one")
     ]
+
+
+def test_a_label_seen_once_or_never_in_train_is_flagged(synth_bench, bench):
+    from ctfm.data.check import _class_problems
+    from ctfm.labels import read_labels
+
+    table = read_labels(synth_bench / "labels" / "fatty_liver.csv")
+    assert _class_problems(table) == []
+    table.loc[0, "label"] = 7  # a typo for 1
+    held_out = table.index[table["split"] != "train"][:2]
+    table.loc[held_out, "label"] = 5  # a class only val/test cases have
+    assert sorted(problem for _, problem in _class_problems(table)) == [
+        "class 5 never appears in train (2 cases)",
+        "class 7 has this case only: a typo? every class needs cases",
+    ]
+    assert _class_problems(table.iloc[:19]) == []  # tiny demo sets are not judged
+    with pytest.raises(ConfigError, match="--class-map 'bogus' is not one of v2, v1"):
+        check_benchmark(bench, class_map="bogus")

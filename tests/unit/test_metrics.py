@@ -65,8 +65,8 @@ def test_binary_matches_sklearn(seed: int, ties: bool) -> None:
             "f1_macro": skm.f1_score(y, pred, average="macro"),
             "auroc": skm.roc_auc_score(y, prob[:, 1]),
             "average_precision": skm.average_precision_score(y, prob[:, 1]),
-            "sensitivity": skm.recall_score(y, pred, average="macro"),
-            "specificity": _sk_specificity(y, pred),
+            "sensitivity": skm.recall_score(y, pred),  # binary: the clinical pair, not macro averages
+            "specificity": skm.recall_score(y, pred, pos_label=0),
             "balanced_acc": skm.balanced_accuracy_score(y, pred),
             "brier": skm.brier_score_loss(y, prob[:, 1]),
             "ece": _ece_loop(y, prob),
@@ -198,3 +198,20 @@ def test_bootstrap_interval_counts_degenerate_resamples() -> None:
     assert cis["auroc"].low <= cis["auroc"].value <= cis["auroc"].high
     again = bootstrap_metrics(y, prob, n_boot=300, seed=3)
     assert again == cis  # seeded
+
+
+def test_binary_sensitivity_and_specificity_are_class_1_and_class_0_recall() -> None:
+    """Macro averages would both equal balanced accuracy; the probe's val report uses the clinical pair."""
+    from ctfm.evaluate.bootstrap import bootstrap_metrics
+
+    y = np.array([0, 0, 1, 1])
+    prob = np.eye(2)[[0, 1, 1, 1]]  # one negative called positive
+    got = M.compute_all(y, prob)
+    assert (got["sensitivity"], got["specificity"], got["balanced_acc"]) == (1.0, 0.5, 0.75)
+    assert np.isnan(M.sensitivity(np.array([0, 0]), np.array([0, 1]), 2))  # no positive: undefined, not 0
+    # A perfect head with one positive: resamples without it are undefined for sensitivity only, and
+    # specificity's interval is [1, 1] (a resample never scores 0 for lacking a class).
+    y = np.array([0] * 9 + [1])
+    ci = bootstrap_metrics(y, np.eye(2)[y], n_boot=300, seed=0)
+    assert (ci["specificity"].low, ci["specificity"].high, ci["specificity"].degenerate) == (1.0, 1.0, 0)
+    assert ci["sensitivity"].degenerate > 0 and ci["sensitivity"].low == 1.0

@@ -124,3 +124,11 @@ def test_an_incomplete_stage_never_lets_its_dependents_count_as_up_to_date(tmp_p
     # a task with a failed view is not probed at all; the others keep their key
     keys = _task_keys({"lp": ["a", "b"], "eao": ["c", None]})
     assert list(keys) == ["lp"] and keys["lp"] != _task_keys({"lp": ["a", "c"]})["lp"]
+
+
+def test_short_lp_runs_set_min_epoch_in_the_config(tmp_path):
+    """--epochs below --min-epoch is refused up front; the config can lower min_epoch for short runs."""
+    with pytest.raises(ConfigError, match=r"probe\.lp: --epochs 4 is below --min-epoch 6"):
+        load_run_config(_write(tmp_path, {**BASE, "probe": {"lp": {"epochs": 4}}}))
+    cfg = load_run_config(_write(tmp_path, {**BASE, "probe": {"lp": {"epochs": 4, "min_epoch": 2}}}))
+    assert cfg.probe.lp.min_epoch == 2

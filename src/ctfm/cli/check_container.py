@@ -109,6 +109,10 @@ def _demo_inputs(images: Path | None, disease: str | None, tmp: Path) -> tuple[P
         root = generate_benchmark(tmp / "synth", cases=12, seed=0, shape="demo") / "test_demo"
     else:
         root = Path(images)
+        if not root.is_dir():
+            from ctfm.errors import DataError
+
+            raise DataError(f"{root}: not a folder; pass a test_demo folder or a folder of .nii.gz volumes")
     img_dir = root / "images" if (root / "images").is_dir() else root
     masks = None
     if disease is not None:

@@ -50,6 +50,10 @@ def extract_cmd(
     cpuset: str | None = typer.Option(None, "--cpuset", help="Containers: CPU set, e.g. 0-7."),
 ) -> None:
     """Extract embeddings into the store; resumable, failed cases recorded, exit 1 if any failed."""
+    if (containers is not None or image) and extractor:
+        from ctfm.errors import ConfigError
+
+        raise ConfigError("--extractor runs a built-in extractor, --containers/--image team images: pass one")
     if containers is not None or image:
         from ctfm.cli.check_container import extract_with_containers
 

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from ctfm.benchmark import load_benchmark
 from ctfm.data.synth import read_manifest
-from ctfm.errors import DataError
+from ctfm.errors import ConfigError, DataError
 from ctfm.labels import read_labels
 from ctfm.nifti import Geometry, case_id, duplicate_cases, geometry, list_volumes, read_array
 
@@ -144,6 +146,22 @@ def _check_label_files(root: Path, report: CheckReport) -> None:
         for case, file in zip(table["case"], table["file"], strict=True):
             if not (root / "images" / file).is_file():
                 report.problems.append(Problem(rel, case, f"listed case has no image images/{file}"))
+        report.problems += [Problem(rel, case, problem) for case, problem in _class_problems(table)]
+
+
+def _class_problems(table: pd.DataFrame, least_cases: int = 20) -> list[tuple[str, str]]:
+    """Classes a probe cannot learn: seen in one case only (often a typo, e.g. 7 for 1) or never in train.
+    Label files of fewer than ``least_cases`` cases (tiny demo sets) are not judged."""
+    problems: list[tuple[str, str]] = []
+    if len(table) < least_cases:
+        return problems
+    for label, rows in table.groupby("label"):
+        cases = rows["case"].tolist()
+        if len(cases) < 2:
+            problems.append((cases[0], f"class {label} has this case only: a typo? every class needs cases"))
+        elif not (rows["split"] == "train").any():
+            problems.append((cases[0], f"class {label} never appears in train ({len(cases)} cases)"))
+    return problems
 
 
 def _mask_jobs(masks_dir: Path, images_dir: Path) -> list[_VolumeJob]:
@@ -192,6 +210,9 @@ def check_benchmark(
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder; pass the benchmark root (with images/, labels/, totalseg/)")
+    known = load_benchmark().raw["class_maps"]
+    if class_map not in known:
+        raise ConfigError(f"--class-map {class_map!r} is not one of {', '.join(known)}")
     report = CheckReport(root=root)
     if not (root / "images").is_dir():
         report.problems.append(Problem("images/", "", "no images/ folder"))

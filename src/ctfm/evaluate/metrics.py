@@ -8,7 +8,9 @@ array ``[B]``. They match scikit-learn's definitions to floating-point precision
   (TN/(TN+FP)), unweighted mean over sklearn's label set: the classes present in ``y`` or ``pred``
   (multiclass) or every label column (multilabel); a zero denominator counts as 0 (sklearn's
   ``zero_division`` default). ``specificity`` is computed from the same per-class confusion counts as
-  ``multilabel_confusion_matrix``.
+  ``multilabel_confusion_matrix``. Binary tasks report the clinical pair instead of macro averages (which
+  would both equal balanced accuracy): sensitivity is class 1's recall (``recall_score``), specificity class
+  0's (``recall_score(pos_label=0)``), each NaN when the set has no case of that class.
 * ``balanced_accuracy``: mean recall over the classes present in ``y`` (``balanced_accuracy_score``);
   multilabel: mean over labels of each label's binary balanced accuracy.
 * ``auroc``: rank statistic with average ranks for tied scores, which equals sklearn's trapezoidal ROC area
@@ -126,6 +128,9 @@ def confusion_metric(name: str, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, 
     Shared by the direct functions and the weighted bootstrap path, so both use one formula.
     """
     seen = (tp + fp + fn) > 0  # sklearn's label set: classes present in y or pred
+    if name in ("sensitivity", "specificity") and tp.shape[-1] == 2:  # binary: class 1's and class 0's recall
+        num, den = (tp, tp + fn) if name == "sensitivity" else (tn, tn + fp)
+        return np.divide(num[..., 1], den[..., 1], out=np.full(num.shape[:-1], np.nan), where=den[..., 1] > 0)
     if name == "accuracy":
         return tp.sum(axis=-1) / (tp + fn).sum(axis=-1)
     if name == "f1_macro":
@@ -172,14 +177,15 @@ def macro_f1(
 def sensitivity(
     y: np.ndarray, pred: np.ndarray, n_classes: int | None = None, multilabel: bool = False
 ) -> float | np.ndarray:
-    """Macro recall TP / (TP + FN) (``recall_score(average="macro")``)."""
+    """Macro recall TP / (TP + FN) (``recall_score(average="macro")``); binary: class 1's recall."""
     return _thresholded("sensitivity", y, pred, n_classes, multilabel)
 
 
 def specificity(
     y: np.ndarray, pred: np.ndarray, n_classes: int | None = None, multilabel: bool = False
 ) -> float | np.ndarray:
-    """Macro specificity TN / (TN + FP), over the same label set as :func:`sensitivity`."""
+    """Macro specificity TN / (TN + FP), over the same label set as :func:`sensitivity`; binary: class 0's
+    recall."""
     return _thresholded("specificity", y, pred, n_classes, multilabel)
 
 
