@@ -101,3 +101,12 @@ def test_an_unreadable_eval_json_is_one_error_naming_it(tmp_path):
     (res / "test_eval.json").write_text("{bad")
     with pytest.raises(DataError, match=r"test_eval\.json: unreadable"):
         gather(tmp_path)
+
+
+def test_the_stability_note_says_why_resamples_have_no_tau():
+    from ctfm.evaluate.report import _stability_text
+
+    assert _stability_text(np.zeros(0)) == "No bootstrap: stability not measured."
+    text = _stability_text(np.array([1.0, 0.5, np.nan, 1.0]))
+    assert "over 3 resamples (1 of 4 resamples have no tau: every model tied" in text
+    assert _stability_text(np.full(3, np.nan)).startswith("Kendall's tau-b not defined: 3 of 3")

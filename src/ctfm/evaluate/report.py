@@ -195,6 +195,22 @@ img{max-width:100%;display:block;margin:1em 0}
 """
 
 
+def _stability_text(taus: np.ndarray) -> str:
+    """Kendall's tau-b of the resampled rankings against the full-data one, and why some are left out."""
+    if not taus.size:
+        return "No bootstrap: stability not measured."
+    tau = taus[~np.isnan(taus)]
+    undefined = taus.size - tau.size
+    why = f"{undefined} of {taus.size} resamples have no tau: every model tied there or in the full data"
+    if not tau.size:
+        return f"Kendall's tau-b not defined: {why}."
+    return (
+        f"Kendall's tau-b between the full-data ranking and the resampled ones: median {np.median(tau):.3f}, "
+        f"95 % interval [{np.percentile(tau, 2.5):.3f}, {np.percentile(tau, 97.5):.3f}] over {tau.size} resamples"
+        + (f" ({why})." if undefined else ".")
+    )
+
+
 def leaderboard_html(lb: Leaderboard, title: str = "ctfm leaderboard") -> str:
     """One self-contained page: tables and base64 PNG figures, nothing loaded from the network."""
     main = lb.table()[
@@ -202,13 +218,7 @@ def leaderboard_html(lb: Leaderboard, title: str = "ctfm leaderboard") -> str:
         + [f"mean_{m}" for m in lb.metrics]
     ]
     beats = lb.beats_table().reset_index().rename(columns={"index": "A beats → B"})
-    tau = lb.tau[~np.isnan(lb.tau)] if lb.tau.size else lb.tau
-    tau_text = (
-        f"Kendall's tau-b between the full-data ranking and the resampled ones: median {np.median(tau):.3f}, "
-        f"95 % interval [{np.percentile(tau, 2.5):.3f}, {np.percentile(tau, 97.5):.3f}] over {tau.size} resamples."
-        if tau.size
-        else "No bootstrap: stability not measured."
-    )
+    tau_text = _stability_text(lb.tau)
     figures = [("Rank heatmap", rank_heatmap(lb))]
     if lb.n_boot:
         figures.append(("Bootstrap rank distributions", rank_distributions(lb)))
