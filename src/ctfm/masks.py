@@ -452,12 +452,11 @@ def find_label_maps(totalseg_dir: Path) -> dict[str, LabelSource]:
     totalseg_dir = Path(totalseg_dir)
     if not totalseg_dir.is_dir():
         raise DataError(f"{totalseg_dir}: TotalSegmentator folder not found")
-    files = [p for p in totalseg_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
-    nifti.refuse_duplicates(totalseg_dir, [p for p in files if p.name.endswith((".nii.gz", ".nii"))])
+    entries = sorted(p for p in totalseg_dir.iterdir() if not p.name.startswith("."))
+    multilabel = [p for p in entries if p.is_file() and p.name.endswith((".nii.gz", ".nii"))]
+    nifti.refuse_duplicates(totalseg_dir, multilabel)
     found: dict[str, LabelSource] = {}
-    for entry in sorted(totalseg_dir.iterdir()):
-        if entry.name.startswith("."):
-            continue
+    for entry in entries:
         if entry.is_dir() and any(p.name.endswith((".nii.gz", ".nii")) for p in entry.iterdir()):
             found.setdefault(entry.name, LabelSource(entry.name, entry, FOLDER))
         elif entry.is_file() and entry.name.endswith((".nii.gz", ".nii")) and not is_partial(entry):

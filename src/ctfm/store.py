@@ -351,6 +351,11 @@ class View:
             )
         self._claimed = True
 
+    def _writable_path(self, case: str) -> Path:
+        """The case's file path, once this model name owns the folder (checked before any file changes)."""
+        self._claim_model_folder()
+        return self.case_path(case)
+
     def _append(self, record: CaseRecord) -> None:
         if record.status not in STATUSES:
             raise StoreError(f"unknown status {record.status!r}; use one of {', '.join(STATUSES)}")
@@ -450,8 +455,7 @@ class View:
         arr = np.asarray(y_hat)
         validate_y_hat(arr, self.task)
         self._check_consistent(case, arr)
-        self._claim_model_folder()
-        path = self.case_path(case)
+        path = self._writable_path(case)
         write_y_hat(path, arr)
         return self._record_ok(case, path, arr, record)
 
@@ -480,9 +484,8 @@ class View:
         if status not in ("failed", "timeout"):
             raise StoreError(f"record_failure needs status failed or timeout, not {status!r}")
         rec = CaseRecord(case=case, status=status, error=error, **fields)
-        self._claim_model_folder()
         with contextlib.suppress(FileNotFoundError):
-            self.case_path(case).unlink()
+            self._writable_path(case).unlink()
         self._append(rec)
         return rec
 
@@ -498,8 +501,7 @@ class View:
         except StoreError as exc:
             raise StoreError(f"{h5_path}: {exc}") from None
         self._check_consistent(case, arr)
-        self._claim_model_folder()
-        path = self.case_path(case)
+        path = self._writable_path(case)
         with atomic_path(path, durable=True) as tmp:
             shutil.copyfile(h5_path, tmp)
         return self._record_ok(case, path, arr, record)
@@ -539,7 +541,6 @@ class View:
         cases = self.cases("ok")
         if not cases:
             raise StoreError(f"{self}: no ok cases to pack (run `ctfm extract` or `ctfm store import`)")
-        stem = f"{self.task}-{dtype}-{checksum[:16]}"
         arrays, damaged = [], []
         for case in cases:
             try:
@@ -548,11 +549,14 @@ class View:
                 if not self._damaged(case):
                     raise  # a locked, unreachable or unreadable-for-now file: nothing to record
                 error = f"stored file unreadable ({exc}); its checksum changed: re-extract it"
-                damaged.append(CaseRecord(case=case, status="failed", error=error))
+                self._append(CaseRecord(case=case, status="failed", error=error))
+                damaged.append(case)
         if damaged:  # a file damaged after it was stored: that case is left out and says why, the rest packs
-            for record in damaged:
-                self._append(record)
-            return self._build_packed(dtype, self.manifest_checksum(), meta_path)
+            cases = [c for c in cases if c not in damaged]
+            checksum = self.manifest_checksum()
+            if not cases:
+                raise StoreError(f"{self}: no readable ok case to pack; re-extract {', '.join(damaged[:5])}")
+        stem = f"{self.task}-{dtype}-{checksum[:16]}"
         dims = {int(a.shape[0]) for a in arrays}
         if len(dims) != 1:
             raise StoreError(f"{self}: cases disagree on feature dimension D ({sorted(dims)})")

@@ -33,6 +33,8 @@ FAIL_LOGIT = 30.0
 PRED_SUFFIX = "_per_sample_predictions.csv"
 METRICS_SUFFIX = "_metrics.csv"
 JSON_SUFFIX = "_eval.json"
+ROC_SUFFIX, PR_SUFFIX = "_roc.png", "_pr.png"
+RESULT_SUFFIXES = (PRED_SUFFIX, METRICS_SUFFIX, JSON_SUFFIX, ROC_SUFFIX, PR_SUFFIX)  # one result's files
 
 
 @dataclass
@@ -231,8 +233,7 @@ def _split_rows(table: pd.DataFrame, split: str, where: Path, column: str = "spl
     column = "split" if split == "test" else column
     if column not in table.columns:
         raise DataError(f"{where}: no column {column!r}, which the head was trained on")
-    values = table[column].astype(str).str.strip().str.lower()
-    rows = table[values == split].reset_index(drop=True)
+    rows = table[table[column] == split].reset_index(drop=True)  # read_labels normalised the values
     if rows.empty:
         raise DataError(
             f"{where}: no case in split {split!r}" + (f" of column {column!r}" if column != "split" else "")
@@ -339,8 +340,8 @@ def write_outputs(out_dir: Path, split: str, preds: Predictions, result: EvalRes
     figs = save_roc_pr(
         preds.labels,
         preds.probs,
-        out_dir / f"{split}_roc.png",
-        out_dir / f"{split}_pr.png",
+        out_dir / f"{split}{ROC_SUFFIX}",
+        out_dir / f"{split}{PR_SUFFIX}",
         multilabel=preds.multilabel,
         title=" · ".join(p for p in (result.model, result.disease, split) if p),
     )
@@ -580,7 +581,7 @@ def drop_stale_results(out: Path, split: str, results: list[EvalResult], found: 
             disease = pred.relative_to(Path(out) / model / task).parts[0]
             if pred.parent.resolve() in keep or (model, task, disease) in found.broken:
                 continue
-            for suffix in (PRED_SUFFIX, METRICS_SUFFIX, JSON_SUFFIX, "_roc.png", "_pr.png"):
+            for suffix in RESULT_SUFFIXES:
                 (pred.parent / f"{split}{suffix}").unlink(missing_ok=True)
             stale.append(pred.parent)
     return stale

@@ -180,6 +180,11 @@ _NOT_RESULTS = {"store", "labels", "out", "diseases", "force", "retrain_changed"
 _NOT_RESULTS_TRAIN = {"device", "threads"}
 
 
+def recorded_options(options: ProbeOptions, task_settings: dict[str, Any]) -> dict[str, Any]:
+    """The options ``summary.json`` records: the shared ones and the task's own (EAO heads, dtype)."""
+    return {**options.describe(), **task_settings}
+
+
 def changed_options(
     stored: dict[str, Any] | None, options: ProbeOptions, task_settings: dict[str, Any]
 ) -> list[str]:
@@ -187,8 +192,7 @@ def changed_options(
     ``summary.json`` records them): skipping it would pass old results off as these options' results."""
     if not stored:
         return []
-    now = json.loads(json.dumps(options.describe(), default=str))
-    now.update(json.loads(json.dumps(task_settings, default=str)))
+    now = json.loads(json.dumps(recorded_options(options, task_settings), default=str))
     old_train, now_train = stored.get("train") or {}, now.pop("train")
     changed = [k for k, v in now.items() if k not in _NOT_RESULTS and k in stored and stored[k] != v]
     changed += [
@@ -335,7 +339,7 @@ def run_disease(
         },
         "runs": runs,
         "aggregate": aggregate(runs),
-        "options": {**options.describe(), **task.settings},
+        "options": recorded_options(options, task.settings),
         "seconds": round(time.perf_counter() - started, 3),
         "ctfm_version": __version__,
     }
