@@ -105,6 +105,39 @@ def test_hu_stats_features_mean_what_they_say() -> None:
         hu_stats.features(vol, np.zeros(vol.shape, bool), (1.0, 1.0, 1.0))
 
 
+def test_hu_stats_low_memory_statistics_equal_plain_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunked float64 moments and in-place percentiles give numpy's float64 answers, across chunk edges."""
+    monkeypatch.setattr(hu_stats, "_CHUNK", 1000)  # many chunks, one of them partial
+    rng = np.random.default_rng(3)
+    vals = rng.normal(40, 300, 12_345).astype(np.float32)  # some outside the HU window
+    clipped = np.clip(vals.astype(np.float64), *hu_stats.HU_WINDOW)
+    names = list(hu_stats.FEATURE_NAMES)
+    vol = vals.reshape(5, 2469, 1)
+    got = hu_stats.features(vol, np.ones(vol.shape, bool), (1.0, 1.0, 1.0))
+    centred = clipped - clipped.mean()
+    want = {
+        "mean": clipped.mean(),
+        "std": clipped.std(),
+        "min": clipped.min(),
+        "max": clipped.max(),
+        "skewness": (centred**3).mean() / clipped.std() ** 3,
+        "kurtosis": (centred**4).mean() / clipped.std() ** 4 - 3,
+        "rms": np.sqrt((clipped**2).mean()),
+        "mad": np.abs(centred).mean(),
+        "fat_frac": (clipped < 0).mean(),
+    }
+    for name, value in want.items():
+        assert got[names.index(name)] == pytest.approx(value, rel=1e-6), name
+    for p, value in zip(hu_stats.PERCENTILES, np.percentile(clipped, hu_stats.PERCENTILES), strict=True):
+        assert got[names.index(f"p{p}")] == np.float32(value), p
+    for n in (1, 2, 3, 10, 101):
+        sample = rng.normal(0, 1, n).astype(np.float32)
+        q = (0, 1, 25, 50, 75, 99, 100)
+        np.testing.assert_array_equal(
+            hu_stats._percentiles(sample.copy(), q), np.percentile(sample.astype(float), q)
+        )
+
+
 def test_cnn3d_seeded_weights_and_outputs(tmp_path: Path) -> None:
     x = np.random.default_rng(0).random((2, 32, 32, 32), dtype=np.float32)
     a, b = get_extractor("cnn3d"), get_extractor("cnn3d")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,45 +97,94 @@ def region(volume_hu: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 
 def features(volume_hu: np.ndarray, mask: np.ndarray | None, spacing: tuple[float, ...]) -> np.ndarray:
-    """Global feature vector ``[len(FEATURE_NAMES)]`` (float32) of the region's HU values and shape."""
+    """Global feature vector ``[len(FEATURE_NAMES)]`` (float32) of the region's HU values and shape.
+
+    Real CT volumes hold 50-250 M voxels, so the region's values are kept once, as float32 (clipping to the
+    window is exact there), and the float64 statistics are taken chunk by chunk: a few bytes per voxel
+    rather than one float64 copy per formula.
+    """
     roi = region(volume_hu, mask)
-    vals = np.clip(volume_hu[roi].astype(np.float64), *HU_WINDOW)
+    vals = np.asarray(volume_hu[roi], dtype=np.float32)
     if vals.size == 0:
         raise ValueError("empty mask: no voxel to describe")
+    np.clip(vals, *HU_WINDOW, out=vals)
     hist = np.histogram(vals, bins=HIST_EDGES)[0] / vals.size
-    mean, std = vals.mean(), vals.std()
-    centred = vals - mean
-    skew = (centred**3).mean() / std**3 if std > 0 else 0.0
-    kurt = (centred**4).mean() / std**4 - 3.0 if std > 0 else 0.0
+    m = _moments(vals)
+    std = m["std"]
     nz = hist[hist > 0]
-    pct = np.percentile(vals, PERCENTILES)
+    pct = _percentiles(vals, PERCENTILES)  # reorders vals: last use
+    del vals  # before the context's own copy
     first = (
-        mean,
+        m["mean"],
         std,
-        vals.min(),
-        vals.max(),
-        skew,
-        kurt,
+        m["min"],
+        m["max"],
+        m["c3"] / std**3 if std > 0 else 0.0,
+        m["c4"] / std**4 - 3.0 if std > 0 else 0.0,
         float(-(nz * np.log2(nz)).sum()),
-        np.sqrt((vals**2).mean()),
-        np.abs(centred).mean(),
+        np.sqrt(m["sq"]),
+        m["abs"],
         pct[PERCENTILES.index(75)] - pct[PERCENTILES.index(25)],
-        float((vals < 0).mean()),
+        m["neg"],
     )
     context = _context_percentiles(volume_hu, roi if mask is not None else None)
     return np.concatenate([hist, first, pct, context, _shape_features(roi, spacing)]).astype(np.float32)
 
 
+_CHUNK = 1 << 20
+
+
+def _chunks(vals: np.ndarray) -> Iterator[np.ndarray]:
+    for start in range(0, vals.size, _CHUNK):
+        yield vals[start : start + _CHUNK].astype(np.float64)
+
+
+def _moments(vals: np.ndarray) -> dict[str, float]:
+    """Mean, std and the central moments of a 1-D array, in float64, two passes over float64 chunks."""
+    n = vals.size
+    mean = sum(float(c.sum()) for c in _chunks(vals)) / n
+    acc = dict.fromkeys(("c2", "c3", "c4", "abs", "sq", "neg"), 0.0)
+    for chunk in _chunks(vals):
+        centred = chunk - mean
+        c2 = centred * centred
+        acc["c2"] += float(c2.sum())
+        acc["c3"] += float((c2 * centred).sum())
+        acc["c4"] += float((c2 * c2).sum())
+        acc["abs"] += float(np.abs(centred).sum())
+        acc["sq"] += float((chunk * chunk).sum())
+        acc["neg"] += float(np.count_nonzero(chunk < 0))
+    out = {k: v / n for k, v in acc.items()}
+    out.update(mean=mean, std=float(np.sqrt(out["c2"])), min=float(vals.min()), max=float(vals.max()))
+    return out
+
+
+def _percentiles(vals: np.ndarray, q: tuple[int, ...]) -> np.ndarray:
+    """``np.percentile(vals.astype(float64), q)`` (linear method) without the float64 copy or a sort.
+
+    Partitions ``vals`` in place, then interpolates the order statistics in float64 as numpy does.
+    """
+    n = vals.size
+    pos = np.true_divide(q, 100) * (n - 1)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, n - 1)
+    vals.partition(np.unique(np.concatenate([lo, hi])))
+    a, b = vals[lo].astype(np.float64), vals[hi].astype(np.float64)
+    t = pos - lo
+    diff = b - a
+    return np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)
+
+
 def _context_percentiles(volume_hu: np.ndarray, roi: np.ndarray | None) -> np.ndarray:
     """Percentiles of soft-tissue HU in the body outside ``roi`` (the whole body when there is no mask)."""
     low, high = SOFT_TISSUE_HU
-    soft = (volume_hu >= low) & (volume_hu <= high)
+    soft = volume_hu >= low
+    soft &= volume_hu <= high
     if roi is not None:
         soft &= ~roi
-    vals = volume_hu[soft].astype(np.float64)
+    vals = np.asarray(volume_hu[soft], dtype=np.float32)
     if vals.size == 0:
         return np.zeros(len(CONTEXT_PERCENTILES))
-    return np.percentile(vals, CONTEXT_PERCENTILES)
+    return _percentiles(vals, CONTEXT_PERCENTILES)
 
 
 def _shape_features(roi: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
