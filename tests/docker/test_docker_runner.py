@@ -119,12 +119,15 @@ def test_out_of_memory_is_named_as_such(tmp_path, cases4, test_image, no_leftove
 
 
 def test_nan_output_fails_that_case_only(tmp_path, cases4, test_image, no_leftovers):
-    report = run_tag(tmp_path / "s", test_image("nan"), cases4)
+    # one batch of 4 cases, their outputs 1 s apart
+    report = run_tag(tmp_path / "s", test_image("nan", DELAY="1"), cases4)
     assert statuses(report)[BAD_CASE] == "failed"
     assert "NaN" in report.outcomes[BAD_CASE].error
     view = Store(tmp_path / "s").view("ctfm-test", "lp", "full")
     assert BAD_CASE not in view.cases()
     assert len(view.cases()) == 3
+    # the timing CSV gives the rejected case the time it took in its batch, as the others, not 0
+    assert view.record(BAD_CASE).seconds >= 0.8
 
 
 def test_unexpected_files_and_wrong_shapes(tmp_path, cases4, test_image, no_leftovers):

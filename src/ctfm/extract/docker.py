@@ -143,6 +143,14 @@ class ContainerResult:
             return f"container killed: out of memory (limit {memory})"
         return f"container exited with code {self.exit_code}"
 
+    def case_seconds(self, case: str) -> float:
+        """A case's time: the container's wall time alone; in a batch, the gap since the previous output."""
+        if len(self.cases) == 1:
+            return self.wall_s
+        t = self.arrivals[case]
+        earlier = [a for c, a in self.arrivals.items() if a < t or (a == t and c < case)]
+        return t - max(earlier, default=0.0)
+
 
 @dataclass
 class CaseOutcome:
@@ -677,7 +685,7 @@ class ContainerRunner:
             result.oom_killed = _oom_killed(container)
             if sampler is not None:
                 sampler.join(2)
-            self._final_outputs(out_dir, wanted, result, taken, staging, on_valid, single)
+            self._final_outputs(out_dir, wanted, result, taken, staging, on_valid)
             if log_fh is not None:
                 _append_logs(container, result, log_fh)
         except ContainerError:
@@ -722,7 +730,7 @@ class ContainerRunner:
             except OutputInvalid:
                 continue  # maybe still being written: decided after the container exits
             taken[case] = key
-            on_valid(out, self._gap(result, case))
+            on_valid(out, result.case_seconds(case))
 
     def _final_outputs(
         self,
@@ -732,7 +740,6 @@ class ContainerRunner:
         taken: dict,
         staging: Path,
         on_valid: Callable,
-        single: bool,
     ) -> None:
         present = sorted(os.listdir(out_dir))
         result.unexpected = [n for n in present if n not in wanted]
@@ -754,13 +761,7 @@ class ContainerRunner:
                 result.invalid[case] = str(exc)
                 continue
             taken[case] = (st.st_size, st.st_mtime_ns)
-            on_valid(out, result.wall_s if single else self._gap(result, case))
-
-    @staticmethod
-    def _gap(result: ContainerResult, case: str) -> float:
-        t = result.arrivals[case]
-        earlier = [a for c, a in result.arrivals.items() if a < t or (a == t and c < case)]
-        return t - max(earlier, default=0.0)
+            on_valid(out, result.case_seconds(case))
 
     # -- a team -------------------------------------------------------------------------------------------
     def run_team(
@@ -870,8 +871,8 @@ class _TeamState:
             self._set(CaseOutcome(out.case, "ok", seconds))
         return True
 
-    def _fail(self, case: str, status: str, error: str, seconds: float = 0.0) -> None:
-        """Record a failed case with the seconds it used (0 when its batch gives it no time of its own)."""
+    def _fail(self, case: str, status: str, error: str, seconds: float) -> None:
+        """Record a failed case with the seconds it used."""
         fields = self._record_fields(self.by_case[case])
         self.view.record_failure(case, status, error, seconds=round(seconds, 4), **fields)
         self._set(CaseOutcome(case, status, seconds, error))
@@ -892,7 +893,7 @@ class _TeamState:
         shutil.rmtree(self.runner.work / result.name, ignore_errors=True)
         for case, reason in result.invalid.items():
             with self.runner._ingest_lock:
-                self._fail(case, "failed", reason)
+                self._fail(case, "failed", reason, result.case_seconds(case))
         missing = [ci for ci in chunk if ci.case not in self.report.outcomes]
         if len(chunk) > 1:
             for ci in missing:  # one retry alone: a crash or hang on one case must not cost the others
@@ -905,8 +906,9 @@ class _TeamState:
             self._settle(missing, result)
 
     def _settle(self, missing: list[CaseInput], result: ContainerResult) -> None:
+        """Fail the cases a one-case container left without a valid output, with its wall time."""
         invalid = result.invalid
-        seconds = result.wall_s if len(result.cases) == 1 else 0.0
+        seconds = result.wall_s
         for ci in missing:
             if ci.case in self.report.outcomes:
                 continue

@@ -2,7 +2,8 @@
 
 MODE (baked into each test image): good, hang, crash, nan, junk, net, fill (writes 100 MiB of stray data, then
 hangs), hog (touches 1 GiB of memory), slow (SLOW seconds per case). BAD_CASE names the case a
-misbehaving image picks on (default: the second case in sorted order).
+misbehaving image picks on (default: the second case in sorted order). DELAY seconds are spent on every case
+in any mode, so outputs arrive apart.
 """
 
 import os
@@ -68,6 +69,7 @@ for path in cases:
         sys.exit(3)
     if MODE == "slow":
         time.sleep(float(os.environ.get("SLOW", "1")))
+    time.sleep(float(os.environ.get("DELAY", "0")))
     arr = embed(path)
     if MODE == "nan" and is_bad:
         arr[0] = np.nan
