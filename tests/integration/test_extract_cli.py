@@ -35,6 +35,10 @@ def test_store_import_and_ls(cli, tmp_path: Path) -> None:
     listing = cli("store", "ls", "--store", store).stdout
     typo = cli("store", "ls", "--store", tmp_path / "stroe", check=False)  # a mistyped store is not "empty"
     assert typo.returncode == 2 and "Invalid value for '--store'" in typo.stderr
+    assert typo.stderr.strip().splitlines() == [  # a usage mistake is one line, not click's boxed panel
+        f"error: ctfm store ls: Invalid value for '--store': dir '{tmp_path / 'stroe'}' does not exist. "
+        "(see 'ctfm store ls --help')"
+    ]
     assert "team_a" in listing and "full" in listing
     row = next(line for line in listing.splitlines() if "team_a" in line)
     assert [c for c in row.replace("│", " ").split() if c.isdigit()][:3] == ["3", "1", "0"]

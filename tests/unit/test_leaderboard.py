@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import kendalltau
 
@@ -110,3 +111,18 @@ def test_the_stability_note_says_why_resamples_have_no_tau():
     text = _stability_text(np.array([1.0, 0.5, np.nan, 1.0]))
     assert "over 3 resamples (1 of 4 resamples have no tau: every model tied" in text
     assert _stability_text(np.full(3, np.nan)).startswith("Kendall's tau-b not defined: 3 of 3")
+
+
+def test_leaderboard_table_prints_bracketed_names_as_they_are() -> None:
+    """Entries are named 'model [strategy]': the table must not read the bracket as rich markup."""
+    from rich.console import Console
+
+    from ctfm.cli.evaluate import leaderboard_table
+
+    frame = pd.DataFrame(
+        {"model": ["hu-stats [val_loss]", "hu-stats [val_auroc]"], "rank": [1, 2], "mean_rank": [1.2, 1.8]}
+    ).assign(rank_ci_low=1, rank_ci_high=2, win_share=0.5, rank_aggregate_then_rank=[1, 2])
+    console = Console(record=True, width=200)
+    console.print(leaderboard_table(frame, "board"))
+    text = console.export_text()
+    assert "hu-stats [val_loss]" in text and "hu-stats [val_auroc]" in text and "[1, 2]" in text

@@ -37,12 +37,12 @@ def _metrics_table(rows: list[dict], title: str) -> None:
         table.add_column(col, justify="left" if col in ("model", "disease", "strategy") else "right")
     for r in rows:
         cells = [
-            str(r["model"]),
-            str(r["disease"]),
-            str(r["strategy"] + (f" ({r['tag']})" if r.get("tag") else "")),
+            plain(r["model"]),
+            plain(r["disease"]),
+            plain(r["strategy"] + (f" ({r['tag']})" if r.get("tag") else "")),
         ]
         cells.append(f"{r['failed_cases']}/{r['n_cases']}")
-        cells += [f"{r[m]:.3f} [{r[m + '_ci_low']:.3f}, {r[m + '_ci_high']:.3f}]" for m in METRICS]
+        cells += [plain(f"{r[m]:.3f} [{r[m + '_ci_low']:.3f}, {r[m + '_ci_high']:.3f}]") for m in METRICS]
         table.add_row(*cells)
     Console().print(table)
 
@@ -148,9 +148,9 @@ def leaderboard_table(frame: pd.DataFrame, title: str) -> Table:
     for _, r in frame.iterrows():
         table.add_row(
             f"{r['rank']:g}",
-            str(r["model"]),
+            plain(r["model"]),  # names such as 'hu-stats [val_loss]' are not rich markup
             f"{r['mean_rank']:.2f}",
-            f"[{r['rank_ci_low']:g}, {r['rank_ci_high']:g}]",
+            plain(f"[{r['rank_ci_low']:g}, {r['rank_ci_high']:g}]"),
             f"{r['win_share']:.1%}",
             f"{r['rank_aggregate_then_rank']:g}",
         )

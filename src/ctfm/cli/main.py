@@ -32,6 +32,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err_console = Console(stderr=True)
+# Click's exception base (typer may vendor click, so it is found through an exception typer exports)
+_CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def _version(value: bool) -> None:
@@ -59,21 +61,41 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: usage errors are click's short messages; user mistakes (CtfmError) one red line, exit 2;
-    file system errors (no permission, read-only or full disk) one red line naming the file, exit 1."""
+    """Entry point: user mistakes (click usage errors and CtfmError) are one red line, exit 2; file system
+    errors (no permission, read-only or full disk) one red line naming the file, exit 1; Ctrl-C exits 130."""
     try:
-        app(args=argv, prog_name="ctfm")
+        code = app(args=argv, prog_name="ctfm", standalone_mode=False)
+    except _CLICK_ERROR as exc:
+        if line := _click_line(exc):  # none when a bare group has printed its help
+            _error(line)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except typer.Abort:  # end of input at a prompt
+        _error("aborted")
+        sys.exit(1)
     except CtfmError as exc:
-        err_console.print(f"[bold red]error:[/] {plain(exc)}", highlight=False, soft_wrap=True)
+        _error(str(exc))
         sys.exit(2)
     except OSError as exc:  # an unwritable or full disk, a file where a folder belongs: no traceback
         where = f"{exc.filename}: " if exc.filename else ""
-        err_console.print(
-            f"[bold red]error:[/] {plain(where + (exc.strerror or str(exc)))}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        _error(where + (exc.strerror or str(exc)))
         sys.exit(1)
+    if code == 130:
+        _error("interrupted: finished work is kept; run the same command again to resume")
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {plain(message)}", highlight=False, soft_wrap=True)
+
+
+def _click_line(exc: Exception) -> str:
+    """Click's message on one line, naming the command and where its help is (no boxed panel)."""
+    text = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None or not text:
+        return text
+    return f"{ctx.command_path}: {text} (see '{ctx.command_path} --help')"
 
 
 if __name__ == "__main__":

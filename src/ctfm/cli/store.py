@@ -58,7 +58,9 @@ def ls_cmd(
     for v in views:
         counts = v.counts()
         dim = v.feature_dim()
-        table.add_row(v.model, v.task, v.view, *(str(counts[s]) for s in STATUSES), str(dim or "-"))
+        table.add_row(
+            plain(v.model), v.task, plain(v.view), *(str(counts[s]) for s in STATUSES), str(dim or "-")
+        )
     console.print(table)
 
 
