@@ -1,14 +1,16 @@
-"""Small filesystem helpers shared by every stage: atomic writes and content checksums."""
+"""Small filesystem helpers shared by every stage: atomic writes, content checksums and file stamps."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def _file_mode() -> int:
@@ -88,6 +90,18 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_stamp(path: Path) -> tuple[str, int, int]:
+    """(name, size, mtime in ns): a cheap sign that a file changed, even when replaced by an older copy
+    (``cp -p``, ``rsync -a`` and ``tar x`` keep the source's time, but rarely its size and time both)."""
+    st = Path(path).stat()
+    return (Path(path).name, st.st_size, st.st_mtime_ns)
+
+
+def digest(value: Any) -> str:
+    """A short stable hash of a JSON-able value (settings, stamps): equal inputs, equal digest."""
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def is_partial(path: Path) -> bool:

@@ -29,7 +29,7 @@ import numpy as np
 from ctfm import nifti
 from ctfm.benchmark import ClassMap, configs_dir, load_benchmark
 from ctfm.errors import ConfigError, DataError
-from ctfm.fsutil import atomic_path, is_partial, write_bytes_atomic, write_text_atomic
+from ctfm.fsutil import atomic_path, file_stamp, is_partial, write_bytes_atomic, write_text_atomic
 
 REPORT_NAME = "masks_report.csv"
 REPORT_COLUMNS = ("case", "disease", "voxels", "volume_ml", "status", "message")
@@ -518,7 +518,7 @@ def _input_stamps(src: LabelSource, organs: Iterable[str]) -> list[tuple[str, in
     files = (
         [src.path] if src.layout == MULTILABEL else [f for f in map(src.organ_file, organs) if f.is_file()]
     )
-    return [(f.name, (st := f.stat()).st_size, st.st_mtime_ns) for f in files]
+    return [file_stamp(f) for f in files]
 
 
 @dataclass(frozen=True)

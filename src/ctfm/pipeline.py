@@ -299,6 +299,7 @@ class Pipeline:
             detail = (
                 f"{summary.view}: {len(summary.ok)} extracted, {len(summary.skipped)} already stored, "
                 f"{len(summary.failed)} failed"
+                + (f", {len(summary.changed)} redone (inputs changed)" if summary.changed else "")
             )
             if summary.failed:
                 raise StageIncomplete(detail)

@@ -153,6 +153,9 @@ def write_y_hat(path: Path, arr: np.ndarray) -> None:
         fh.create_dataset(DATASET, data=arr)
 
 
+_TIMING_FIELDS = ("seconds", "written_at")  # how long and when, not what: left out of checksums
+
+
 @dataclass
 class CaseRecord:
     """One manifest row: what was stored for a case, how, and from which inputs."""
@@ -175,10 +178,12 @@ class CaseRecord:
     extractor: str = ""
     extractor_version: str = ""
     image_id: str = ""  # container image id (docker runner)
+    inputs: str = ""  # digest of the input files and extraction settings; a change redoes the case
     written_at: float = 0.0  # unix time the row was appended (added beyond the plan's contract)
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+    def to_json(self, exclude: tuple[str, ...] = ()) -> str:
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in exclude}
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CaseRecord:
@@ -395,10 +400,16 @@ class View:
             out.append(case)
         return sorted(out)
 
-    def is_done(self, case: str) -> bool:
-        """True when the case is ok and its file is present: resumable runners skip it."""
+    def is_done(self, case: str, inputs: str | None = None) -> bool:
+        """True when the case is ok, its file is present and (when given) it was made from ``inputs``:
+        resumable runners skip it."""
         rec = self.record(case)
-        return rec is not None and rec.status == "ok" and (self.dir / rec.file).is_file()
+        return (
+            rec is not None
+            and rec.status == "ok"
+            and (inputs is None or rec.inputs == inputs)
+            and (self.dir / rec.file).is_file()
+        )
 
     def counts(self) -> dict[str, int]:
         self._refresh()
@@ -408,7 +419,8 @@ class View:
         return counts
 
     def manifest_checksum(self, cases: Iterable[str] | None = None) -> str:
-        """sha256 over the latest records, sorted by case: changes whenever one of those records changes.
+        """sha256 over the latest records, sorted by case: changes whenever one of those records changes
+        (but not with the time a run took or when it wrote: an identical re-extraction keeps it).
 
         ``cases`` restricts it to some cases (a case without a record counts as absent), so a head trained on
         the train/val cases stays valid when test cases are extracted later.
@@ -417,8 +429,8 @@ class View:
         digest = hashlib.sha256()
         for case in sorted(self._records if cases is None else set(cases)):
             record = self._records.get(case)
-            digest.update(record.to_json().encode() if record else f"{case}: absent".encode())
-            digest.update(b"\n")
+            text = record.to_json(exclude=_TIMING_FIELDS) if record else f"{case}: absent"
+            digest.update(text.encode() + b"\n")
         return digest.hexdigest()
 
     def compact(self) -> None:

@@ -162,9 +162,9 @@ def test_inputs_are_linked_when_readable_and_copied_readable_when_private(tmp_pa
 
 def test_batched_case_times_are_gaps_between_arrivals():
     result = ContainerResult(name="x", cases=["a", "b", "c"], arrivals={"a": 2.0, "b": 2.5, "c": 3.5})
-    assert ContainerRunner._gap(result, "a") == 2.0
-    assert ContainerRunner._gap(result, "b") == 0.5
-    assert ContainerRunner._gap(result, "c") == 1.0
+    assert [result.case_seconds(c) for c in "abc"] == [2.0, 0.5, 1.0]
+    alone = ContainerResult(name="y", cases=["a"], wall_s=4.0, arrivals={"a": 2.0})
+    assert alone.case_seconds("a") == 4.0  # one case: the container's whole wall time
     assert CaseInput("a", Path("a.nii.gz")).mask is None
 
 

@@ -125,6 +125,14 @@ def print_summary(console: Any, summary: Any) -> None:
         f"{summary.wall_seconds:.1f}",
     )
     console.print(table)
+    if summary.changed:
+        names = ", ".join(summary.changed[:5]) + (", ..." if len(summary.changed) > 5 else "")
+        console.print(
+            f"extracted again {len(summary.changed)} stored case(s) whose image, mask or extraction settings "
+            f"changed: {plain(names)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     for case, error in summary.failed:
         console.print(f"[red]failed[/] {plain(case)}: {plain(error)}", highlight=False, soft_wrap=True)
 

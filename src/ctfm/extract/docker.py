@@ -337,6 +337,12 @@ class CaseInput:
     image: Path
     mask: Path | None = None
 
+    def inputs(self, image_id: str) -> str:
+        """What this case's output is made from (see ``case_inputs``): its files and the team's image."""
+        from ctfm.extract.inputs import case_inputs
+
+        return case_inputs(self.image, self.mask, image_id)
+
 
 def collect_inputs(
     images_dir: Path, masks_dir: Path | None, cases: Sequence[str] | None = None
@@ -789,9 +795,8 @@ class ContainerRunner:
             if (
                 not s.force
                 and rec is not None
-                and rec.status == "ok"
                 and rec.image_id == image.image_id
-                and store_view.is_done(ci.case)
+                and store_view.is_done(ci.case, ci.inputs(image.image_id))
             ):
                 report.skipped += 1
                 continue
@@ -844,6 +849,7 @@ class _TeamState:
             "extractor": f"container:{self.image.team}",
             "extractor_version": (self.image.tags or [self.image.image_id])[0],
             "image_id": self.image.image_id,
+            "inputs": ci.inputs(self.image.image_id),
         }
 
     def ingest(self, out: ValidOutput, seconds: float) -> bool:

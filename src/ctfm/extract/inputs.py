@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ctfm.errors import DataError
+from ctfm.fsutil import digest, file_stamp
 from ctfm.nifti import NII_SUFFIX, case_id, list_volumes, refuse_duplicates
 from ctfm.store import check_case
 
@@ -46,3 +47,9 @@ def mask_of(mask_dir: Path, image: Path) -> tuple[Path, str | None]:
     if mask.is_file():
         return mask, None
     return mask, f"no mask {mask} (masks are required for an ROI view; run `ctfm masks`)"
+
+
+def case_inputs(image: Path, mask: Path | None, settings: str) -> str:
+    """Digest of what a case's embedding is made from: its image's and mask's stamps and the run's
+    ``settings``. A stored case whose digest differs is extracted again instead of being reused."""
+    return digest([file_stamp(image), file_stamp(mask) if mask is not None else None, settings])

@@ -22,8 +22,8 @@ import numpy as np
 
 from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError, CtfmError, DataError, StoreError
-from ctfm.extract.inputs import mask_of, select_cases
-from ctfm.fsutil import sha256_file
+from ctfm.extract.inputs import case_inputs, mask_of, select_cases
+from ctfm.fsutil import digest, file_stamp, sha256_file
 from ctfm.store import FULL_VIEW, CaseRecord, Store, View
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -57,6 +57,7 @@ class CaseItem:
     image: Path
     mask: Path | None = None
     error: str = ""
+    inputs: str = ""  # see case_inputs
 
 
 @dataclass
@@ -67,6 +68,7 @@ class ExtractSummary:
     ok: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # stored, but their inputs changed: extracted again
     wall_seconds: float = 0.0
     read_seconds: float = 0.0
     preprocess_seconds: float = 0.0
@@ -110,18 +112,32 @@ def resolve_view(masks: Path | None, disease: str | None) -> tuple[str, Path | N
     return disease, resolve_mask_dir(masks, disease)
 
 
-def plan_items(cfg: ExtractConfig, view: View, mask_dir: Path | None) -> tuple[list[CaseItem], list[str]]:
-    """Cases to run (with their mask) and cases skipped because they are already ok."""
-    todo, skipped = [], []
+def plan_items(
+    cfg: ExtractConfig, view: View, mask_dir: Path | None, settings: str
+) -> tuple[list[CaseItem], list[str], list[str]]:
+    """Cases to run (with their mask), cases skipped because they are already ok, and the ok cases run
+    again because their image, mask or the extraction ``settings`` changed since they were stored."""
+    todo, skipped, changed = [], [], []
     for case, image in select_cases(cfg.images, cfg.cases):
-        if not cfg.force and view.is_done(case):
-            skipped.append(case)
-            continue
         item = CaseItem(case=case, image=image)
         if mask_dir is not None:
             item.mask, item.error = mask_of(mask_dir, image)
+        item.inputs = case_inputs(image, None if item.error else item.mask, settings)
+        if not cfg.force and view.is_done(case, item.inputs):
+            skipped.append(case)
+            continue
+        if not cfg.force and view.is_done(case):
+            changed.append(case)
         todo.append(item)
-    return todo, skipped
+    return todo, skipped, changed
+
+
+def extraction_settings(cfg: ExtractConfig, extractor: Any, spec: Any) -> str:
+    """What an embedding depends on besides its image and mask: the extractor, its weights, seed and
+    preprocessing."""
+    weights = file_stamp(cfg.weights) if cfg.weights else None
+    seed = cfg.seed if getattr(extractor, "uses_seed", True) else None
+    return digest([extractor.name, str(extractor.version), cfg.task, seed, weights, repr(spec)])
 
 
 def resolve_device(device: str) -> str:
@@ -232,6 +248,7 @@ def _record(sample: Sample, extractor: Any, seconds: float) -> CaseRecord:
         crop_box_world=p.crop_box_world,
         extractor=extractor.name,
         extractor_version=str(extractor.version),
+        inputs=sample.item.inputs,
     )
 
 
@@ -316,12 +333,13 @@ def run_local(cfg: ExtractConfig, progress: bool = True, console: Any = None) ->
 
     view, mask_dir, extractor = prepare_run(cfg)
     device = resolve_device(cfg.device)  # a wrong --device is an error even when every case is done
-    items, skipped = plan_items(cfg, view, mask_dir)
-    summary = ExtractSummary(view=f"{view.model}/{view.task}/{view.view}", skipped=skipped)
+    spec = resolve_spec(extractor.preprocess)
+    items, skipped, changed = plan_items(cfg, view, mask_dir, extraction_settings(cfg, extractor, spec))
+    summary = ExtractSummary(view=f"{view.model}/{view.task}/{view.view}", skipped=skipped, changed=changed)
     if not items:
         return summary
     extractor.setup(device=device, weights=cfg.weights, seed=cfg.seed)
-    preprocessor = Preprocessor(resolve_spec(extractor.preprocess), with_mask=mask_dir is not None)
+    preprocessor = Preprocessor(spec, with_mask=mask_dir is not None)
     runner = _Runner(view, extractor, cfg.task, summary)
     loader = make_loader(items, preprocessor, cfg.workers, cfg.batch_size)
     start = time.perf_counter()

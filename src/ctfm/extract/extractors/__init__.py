@@ -40,7 +40,8 @@ class Extractor(Protocol):
     native spacing, full_size, roi_size, hu_window, out_range, crop: "fixed" | "none").
     ``extract`` gets a batch of preprocessed volumes ``[B, X, Y, Z]`` (float32, RAS), the matching boolean
     masks or None (view ``full``), the voxel spacing in mm, and returns one ``y_hat`` per volume:
-    ``[D]`` for lp, ``[D, h, w, l]`` for eao.
+    ``[D]`` for lp, ``[D, h, w, l]`` for eao. An optional ``uses_seed = False`` says the seed does not
+    change the embeddings (so a new seed does not redo stored cases).
     """
 
     name: str

@@ -254,6 +254,7 @@ class HuStatsExtractor:
 
     name = NAME
     version = VERSION
+    uses_seed = False  # deterministic statistics: a new --seed does not make its embeddings stale
     preprocess: dict[str, Any] = {  # noqa: RUF012 - read-only class default
         "spacing_mm": None,
         "crop": "none",
