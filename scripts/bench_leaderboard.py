@@ -5,18 +5,33 @@ disease and model, sklearn's balanced accuracy and AUROC, then ranks exactly as 
 every resampled metric value and every final rank. With ``--loop-resamples K`` the loop runs only the first K
 resamples and its time is extrapolated linearly (printed as such).
 
+With ``--rank-cases N`` it instead times one model's bootstrap AUROC and AP at N cases (``--rank-boot``
+resamples) with wall time and tracemalloc peak, plus the whole ``bootstrap_metrics`` call that ``ctfm eval
+--predictions`` makes; at ``--old-cases`` cases it also runs the former ``[M, N, N]`` formulation on the same
+resamples as the in-run baseline, checks both agree and prints the ratio.
+
     .venv/bin/python scripts/bench_leaderboard.py [--models 20 --diseases 15 --cases 300 --boot 1000]
+    .venv/bin/python scripts/bench_leaderboard.py --rank-cases 30000 --rank-boot 2000 --old-cases 3000
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import tracemalloc
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
+from ctfm.evaluate.bootstrap import (
+    _weighted_rank_metrics,
+    bootstrap_metrics,
+    resample_counts,
+    resample_indices,
+    resample_metrics,
+)
 from ctfm.evaluate.leaderboard import DiseaseData, _disease_seed, aggregate, build_leaderboard
 
 
@@ -68,7 +83,17 @@ def main() -> None:
     ap.add_argument("--boot", type=int, default=1000)
     ap.add_argument("--loop-resamples", type=int, default=None, help="time the loop on the first K resamples")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--rank-cases", type=int, default=None, help="time one model's bootstrap AUROC/AP at N cases"
+    )
+    ap.add_argument("--rank-boot", type=int, default=2000, help="resamples for --rank-cases")
+    ap.add_argument(
+        "--old-cases", type=int, default=3000, help="cases for the old [M, N, N] baseline (0: skip)"
+    )
     args = ap.parse_args()
+    if args.rank_cases:
+        rank_benchmark(args.rank_cases, args.rank_boot, args.old_cases, args.seed)
+        return
     metrics = ["balanced_acc", "auroc"]
     data = synthetic(args.models, args.diseases, args.cases, args.seed)
     entries = [f"model_{i:02d}" for i in range(args.models)]
@@ -106,6 +131,82 @@ def main() -> None:
     )
     if not (diff < 1e-9 and same_nan and ranks_equal):
         raise SystemExit("results differ")
+
+
+def measured(fn: Callable[[], object]) -> tuple[object, float, float]:
+    """``(result, wall seconds, tracemalloc peak in MB)`` of one call (numpy's buffers are traced)."""
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        out = fn()
+        seconds = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    return out, seconds, peak
+
+
+def one_model(cases: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Binary labels and a ``[N, 2]`` probability with 3-decimal ties, as real outputs have."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(cases) < 0.3).astype(int)
+    p1 = np.round(1 / (1 + np.exp(-(2 * y - 1) - rng.normal(size=cases))), 3)
+    return y, np.stack([1 - p1, p1], -1)
+
+
+def old_rank_metrics(target: np.ndarray, score: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The former ``[M, N, N]`` formulation of ``_weighted_rank_metrics``, kept here as the baseline."""
+    m, n = score.shape
+    t = np.asarray(target, dtype=float)
+    si, sj = score[:, None, :], score[:, :, None]
+    wt = w * t
+    n_pos = wt.sum(axis=1)
+    n_neg = w.sum(axis=1) - n_pos
+    half = np.where(sj < si, 1.0, np.where(sj == si, 0.5, 0.0)) * (1.0 - t)[None, :, None]
+    kernel = np.moveaxis(half, 0, 1).reshape(n, m * n)
+    u = ((w @ kernel).reshape(-1, m, n) * wt[:, None, :]).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = np.where(((n_pos > 0) & (n_neg > 0))[:, None], u / (n_pos * n_neg)[:, None], np.nan)
+    ge = np.moveaxis(sj >= si, 0, 1).reshape(n, m * n).astype(float)
+    tps = (wt @ ge).reshape(-1, m, n)
+    above = (w @ ge).reshape(-1, m, n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prec = np.where(above > 0, tps / np.where(above > 0, above, 1.0), 0.0)
+        ap = np.where((n_pos > 0)[:, None], (prec * wt[:, None, :]).sum(axis=-1) / n_pos[:, None], np.nan)
+    return auc.T, ap.T
+
+
+def _time_rank_only(y, prob, n_boot: int, seed: int, names: list[str]) -> tuple[float, float]:
+    """Seconds and peak MB of the resampled AUROC/AP, the ``[B, N]`` indices made beforehand."""
+    idx = resample_indices(len(y), n_boot, seed)
+    _, seconds, peak = measured(lambda: resample_metrics(y, prob[None], idx, names))
+    return seconds, peak
+
+
+def rank_benchmark(cases: int, n_boot: int, old_cases: int, seed: int) -> None:
+    """Sort-based AUROC/AP at ``cases``; old vs new on the same resamples at ``old_cases``."""
+    names = ["auroc", "average_precision"]
+    y, prob = one_model(cases, seed)
+    t_new, mb_new = _time_rank_only(y, prob, n_boot, seed, names)
+    print(f"N={cases}, B={n_boot}, 1 model: AUROC+AP {t_new:.2f} s, peak {mb_new:.0f} MB (idx excluded)")
+    _, t_all, mb_all = measured(lambda: bootstrap_metrics(y, prob, n_boot=n_boot, seed=seed))
+    print(f"  bootstrap_metrics (ctfm eval path, all metrics): {t_all:.2f} s, peak {mb_all:.0f} MB")
+    if old_cases <= 0:
+        return
+    y, prob = one_model(old_cases, seed)
+    w = resample_counts(resample_indices(old_cases, n_boot, seed), old_cases)
+    score = prob[None, :, 1]
+    old, t_old, mb_old = measured(lambda: old_rank_metrics(y == 1, score, w))
+    new, t_new, mb_new = measured(lambda: _weighted_rank_metrics(y == 1, score, w))
+    diff = max(np.nanmax(np.abs(a - b)) for a, b in zip(old, new, strict=True))
+    same_nan = all(np.array_equal(np.isnan(a), np.isnan(b)) for a, b in zip(old, new, strict=True))
+    print(f"N={old_cases}, B={n_boot}, same [B, N] counts: AUROC+AP")
+    print(f"  old [M, N, N] : {t_old:8.2f} s, peak {mb_old:7.0f} MB")
+    print(f"  new sort-based: {t_new:8.2f} s, peak {mb_new:7.0f} MB (counts passed in; unchunked)")
+    print(f"  ratio old/new : {t_old / t_new:8.1f}x time, {mb_old / mb_new:.1f}x memory")
+    print(f"  max |diff| {diff:.3g}; NaN pattern equal: {same_nan}")
+    if not (diff < 1e-12 and same_nan):
+        raise SystemExit("old and new differ")
 
 
 def _resampled(board, data, metrics, seed, k) -> np.ndarray:

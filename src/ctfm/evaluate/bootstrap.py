@@ -1,4 +1,4 @@
-"""Seeded percentile bootstrap, vectorised: one index matrix ``[B, N]``, every metric computed on all rows at once.
+"""Seeded percentile bootstrap, vectorised: resamples become case counts ``[B, N]``, metrics run on chunks of rows.
 
 Example:
     >>> import numpy as np
@@ -26,6 +26,7 @@ from ctfm.evaluate.metrics import (
 
 CI_LEVEL = 0.95
 CHUNK = 500  # resamples per batch: bounds memory at CHUNK x N x C floats
+CHUNK_FLOATS = 1 << 23  # ... and, for large N, a [rows, N] float64 batch at 64 MB
 
 
 @dataclass(frozen=True)
@@ -73,39 +74,80 @@ def resample_counts(idx: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(flat, minlength=b * n).reshape(b, n).astype(float)
 
 
+@dataclass(frozen=True)
+class _Ranking:
+    """One score vector sorted once (stable, decreasing) with its runs of tied scores.
+
+    Every resample reuses it: a resample is the original cases weighted by their counts, so its ROC and PR
+    curves only need the counts summed per tied group, in this order.
+    """
+
+    order: np.ndarray  # case indices by decreasing score
+    starts: np.ndarray  # position in ``order`` where each group of equal scores begins
+
+
+def _ranking(score: np.ndarray) -> _Ranking:
+    """Sort ``score [N]`` once and mark where each run of equal scores starts."""
+    order = np.argsort(-score, kind="stable")
+    s = score[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    return _Ranking(order, starts)
+
+
+def _group_counts(w: np.ndarray, pos: np.ndarray, rank: _Ranking) -> tuple[np.ndarray, np.ndarray]:
+    """Positive and negative weight of each tied group, groups by decreasing score: two ``[B, G]``.
+
+    Ties must be summed before any threshold is applied: cases with equal scores cross it together.
+    """
+    ws = w[:, rank.order]
+    total = np.add.reduceat(ws, rank.starts, axis=1)
+    ws *= pos[rank.order]
+    n_pos = np.add.reduceat(ws, rank.starts, axis=1)
+    return n_pos, total - n_pos
+
+
+def _auc_ap_from_groups(
+    g_pos: np.ndarray, g_neg: np.ndarray, want_ap: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Weighted Mann-Whitney AUROC (ties count one half) and step AP per row of group weights ``[B, G]``.
+
+    AUROC sums, over positives, the negatives scored lower plus half those tied. AP is sklearn's
+    ``sum_k (R_k - R_{k-1}) P_k`` over distinct thresholds: each group's positives times the precision at
+    its score (positives / all cases with score >= it). Counts are integers, so the sums are exact.
+    """
+    n_pos, n_neg = g_pos.sum(axis=1), g_neg.sum(axis=1)
+    neg_above = np.cumsum(g_neg, axis=1)  # negatives with score >= the group's (inclusive)
+    u = (g_pos * (n_neg[:, None] - neg_above + 0.5 * g_neg)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+    if not want_ap:
+        return auc, None
+    tps = np.cumsum(g_pos, axis=1)
+    above = tps + neg_above
+    prec = np.divide(tps, above, out=np.zeros_like(tps), where=above > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = np.where(n_pos > 0, (prec * g_pos).sum(axis=1) / n_pos, np.nan)
+    return auc, ap
+
+
 def _weighted_rank_metrics(
-    target: np.ndarray, score: np.ndarray, w: np.ndarray, want_ap: bool = True
+    target: np.ndarray,
+    score: np.ndarray,
+    w: np.ndarray,
+    want_ap: bool = True,
+    rankings: list[_Ranking] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """AUROC and AP of each model ``score [M, N]`` for every weighting ``w [B, N]`` -> two ``[M, B]``.
 
     A resample equals the original cases weighted by their counts (duplicates are exactly tied scores), so
-    both are quadratic forms in the counts: ``U = sum_ij w_i w_j [i pos, j neg] (1[s_j < s_i] + 0.5
-    1[s_j = s_i])`` and, for AP, the weighted positives and cases with score >= each case's score (one
-    threshold per distinct score). Each is one matrix product per batch of resamples, nothing is sorted
-    per resample; the tests check the result against the resampled sets and sklearn.
+    one stable sort per model (``rankings``, computed here if not given) serves every resample: each row
+    then costs O(N) in memory and time, never a per-resample sort or an ``N x N`` comparison.
     """
-    m, n = score.shape
-    t = np.asarray(target, dtype=float)
-    si = score[:, None, :]  # [M, 1, N(i)]
-    sj = score[:, :, None]  # [M, N(j), 1]
-    geq = sj >= si  # [M, j, i]: case j is predicted positive at case i's threshold
-    wt = w * t
-    n_pos = wt.sum(axis=1)
-    n_neg = w.sum(axis=1) - n_pos
-    half = np.where(sj < si, 1.0, np.where(sj == si, 0.5, 0.0)) * (1.0 - t)[None, :, None]
-    kernel = np.moveaxis(half, 0, 1).reshape(n, m * n)  # [j, (M, i)]
-    u = ((w @ kernel).reshape(-1, m, n) * wt[:, None, :]).sum(axis=-1)  # [B, M]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = np.where(((n_pos > 0) & (n_neg > 0))[:, None], u / (n_pos * n_neg)[:, None], np.nan)
-    if not want_ap:
-        return auc.T, None
-    ge = np.moveaxis(geq, 0, 1).reshape(n, m * n).astype(float)
-    tps = (wt @ ge).reshape(-1, m, n)
-    above = (w @ ge).reshape(-1, m, n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        prec = np.where(above > 0, tps / np.where(above > 0, above, 1.0), 0.0)
-        ap = np.where((n_pos > 0)[:, None], (prec * wt[:, None, :]).sum(axis=-1) / n_pos[:, None], np.nan)
-    return auc.T, ap.T
+    pos = np.asarray(target, dtype=float)
+    rankings = rankings if rankings is not None else [_ranking(s) for s in score]
+    parts = [_auc_ap_from_groups(*_group_counts(w, pos, r), want_ap) for r in rankings]
+    auc = np.stack([p[0] for p in parts])
+    return auc, (np.stack([p[1] for p in parts]) if want_ap else None)
 
 
 def resample_metrics(
@@ -119,16 +161,51 @@ def resample_metrics(
     """Metrics of several models ``probs [M, N, C]`` on every resample ``idx [B, N]`` -> ``{name: [M, B]}``.
 
     Binary and multiclass use case counts per resample (one matrix product for the thresholded metrics,
-    Brier and ECE; one sort per model for AUROC and AP), so nothing is sorted per resample. Multilabel falls
-    back to gathering the resampled sets and calling :func:`compute_all` on them in chunks.
+    Brier and ECE; one sort per model for AUROC and AP), so nothing is sorted per resample, and resamples go
+    in chunks of :func:`chunk_rows` so memory stays O(chunk x N). Multilabel falls back to gathering the
+    resampled sets and calling :func:`compute_all` on them in chunks.
     """
     y = np.asarray(y)
     probs = np.asarray(probs, dtype=float)
-    m, n = probs.shape[:2]
     if multilabel:
         return _gathered(y, probs, idx, names, multilabel, n_bins)
-    c = probs.shape[-1]
-    w = resample_counts(idx, n)  # [B, N]
+    n = probs.shape[1]
+    rankings = _rank_columns(probs) if {"auroc", "average_precision"} & set(names) else []
+    step = chunk_rows(n)
+    parts = [
+        _count_metrics(y, probs, resample_counts(idx[s : s + step], n), names, n_bins, rankings)
+        for s in range(0, len(idx), step)
+    ]
+    if not parts:
+        return {k: np.empty((probs.shape[0], 0)) for k in names}
+    return {k: np.concatenate([p[k] for p in parts], axis=1) for k in names}
+
+
+def chunk_rows(n: int) -> int:
+    """Resamples per batch: at most ``CHUNK``, and few enough that a ``[rows, n]`` float array stays small."""
+    return max(1, min(CHUNK, CHUNK_FLOATS // max(n, 1)))
+
+
+def _score_columns(c: int) -> list[int]:
+    """Probability columns scored one-vs-rest: the positive class if binary, every class otherwise."""
+    return [1] if c == 2 else list(range(c))
+
+
+def _rank_columns(probs: np.ndarray) -> list[list[_Ranking]]:
+    """One sort per model and scored column, shared by every chunk of resamples."""
+    return [[_ranking(p) for p in probs[..., j]] for j in _score_columns(probs.shape[-1])]
+
+
+def _count_metrics(
+    y: np.ndarray,
+    probs: np.ndarray,
+    w: np.ndarray,
+    names: tuple[str, ...] | list[str],
+    n_bins: int,
+    rankings: list[list[_Ranking]],
+) -> dict[str, np.ndarray]:
+    """Metrics ``{name: [M, B]}`` of the resamples given by case counts ``w [B, N]`` (binary/multiclass)."""
+    m, n, c = probs.shape
     pred = predict(probs)  # [M, N]
     out: dict[str, np.ndarray] = {}
     thresholded = [
@@ -142,9 +219,12 @@ def resample_metrics(
         for k in thresholded:
             out[k] = confusion_metric(k, *counts).T
     if "auroc" in names or "average_precision" in names:
-        cols = [1] if c == 2 else list(range(c))
+        cols = _score_columns(c)
         want_ap = "average_precision" in names
-        parts = [_weighted_rank_metrics(y == (j if c > 2 else 1), probs[..., j], w, want_ap) for j in cols]
+        parts = [
+            _weighted_rank_metrics(y == (j if c > 2 else 1), probs[..., j], w, want_ap, r)
+            for j, r in zip(cols, rankings, strict=True)
+        ]
         out["auroc"] = np.mean([p[0] for p in parts], axis=0)
         if want_ap:
             out["average_precision"] = np.mean([p[1] for p in parts], axis=0)
