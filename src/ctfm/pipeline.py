@@ -4,8 +4,9 @@ Each unit of work (the data, the masks, one extractor x task x view, one probe, 
 key: a fingerprint of its settings and of the keys of the stages it reads. A stage's key is stamped under
 ``<output>/.ctfm/stages/`` once it finishes, so a rerun skips every stage whose key is unchanged. A stage
 interrupted before its stamp is simply run again, and the stage itself resumes (extraction skips stored cases,
-probing skips finished diseases). A stage whose key changed is redone with ``force``, and so is everything
-downstream of it, because their keys include its key.
+probing skips finished diseases). A stage whose key changed runs again, and so does everything downstream of
+it, because their keys include its key; each redoes only what changed (extraction compares every stored case's
+input stamps and settings, masks their digests, probes their options, labels and embeddings).
 
 Layout under the output root::
 
@@ -31,7 +32,7 @@ import yaml
 from rich.markup import escape
 
 from ctfm.errors import CtfmError, DataError
-from ctfm.fsutil import write_text_atomic
+from ctfm.fsutil import file_stamp, write_text_atomic
 from ctfm.runconfig import ContainerSpec, ExtractorSpec, RunConfig, fingerprint
 
 Log = Callable[[str], None]
@@ -43,11 +44,20 @@ class StageIncomplete(CtfmError):
 
 @dataclass
 class Stage:
-    """One resumable unit of work: ``run(force)`` does it and returns a short summary."""
+    """One resumable unit of work: ``run()`` does it (redoing only what changed) and returns a short summary."""
 
     name: str
     key: str
-    run: Callable[[bool], str]
+    run: Callable[[], str]
+
+
+def _content_stamps(root: Path) -> list[tuple[str, int, int]]:
+    """Stamps of a user's benchmark folder (labels, images, label maps): an edited label or a replaced
+    volume changes the data key, so every later stage looks again (and redoes only what changed)."""
+    files = [
+        f for sub in ("labels", "images", "totalseg") for f in sorted((root / sub).rglob("*")) if f.is_file()
+    ]
+    return [(str(f.relative_to(root)), *file_stamp(f)[1:]) for f in files]
 
 
 @dataclass
@@ -156,7 +166,7 @@ class Pipeline:
         self.log(f"[bold]{escape(stage.name)}[/]" + (" (settings changed: redoing)" if done_key else ""))
         start = time.perf_counter()
         try:
-            detail = stage.run(done_key is not None)
+            detail = stage.run()
         except StageIncomplete as exc:
             self._record(stage.name, "incomplete", start, str(exc), "yellow")
             return fingerprint(stage.key, "incomplete", time.time_ns())
@@ -210,14 +220,14 @@ class Pipeline:
         if synth is None:
             path = self.data_root
 
-            def check(_force: bool) -> str:
+            def check() -> str:
                 if not (path / "images").is_dir() or not (path / "labels").is_dir():
                     raise DataError(f"{path}: not a benchmark folder (needs images/ and labels/)")
                 return f"using {path}"
 
-            return Stage("data", fingerprint("path", str(path)), check)
+            return Stage("data", fingerprint("path", str(path), _content_stamps(path)), check)
 
-        def generate(_force: bool) -> str:
+        def generate() -> str:
             from ctfm.data.synth import generate_benchmark
 
             generate_benchmark(
@@ -230,7 +240,7 @@ class Pipeline:
     def masks_stage(self, data_key: str) -> Stage:
         margin = self.cfg.masks.margin_mm
 
-        def build(force: bool) -> str:
+        def build() -> str:
             from ctfm.masks import build_masks, cases_from_labels
 
             totalseg = self.data_root / "totalseg"
@@ -243,7 +253,6 @@ class Pipeline:
                 cases=cases_from_labels(self.data_root / "labels", self.roi),
                 workers=2,
                 margin_mm=margin,
-                force=force,
                 progress=self.progress,
             )
             counts = report.counts()
@@ -272,8 +281,8 @@ class Pipeline:
                 keys.setdefault(task, []).append(self._run_one(stage))
         return {model: _task_keys(keys)}
 
-    def _extract_runner(self, spec: ExtractorSpec, model: str, task: str, view: str) -> Callable[[bool], str]:
-        def run(force: bool) -> str:
+    def _extract_runner(self, spec: ExtractorSpec, model: str, task: str, view: str) -> Callable[[], str]:
+        def run() -> str:
             from ctfm.extract.local import ExtractConfig, run_local
 
             summary = run_local(
@@ -289,7 +298,6 @@ class Pipeline:
                     batch_size=spec.batch_size,
                     device=self.cfg.probe.device,
                     weights=spec.weights,
-                    force=force,
                     seed=self.cfg.seed,
                 ),
                 progress=self.progress,
@@ -358,16 +366,14 @@ class Pipeline:
             self._baseline = build_baseline_image(log=self._log_text)
         return self._baseline
 
-    def _container_runner(self, spec: ContainerSpec, task: str, view: str) -> Callable[[bool], str]:
-        def run(force: bool) -> str:
+    def _container_runner(self, spec: ContainerSpec, task: str, view: str) -> Callable[[], str]:
+        def run() -> str:
             from ctfm.extract.docker import RunSettings, run_containers
 
             reports = run_containers(
                 self.store_root,
                 self.data_root / "images",
-                RunSettings(
-                    task=task, memory=spec.memory, timeout_per_case=spec.timeout_per_case, force=force
-                ),
+                RunSettings(task=task, memory=spec.memory, timeout_per_case=spec.timeout_per_case),
                 tarballs_dir=spec.folder,
                 tags=[] if spec.folder is not None else [spec.image or self._baseline_tag()],
                 masks_dir=None if view == "full" else self.masks_root / view,
@@ -401,10 +407,10 @@ class Pipeline:
         key = fingerprint(embeddings_key, task, settings, self.cfg.probe.seeds, self.diseases)
         out = self.out / "probes" / task
 
-        def run(force: bool) -> str:
+        def run() -> str:
             from ctfm.probe.runner import run_probe
 
-            options, probe_task = self._probe_options(task, model, out, force)
+            options, probe_task = self._probe_options(task, model, out)
             outcomes = run_probe(options, probe_task, log=self.log)
             failed = [o for o in outcomes if o.status == "failed"]
             for o in failed:
@@ -417,7 +423,7 @@ class Pipeline:
 
         return Stage(f"probe/{task}/{model}", key, run)
 
-    def _probe_options(self, task: str, model: str, out: Path, force: bool) -> tuple[Any, Any]:
+    def _probe_options(self, task: str, model: str, out: Path) -> tuple[Any, Any]:
         from ctfm.probe.runner import ProbeOptions, linear_task
         from ctfm.probe.training import TrainConfig
 
@@ -428,7 +434,6 @@ class Pipeline:
             "out": out,
             "diseases": self.diseases,
             "seeds": self.cfg.probe.seeds,
-            "force": force,
             "retrain_changed": True,  # the config is the truth: a disease trained otherwise is redone
         }
         if task == "lp":
@@ -468,7 +473,7 @@ class Pipeline:
         runs = self.out / "probes" / task
         out = self.out / "eval" / task
 
-        def run(_force: bool) -> str:
+        def run() -> str:
             from ctfm.evaluate.inference import drop_stale_results, evaluate_checkpoint, find_checkpoints
             from ctfm.store import sanitize_name
 
@@ -505,7 +510,7 @@ class Pipeline:
         out = self.out / "leaderboard" / task
         self.result.leaderboards[task] = out
 
-        def run(_force: bool) -> str:
+        def run() -> str:
             from ctfm.evaluate.leaderboard import build_leaderboard, gather, write_leaderboard
 
             data, entries = gather(self.out / "eval" / task, self.cfg.eval.split, [strategy])

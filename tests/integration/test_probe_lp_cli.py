@@ -68,6 +68,19 @@ def test_lp_grid_outputs_and_resume(cli, bench):
         proc.stderr.split()
     )
     assert json.loads((disease / "summary.json").read_text()) == summary  # the finished work is untouched
+    csv = labels / "fatty_liver.csv"
+    original = csv.read_text()
+    table = pd.read_csv(csv)
+    table.loc[table["split"] == "train", "fatty_liver"] = (
+        1 - table.loc[table["split"] == "train", "fatty_liver"]
+    )
+    table.to_csv(csv, index=False)  # labels edited after training: skipping would keep heads of the old ones
+    stale = cli(*_base(store, labels, out), "--disease", "fatty_liver", *SMALL, *grid, check=False)
+    assert stale.returncode == 1 and "out of date: its labels changed since it was trained" in " ".join(
+        stale.stderr.split()
+    )
+    csv.write_text(original)
+    assert "skipped" in cli(*_base(store, labels, out), "--disease", "fatty_liver", *SMALL, *grid).stdout
     proc = cli(
         *_base(store, labels, out), "--disease", "fatty_liver", *SMALL, *grid, "--seeds", "1,1", check=False
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,3 +115,32 @@ def test_a_failed_stage_makes_the_run_exit_1(cli, tmp_path, monkeypatch):
     proc = cli("run", cfg, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"{data}: not a benchmark folder" in proc.stderr and "stage(s) failed" in proc.stderr
+
+
+@pytest.mark.slow
+def test_run_on_a_benchmark_folder_notices_edited_labels_and_volumes(cli, tmp_path, synth_bench):
+    """With ``data: {path}`` the user's files may change between runs: the stages look again and redo only
+    what changed, instead of reporting stale results as up to date."""
+    bench = tmp_path / "bench"
+    shutil.copytree(synth_bench, bench)
+    config = _config(tmp_path / "run", data={"path": str(bench)}, diseases=["ascites"])
+    cli("run", config)
+    summary = tmp_path / "run" / "out" / "probes" / "lp" / "hu-stats" / "ascites" / "summary.json"
+    before = json.loads(summary.read_text())
+    csv = bench / "labels" / "ascites.csv"
+    table = pd.read_csv(csv)
+    train = table["split"] == "train"
+    table.loc[train, "ascites"] = 1 - table.loc[train, "ascites"]
+    table.to_csv(csv, index=False)
+    shutil.copy2(bench / "images" / "synth_0001.nii.gz", bench / "images" / "synth_0000.nii.gz")
+    log = cli("run", config).stderr
+    assert "1 redone (inputs changed)" in " ".join(log.split())
+    assert (
+        "ascites: its train/val embeddings and its labels changed since it was trained: retraining"
+        in " ".join(log.split())
+    )
+    after = json.loads(summary.read_text())
+    assert after["store"]["labels"] != before["store"]["labels"]
+    assert after["store"]["manifest_checksum"] != before["store"]["manifest_checksum"]
+    again = cli("run", config).stderr
+    assert again.count("up to date") == 5  # data, extraction, probe, eval, leaderboard

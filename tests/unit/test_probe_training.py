@@ -197,7 +197,7 @@ def test_config_defaults_follow_the_reference_protocol_and_validate():
     ("options", "message"),
     [
         ({"lrs": [1e-3, 0.0]}, "--lrs values must be positive, not 0"),
-        ({"weight_decays": [-1e-4]}, r"weight decay \(--wds, --weight-decay\) values must be at least 0"),
+        ({"weight_decays": [-1e-4]}, r"weight decay \(--weight-decays\) values must be at least 0"),
         ({"eps": [0.0]}, "--eps values must be positive"),
         ({"betas": [(0.9, 1.0)]}, r"--betas values must be in \[0, 1\), not 1"),
         ({"logreg_cs": [-2.0]}, "--cs values must be positive, not -2"),

@@ -113,12 +113,12 @@ def test_an_incomplete_stage_never_lets_its_dependents_count_as_up_to_date(tmp_p
 
     pipeline = Pipeline(load_run_config(_write(tmp_path, BASE)))
 
-    def partial(_force: bool) -> str:
+    def partial() -> str:
         raise StageIncomplete("2 extracted, 1 failed")
 
     first = pipeline._run_one(Stage("extract/x", "k", partial))
     again = pipeline._run_one(Stage("extract/x", "k", partial))
-    done = pipeline._run_one(Stage("extract/x", "k", lambda _force: "all extracted"))
+    done = pipeline._run_one(Stage("extract/x", "k", lambda: "all extracted"))
     assert len({first, again, done}) == 3 and done == "k"  # dependents rerun until the stage completes
     assert pipeline._run_one(Stage("extract/x", "k", partial)) == "k"  # stamped: up to date from now on
     # a task with a failed view is not probed at all; the others keep their key

@@ -40,10 +40,15 @@ def _numbers(values: list[str] | None, kind: type, option: str) -> list[Any] | N
     items = split_list(values)
     if not items:
         return None
-    try:
-        return [kind(v) for v in items]
-    except ValueError:
-        raise ConfigError(f"{option}: expected {kind.__name__} values, got {' '.join(items)}") from None
+    out = []
+    for v in items:
+        try:
+            out.append(kind(v))
+        except ValueError:
+            raise ConfigError(
+                f"{option}: {v!r} is not a{'n' if kind is int else ''} {kind.__name__}"
+            ) from None
+    return out
 
 
 def _betas(values: list[str] | None) -> list[tuple[float, float]] | None:
@@ -142,6 +147,15 @@ DiseaseOpt = Annotated[
     list[str] | None, typer.Option("--disease", help="Disease(s) to probe (repeat or comma-separate).")
 ]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every AMOS disease of the benchmark.")]
+WeightDecaysOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--weight-decays",
+        "--wds",
+        "--weight-decay",
+        help="Weight decays, e.g. 1e-4,1e-3 (default: config; lp 1e-5..1e-2, eao 0 and one value only).",
+    ),
+]
 ScheduleOpt = Annotated[
     str | None, typer.Option("--schedule", help="none, cosine (with warm-up) or onecycle.")
 ]
@@ -221,7 +235,7 @@ def lp(
     epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs (default 150).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size (default 128).")] = None,
     lrs: Annotated[list[str] | None, typer.Option("--lrs", help="Learning rates, e.g. 1e-4,1e-3.")] = None,
-    wds: Annotated[list[str] | None, typer.Option("--wds", help="Weight decays.")] = None,
+    wds: WeightDecaysOpt = None,
     norms: Annotated[list[str] | None, typer.Option("--norms", help="Input norms: raw, l2, std, ln.")] = None,
     betas: Annotated[
         list[str] | None, typer.Option("--betas", help="AdamW beta pairs b1:b2 (grid axis).")
@@ -266,7 +280,7 @@ def lp(
         train=train,
         probe=probe,
         lrs=_numbers(lrs, float, "--lrs"),
-        weight_decays=_numbers(wds, float, "--wds"),
+        weight_decays=_numbers(wds, float, "--weight-decays"),
         norms=split_list(norms) or None,
         betas=_betas(betas),
         eps=_numbers(eps, float, "--eps"),
@@ -318,9 +332,7 @@ def eao(
     lrs: Annotated[
         list[str] | None, typer.Option("--lrs", help="Learning rates (default: config eao.lrs).")
     ] = None,
-    weight_decay: Annotated[
-        float | None, typer.Option("--weight-decay", help="Weight decay (default 0).")
-    ] = None,
+    wds: WeightDecaysOpt = None,
     optimizer: Annotated[str | None, typer.Option("--optimizer", help="adamw or sgd.")] = None,
     schedule: ScheduleOpt = None,
     warmup_epochs: WarmupEpochsOpt = None,
@@ -388,7 +400,7 @@ def eao(
         train=train,
         probe="+".join(s.name for s in specs),
         lrs=_numbers(lrs, float, "--lrs"),
-        weight_decays=None if weight_decay is None else [weight_decay],
+        weight_decays=_numbers(wds, float, "--weight-decays"),
         split_column=split_column,
         folds=folds,
         seeds=_numbers(seeds, int, "--seeds"),

@@ -21,6 +21,7 @@ import pandas as pd
 
 from ctfm.benchmark import load_benchmark
 from ctfm.errors import DataError, StoreError
+from ctfm.fsutil import digest
 from ctfm.labels import labels_path, read_labels
 
 TRAIN, VAL = "train", "val"
@@ -145,6 +146,28 @@ def training_cases(table: pd.DataFrame) -> list[str]:
     return table.loc[table["split"] != "test", "case"].tolist()
 
 
+def input_key(view: Any, table: pd.DataFrame) -> dict[str, str]:
+    """What a disease's heads are trained from: the store view, its train/val records and the label rows.
+    A finished probe whose key differs is stale (see ``probe.runner.changed_inputs``)."""
+    return {
+        "model": view.model,
+        "task": view.task,
+        "view": view.view,
+        "manifest_checksum": view.manifest_checksum(training_cases(table)),
+        "labels": digest(table.to_csv(index=False)),
+    }
+
+
+def current_input_key(
+    store_root: Path, model: str, labels_dir: Path, disease: str, task: str
+) -> dict[str, str]:
+    """:func:`input_key` as the store and labels are now, without packing anything (cheap)."""
+    from ctfm.store import Store
+
+    view = Store(Path(store_root)).view(model, task, load_benchmark().view_of(disease))
+    return input_key(view, read_labels(labels_path(labels_dir, disease), disease))
+
+
 def load_disease(
     store_root: Path, model: str, labels_dir: Path, disease: str, task: str = "lp", dtype: str = "float32"
 ) -> DiseaseData:
@@ -169,12 +192,7 @@ def load_disease(
     statuses = {
         case: rec.status + (f": {rec.error}" if rec.error else "") for case, rec in view.records().items()
     }
-    key = {
-        "model": view.model,
-        "task": view.task,
-        "view": view.view,
-        "manifest_checksum": view.manifest_checksum(training_cases(table)),
-    }
+    key = input_key(view, table)
     x = packed.tokens if task == "eao" else packed.as_float32()
     data = match_embeddings(disease, table, list(packed.cases), statuses, x, key)
     data.labels_file = csv

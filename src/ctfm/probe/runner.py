@@ -27,7 +27,7 @@ from ctfm import __version__
 from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError, CtfmError
 from ctfm.fsutil import remove_partials, write_text_atomic
-from ctfm.probe.data import DiseaseData, few_shot, fold_columns, load_disease
+from ctfm.probe.data import DiseaseData, current_input_key, few_shot, fold_columns, load_disease
 from ctfm.probe.layout import DiseaseLayout, RunLayout
 from ctfm.probe.report import write_reports
 from ctfm.probe.training import FitResult, Selection, TrainConfig, mean_std, seed_everything
@@ -135,7 +135,7 @@ def check_grid_values(
     """Optimiser values out of range would train silently wrong heads (a negative lr climbs the loss) or
     crash deep inside a run; they are one clear error before any disease is touched."""
     _check_all("--lrs", lrs, lambda v: v > 0, "positive")
-    _check_all("weight decay (--wds, --weight-decay)", weight_decays, lambda v: v >= 0, "at least 0")
+    _check_all("weight decay (--weight-decays)", weight_decays, lambda v: v >= 0, "at least 0")
     _check_all("--eps", eps, lambda v: v > 0, "positive")
     _check_all("--cs", cs, lambda v: v > 0, "positive")
     for pair in betas:
@@ -201,6 +201,27 @@ def changed_options(
         if k not in _NOT_RESULTS_TRAIN and k in old_train and old_train[k] != v
     ]
     return [f"--{k.replace('_', '-')}" for k in changed]
+
+
+def changed_inputs(stored: dict[str, Any] | None, current: dict[str, str]) -> list[str]:
+    """What a finished disease was trained from that has changed since (``probe.data.input_key``)."""
+    names = {"manifest_checksum": "its train/val embeddings", "labels": "its labels"}
+    stored = stored or {}
+    return [name for key, name in names.items() if key in stored and stored[key] != current.get(key)]
+
+
+def _out_of_date(summary: dict[str, Any], options: ProbeOptions, task: ProbeTask, disease: str) -> str:
+    """Why a finished disease must not be skipped ('' when it is current): other options or other inputs."""
+    reasons = []
+    if changed := changed_options(summary.get("options"), options, task.settings):
+        reasons.append(f"trained with other {', '.join(changed)}")
+    try:
+        current = current_input_key(options.store, options.model, options.labels, disease, task.name)
+    except CtfmError:
+        return "; ".join(reasons)  # its inputs cannot be read now: training says why
+    if changed := changed_inputs(summary.get("store"), current):
+        reasons.append(f"{' and '.join(changed)} changed since it was trained")
+    return "; ".join(reasons)
 
 
 def select_rows(data: DiseaseData, spec: RunSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -274,15 +295,14 @@ def run_disease(
     layout = DiseaseLayout.of(options.out, options.model, disease, task.name)
     if layout.is_done() and not options.force:
         summary = json.loads(layout.summary.read_text()) if layout.summary.is_file() else None
-        changed = changed_options((summary or {}).get("options"), options, task.settings)
-        if not changed:
+        why = _out_of_date(summary or {}, options, task, disease)
+        if not why:
             return DiseaseOutcome(disease, "skipped", summary=summary)
         if not options.retrain_changed:
             raise ConfigError(
-                f"{layout.dir} was trained with other {', '.join(changed)}; pass --force to retrain it with "
-                "these options, or choose another --out"
+                f"{layout.dir} is out of date: {why}; pass --force to retrain it, or choose another --out"
             )
-        log(f"{disease}: trained with other {', '.join(changed)}: retraining")
+        log(f"{disease}: {escape(why)}: retraining")
     started = time.perf_counter()
     layout.dir.mkdir(parents=True, exist_ok=True)
     layout.done.unlink(missing_ok=True)  # a forced rerun is unfinished until it writes DONE again
