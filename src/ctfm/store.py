@@ -153,6 +153,14 @@ def write_y_hat(path: Path, arr: np.ndarray) -> None:
         fh.create_dataset(DATASET, data=arr)
 
 
+class _DamagedCase(Exception):
+    """A stored file that no longer matches its checksum, found while packing (its case is left out)."""
+
+    def __init__(self, case: str) -> None:
+        super().__init__(case)
+        self.case = case
+
+
 _TIMING_FIELDS = ("seconds", "written_at")  # how long and when, not what: left out of checksums
 
 
@@ -553,38 +561,19 @@ class View:
         cases = self.cases("ok")
         if not cases:
             raise StoreError(f"{self}: no ok cases to pack (run `ctfm extract` or `ctfm store import`)")
-        arrays, damaged = [], []
-        for case in cases:
+        damaged: list[str] = []
+        while True:  # a file damaged after it was stored: that case is left out and says why, the rest packs
             try:
-                arrays.append(self.read_case(case))
-            except StoreError as exc:
-                if not self._damaged(case):
-                    raise  # a locked, unreachable or unreadable-for-now file: nothing to record
-                error = f"stored file unreadable ({exc}); its checksum changed: re-extract it"
-                self._append(CaseRecord(case=case, status="failed", error=error))
-                damaged.append(case)
-        if damaged:  # a file damaged after it was stored: that case is left out and says why, the rest packs
-            cases = [c for c in cases if c not in damaged]
-            checksum = self.manifest_checksum()
-            if not cases:
-                raise StoreError(f"{self}: no readable ok case to pack; re-extract {', '.join(damaged[:5])}")
-        stem = f"{self.task}-{dtype}-{checksum[:16]}"
-        dims = {int(a.shape[0]) for a in arrays}
-        if len(dims) != 1:
-            raise StoreError(f"{self}: cases disagree on feature dimension D ({sorted(dims)})")
-        if self.task == "lp":
-            X = np.stack([_encode(a, dtype) for a in arrays])
-            files = {"X": f"{stem}.X.npy"}
-            self._save_npy(files["X"], X)
-            extra: dict[str, Any] = {}
-        else:
-            grids = np.array([a.shape[1:] for a in arrays], dtype=np.int64).reshape(len(arrays), 3)
-            offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
-            offsets[1:] = np.cumsum(grids.prod(axis=1))
-            files = {"tokens": f"{stem}.tokens.npy", "offsets": f"{stem}.offsets.npy"}
-            self._save_tokens(files["tokens"], arrays, dtype, int(offsets[-1]))
-            self._save_npy(files["offsets"], offsets)
-            extra = {"grids": grids.tolist()}
+                files, extra = self._write_packed(cases, f"{self.task}-{dtype}-{checksum[:16]}", dtype)
+                break
+            except _DamagedCase as exc:
+                damaged.append(exc.case)
+                cases = [c for c in cases if c != exc.case]
+                checksum = self.manifest_checksum()
+                if not cases:
+                    raise StoreError(
+                        f"{self}: no readable ok case to pack; re-extract {', '.join(damaged[:5])}"
+                    ) from None
         meta = {
             "checksum": checksum,
             "dtype": dtype,
@@ -597,6 +586,40 @@ class View:
         self._drop_stale(set(files.values()), meta_path.stem)
         return meta
 
+    def _write_packed(self, cases: list[str], stem: str, dtype: str) -> tuple[dict[str, str], dict[str, Any]]:
+        """Pack ``cases`` into ``packed/<stem>.*.npy``: one ``[N, D]`` array (lp) or the token rows with
+        their offsets (eao), read and written one case at a time (the records give every shape up front)."""
+        shapes = [tuple(self.record(c).shape) for c in cases]  # type: ignore[union-attr]
+        dims = {s[0] for s in shapes}
+        if len(dims) != 1:
+            raise StoreError(f"{self}: cases disagree on feature dimension D ({sorted(dims)})")
+        arrays = (self._read_packable(c, shape) for c, shape in zip(cases, shapes, strict=True))
+        if self.task == "lp":
+            files = {"X": f"{stem}.X.npy"}
+            self._save_npy(files["X"], np.stack([_encode(a, dtype) for a in arrays]))
+            return files, {}
+        grids = np.array([s[1:] for s in shapes], dtype=np.int64).reshape(len(shapes), 3)
+        offsets = np.zeros(len(shapes) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum(grids.prod(axis=1))
+        files = {"tokens": f"{stem}.tokens.npy", "offsets": f"{stem}.offsets.npy"}
+        self._save_tokens(files["tokens"], arrays, dtype, (int(offsets[-1]), dims.pop()))
+        self._save_npy(files["offsets"], offsets)
+        return files, {"grids": grids.tolist()}
+
+    def _read_packable(self, case: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A case's stored array; a damaged file (checksum changed) is recorded failed and raised as such."""
+        try:
+            arr = self.read_case(case)
+            if arr.shape != shape:
+                raise StoreError(f"{self}: {case}: stored array {arr.shape} differs from its record {shape}")
+            return arr
+        except StoreError as exc:
+            if not self._damaged(case):
+                raise  # a locked, unreachable or unreadable-for-now file: nothing to record
+            error = f"stored file unreadable ({exc}); its checksum changed: re-extract it"
+            self._append(CaseRecord(case=case, status="failed", error=error))
+            raise _DamagedCase(case) from exc
+
     def _damaged(self, case: str) -> bool:
         """Whether an ok case's file no longer has the checksum it was stored with."""
         rec = self.record(case)
@@ -607,19 +630,22 @@ class View:
         with atomic_path(self.packed_dir / name) as tmp, tmp.open("wb") as fh:
             np.save(fh, arr)
 
-    def _save_tokens(self, name: str, arrays: list[np.ndarray], dtype: str, total: int) -> None:
-        """Stream token rows into an .npy memmap so packing never needs two copies in memory."""
+    def _save_tokens(
+        self, name: str, arrays: Iterable[np.ndarray], dtype: str, shape: tuple[int, int]
+    ) -> None:
+        """Write token rows ``[total, D]`` as an .npy file one case at a time: memory holds one case, never
+        the whole cache (real token maps reach tens of GB)."""
         self.packed_dir.mkdir(parents=True, exist_ok=True)
-        dim = int(arrays[0].shape[0])
-        with atomic_path(self.packed_dir / name) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=_storage_dtype(dtype), shape=(total, dim))
-            row = 0
+        header = {"descr": np.lib.format.dtype_to_descr(_storage_dtype(dtype)), "fortran_order": False}
+        rows = 0
+        with atomic_path(self.packed_dir / name) as tmp, tmp.open("wb") as fh:
+            np.lib.format.write_array_header_2_0(fh, {**header, "shape": shape})
             for a in arrays:
-                tok = a.reshape(dim, -1).T
-                out[row : row + tok.shape[0]] = _encode(tok, dtype)
-                row += tok.shape[0]
-            out.flush()
-            del out
+                tok = np.ascontiguousarray(_encode(a.reshape(shape[1], -1).T, dtype))
+                fh.write(tok.data)
+                rows += tok.shape[0]
+            if rows != shape[0]:  # inside the atomic write: a short file is never published
+                raise StoreError(f"{self}: packed {rows} token rows, the records announce {shape[0]}")
 
     def _drop_stale(self, keep: set[str], prefix: str) -> None:
         for path in self.packed_dir.glob(f"{prefix}-*.npy"):

@@ -278,6 +278,28 @@ def test_packed_eao_offsets_grids_and_bfloat16(tmp_path: Path) -> None:
     np.testing.assert_allclose(bf.case_tokens(1), packed.case_tokens(1), rtol=1e-2, atol=1e-2)
 
 
+def test_packing_tokens_holds_one_case_in_memory_not_the_cache(tmp_path: Path) -> None:
+    """A real token cache is tens of GB: packing reads and writes one case at a time, and a damaged case
+    found midway still leaves the others packed."""
+    import tracemalloc
+
+    view = Store(tmp_path).view("m", "eao", "full")
+    case_mb = 64 * 8 * 8 * 8 * 4 / 2**20  # 0.125 MiB
+    arrays = {f"c{i:03d}": RNG.normal(size=(64, 8, 8, 8)).astype(np.float32) for i in range(120)}
+    for case, arr in arrays.items():
+        view.write_case(case, arr)
+    path = view.case_path("c060")
+    path.write_bytes(path.read_bytes()[:200])
+    tracemalloc.start()
+    packed = view.packed()
+    peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    assert peak_mb < 20 * case_mb, f"packing 15 MiB of tokens peaked at {peak_mb:.1f} MiB"
+    assert len(packed.cases) == 119 and "c060" not in packed.cases
+    assert packed.tokens.shape == (119 * 512, 64)
+    np.testing.assert_array_equal(packed.case_tokens(packed.index("c119")), arrays["c119"].reshape(64, -1).T)
+
+
 def test_bfloat16_round_trip_is_close() -> None:
     x = np.array([1.0, -2.5, 3.14159, 1e-3, 65504.0], np.float32)
     y = to_float32(to_bfloat16_bits(x), "bfloat16")
