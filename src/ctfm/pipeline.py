@@ -518,6 +518,8 @@ class Pipeline:
             write_leaderboard(
                 board, out, f"ctfm leaderboard: task {task} ({strategy}, {self.cfg.eval.split})"
             )
+            for line in board.missing_text.splitlines():
+                self.log(f"[yellow]warning: {escape(line)}[/]")
             return f"leaderboard {task}: {len(entries)} model(s) x {len(data)} disease(s) -> {out}"
 
         return Stage(f"leaderboard/{task}", key, run)

@@ -14,6 +14,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ctfm.evaluate.inference import JSON_SUFFIX, PRED_SUFFIX
 from eval_fixtures import DISEASE, write_labels, write_probe, write_store
 
 SKIPPED, FAILED = "synth_0011", "synth_0012"  # val cases: one never extracted, one failed extraction
@@ -270,6 +271,23 @@ def test_leaderboard_from_eval_outputs(evaluated: Path, tmp_path: Path, cli) -> 
     html = (out / "leaderboard.html").read_text()
     assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
     assert (out / "leaderboard.md").read_text().count("model_") >= 2
+    assert "has no result" not in html
+
+    partial = tmp_path / "partial"  # model_a has a second disease; model_b's eval stopped before it
+    shutil.copytree(evaluated, partial)
+    src = next(p for p in sorted(partial.rglob(f"*{PRED_SUFFIX}")) if "model_a" in p.parts)
+    disease = "gout"
+    second = Path(shutil.copytree(src.parent, partial / "model_a" / "lp" / disease / src.parent.name))
+    meta_path = second / src.name.replace(PRED_SUFFIX, JSON_SUFFIX)
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "disease": disease}))
+    proc = cli("leaderboard", "--results", partial, "--bootstrap", "0", "--out", tmp_path / "lb2")
+    line = f"model_b has no result for {disease}: ranked last there"
+    assert f"warning: {line}" in " ".join(proc.stderr.split())
+    for name in ("leaderboard.md", "leaderboard.html"):
+        assert line in (tmp_path / "lb2" / name).read_text(), name
+    assert json.loads((tmp_path / "lb2" / "leaderboard.json").read_text())["missing"] == {
+        "model_b": [disease]
+    }
 
 
 @pytest.mark.parametrize("kind", ["multiclass", "multilabel"])

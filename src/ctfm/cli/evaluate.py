@@ -176,6 +176,8 @@ def leaderboard_command(
     data, entries = gather(results, split, split_list(strategy) or None, task)
     lb = build_leaderboard(data, entries, split_list(metrics) or None, n_boot=bootstrap, seed=seed)
     paths = write_leaderboard(lb, out, title)
+    for line in lb.missing_text.splitlines():
+        console.print(f"[yellow]warning:[/] {plain(line)}", highlight=False, soft_wrap=True)
     title = f"{title}: {len(entries)} model(s) x {len(data)} disease(s), ranked on {', '.join(lb.metrics)}"
     table = leaderboard_table(lb.table(), title)
     Console().print(table)

@@ -69,6 +69,15 @@ class Leaderboard:
     degenerate: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [D, K] NaN resamples
     n_boot: int = 0
     seed: int = 0
+    missing: dict[str, list[str]] = field(default_factory=dict)  # entry -> diseases it has no result for
+
+    @property
+    def missing_text(self) -> str:
+        """One line per entry lacking diseases: they rank it last there, which a reader must be told."""
+        return "\n".join(
+            f"{e} has no result for {', '.join(ds)}: ranked last there (an unfinished or failed `ctfm eval`?)"
+            for e, ds in self.missing.items()
+        )
 
     @property
     def rank_interval(self) -> tuple[np.ndarray, np.ndarray]:
@@ -240,7 +249,19 @@ def build_leaderboard(
         degenerate=bad.max(axis=-1) if n_boot > 0 else np.zeros((len(data), len(metrics))),
         n_boot=max(n_boot, 0),
         seed=seed,
+        missing=missing_results(data, entries),
     )
+
+
+def missing_results(data: list[DiseaseData], entries: Sequence[str]) -> dict[str, list[str]]:
+    """Diseases each entry has no result for (absent from ``DiseaseData.present``)."""
+    missing: dict[str, list[str]] = {}
+    for dd in data:
+        if dd.present is not None:
+            for entry, here in zip(entries, dd.present, strict=True):
+                if not here:
+                    missing.setdefault(entry, []).append(dd.disease)
+    return missing
 
 
 # --------------------------------------------------------------------------------------------- gathering
@@ -379,6 +400,8 @@ def write_leaderboard(lb: Leaderboard, out: Path, title: str = "ctfm leaderboard
     md = f"# {title}\n\n{to_markdown(short)}\n"
     if tau.size:
         md += f"Kendall's tau-b (full vs resampled ranking): median {np.median(tau):.3f} over {tau.size} resamples.\n"
+    if lb.missing:
+        md += "".join(f"\n**Warning:** {line}\n" for line in lb.missing_text.splitlines())
     write_text_atomic(paths["md"], md)
     write_text_atomic(paths["pairwise"], lb.beats_table().to_csv())
     summary = {
@@ -387,6 +410,7 @@ def write_leaderboard(lb: Leaderboard, out: Path, title: str = "ctfm leaderboard
         "metrics": lb.metrics,
         "n_boot": lb.n_boot,
         "seed": lb.seed,
+        "missing": lb.missing,
         "table": json.loads(table.to_json(orient="records")),
         "kendall_tau_median": float(np.median(tau)) if tau.size else None,
         "degenerate_resamples": {

@@ -192,6 +192,7 @@ th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f3f3f3}td:nth-child(2){text-align:left}
 img{max-width:100%;display:block;margin:1em 0}
 .note{color:#555;font-size:13px;max-width:60em}
+.warning{color:#9a3412;font-size:13px;max-width:60em;font-weight:600}
 """
 
 
@@ -236,10 +237,11 @@ def leaderboard_html(lb: Leaderboard, title: str = "ctfm leaderboard") -> str:
         "rank_aggregate_then_rank averages each metric over diseases first. Rank intervals, win shares and "
         f"pairwise shares come from {lb.n_boot} case resamples per disease (seed {lb.seed})."
     )
+    warnings = "".join(f"<p class='warning'>{html.escape(line)}</p>" for line in lb.missing_text.splitlines())
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p class='note'>{html.escape(note)}</p>"
+        f"<h1>{html.escape(title)}</h1><p class='note'>{html.escape(note)}</p>{warnings}"
         f"<h2>Leaderboard</h2><div id='leaderboard'>{_table(main)}</div>"
         f"<p class='note'>{html.escape(tau_text)}</p>{imgs}"
         f"<h2>Pairwise: share of resamples in which the row model beats the column model</h2>"
