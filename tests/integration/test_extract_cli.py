@@ -151,3 +151,25 @@ def test_check_container_with_a_missing_images_folder_names_it(cli, tmp_path):
     proc = cli("check-container", "any:1", "--task", "eao", "--disease", "liver_cyst", "--images", missing,
                check=False)  # fmt: skip
     assert proc.returncode == 2 and f"{missing}: not a folder" in " ".join(proc.stderr.split())
+
+
+def test_disease_options_take_lists_alike_or_refuse_more_than_one(cli, tmp_path: Path) -> None:
+    """No command silently keeps only the last of several --disease values."""
+    root = _bench(tmp_path, n=2)
+    twice = cli(
+        "extract", "--extractor", "hu-stats", "--images", root / "images", "--store", tmp_path / "s",
+        "--masks", root / "fg_masks", "--disease", "fatty_liver", "--disease", "liver_cyst", check=False,
+    )  # fmt: skip
+    assert (twice.returncode, twice.stderr.strip()) == (
+        2,
+        "error: --disease takes one value here, not fatty_liver, liver_cyst: run the command once per value",
+    )
+    stray = cli("eval", "--runs", tmp_path, "--store", tmp_path, "--labels", tmp_path, "--disease", "ascites",
+                "--out", tmp_path / "e", check=False)  # fmt: skip
+    assert (stray.returncode, stray.stderr.strip()) == (
+        2,
+        "error: --disease goes with --predictions; checkpoints name their own",
+    )
+    bad = cli("masks", "--totalseg", tmp_path, "--out", tmp_path / "m", "--disease", "fatty_liver,gout",
+              check=False)  # fmt: skip
+    assert bad.returncode == 2 and "'gout' is not an ROI disease" in bad.stderr  # the list was split

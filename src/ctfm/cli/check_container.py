@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from ctfm.cli import plain
+from ctfm.cli import one_value, plain
 
 
 def _settings(**kwargs: Any) -> Any:
@@ -128,7 +128,9 @@ def _demo_inputs(images: Path | None, disease: str | None, tmp: Path) -> tuple[P
 def check_container_cmd(
     image: str = typer.Argument(..., help="Team tarball (<team>_lp.tar.gz) or a local image tag."),
     task: str = typer.Option("lp", "--task", help="lp or eao: which entry script to run."),
-    disease: str | None = typer.Option(None, "--disease", help="ROI disease: mount its masks as MASKS_DIR."),
+    diseases: list[str] | None = typer.Option(
+        None, "--disease", help="ROI disease: mount its masks as MASKS_DIR (one per run)."
+    ),
     images: Path | None = typer.Option(
         None, "--images", help="test_demo folder or folder of .nii.gz (default: a synthetic test_demo)."
     ),
@@ -142,6 +144,8 @@ def check_container_cmd(
     from rich.table import Table
 
     from ctfm.extract.docker import check_container, temporary_folder
+
+    disease = one_value(diseases, "--disease")
 
     console = Console()
     settings = _settings(task=task, gpus=gpus, memory=memory, timeout_per_case=timeout_per_case)

@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
-from ctfm.cli import plain
-from ctfm.cli.probe import split_list
+from ctfm.cli import one_value, plain, split_list
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,7 +68,7 @@ def eval_command(
     predictions: Path = typer.Option(
         None, "--predictions", help="Score a per-sample predictions CSV instead of checkpoints."
     ),
-    disease: str = typer.Option(
+    disease: list[str] = typer.Option(
         None, "--disease", help="With --predictions and a labels folder: the target."
     ),
     model: str = typer.Option(
@@ -87,11 +86,15 @@ def eval_command(
 
     if predictions is not None:
         result = inference.evaluate_predictions(
-            predictions, out, labels, disease, split, bootstrap, seed, model
+            predictions, out, labels, one_value(disease, "--disease"), split, bootstrap, seed, model
         )
         _metrics_table([result.row()], f"{predictions.name}")
         console.print(f"wrote {out}", markup=False)
         return
+    unused = [name for name, v in (("--disease", disease), ("--model", model)) if v]
+    if unused:
+        verb = "goes" if len(unused) == 1 else "go"
+        raise ConfigError(f"{' and '.join(unused)} {verb} with --predictions; checkpoints name their own")
     missing = [name for name, v in (("--runs", runs), ("--store", store), ("--labels", labels)) if v is None]
     if missing:
         raise ConfigError(f"ctfm eval needs {', '.join(missing)} (or --predictions CSV)")

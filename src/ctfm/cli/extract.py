@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from ctfm.cli import plain
+from ctfm.cli import one_value, plain
 
 
 def extract_cmd(
@@ -24,7 +24,9 @@ def extract_cmd(
     masks: Path | None = typer.Option(
         None, "--masks", help="fg_masks/<disease> or the fg_masks root; without it the view is 'full'."
     ),
-    disease: str | None = typer.Option(None, "--disease", help="ROI disease whose mask centres the crop."),
+    diseases: list[str] | None = typer.Option(
+        None, "--disease", help="ROI disease whose mask centres the crop (one per run)."
+    ),
     model: str | None = typer.Option(None, "--model", help="Model name in the store (default: extractor)."),
     workers: int = typer.Option(1, "--workers", help="DataLoader workers reading/preprocessing ahead."),
     batch_size: int = typer.Option(1, "--batch-size", help="Volumes per model call."),
@@ -50,6 +52,7 @@ def extract_cmd(
     cpuset: str | None = typer.Option(None, "--cpuset", help="Containers: CPU set, e.g. 0-7."),
 ) -> None:
     """Extract embeddings into the store; resumable, failed cases recorded, exit 1 if any failed."""
+    disease = one_value(diseases, "--disease")
     if (containers is not None or image) and extractor:
         from ctfm.errors import ConfigError
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ctfm.cli import plain
+from ctfm.cli import plain, split_list
 
 
 def masks(
@@ -19,7 +19,7 @@ def masks(
         None, "--labels", help="Folder of <disease>.csv: only the cases listed there (default: every case)."
     ),
     disease: list[str] | None = typer.Option(
-        None, "--disease", help="ROI disease (repeatable; default: all ROI diseases)."
+        None, "--disease", help="ROI disease(s), repeat or comma-separate (default: all ROI diseases)."
     ),
     workers: int = typer.Option(1, "--workers", min=1, help="Parallel worker processes."),
     margin_mm: float = typer.Option(0.0, "--margin-mm", min=0.0, help="Dilate masks by this many mm."),
@@ -41,7 +41,7 @@ def masks(
     from ctfm.masks import build_masks, cases_from_labels, run_totalsegmentator, totalsegmentator_missing
 
     console = Console(stderr=True)
-    diseases = list(disease) if disease else None
+    diseases = split_list(disease) or None
     cases = cases_from_labels(labels, diseases) if labels else None
     if run_totalseg:
         if images is None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from ctfm.cli import plain
+from ctfm.cli import plain, split_list
 
 if TYPE_CHECKING:
     from ctfm.probe.training import TrainConfig
@@ -24,14 +24,6 @@ PROBES = ("grid", "logreg")
 
 def register(app: typer.Typer) -> None:
     app.add_typer(probe_app, name="probe")
-
-
-def split_list(values: list[str] | None) -> list[str]:
-    """``["1e-3,1e-2", "0.1"]`` -> ``["1e-3", "1e-2", "0.1"]`` (commas or spaces separate values)."""
-    out: list[str] = []
-    for v in values or []:
-        out.extend(t for t in v.replace(",", " ").split() if t)
-    return out
 
 
 def _numbers(values: list[str] | None, kind: type, option: str) -> list[Any] | None:
