@@ -728,11 +728,9 @@ def _case_diseases(
 
 def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> Iterable[_Result]:
     """Cases in a process pool (or in-process for one worker), with a rich progress bar when asked."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from ctfm.progress import progress_bar
 
-    bar = Progress(
-        TextColumn("masks"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not progress
-    )
+    bar = progress_bar("masks", progress)
     if workers == 1 or len(jobs) <= 1:
         with bar:
             task = bar.add_task("masks", total=len(jobs))

@@ -17,6 +17,8 @@ def test_synth_then_check_passes(cli, tmp_path):
     assert len(list((out / "images").glob("*.nii.gz"))) == 6
     proc = cli("data", "check", out)
     assert "OK" in proc.stdout and "6 label maps" in proc.stdout
+    assert len(proc.stdout.strip().splitlines()) == 1  # piped, the output is the result: no progress bar
+    assert "━" not in proc.stdout + proc.stderr
 
 
 def test_check_on_damaged_copy_prints_every_problem_and_exits_1(cli, synth_bench, tmp_path, monkeypatch):

@@ -66,7 +66,7 @@ def check(
     report = check_benchmark(folder, workers=workers, progress=True, class_map=class_map)
     counts = ", ".join(f"{n} {k}" for k, n in report.counts.items())
     if report.ok:
-        console.print(f"[green]OK[/] {plain(folder)}: {counts}")
+        console.print(f"[green]OK[/] {plain(folder)}: {counts}", soft_wrap=True)
         return
     table = Table(title=f"{len(report.problems)} problem(s) in {plain(folder)}")
     for column in ("file", "case", "problem"):

@@ -104,7 +104,7 @@ def extract_cmd(
         cases=read_case_list(cases),
         seed=seed,
     )
-    summary = run_local(cfg, progress=True, console=console)
+    summary = run_local(cfg)
     print_summary(console, summary)
     if summary.failed:
         raise typer.Exit(1)

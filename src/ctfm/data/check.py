@@ -224,10 +224,9 @@ def check_benchmark(
     _check_duplicates(root, jobs, report)
     for kind in ("image", "totalseg", "mask"):
         report.counts[f"{kind}s" if kind != "totalseg" else "label maps"] = sum(j.kind == kind for j in jobs)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from ctfm.progress import progress_bar
 
-    columns = (TextColumn("check"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress) as bar, ThreadPoolExecutor(max(1, workers)) as pool:
+    with progress_bar("check", progress) as bar, ThreadPoolExecutor(max(1, workers)) as pool:
         task = bar.add_task("volumes", total=len(jobs))
         for found in pool.map(lambda j: _check_volume(root, j, class_map), jobs):
             report.problems.extend(found)

@@ -130,11 +130,10 @@ def render_and_write(job: CaseJob) -> CaseResult:
 
 def _run_jobs(jobs: list[CaseJob], workers: int, progress: bool) -> Iterator[CaseResult]:
     """Render jobs inline or in a process pool, with a rich progress bar."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from ctfm.progress import progress_bar
 
-    columns = (TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     if workers <= 1:
-        with Progress(*columns, disable=not progress) as bar:
+        with progress_bar("synth", progress) as bar:
             task = bar.add_task("cases", total=len(jobs))
             for job in jobs:
                 yield render_and_write(job)
@@ -143,7 +142,7 @@ def _run_jobs(jobs: list[CaseJob], workers: int, progress: bool) -> Iterator[Cas
     # Workers are forked before the progress bar starts its refresh thread.
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
         futures = [pool.submit(render_and_write, job) for job in jobs]
-        with Progress(*columns, disable=not progress) as bar:
+        with progress_bar("synth", progress) as bar:
             task = bar.add_task("cases", total=len(jobs))
             for fut in as_completed(futures):
                 yield fut.result()

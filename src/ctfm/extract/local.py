@@ -327,7 +327,7 @@ def prepare_run(cfg: ExtractConfig) -> tuple[View, Path | None, Any]:
     return view, mask_dir, extractor
 
 
-def run_local(cfg: ExtractConfig, progress: bool = True, console: Any = None) -> ExtractSummary:
+def run_local(cfg: ExtractConfig, progress: bool = True) -> ExtractSummary:
     """Extract every selected case into the store in this process; returns what happened."""
     from ctfm.extract.preprocess import Preprocessor, resolve_spec
 
@@ -343,7 +343,7 @@ def run_local(cfg: ExtractConfig, progress: bool = True, console: Any = None) ->
     runner = _Runner(view, extractor, cfg.task, summary)
     loader = make_loader(items, preprocessor, cfg.workers, cfg.batch_size)
     start = time.perf_counter()
-    with _progress(progress, console, len(items), summary.view) as advance:
+    with _progress(progress, len(items), summary.view) as advance:
         for batch in loader:
             runner.handle(batch)
             advance(len(batch))
@@ -354,22 +354,16 @@ def run_local(cfg: ExtractConfig, progress: bool = True, console: Any = None) ->
 class _progress:
     """A rich progress bar, or nothing (tests, benchmarks)."""
 
-    def __init__(self, enabled: bool, console: Any, total: int, label: str) -> None:
-        self.enabled, self.console, self.total, self.label = enabled, console, total, label
+    def __init__(self, enabled: bool, total: int, label: str) -> None:
+        self.enabled, self.total, self.label = enabled, total, label
         self._bar: Any = None
 
     def __enter__(self) -> Any:
         if not self.enabled:
             return lambda n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from ctfm.progress import progress_bar
 
-        self._bar = Progress(
-            TextColumn("[bold]extract[/] {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-        )
+        self._bar = progress_bar("[bold]extract[/] {task.description}")
         self._bar.__enter__()
         task = self._bar.add_task(self.label, total=self.total)
         return lambda n: self._bar.advance(task, n)

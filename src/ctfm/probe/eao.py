@@ -409,9 +409,9 @@ def _progress(enabled: bool, label: str, epochs: int) -> Iterator[Callable[[int,
     if not enabled:
         yield None
         return
-    from rich.progress import Progress
+    from ctfm.progress import progress_bar
 
-    with Progress(transient=True) as bar:
+    with progress_bar("{task.description}", transient=True) as bar:
         task = bar.add_task(label, total=epochs)
 
         def on_epoch(epoch: int, active: int) -> None:
