@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,15 @@ def is_partial(path: Path) -> bool:
     return path.name.startswith(".") and ".part" in path.name
 
 
-def remove_partials(folder: Path) -> None:
-    """Delete the temporaries a killed writer left under ``folder`` (call only where no writer runs)."""
+ABANDONED_S = 3600.0  # a temporary untouched this long has no writer left (writers touch it continuously)
+
+
+def remove_partials(folder: Path, older_than: float | None = None) -> None:
+    """Delete the temporaries a killed writer left under ``folder``: all of them where no writer can run,
+    or (``older_than`` seconds) only those nobody has written to for that long, where another run may."""
+    now = time.time()
     for path in Path(folder).rglob(".*.part*"):
-        if path.is_file() and is_partial(path):
-            path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            stale = older_than is None or now - path.stat().st_mtime > older_than
+            if stale and is_partial(path) and path.is_file():
+                path.unlink(missing_ok=True)

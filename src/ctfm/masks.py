@@ -29,7 +29,15 @@ import numpy as np
 from ctfm import nifti
 from ctfm.benchmark import ClassMap, configs_dir, load_benchmark
 from ctfm.errors import ConfigError, DataError
-from ctfm.fsutil import atomic_path, file_stamp, is_partial, write_bytes_atomic, write_text_atomic
+from ctfm.fsutil import (
+    ABANDONED_S,
+    atomic_path,
+    file_stamp,
+    is_partial,
+    remove_partials,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 
 REPORT_NAME = "masks_report.csv"
 REPORT_COLUMNS = ("case", "disease", "voxels", "volume_ml", "status", "message")
@@ -687,6 +695,8 @@ def build_masks(
         raise DataError(f"{totalseg_dir}: no label maps (<case>.nii.gz files or <case>/ class folders)")
     wanted = _case_diseases(cases, sources, names)
     out_dir = Path(out_dir)
+    if out_dir.is_dir():
+        remove_partials(out_dir, older_than=ABANDONED_S)  # a killed run's; a concurrent run's are newer
     report = MaskReport()
     jobs = []
     for case, case_diseases in wanted.items():
@@ -748,9 +758,20 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> Iterable[_Resul
 
 
 def write_report(rows: Sequence[MaskRow], path: Path) -> Path:
+    """Write the QC rows, keeping the earlier report's rows of other (case, disease) pairs: a run on some
+    diseases or cases must not erase what is known about the others."""
     import pandas as pd
 
     table = pd.DataFrame([asdict(r) for r in rows], columns=list(REPORT_COLUMNS))
+    try:
+        earlier = pd.read_csv(path, dtype={"case": str, "disease": str}, keep_default_na=False)
+    except (OSError, ValueError):
+        earlier = None  # no report yet, or unreadable: this run's rows alone
+    if earlier is not None and set(REPORT_COLUMNS) <= set(earlier.columns):
+        fresh = set(zip(table["case"], table["disease"], strict=True))
+        kept = [(c, d) not in fresh for c, d in zip(earlier["case"], earlier["disease"], strict=True)]
+        table = pd.concat([earlier.loc[kept, list(REPORT_COLUMNS)], table], ignore_index=True)
+        table = table.sort_values(["disease", "case"], kind="stable", ignore_index=True)
     write_text_atomic(path, table.to_csv(index=False))
     return path
 

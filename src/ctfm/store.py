@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ctfm.errors import StoreError
-from ctfm.fsutil import atomic_path, sha256_file, write_text_atomic
+from ctfm.fsutil import ABANDONED_S, atomic_path, remove_partials, sha256_file, write_text_atomic
 
 TASKS = ("lp", "eao")
 STATUSES = ("ok", "failed", "timeout")
@@ -407,6 +407,11 @@ class View:
                 continue
             out.append(case)
         return sorted(out)
+
+    def remove_abandoned(self) -> None:
+        """Delete temporaries (embeddings, packed arrays) a killed run left long ago; a live run's are kept."""
+        if self.dir.is_dir():
+            remove_partials(self.dir, older_than=ABANDONED_S)
 
     def is_done(self, case: str, inputs: str | None = None) -> bool:
         """True when the case is ok, its file is present and (when given) it was made from ``inputs``:

@@ -72,6 +72,13 @@ def test_ctfm_masks_on_synthetic_benchmark(cli, bench, tmp_path):
     assert set(report["status"]) <= {"ok", "organ_missing", "empty"} and len(report)
     again = cli("masks", "--totalseg", bench / "totalseg", "--out", out, "--labels", bench / "labels")
     assert "0 written" in again.stderr and "0 label map(s) read" in again.stderr
+    one = ROI[0]
+    cli("masks", "--totalseg", bench / "totalseg", "--out", out, "--disease", one, "--force")
+    redone = pd.read_csv(out / "masks_report.csv")  # one disease redone: the others' rows are kept
+    pd.testing.assert_frame_equal(
+        redone.drop(columns="message"),
+        report.sort_values(["disease", "case"], ignore_index=True).drop(columns="message"),
+    )
 
 
 def test_get_fg_mask_reference_flags(bench, tmp_path):

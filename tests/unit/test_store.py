@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import h5py
@@ -393,3 +394,20 @@ def test_missing_file_is_not_ok(tmp_path: Path) -> None:
     assert view.cases() == ["c001"] and not view.is_done("c000")
     with pytest.raises(StoreError, match="no embedding"):
         Store(tmp_path).view("m", "lp", "full").read_case("c404")
+
+
+def test_temporaries_of_a_killed_run_are_removed_but_a_live_runs_are_kept(tmp_path: Path) -> None:
+    view = Store(tmp_path).view("m", "lp", "full")
+    _fill_lp(view, n=2)
+    old = view.case_path("c000").with_name(".c005.h5.x1y2.part.h5")  # a SIGKILLed writer's, two hours ago
+    live = view.case_path("c000").with_name(".c006.h5.z3w4.part.h5")  # another run writing right now
+    packed = view.packed_dir / ".lp-float32-abc.X.npy.k9.part.npy"
+    for path in (old, live, packed):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    for path in (old, packed):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    view.remove_abandoned()
+    assert not old.exists() and not packed.exists() and live.exists()
+    assert sorted(view.cases()) == ["c000", "c001"]

@@ -804,6 +804,7 @@ class ContainerRunner:
         if progress is not None and report.skipped:
             progress(report.skipped)
         store_view.dir.mkdir(parents=True, exist_ok=True)
+        store_view.remove_abandoned()
         report.log_path = store_view.dir / "container.log"
         team = _TeamState(self, image, store_view, report, progress)
         for case, why in no_mask.items():

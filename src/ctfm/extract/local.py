@@ -332,6 +332,7 @@ def run_local(cfg: ExtractConfig, progress: bool = True) -> ExtractSummary:
     from ctfm.extract.preprocess import Preprocessor, resolve_spec
 
     view, mask_dir, extractor = prepare_run(cfg)
+    view.remove_abandoned()
     device = resolve_device(cfg.device)  # a wrong --device is an error even when every case is done
     spec = resolve_spec(extractor.preprocess)
     items, skipped, changed = plan_items(cfg, view, mask_dir, extraction_settings(cfg, extractor, spec))
