@@ -235,6 +235,18 @@ def _dilate(mask: np.ndarray, spacing: Sequence[float], margin_mm: float) -> np.
     return out
 
 
+def _dilate_organs(bits: np.ndarray, plan: _Plan, spacing: Sequence[float], margin_mm: float) -> np.ndarray:
+    """Each organ's bit dilated once by the margin. A group's dilation is the union of its organs' (a voxel
+    within the margin of the union is within it of one organ), so an organ shared by several diseases, such
+    as the liver, is dilated once instead of once per disease group."""
+    out = np.zeros_like(bits)
+    for organ in plan.organs:
+        bit = bits.dtype.type(plan.bit(organ))
+        grown = _dilate((bits & bit) != 0, spacing, margin_mm)
+        np.bitwise_or(out, bit, out=out, where=grown)
+    return out
+
+
 @dataclass(frozen=True)
 class _Bits:
     """Organ bits of a volume of ``shape``: ``crop`` inside ``box``, zero elsewhere (``box`` None: all zero)."""
@@ -277,14 +289,13 @@ def _group_slabs(
     if bits.box is None or bits.crop is None:
         return [empty] * len(plan.groups), set()
     box, crop = bits.box, bits.crop
-    pad = [int(np.ceil(margin_mm / s)) + 1 for s in spacing] if margin_mm > 0 else [0, 0, 0]
     if margin_mm > 0:  # room for the dilation: pad the crop with zeros
-        grown = _grow(box, pad, bits.shape)
+        grown = _grow(box, [int(np.ceil(margin_mm / s)) + 1 for s in spacing], bits.shape)
         padded = np.zeros(tuple(g.stop - g.start for g in grown), crop.dtype, order="F")
         padded[tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(box, grown, strict=True))] = (
             crop
         )
-        box, crop = grown, padded
+        box, crop = grown, _dilate_organs(padded, plan, spacing, margin_mm)
     profiles = [np.bitwise_or.reduce(crop, axis=tuple(b for b in range(3) if b != a)) for a in range(3)]
     present_bits = int(np.bitwise_or.reduce(profiles[2]))
     present = {o for o in plan.organs if present_bits & plan.bit(o)}
@@ -295,10 +306,8 @@ def _group_slabs(
         if not all(h.size for h in hits):
             slabs.append(empty)
             continue
-        gbox = _grow(tuple(slice(int(h[0]), int(h[-1]) + 1) for h in hits), pad, crop.shape)
+        gbox = tuple(slice(int(h[0]), int(h[-1]) + 1) for h in hits)
         mask = (crop[gbox] & group_bits) != 0
-        if margin_mm > 0:
-            mask = _dilate(mask, spacing, margin_mm)
         at = [slice(b.start + gb.start, b.start + gb.stop) for b, gb in zip(box, gbox, strict=True)]
         slab = np.zeros((nx, ny, mask.shape[2]), np.uint8, order="F")
         slab[at[0], at[1], :] = mask
