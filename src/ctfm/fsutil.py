@@ -110,6 +110,41 @@ def is_partial(path: Path) -> bool:
     return path.name.startswith(".") and ".part" in path.name
 
 
+LOCK_NAME = ".ctfm.lock"
+
+
+@contextlib.contextmanager
+def exclusive_use(folder: Path) -> Iterator[None]:
+    """Hold ``<folder>/.ctfm.lock`` while writing there: a second ctfm process on the same folder is refused
+    with one line (two writers would do the work twice and delete each other's temporaries)."""
+    from ctfm.errors import DataError
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX: no advisory locks
+        yield
+        return
+    with (folder / LOCK_NAME).open("a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise DataError(
+                f"{folder}: in use by another ctfm process (pid {holder}); wait for it or use another folder"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 ABANDONED_S = 3600.0  # a temporary untouched this long has no writer left (writers touch it continuously)
 
 

@@ -32,6 +32,7 @@ from ctfm.errors import ConfigError, DataError
 from ctfm.fsutil import (
     ABANDONED_S,
     atomic_path,
+    exclusive_use,
     file_stamp,
     is_partial,
     remove_partials,
@@ -704,31 +705,31 @@ def build_masks(
         raise DataError(f"{totalseg_dir}: no label maps (<case>.nii.gz files or <case>/ class folders)")
     wanted = _case_diseases(cases, sources, names)
     out_dir = Path(out_dir)
-    if out_dir.is_dir():
-        remove_partials(out_dir, older_than=ABANDONED_S)  # a killed run's; a concurrent run's are newer
-    report = MaskReport()
-    jobs = []
-    for case, case_diseases in wanted.items():
-        if case not in sources:
-            where = Path(totalseg_dir) / f"{case}{nifti.NII_SUFFIX}"
-            msg = f"{where}: no label map (neither {where.name} nor folder {case}/)"
-            report.rows += [MaskRow(case, d, 0, 0.0, FAILED, msg) for d in case_diseases]
-            for disease in case_diseases:
-                _drop_stale_mask(mask_path(out_dir, disease, case))
-            continue
-        jobs.append(
-            _Job(sources[case], tuple(case_diseases), out_dir, cmap, class_map is None, margin_mm, force)
-        )
-    report.workers = min(workers, max(1, len(jobs)))
-    for result in _run_jobs(jobs, workers, progress):
-        report.rows += result.rows
-        report.written += result.written
-        report.skipped += result.skipped
-        report.maps_read += result.read
-    order = {d: i for i, d in enumerate(names)}
-    report.rows.sort(key=lambda r: (r.case, order.get(r.disease, len(order))))
-    report.path = write_report(report.rows, out_dir / REPORT_NAME)
-    return report
+    with exclusive_use(out_dir):  # a second masks run into this folder is refused
+        remove_partials(out_dir, older_than=ABANDONED_S)  # what a killed run left
+        report = MaskReport()
+        jobs = []
+        for case, case_diseases in wanted.items():
+            if case not in sources:
+                where = Path(totalseg_dir) / f"{case}{nifti.NII_SUFFIX}"
+                msg = f"{where}: no label map (neither {where.name} nor folder {case}/)"
+                report.rows += [MaskRow(case, d, 0, 0.0, FAILED, msg) for d in case_diseases]
+                for disease in case_diseases:
+                    _drop_stale_mask(mask_path(out_dir, disease, case))
+                continue
+            jobs.append(
+                _Job(sources[case], tuple(case_diseases), out_dir, cmap, class_map is None, margin_mm, force)
+            )
+        report.workers = min(workers, max(1, len(jobs)))
+        for result in _run_jobs(jobs, workers, progress):
+            report.rows += result.rows
+            report.written += result.written
+            report.skipped += result.skipped
+            report.maps_read += result.read
+        order = {d: i for i, d in enumerate(names)}
+        report.rows.sort(key=lambda r: (r.case, order.get(r.disease, len(order))))
+        report.path = write_report(report.rows, out_dir / REPORT_NAME)
+        return report
 
 
 def _case_diseases(

@@ -32,7 +32,7 @@ import yaml
 from rich.markup import escape
 
 from ctfm.errors import CtfmError, DataError
-from ctfm.fsutil import file_stamp, write_text_atomic
+from ctfm.fsutil import exclusive_use, file_stamp, write_text_atomic
 from ctfm.runconfig import ContainerSpec, ExtractorSpec, RunConfig, fingerprint
 
 Log = Callable[[str], None]
@@ -526,8 +526,11 @@ class Pipeline:
 
 
 def run_pipeline(cfg: RunConfig, log: Log | None = None, progress: bool = False) -> RunResult:
-    """Run (or resume) everything ``cfg`` describes; see the module docstring for the layout."""
-    return Pipeline(cfg, log, progress).run()
+    """Run (or resume) everything ``cfg`` describes; see the module docstring for the layout. A second run on
+    the same output folder is refused while this one runs."""
+    pipeline = Pipeline(cfg, log, progress)
+    with exclusive_use(pipeline.out / ".ctfm"):
+        return pipeline.run()
 
 
 def _task_keys(stage_keys: dict[str, list[str | None]]) -> dict[str, str]:

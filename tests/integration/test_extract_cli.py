@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -173,3 +174,22 @@ def test_disease_options_take_lists_alike_or_refuse_more_than_one(cli, tmp_path:
     bad = cli("masks", "--totalseg", tmp_path, "--out", tmp_path / "m", "--disease", "fatty_liver,gout",
               check=False)  # fmt: skip
     assert bad.returncode == 2 and "'gout' is not an ROI disease" in bad.stderr  # the list was split
+
+
+def test_a_second_process_on_the_same_store_view_is_refused(cli, tmp_path: Path) -> None:
+    """Two extractions into one view would do the work twice and delete each other's temporaries."""
+    from ctfm.fsutil import exclusive_use
+
+    root = _bench(tmp_path, n=2)
+    view = Store(tmp_path / "store").view("hu-stats", "lp", "full")
+    args = ("extract", "--extractor", "hu-stats", "--images", root / "images", "--store", tmp_path / "store")
+    with exclusive_use(view.dir):  # this test process plays the other run
+        busy = cli(*args, check=False)
+    assert (busy.returncode, busy.stderr.strip()) == (
+        2,
+        f"error: {view.dir}: in use by another ctfm process (pid {os.getpid()}); wait for it or use another "
+        "folder",
+    )
+    assert not view.cases()
+    cli(*args)  # free again
+    assert view.cases() == ["case_00", "case_01"]

@@ -50,7 +50,7 @@ from ctfm.extract.validate import (
     check_output,
     feature_dim,
 )
-from ctfm.fsutil import link_or_copy, sha256_file
+from ctfm.fsutil import exclusive_use, link_or_copy, sha256_file
 
 LABEL = "ctfm.runner"
 LABEL_PID = "ctfm.pid"
@@ -784,41 +784,43 @@ class ContainerRunner:
 
         s = self.settings
         store_view = Store(self.store_root).view(image.team, s.task, view)
-        all_inputs, no_mask = collect_inputs(images_dir, masks_dir, cases)
-        report = TeamReport(
-            team=store_view.model, task=s.task, view=view, image_id=image.image_id, image_size=image.size
-        )
-        records = store_view.records()
-        todo = []
-        for ci in all_inputs:
-            rec = records.get(ci.case)
-            if (
-                not s.force
-                and rec is not None
-                and rec.image_id == image.image_id
-                and store_view.is_done(ci.case, ci.inputs(image.image_id))
-            ):
-                report.skipped += 1
-                continue
-            todo.append(ci)
-        if progress is not None and report.skipped:
-            progress(report.skipped)
-        store_view.dir.mkdir(parents=True, exist_ok=True)
-        store_view.remove_abandoned()
-        report.log_path = store_view.dir / "container.log"
-        team = _TeamState(self, image, store_view, report, progress)
-        for case, why in no_mask.items():
-            store_view.record_failure(case, "failed", why, image_id=image.image_id)
-            team._set(CaseOutcome(case, "failed", 0.0, why))
-        slots = list(s.gpus) or [None]
-        cpusets = [s.cpuset] * len(slots) if s.cpuset else _split_cpus(len(slots))
-        chunks = [[ci] for ci in todo] if s.per_case else _chunks(todo, s.batch_cases)
-        with report.log_path.open("ab") as log_fh:
-            team.log_fh = log_fh
-            _run_parallel(chunks, slots, cpusets, lambda chunk, gpu, cpus: team.run_chunk(chunk, gpu, cpus))
-        if report.outcomes:
-            report.timing_csv = store_view.write_timing_csv(image.team)
-        return report
+        with exclusive_use(store_view.dir):  # a second runner on this team's view is refused
+            all_inputs, no_mask = collect_inputs(images_dir, masks_dir, cases)
+            report = TeamReport(
+                team=store_view.model, task=s.task, view=view, image_id=image.image_id, image_size=image.size
+            )
+            records = store_view.records()
+            todo = []
+            for ci in all_inputs:
+                rec = records.get(ci.case)
+                if (
+                    not s.force
+                    and rec is not None
+                    and rec.image_id == image.image_id
+                    and store_view.is_done(ci.case, ci.inputs(image.image_id))
+                ):
+                    report.skipped += 1
+                    continue
+                todo.append(ci)
+            if progress is not None and report.skipped:
+                progress(report.skipped)
+            store_view.remove_abandoned()
+            report.log_path = store_view.dir / "container.log"
+            team = _TeamState(self, image, store_view, report, progress)
+            for case, why in no_mask.items():
+                store_view.record_failure(case, "failed", why, image_id=image.image_id)
+                team._set(CaseOutcome(case, "failed", 0.0, why))
+            slots = list(s.gpus) or [None]
+            cpusets = [s.cpuset] * len(slots) if s.cpuset else _split_cpus(len(slots))
+            chunks = [[ci] for ci in todo] if s.per_case else _chunks(todo, s.batch_cases)
+            with report.log_path.open("ab") as log_fh:
+                team.log_fh = log_fh
+                _run_parallel(
+                    chunks, slots, cpusets, lambda chunk, gpu, cpus: team.run_chunk(chunk, gpu, cpus)
+                )
+            if report.outcomes:
+                report.timing_csv = store_view.write_timing_csv(image.team)
+            return report
 
 
 class _TeamState:

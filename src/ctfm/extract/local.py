@@ -23,7 +23,7 @@ import numpy as np
 from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError, CtfmError, DataError, StoreError
 from ctfm.extract.inputs import case_inputs, mask_of, select_cases
-from ctfm.fsutil import digest, file_stamp, sha256_file
+from ctfm.fsutil import digest, exclusive_use, file_stamp, sha256_file
 from ctfm.store import FULL_VIEW, CaseRecord, Store, View
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -328,12 +328,20 @@ def prepare_run(cfg: ExtractConfig) -> tuple[View, Path | None, Any]:
 
 
 def run_local(cfg: ExtractConfig, progress: bool = True) -> ExtractSummary:
-    """Extract every selected case into the store in this process; returns what happened."""
+    """Extract every selected case into the store in this process; returns what happened. The view is held
+    for the run: a second process extracting into it is refused."""
+    view, mask_dir, extractor = prepare_run(cfg)
+    device = resolve_device(cfg.device)  # a wrong --device is an error even when every case is done
+    with exclusive_use(view.dir):
+        view.remove_abandoned()
+        return _extract_view(cfg, view, mask_dir, extractor, device, progress)
+
+
+def _extract_view(
+    cfg: ExtractConfig, view: View, mask_dir: Path | None, extractor: Any, device: str, progress: bool
+) -> ExtractSummary:
     from ctfm.extract.preprocess import Preprocessor, resolve_spec
 
-    view, mask_dir, extractor = prepare_run(cfg)
-    view.remove_abandoned()
-    device = resolve_device(cfg.device)  # a wrong --device is an error even when every case is done
     spec = resolve_spec(extractor.preprocess)
     items, skipped, changed = plan_items(cfg, view, mask_dir, extraction_settings(cfg, extractor, spec))
     summary = ExtractSummary(view=f"{view.model}/{view.task}/{view.view}", skipped=skipped, changed=changed)

@@ -26,7 +26,7 @@ from rich.markup import escape
 from ctfm import __version__
 from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError, CtfmError
-from ctfm.fsutil import remove_partials, write_text_atomic
+from ctfm.fsutil import exclusive_use, remove_partials, write_text_atomic
 from ctfm.probe.data import DiseaseData, current_input_key, few_shot, fold_columns, load_disease
 from ctfm.probe.layout import DiseaseLayout, RunLayout
 from ctfm.probe.report import write_reports
@@ -391,7 +391,9 @@ def run_probe(
                 on_run(name, tag)
 
         try:
-            outcomes.append(run_disease(options, task, disease, log, counted))
+            layout = DiseaseLayout.of(options.out, options.model, disease, task.name)
+            with exclusive_use(layout.dir):  # a second probe of this disease into this folder is refused
+                outcomes.append(run_disease(options, task, disease, log, counted))
         except CtfmError as exc:
             if stop_on_error:
                 raise
