@@ -127,9 +127,9 @@ def exclusive_use(folder: Path) -> Iterator[None]:
         yield
         return
     with (folder / LOCK_NAME).open("a+") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        try:  # a POSIX record lock: held by this process only, so workers it forked never keep it alive
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             fh.seek(0)
             holder = fh.read().strip() or "unknown"
             raise DataError(
@@ -142,7 +142,7 @@ def exclusive_use(folder: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            fcntl.lockf(fh, fcntl.LOCK_UN)
 
 
 ABANDONED_S = 3600.0  # a temporary untouched this long has no writer left (writers touch it continuously)
