@@ -11,7 +11,7 @@ opens each case's ``.h5`` file on every access, a ``DataLoader`` with inverse-fr
 weight decay at constant lr, batch 8, val evaluated every epoch. ctfm: the same files imported into a store,
 the packed token cache read batch by batch, every learning rate trained as one stacked module (``fit_eao``) with
 the same rules (``configs/benchmark.yaml``, section ``eao``), same batch size, epochs and seed. Each side runs in
-its own child process so its peak memory (ru_maxrss) is its own; the one-off import + pack of the store cache
+its own child process so its peak memory (VmHWM) is its own; the one-off import + pack of the store cache
 runs in a third one (reported apart). On a GPU (``--device cuda --ref-device cuda``: both sides there) ctfm
 replays its steps as CUDA graphs, as ``ctfm probe eao`` does; ``--eager`` times it without them.
 
@@ -24,13 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchlib import peak_rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -185,7 +186,7 @@ def _reference(args: dict, queue: mp.Queue) -> None:
         bacc = batched_metrics(y[val], logits, np.zeros(len(heads)))["val_balanced_acc"]
         best = max(best, float(np.max(bacc)))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     queue.put({"seconds": seconds, "cpu_seconds": cpu, "peak_mib": peak, "best_val_bacc": best})
 
 
@@ -235,7 +236,7 @@ def _ctfm(args: dict, queue: mp.Queue) -> None:
         data, specs, args["lrs"], config, weight_decay=args["weight_decay"], cuda_graphs=not args["eager"]
     )
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     queue.put(
         {
             "seconds": seconds,

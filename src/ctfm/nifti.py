@@ -225,22 +225,25 @@ def gzip_compress_sparse(head: bytes, body: np.ndarray, zeros_before: int = 0, z
 
 
 def gzip_decompress(data: bytes, min_size: int = 0) -> bytes:
-    """Decompress a whole gzip file: libdeflate when installed, else zlib.
+    """Decompress a whole gzip file: libdeflate when installed, else zlib into one buffer of the size the
+    gzip trailer announces (``gzip.decompress`` grows its output and peaks at twice the volume).
 
-    libdeflate decodes only the first member of a multi-member file: a result shorter than ``min_size`` (what
-    the caller knows the content must hold) or an error falls back to :func:`gzip.decompress`, which reads all.
+    Both decode only the first member of a multi-member file: a result shorter than ``min_size`` (what the
+    caller knows the content must hold) or an error falls back to :func:`gzip.decompress`, which reads all.
     """
     try:
         import deflate
 
         out = deflate.gzip_decompress(data)
-        if len(out) >= min_size:
-            return out
     except ImportError:
-        pass
+        try:
+            size = struct.unpack("<I", data[-4:])[0] if len(data) >= 4 else 0  # ISIZE: size mod 2**32
+            out = zlib.decompress(data, 31, bufsize=max(size, 1))
+        except zlib.error:
+            out = b""
     except Exception:  # e.g. streams over 4 GiB: let zlib handle them
-        pass
-    return gzip.decompress(data)
+        out = b""
+    return out if out and len(out) >= min_size else gzip.decompress(data)
 
 
 def read_image_fast(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
