@@ -33,9 +33,9 @@ from ctfm.fsutil import (
     ABANDONED_S,
     atomic_path,
     exclusive_use,
-    file_stamp,
     is_partial,
     remove_partials,
+    sha256_file,
     write_bytes_atomic,
     write_text_atomic,
 )
@@ -507,7 +507,7 @@ def cases_from_labels(labels_dir: Path, diseases: Iterable[str] | None = None) -
 
 # ------------------------------------------------------------------------------------------- one case
 def _digest(organs: Sequence[str], class_map: ClassMap | None, margin_mm: float, inputs: list) -> str:
-    """What a mask was built from: settings and the input files' stamps, so any change rebuilds it."""
+    """What a mask was built from: settings and the input files' hashes, so any change rebuilds it."""
     ids = {o: (class_map.ids.get(o) if class_map else o) for o in sorted(organs)}
     settings = {"v": FORMAT_VERSION, "ids": ids, "margin": round(float(margin_mm), 6), "inputs": inputs}
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
@@ -530,13 +530,14 @@ def _parse_descrip(path: Path) -> tuple[str, int, str, float] | None:
     return None
 
 
-def _input_stamps(src: LabelSource, organs: Iterable[str]) -> list[tuple[str, int, int]]:
-    """(name, size, mtime in ns) of each input file: a replaced label map changes them even when it is
-    older than the mask (``cp -p``, ``rsync -a``, ``tar x`` keep the source's time)."""
+def _input_hashes(src: LabelSource, organs: Iterable[str]) -> list[tuple[str, str]]:
+    """(name, sha256) of each input file. Content, not stamps: a label map replaced by an older file is
+    noticed, while a copied or touched dataset rebuilds nothing, and the same inputs give byte-identical
+    masks wherever they are built (label maps are small compressed: hashing costs milliseconds)."""
     files = (
         [src.path] if src.layout == MULTILABEL else [f for f in map(src.organ_file, organs) if f.is_file()]
     )
-    return [file_stamp(f) for f in files]
+    return [(f.name, sha256_file(f)) for f in files]
 
 
 @dataclass(frozen=True)
@@ -610,7 +611,7 @@ def process_case(job: _Job) -> _Result:
     cmap = job.class_map if src.layout == MULTILABEL else None
     try:
         todo: list[int] = []
-        stamps = _input_stamps(src, plan.organs)
+        stamps = _input_hashes(src, plan.organs)
         for g, organs in enumerate(plan.groups):
             digest = _digest(organs, cmap, job.margin_mm, stamps)
             paths = [mask_path(job.out_dir, d, src.case) for d in plan.members[g]]

@@ -161,7 +161,8 @@ class _DamagedCase(Exception):
         self.case = case
 
 
-_TIMING_FIELDS = ("seconds", "written_at")  # how long and when, not what: left out of checksums
+# how long, when and the files' stamps, not what was stored from what: left out of checksums
+_NOT_CONTENT = ("seconds", "written_at", "inputs")
 
 
 @dataclass
@@ -186,7 +187,12 @@ class CaseRecord:
     extractor: str = ""
     extractor_version: str = ""
     image_id: str = ""  # container image id (docker runner)
-    inputs: str = ""  # digest of the input files and extraction settings; a change redoes the case
+    inputs: str = (
+        ""  # digest of the input files' stamps and `settings`: unchanged, the case is reused at once
+    )
+    settings: str = (
+        ""  # digest of what besides the files made it: extractor, weights, preprocessing, team image
+    )
     written_at: float = 0.0  # unix time the row was appended (added beyond the plan's contract)
 
     def to_json(self, exclude: tuple[str, ...] = ()) -> str:
@@ -433,7 +439,8 @@ class View:
 
     def manifest_checksum(self, cases: Iterable[str] | None = None) -> str:
         """sha256 over the latest records, sorted by case: changes whenever one of those records changes
-        (but not with the time a run took or when it wrote: an identical re-extraction keeps it).
+        (but not with the time a run took, when it wrote or the input files' stamps: an identical
+        re-extraction, or the same inputs copied elsewhere, keep it).
 
         ``cases`` restricts it to some cases (a case without a record counts as absent), so a head trained on
         the train/val cases stays valid when test cases are extracted later.
@@ -442,7 +449,7 @@ class View:
         digest = hashlib.sha256()
         for case in sorted(self._records if cases is None else set(cases)):
             record = self._records.get(case)
-            text = record.to_json(exclude=_TIMING_FIELDS) if record else f"{case}: absent"
+            text = record.to_json(exclude=_NOT_CONTENT) if record else f"{case}: absent"
             digest.update(text.encode() + b"\n")
         return digest.hexdigest()
 
@@ -500,6 +507,16 @@ class View:
         if current is None or current.status != "ok":
             raise StoreError(f"{case}: no stored embedding to retime in {self}")
         rec = dataclasses.replace(current, seconds=round(float(seconds), 4))
+        self._append(rec)
+        return rec
+
+    def restamp(self, case: str, inputs: str) -> CaseRecord:
+        """Record new input stamps for a stored case whose inputs were found unchanged in content (a copy or
+        a touch): a new manifest row, the file untouched, so the next run's check is quick again."""
+        current = self.record(case)
+        if current is None or current.status != "ok":
+            raise StoreError(f"{case}: no stored embedding to restamp in {self}")
+        rec = dataclasses.replace(current, inputs=inputs)
         self._append(rec)
         return rec
 

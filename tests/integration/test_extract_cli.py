@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import h5py
+import nibabel as nib
 import numpy as np
 
 from ctfm.store import Store
@@ -111,7 +112,10 @@ def test_extract_redoes_cases_whose_inputs_changed(cli, tmp_path: Path) -> None:
     images, masks = root / "images", root / "fg_masks" / "fatty_liver"
     shutil.copy2(images / "case_03.nii.gz", images / "case_00.nii.gz")  # replaced by an older file's copy
     shutil.copy2(masks / "case_03.nii.gz", masks / "case_00.nii.gz")
-    (masks / "case_01.nii.gz").write_bytes((masks / "case_02.nii.gz").read_bytes())  # a mask redone
+    redone = nib.load(masks / "case_01.nii.gz")
+    smaller = np.asarray(redone.dataobj).copy()
+    smaller[:, :, :10] = 0
+    nib.save(nib.Nifti1Image(smaller, redone.affine), masks / "case_01.nii.gz")  # a mask redone, smaller
     again = cli(*args, *roi, "--seed", "7")  # hu-stats does not use the seed: no reason to redo the others
     assert "extracted again 2 stored case(s)" in again.stdout and "case_00, case_01" in again.stdout
     np.testing.assert_array_equal(view.read_case("case_00"), before["case_03"])
@@ -121,6 +125,35 @@ def test_extract_redoes_cases_whose_inputs_changed(cli, tmp_path: Path) -> None:
     lines = len(view.manifest_path.read_text().splitlines())
     cli(*args, *roi)
     assert len(view.manifest_path.read_text().splitlines()) == lines  # now all up to date
+
+
+def test_extract_reuses_embeddings_of_copied_or_touched_inputs(cli, tmp_path: Path) -> None:
+    """New stamps with the same content (a dataset copied elsewhere, masks rebuilt identically) redo
+    nothing: the recorded hashes decide, the embeddings and the store checksum stay, and the next run is
+    quick again (no more manifest rows)."""
+    root = _bench(tmp_path)
+    store = tmp_path / "store"
+    args = ("extract", "--extractor", "hu-stats", "--store", store, "--workers", "0")
+    roi = ("--masks", root / "fg_masks", "--disease", "fatty_liver")
+    cli(*args, "--images", root / "images", *roi)
+    view = Store(store).view("hu-stats", "lp", "fatty_liver")
+    checksum = view.manifest_checksum()
+    files = {c: (view.dir / view.record(c).file).stat().st_mtime_ns for c in view.cases()}
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "images", copy)  # copytree keeps the times: set them apart
+    for path in copy.iterdir():
+        os.utime(path, (1e9, 1e9))
+    os.utime(root / "fg_masks" / "fatty_liver" / "case_01.nii.gz")  # touched: now
+    reused = cli(*args, "--images", copy, *roi)
+    assert "extracted again" not in reused.stdout
+    assert {c: (view.dir / view.record(c).file).stat().st_mtime_ns for c in view.cases()} == files
+    assert view.manifest_checksum() == checksum
+    lines = len(view.manifest_path.read_text().splitlines())
+    cli(*args, "--images", copy, *roi)
+    assert len(view.manifest_path.read_text().splitlines()) == lines
+    (copy / "case_02.nii.gz").write_bytes((copy / "case_03.nii.gz").read_bytes())  # new content: redone
+    redone = cli(*args, "--images", copy, *roi)
+    assert "extracted again 1 stored case(s)" in redone.stdout and "case_02" in redone.stdout
 
 
 def test_extract_cnn3d_eao_whole_scan_batched(cli, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -274,7 +275,7 @@ def test_resume_does_no_work_and_settings_change_redoes(tmp_path, body):
         (r.case, r.voxels, r.status) for r in first.rows
     ]
     assert second.rows[0].volume_ml == pytest.approx(first.rows[0].volume_ml)
-    # a new margin, --force, or a newer label map each redo work
+    # a new margin, --force, or a label map with new content each redo work; a touched one does not
     assert build_masks(tmp_path / "ts", tmp_path / "out", ["fatty_liver"], margin_mm=5).written == 2
     assert build_masks(tmp_path / "ts", tmp_path / "out", ["fatty_liver"], margin_mm=5).written == 0
     assert (
@@ -282,9 +283,29 @@ def test_resume_does_no_work_and_settings_change_redoes(tmp_path, body):
     )
     later = (tmp_path / "out" / "fatty_liver" / "c1.nii.gz").stat().st_mtime + 10
     os.utime(tmp_path / "ts" / "c1.nii.gz", (later, later))
+    assert build_masks(tmp_path / "ts", tmp_path / "out", ["fatty_liver"], margin_mm=5).written == 0
+    save(
+        np.where(label == V2.id_of("spleen"), 0, label).astype(label.dtype),
+        affine,
+        tmp_path / "ts" / "c1.nii.gz",
+    )
     redo = build_masks(tmp_path / "ts", tmp_path / "out", ["fatty_liver"], margin_mm=5)
     assert redo.written == 1 and redo.maps_read == 1
     assert not [p for p in (tmp_path / "out").rglob("*") if ".part" in p.name]
+
+
+def test_the_same_inputs_give_byte_identical_masks_wherever_they_are(tmp_path, body):
+    """Masks record what they were built from by content: a copied, touched dataset builds the same bytes
+    (and so the same mask hashes in every store that extracts from them)."""
+    label, affine = body
+    save(label, affine, tmp_path / "a" / "c1.nii.gz")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    os.utime(tmp_path / "b" / "c1.nii.gz", (1e9, 1e9))
+    for name in ("a", "b"):
+        build_masks(tmp_path / name, tmp_path / f"out_{name}", ["fatty_liver", "hydronephrosis"])
+    for disease in ("fatty_liver", "hydronephrosis"):
+        a, b = (tmp_path / f"out_{n}" / disease / "c1.nii.gz" for n in ("a", "b"))
+        assert a.read_bytes() == b.read_bytes()
 
 
 def test_a_label_map_replaced_by_an_older_file_rebuilds_its_masks(tmp_path, body):

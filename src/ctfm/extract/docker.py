@@ -780,6 +780,7 @@ class ContainerRunner:
         progress: Callable[[int], None] | None = None,
     ) -> TeamReport:
         """Run one team's image over ``images_dir`` into the store view; resumable per image id."""
+        from ctfm.extract.inputs import is_current
         from ctfm.store import Store
 
         s = self.settings
@@ -789,16 +790,9 @@ class ContainerRunner:
             report = TeamReport(
                 team=store_view.model, task=s.task, view=view, image_id=image.image_id, image_size=image.size
             )
-            records = store_view.records()
             todo = []
             for ci in all_inputs:
-                rec = records.get(ci.case)
-                if (
-                    not s.force
-                    and rec is not None
-                    and rec.image_id == image.image_id
-                    and store_view.is_done(ci.case, ci.inputs(image.image_id))
-                ):
+                if not s.force and is_current(store_view, ci.case, ci.image, ci.mask, image.image_id):
                     report.skipped += 1
                     continue
                 todo.append(ci)
@@ -853,6 +847,7 @@ class _TeamState:
             "extractor_version": (self.image.tags or [self.image.image_id])[0],
             "image_id": self.image.image_id,
             "inputs": ci.inputs(self.image.image_id),
+            "settings": self.image.image_id,
         }
 
     def ingest(self, out: ValidOutput, seconds: float) -> bool:

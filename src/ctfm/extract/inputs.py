@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ctfm.errors import DataError
-from ctfm.fsutil import digest, file_stamp
+from ctfm.fsutil import digest, file_stamp, sha256_file
 from ctfm.nifti import NII_SUFFIX, case_id, list_volumes, refuse_duplicates
-from ctfm.store import check_case
+from ctfm.store import View, check_case
 
 
 def read_case_list(value: str | None) -> list[str] | None:
@@ -51,5 +51,24 @@ def mask_of(mask_dir: Path, image: Path) -> tuple[Path, str | None]:
 
 def case_inputs(image: Path, mask: Path | None, settings: str) -> str:
     """Digest of what a case's embedding is made from: its image's and mask's stamps and the run's
-    ``settings``. A stored case whose digest differs is extracted again instead of being reused."""
+    ``settings``. A stored case whose digest differs is checked by content (:func:`is_current`)."""
     return digest([file_stamp(image), file_stamp(mask) if mask is not None else None, settings])
+
+
+def is_current(view: View, case: str, image: Path, mask: Path | None, settings: str) -> bool:
+    """True when the view holds ``case`` made from these files and ``settings``.
+
+    Quick when the files' stamps (size, mtime) are the recorded ones. Otherwise the files' content is compared
+    with the hashes recorded at extraction: a dataset copied elsewhere, touched, or masks rebuilt identically
+    are not extracted again (the case is restamped, so the next check is quick); changed content is.
+    """
+    inputs = case_inputs(image, mask, settings)
+    if view.is_done(case, inputs):
+        return True
+    rec = view.record(case)
+    if rec is None or not rec.settings or rec.settings != settings or not view.is_done(case):
+        return False
+    if rec.image_sha256 != sha256_file(image) or rec.mask_sha256 != (sha256_file(mask) if mask else ""):
+        return False
+    view.restamp(case, inputs)
+    return True

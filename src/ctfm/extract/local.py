@@ -22,7 +22,7 @@ import numpy as np
 
 from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError, CtfmError, DataError, StoreError
-from ctfm.extract.inputs import case_inputs, mask_of, select_cases
+from ctfm.extract.inputs import case_inputs, is_current, mask_of, select_cases
 from ctfm.fsutil import digest, exclusive_use, file_stamp, sha256_file
 from ctfm.store import FULL_VIEW, CaseRecord, Store, View
 
@@ -58,6 +58,7 @@ class CaseItem:
     mask: Path | None = None
     error: str = ""
     inputs: str = ""  # see case_inputs
+    settings: str = ""  # see extraction_settings
 
 
 @dataclass
@@ -119,11 +120,12 @@ def plan_items(
     again because their image, mask or the extraction ``settings`` changed since they were stored."""
     todo, skipped, changed = [], [], []
     for case, image in select_cases(cfg.images, cfg.cases):
-        item = CaseItem(case=case, image=image)
+        item = CaseItem(case=case, image=image, settings=settings)
         if mask_dir is not None:
             item.mask, item.error = mask_of(mask_dir, image)
-        item.inputs = case_inputs(image, None if item.error else item.mask, settings)
-        if not cfg.force and view.is_done(case, item.inputs):
+        mask = None if item.error else item.mask
+        item.inputs = case_inputs(image, mask, settings)
+        if not cfg.force and not item.error and is_current(view, case, image, mask, settings):
             skipped.append(case)
             continue
         if not cfg.force and view.is_done(case):
@@ -249,6 +251,7 @@ def _record(sample: Sample, extractor: Any, seconds: float) -> CaseRecord:
         extractor=extractor.name,
         extractor_version=str(extractor.version),
         inputs=sample.item.inputs,
+        settings=sample.item.settings,
     )
 
 
