@@ -96,6 +96,13 @@ class Benchmark:
         """The challenge ranks teams on these metrics (mean rank over diseases and metrics)."""
         return list(self.raw["ranking"]["metrics"])
 
+    def default(self, section: str, key: str) -> Any:
+        """A default the CLI and ``ctfm run`` share (``container_limits``, ``evaluation``, ``ranking``)."""
+        try:
+            return self.raw[section][key]
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"{BENCHMARK_FILE} has no {section}.{key}") from exc
+
     @property
     def chest_tasks(self) -> dict[str, str]:
         return dict(self.raw.get("chest_tasks", {}))
@@ -143,7 +150,9 @@ def load_benchmark(path: Path | None = None) -> Benchmark:
     """Load the benchmark definition (default: the shipped ``configs/benchmark.yaml``)."""
     path = Path(path) if path else configs_dir() / BENCHMARK_FILE
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(
+            path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        )  # CLI start-up
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read benchmark definition {path}: {exc}") from exc
     for key in ("name", "roi_diseases", "nonroi_diseases", "class_maps", "labels"):

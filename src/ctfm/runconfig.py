@@ -66,8 +66,10 @@ class ContainerSpec:
     folder: Path | None = None
     image: str | None = None
     baseline: bool = False
-    timeout_per_case: float = 300.0
-    memory: str = "8g"
+    timeout_per_case: float = field(
+        default_factory=lambda: float(load_benchmark().default("container_limits", "timeout_per_case_s"))
+    )
+    memory: str = field(default_factory=lambda: str(load_benchmark().default("container_limits", "memory")))
     tasks: list[Literal["lp", "eao"]] | None = None  # default: the run's tasks
 
 
@@ -102,15 +104,17 @@ class ProbeSection:
 
 @dataclass
 class EvalSection:
-    split: Literal["val", "test"] = "test"
+    split: Literal["val", "test"] = field(
+        default_factory=lambda: load_benchmark().default("evaluation", "split")
+    )
     strategies: list[str] = field(default_factory=lambda: ["val_balanced_acc"])
-    bootstrap: int = 1000
+    bootstrap: int = field(default_factory=lambda: int(load_benchmark().default("evaluation", "bootstrap")))
 
 
 @dataclass
 class LeaderboardSection:
     metrics: list[str] = field(default_factory=lambda: load_benchmark().ranking_metrics)
-    bootstrap: int = 1000
+    bootstrap: int = field(default_factory=lambda: int(load_benchmark().default("ranking", "bootstrap")))
 
 
 @dataclass

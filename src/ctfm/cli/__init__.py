@@ -1,6 +1,16 @@
 """Command-line layer: parse options, call the library, print. Heavy imports happen inside commands."""
 
+from typing import Any
+
 from rich.markup import escape
+
+from ctfm.benchmark import load_benchmark
+
+
+def default(section: str, key: str) -> Any:
+    """An option default from ``configs/benchmark.yaml``, which ``ctfm run`` uses too; read when the command
+    is defined, so ``--help`` shows it."""
+    return load_benchmark().default(section, key)
 
 
 def plain(value: object) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from ctfm.cli import one_value, plain
+from ctfm.cli import default, one_value, plain
 
 
 def _settings(**kwargs: Any) -> Any:
@@ -135,8 +135,12 @@ def check_container_cmd(
         None, "--images", help="test_demo folder or folder of .nii.gz (default: a synthetic test_demo)."
     ),
     gpus: str = typer.Option("", "--gpus", help="GPU ids, e.g. 0."),
-    memory: str = typer.Option("32g", "--memory", help="Memory limit (swap equal)."),
-    timeout_per_case: float = typer.Option(900.0, "--timeout-per-case", help="Seconds per case."),
+    memory: str = typer.Option(
+        default("container_limits", "memory"), "--memory", help="Memory limit (swap equal)."
+    ),
+    timeout_per_case: float = typer.Option(
+        default("container_limits", "timeout_per_case_s"), "--timeout-per-case", help="Seconds per case."
+    ),
     log: Path | None = typer.Option(None, "--log", help="Write the container's stdout/stderr here."),
 ) -> None:
     """Dry-run a team image under the production settings; prints pass/fail per check, exit 1 on fail."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
-from ctfm.cli import one_value, plain, split_list
+from ctfm.cli import default, one_value, plain, split_list
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,7 +60,8 @@ def eval_command(
     split: str = typer.Option(
         None,
         "--split",
-        help="Split to score: val, test or train (default val; with --predictions: all labelled cases).",
+        help=f"Split to score: val, test or train (default {default('evaluation', 'split')}; with "
+        "--predictions: all labelled cases).",
     ),
     strategy: list[str] = typer.Option(
         None, "--strategy", help="Checkpoint strategies to score (default: all)."
@@ -75,7 +76,10 @@ def eval_command(
         None, "--model", help="With --predictions: model name (default: the CSV's folder)."
     ),
     bootstrap: int = typer.Option(
-        2000, "--bootstrap", help="Bootstrap resamples for the 95 % intervals (0: none).", min=0
+        default("evaluation", "bootstrap"),
+        "--bootstrap",
+        help="Bootstrap resamples for the 95 % intervals (0: none).",
+        min=0,
     ),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
@@ -98,7 +102,7 @@ def eval_command(
     missing = [name for name, v in (("--runs", runs), ("--store", store), ("--labels", labels)) if v is None]
     if missing:
         raise ConfigError(f"ctfm eval needs {', '.join(missing)} (or --predictions CSV)")
-    split = split or "val"
+    split = split or default("evaluation", "split")
     if split not in ("val", "test", "train"):
         raise ConfigError(f"--split must be val, test or train, not {split!r}")
     from rich.progress import Progress
@@ -167,7 +171,10 @@ def leaderboard_command(
     task: str = typer.Option(None, "--task", help="Task to rank (lp or eao) when results hold both."),
     strategy: list[str] = typer.Option(None, "--strategy", help="Only these checkpoint strategies."),
     bootstrap: int = typer.Option(
-        1000, "--bootstrap", help="Case resamples per disease for rank stability (0: none).", min=0
+        default("ranking", "bootstrap"),
+        "--bootstrap",
+        help="Case resamples per disease for rank stability (0: none).",
+        min=0,
     ),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     title: str = typer.Option("ctfm leaderboard", "--title", help="Page title."),

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from ctfm.cli import one_value, plain
+from ctfm.cli import default, one_value, plain
 
 
 def extract_cmd(
@@ -42,9 +42,13 @@ def extract_cmd(
     ),
     image: list[str] = typer.Option([], "--image", help="Run a local team image by tag (repeatable)."),
     gpus: str = typer.Option("", "--gpus", help="Containers: GPU ids, e.g. 0,1 (one container per GPU)."),
-    memory: str = typer.Option("32g", "--memory", help="Containers: memory limit (swap equal)."),
+    memory: str = typer.Option(
+        default("container_limits", "memory"), "--memory", help="Containers: memory limit (swap equal)."
+    ),
     timeout_per_case: float = typer.Option(
-        900.0, "--timeout-per-case", help="Containers: wall-clock seconds per case (batch: x cases)."
+        default("container_limits", "timeout_per_case_s"),
+        "--timeout-per-case",
+        help="Containers: wall-clock seconds per case (batch: x cases).",
     ),
     per_case: bool = typer.Option(False, "--per-case", help="Containers: one container per case."),
     batch_cases: int = typer.Option(16, "--batch-cases", help="Containers: cases per container."),

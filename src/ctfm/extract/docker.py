@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError, ContainerError, DataError
 from ctfm.extract.validate import (
     DEFAULT_MAX_BYTES,
@@ -67,13 +68,15 @@ class RunSettings:
     """Limits and mode of a container run. The same object drives ``extract`` and ``check-container``."""
 
     task: str = "lp"
-    memory: str = "32g"
+    memory: str = field(default_factory=lambda: str(load_benchmark().default("container_limits", "memory")))
     shm_size: str = "2g"
     tmp_size: str = "4g"
     pids_limit: int = 4096
     cpuset: str | None = None  # default: the CPUs of this process, split between concurrent GPU workers
     gpus: tuple[str, ...] = ()
-    timeout_per_case: float = 900.0
+    timeout_per_case: float = field(
+        default_factory=lambda: float(load_benchmark().default("container_limits", "timeout_per_case_s"))
+    )
     batch_cases: int = 16
     per_case: bool = False
     user: str | None = None  # default: the invoking uid:gid, or nobody (65534) when running as root
@@ -281,8 +284,6 @@ def team_from_tag(tag: str) -> str:
 
 def discover_tarballs(folder: Path, task: str) -> dict[str, Path]:
     """``<team>_<task>.tar.gz`` files of a submissions folder, by team."""
-    from ctfm.benchmark import load_benchmark
-
     suffix = load_benchmark().section("container")["tarball_suffix"][task]
     folder = Path(folder)
     if not folder.is_dir():
@@ -558,7 +559,6 @@ class ContainerRunner:
         from docker.types import DeviceRequest, LogConfig
 
         import docker
-        from ctfm.benchmark import load_benchmark
 
         if self._stop.is_set():
             raise KeyboardInterrupt("runner stopping")

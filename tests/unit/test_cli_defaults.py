@@ -1,0 +1,42 @@
+"""The CLI and ``ctfm run`` take their shared defaults from one place (``configs/benchmark.yaml``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from typer.main import get_command
+
+from ctfm.benchmark import load_benchmark
+from ctfm.cli.main import app
+from ctfm.extract.docker import RunSettings
+from ctfm.runconfig import ContainerSpec, EvalSection, LeaderboardSection
+
+
+def option_default(command: str, name: str) -> Any:
+    cmd = get_command(app).commands[command]  # type: ignore[attr-defined]
+    return next(p.default for p in cmd.params if p.name == name)
+
+
+def test_container_limits_are_the_same_from_the_cli_and_a_run_config() -> None:
+    limits = load_benchmark().section("container_limits")
+    for command in ("extract", "check-container"):
+        assert option_default(command, "memory") == RunSettings().memory == ContainerSpec().memory
+        assert option_default(command, "memory") == limits["memory"]
+        timeout = option_default(command, "timeout_per_case")
+        assert timeout == RunSettings().timeout_per_case == ContainerSpec().timeout_per_case
+        assert timeout == limits["timeout_per_case_s"]
+
+
+def test_scoring_defaults_are_the_same_from_the_cli_and_a_run_config() -> None:
+    bench = load_benchmark()
+    assert (
+        option_default("eval", "bootstrap")
+        == EvalSection().bootstrap
+        == bench.default("evaluation", "bootstrap")
+    )
+    assert EvalSection().split == bench.default("evaluation", "split") == "val"  # public labels: train/val
+    assert (
+        option_default("leaderboard", "bootstrap")
+        == LeaderboardSection().bootstrap
+        == bench.default("ranking", "bootstrap")
+    )
