@@ -267,6 +267,8 @@ def read_image_fast(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
         needed = offset + int(np.prod(head.shape)) * head.get_data_dtype().itemsize
         if len(raw) < needed:  # a multi-member gzip cut short by libdeflate, or a truncated file
             raw = gzip_decompress(blob, min_size=needed)
+        if len(raw) < needed:
+            raise EOFError(f"{len(raw)} of {needed} bytes")
         if float(proxy.slope) == 1.0 and float(proxy.inter) == 0.0:
             shape = tuple(int(s) for s in head.shape)
             data = np.ndarray(shape, head.get_data_dtype(), buffer=raw, offset=offset, order="F")
@@ -274,7 +276,9 @@ def read_image_fast(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
         else:  # scaled data: let nibabel apply the scaling
             img = nib.Nifti1Image.from_bytes(raw)
             data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # zlib, nibabel header and shape errors all mean: unreadable
+    except (EOFError, zlib.error) as exc:  # the data stops early or does not inflate
+        raise DataError(f"{path}: truncated or corrupt NIfTI data ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # gzip, nibabel header and shape errors all mean: unreadable
         raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
     return data, img
 

@@ -80,8 +80,15 @@ def test_read_image_fast_matches_nibabel_and_names_bad_files(tmp_path):
     assert np.array_equal(nifti.read_image_fast(tmp_path / "ext.nii.gz")[0], data)
     blob = (tmp_path / "a.nii.gz").read_bytes()
     (tmp_path / "cut.nii.gz").write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(DataError, match=r"cut\.nii\.gz"):
+    with pytest.raises(DataError, match=r"cut\.nii\.gz: truncated or corrupt"):
         nifti.read_image_fast(tmp_path / "cut.nii.gz")
+    inner = gzip.compress(nib.Nifti1Image(data, img.affine).to_bytes()[:-50])  # whole gzip, NIfTI cut short
+    (tmp_path / "short.nii.gz").write_bytes(inner)
+    with pytest.raises(DataError, match=r"short\.nii\.gz: truncated or corrupt NIfTI data \(EOFError"):
+        nifti.read_image_fast(tmp_path / "short.nii.gz")
+    (tmp_path / "text.nii.gz").write_text("not a scan")
+    with pytest.raises(DataError, match=r"text\.nii\.gz: not a readable NIfTI file"):
+        nifti.read_image_fast(tmp_path / "text.nii.gz")
 
 
 def test_read_image_fast_reads_multi_member_gzip(tmp_path):

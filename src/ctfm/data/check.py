@@ -23,7 +23,7 @@ from ctfm.benchmark import load_benchmark
 from ctfm.data.synth import read_manifest
 from ctfm.errors import ConfigError, DataError
 from ctfm.labels import read_labels
-from ctfm.nifti import Geometry, case_id, duplicate_cases, geometry, list_volumes, read_array
+from ctfm.nifti import Geometry, case_id, duplicate_cases, geometry, list_volumes, read_image_fast
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def _v1_evidence(labels: np.ndarray, affine: np.ndarray) -> str | None:
 def _check_volume(root: Path, job: _VolumeJob, class_map: str) -> list[Problem]:
     rel, case = _rel(root, job.path), case_id(job.path)
     try:
-        data, img = read_array(job.path)
+        data, img = read_image_fast(job.path)  # one decompression, not nibabel's stream
     except DataError as exc:
         return [Problem(rel, case, _message(exc, job.path))]
     problems: list[Problem] = []
