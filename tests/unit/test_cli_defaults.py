@@ -40,3 +40,16 @@ def test_scoring_defaults_are_the_same_from_the_cli_and_a_run_config() -> None:
         == LeaderboardSection().bootstrap
         == bench.default("ranking", "bootstrap")
     )
+
+
+def test_probe_help_states_the_protocol_the_command_follows() -> None:
+    """``ctfm probe lp|eao --help`` lists the configured protocol: what runs when an option is not given."""
+    probe = get_command(app).commands["probe"]  # type: ignore[attr-defined]
+    for command, section in (("lp", "linear_probe"), ("eao", "eao")):
+        conf = load_benchmark().section(section)
+        text = " ".join(probe.commands[command].help.split())
+        assert f"Defaults ({section} in configs/benchmark.yaml)" in text
+        assert f"batch {conf['batch_size']}, {conf['epochs']} epochs" in text
+        assert f"patience {conf['patience']} from epoch {conf['min_epoch']}" in text
+        assert f"{len(conf['lrs'])} lrs" in text
+    assert "norms raw, std" in " ".join(probe.commands["lp"].help.split())

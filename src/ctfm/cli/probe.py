@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from ctfm.benchmark import load_benchmark
 from ctfm.cli import plain, split_list
 
 if TYPE_CHECKING:
@@ -20,6 +21,39 @@ probe_app = typer.Typer(help="Train probes on stored embeddings.", no_args_is_he
 console = Console(stderr=True)
 
 PROBES = ("grid", "logreg")
+LP_SUMMARY = (
+    "Linear probing (task 1): the reference grid of linear heads, trained as one batched computation."
+)
+EAO_SUMMARY = (
+    "Embedding aggregation (task 2): token heads x learning rates trained together on the packed tokens."
+)
+
+
+def protocol_help(section: str, summary: str) -> str:
+    """A command's help: what it does, then the protocol it follows unless told otherwise, read from
+    ``configs/benchmark.yaml`` so ``--help`` never drifts from what runs."""
+    c = load_benchmark().section(section)
+    lrs = [float(v) for v in c["lrs"]]
+    parts = [
+        f"{len(lrs)} lrs {min(lrs):g}..{max(lrs):g}",
+        "weight decays " + ", ".join(f"{float(w):g}" for w in c["weight_decays"]),
+    ]
+    if "norms" in c:
+        parts.append("norms " + ", ".join(c["norms"]))
+    if "head" in c:
+        parts.append(
+            f"head {c['head']} ({c['num_queries']} queries, {c['num_heads']} attention heads, "
+            f"{c['num_layers']} layers, ffn x{c['ffn_mult']:g}, dropout {c['dropout']:g})"
+        )
+    parts += [
+        f"{c['optimizer']}, batch {c['batch_size']}, {c['epochs']} epochs",
+        f"schedule {c['schedule']} ({c['warmup_epochs']} warm-up epochs)",
+        f"sampling {c['sampling']}",
+        f"early stopping on {c['monitor']} (EMA {c['ema_decay']:g}), patience {c['patience']} from epoch "
+        f"{c['min_epoch']}",
+        "checkpoints " + ", ".join(c["strategies"]),
+    ]
+    return f"{summary}\n\nDefaults ({section} in configs/benchmark.yaml): {'; '.join(parts)}."
 
 
 def register(app: typer.Typer) -> None:
@@ -145,7 +179,7 @@ WeightDecaysOpt = Annotated[
         "--weight-decays",
         "--wds",
         "--weight-decay",
-        help="Weight decays, e.g. 1e-4,1e-3 (default: config; lp 1e-5..1e-2, eao 0 and one value only).",
+        help="Weight decays, e.g. 1e-4,1e-3 (eao: one value).",
     ),
 ]
 ScheduleOpt = Annotated[
@@ -207,7 +241,7 @@ def _report(outcomes: list, title: str) -> None:
         raise typer.Exit(1)
 
 
-@probe_app.command("lp")
+@probe_app.command("lp", help=protocol_help("linear_probe", LP_SUMMARY))
 def lp(
     store: StoreOpt,
     model: ModelOpt,
@@ -218,14 +252,12 @@ def lp(
     probe: Annotated[
         str, typer.Option("--probe", help="grid (batched linear heads) or logreg (scikit-learn).")
     ] = "grid",
-    optimizer: Annotated[
-        str | None, typer.Option("--optimizer", help="adamw or sgd (default: config).")
-    ] = None,
+    optimizer: Annotated[str | None, typer.Option("--optimizer", help="adamw or sgd.")] = None,
     schedule: ScheduleOpt = None,
     warmup_epochs: WarmupEpochsOpt = None,
     sampling: SamplingOpt = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs (default 150).")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size (default 128).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size.")] = None,
     lrs: Annotated[list[str] | None, typer.Option("--lrs", help="Learning rates, e.g. 1e-4,1e-3.")] = None,
     wds: WeightDecaysOpt = None,
     norms: Annotated[list[str] | None, typer.Option("--norms", help="Input norms: raw, l2, std, ln.")] = None,
@@ -256,7 +288,7 @@ def lp(
     wandb: WandbOpt = False,
     force: ForceOpt = False,
 ) -> None:
-    """Linear probing (task 1): the reference grid of linear heads, trained as one batched computation."""
+    """See ``LP_SUMMARY``; ``--help`` adds the protocol defaults."""
     from ctfm.errors import ConfigError
     from ctfm.probe.runner import ProbeOptions, linear_task
 
@@ -289,7 +321,7 @@ def lp(
     _report(outcomes, f"ctfm probe lp — {options.model} -> {options.out}")
 
 
-@probe_app.command("eao")
+@probe_app.command("eao", help=protocol_help("eao", EAO_SUMMARY))
 def eao(
     store: StoreOpt,
     model: ModelOpt,
@@ -299,40 +331,32 @@ def eao(
     all_: AllOpt = False,
     head: Annotated[
         list[str] | None,
-        typer.Option(
-            "--head", help="Head(s): attn-pool, mean-linear, abmil, mlp (default: config, attn-pool)."
-        ),
+        typer.Option("--head", help="Head(s): attn-pool, mean-linear, abmil, mlp."),
     ] = None,
     num_queries: Annotated[
-        int | None, typer.Option("--num-queries", help="attn-pool learnable queries (default 2).")
+        int | None, typer.Option("--num-queries", help="attn-pool learnable queries.")
     ] = None,
-    num_heads: Annotated[
-        int | None, typer.Option("--num-heads", help="attn-pool attention heads (default 4).")
-    ] = None,
+    num_heads: Annotated[int | None, typer.Option("--num-heads", help="attn-pool attention heads.")] = None,
     num_layers: Annotated[
-        int | None, typer.Option("--num-layers", help="attn-pool cross-attention layers (default 2).")
+        int | None, typer.Option("--num-layers", help="attn-pool cross-attention layers.")
     ] = None,
     ffn_mult: Annotated[
-        float | None, typer.Option("--ffn-mult", help="attn-pool feed-forward width multiplier (1).")
+        float | None, typer.Option("--ffn-mult", help="attn-pool feed-forward width multiplier.")
     ] = None,
     dropout: Annotated[
-        float | None, typer.Option("--dropout", help="Dropout of attn-pool, abmil and mlp (0).")
+        float | None, typer.Option("--dropout", help="Dropout of attn-pool, abmil and mlp.")
     ] = None,
     hidden: Annotated[
         int | None, typer.Option("--hidden", help="Hidden width of abmil (128) and mlp (256).")
     ] = None,
-    lrs: Annotated[
-        list[str] | None, typer.Option("--lrs", help="Learning rates (default: config eao.lrs).")
-    ] = None,
+    lrs: Annotated[list[str] | None, typer.Option("--lrs", help="Learning rates, e.g. 1e-4,1e-3.")] = None,
     wds: WeightDecaysOpt = None,
     optimizer: Annotated[str | None, typer.Option("--optimizer", help="adamw or sgd.")] = None,
     schedule: ScheduleOpt = None,
     warmup_epochs: WarmupEpochsOpt = None,
     sampling: SamplingOpt = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs (default 1000).")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Train batch size (default 8).")
-    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Train batch size.")] = None,
     eval_batch_size: Annotated[
         int | None,
         typer.Option(
@@ -349,13 +373,11 @@ def eao(
         ),
     ] = True,
     patience: Annotated[
-        int | None, typer.Option("--patience", help="Early-stopping patience in epochs (default 50).")
+        int | None, typer.Option("--patience", help="Early-stopping patience in epochs.")
     ] = None,
     min_epoch: MinEpochOpt = None,
     ema: EmaOpt = None,
-    monitor: Annotated[
-        str | None, typer.Option("--monitor", help="Early-stopping metric (default val_balanced_acc).")
-    ] = None,
+    monitor: Annotated[str | None, typer.Option("--monitor", help="Early-stopping metric.")] = None,
     dtype: Annotated[
         str, typer.Option("--dtype", help="Packed token cache: float32, float16 or bfloat16.")
     ] = "float32",
@@ -368,7 +390,7 @@ def eao(
     wandb: WandbOpt = False,
     force: ForceOpt = False,
 ) -> None:
-    """Embedding aggregation (task 2): token heads x learning rates trained together on the packed tokens."""
+    """See ``EAO_SUMMARY``; ``--help`` adds the protocol defaults."""
     from ctfm.probe.eao import eao_head_specs, eao_task
     from ctfm.probe.runner import ProbeOptions, run_probe
 
