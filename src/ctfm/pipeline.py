@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from rich.markup import escape
@@ -34,6 +34,9 @@ from rich.markup import escape
 from ctfm.errors import CtfmError, DataError
 from ctfm.fsutil import exclusive_use, file_stamp, write_text_atomic
 from ctfm.runconfig import ContainerSpec, ExtractorSpec, RunConfig, fingerprint
+
+if TYPE_CHECKING:
+    from ctfm.extract.local import ExtractConfig, ExtractSummary
 
 Log = Callable[[str], None]
 
@@ -267,43 +270,49 @@ class Pipeline:
 
     # -- extraction -------------------------------------------------------------------------------------
     def _extract_model(self, spec: ExtractorSpec, data_key: str, masks_key: str) -> dict[str, dict[str, str]]:
-        """Extract every task and view needed with one built-in (or plug-in) extractor: {model: {task: key}}."""
+        """Extract every task and view needed with one built-in (or plug-in) extractor: {model: {task: key}}.
+
+        Each task x view stays a stage of its own (keys, resumption, reports); their work is one shared pass.
+        """
         model = spec.model or spec.name
+        tasks = spec.tasks or self.cfg.tasks
+        shared = _SharedPass(
+            {(t, v): self._extract_config(spec, model, t, v) for t in tasks for v in self.views},
+            self.progress,
+        )
         keys: dict[str, list[str | None]] = {}
-        for task in spec.tasks or self.cfg.tasks:
+        for task in tasks:
             for view in self.views:
                 key = fingerprint(
                     data_key, masks_key if view != "full" else "", spec, task, view, self.cfg.probe.device
                 )
-                stage = Stage(
-                    f"extract/{model}/{task}/{view}", key, self._extract_runner(spec, model, task, view)
-                )
+                stage = Stage(f"extract/{model}/{task}/{view}", key, self._extract_runner(shared, task, view))
                 keys.setdefault(task, []).append(self._run_one(stage))
         return {model: _task_keys(keys)}
 
-    def _extract_runner(self, spec: ExtractorSpec, model: str, task: str, view: str) -> Callable[[], str]:
-        def run() -> str:
-            from ctfm.extract.local import ExtractConfig, run_local
+    def _extract_config(self, spec: ExtractorSpec, model: str, task: str, view: str) -> ExtractConfig:
+        from ctfm.extract.local import ExtractConfig
 
-            summary = run_local(
-                ExtractConfig(
-                    extractor=spec.name,
-                    images=self.data_root / "images",
-                    store=self.store_root,
-                    task=task,
-                    masks=None if view == "full" else self.masks_root,
-                    disease=None if view == "full" else view,
-                    model=model,
-                    workers=spec.workers,
-                    batch_size=spec.batch_size,
-                    device=self.cfg.probe.device,
-                    weights=spec.weights,
-                    seed=self.cfg.seed,
-                ),
-                progress=self.progress,
-            )
+        return ExtractConfig(
+            extractor=spec.name,
+            images=self.data_root / "images",
+            store=self.store_root,
+            task=task,
+            masks=None if view == "full" else self.masks_root,
+            disease=None if view == "full" else view,
+            model=model,
+            workers=spec.workers,
+            batch_size=spec.batch_size,
+            device=self.cfg.probe.device,
+            weights=spec.weights,
+            seed=self.cfg.seed,
+        )
+
+    def _extract_runner(self, shared: _SharedPass, task: str, view: str) -> Callable[[], str]:
+        def run() -> str:
+            summary = shared.summary(task, view)
             for case, error in summary.failed:
-                self.log(f"[yellow]{model}/{task}/{view} {case}: {escape(error)}[/]")
+                self.log(f"[yellow]{escape(summary.view)} {case}: {escape(error)}[/]")
             detail = (
                 f"{summary.view}: {len(summary.ok)} extracted, {len(summary.skipped)} already stored, "
                 f"{len(summary.failed)} failed"
@@ -531,6 +540,30 @@ def run_pipeline(cfg: RunConfig, log: Log | None = None, progress: bool = False)
     pipeline = Pipeline(cfg, log, progress)
     with exclusive_use(pipeline.out / ".ctfm"):
         return pipeline.run()
+
+
+class _SharedPass:
+    """Every task and view of one extractor, extracted in one pass the first time a stage needs any of them
+    (``run_local_many``: each image is read once). Later stages of the extractor take their summary from it;
+    views whose stage was already up to date cost the pass a stamp check per case."""
+
+    def __init__(self, configs: dict[tuple[str, str], ExtractConfig], progress: bool) -> None:
+        self.configs, self.progress = configs, progress
+        self._done: dict[tuple[str, str], ExtractSummary] | Exception | None = None
+
+    def summary(self, task: str, view: str) -> ExtractSummary:
+        from ctfm.extract.local import run_local_many
+
+        if self._done is None:
+            try:
+                summaries = run_local_many(list(self.configs.values()), progress=self.progress)
+            except Exception as exc:  # every stage of the extractor reports it, none retries it
+                self._done = exc
+                raise
+            self._done = dict(zip(self.configs, summaries, strict=True))
+        if isinstance(self._done, Exception):
+            raise self._done
+        return self._done[(task, view)]
 
 
 def _task_keys(stage_keys: dict[str, list[str | None]]) -> dict[str, str]:

@@ -191,7 +191,7 @@ def test_disease_options_take_lists_alike_or_refuse_more_than_one(cli, tmp_path:
     """No command silently keeps only the last of several --disease values."""
     root = _bench(tmp_path, n=2)
     twice = cli(
-        "extract", "--extractor", "hu-stats", "--images", root / "images", "--store", tmp_path / "s",
+        "extract", "--image", "team:1", "--images", root / "images", "--store", tmp_path / "s",
         "--masks", root / "fg_masks", "--disease", "fatty_liver", "--disease", "liver_cyst", check=False,
     )  # fmt: skip
     assert (twice.returncode, twice.stderr.strip()) == (
@@ -207,6 +207,23 @@ def test_disease_options_take_lists_alike_or_refuse_more_than_one(cli, tmp_path:
     bad = cli("masks", "--totalseg", tmp_path, "--out", tmp_path / "m", "--disease", "fatty_liver,gout",
               check=False)  # fmt: skip
     assert bad.returncode == 2 and "'gout' is not an ROI disease" in bad.stderr  # the list was split
+
+
+def test_extract_fills_several_tasks_and_views_in_one_pass(cli, tmp_path: Path) -> None:
+    """``--task lp,eao --disease a,b``: four views from one read of each image, a table per view."""
+    root = _bench(tmp_path, n=2)
+    masks = root / "fg_masks"
+    (masks / "splenomegaly").mkdir()
+    for case in ("case_00", "case_01"):
+        shutil.copy(masks / "fatty_liver" / f"{case}.nii.gz", masks / "splenomegaly")
+    proc = cli(
+        "extract", "--extractor", "hu-stats", "--images", root / "images", "--store", tmp_path / "s",
+        "--masks", masks, "--task", "lp,eao", "--disease", "fatty_liver,splenomegaly", "--workers", "0",
+    )  # fmt: skip
+    for task in ("lp", "eao"):
+        for disease in ("fatty_liver", "splenomegaly"):
+            assert f"extract hu-stats/{task}/{disease}" in proc.stdout
+            assert Store(tmp_path / "s").view("hu-stats", task, disease).cases() == ["case_00", "case_01"]
 
 
 def test_a_second_process_on_the_same_store_view_is_refused(cli, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from ctfm.cli import default, one_value, plain
+from ctfm.cli import default, one_value, plain, split_list
 
 
 def extract_cmd(
@@ -20,12 +20,17 @@ def extract_cmd(
     ),
     images: Path = typer.Option(..., "--images", help="Folder of <case>.nii.gz CT volumes (HU)."),
     store: Path = typer.Option(..., "--store", help="Embedding store root."),
-    task: str = typer.Option("lp", "--task", help="lp (vector per case) or eao (token grid per case)."),
+    task: str = typer.Option(
+        "lp", "--task", help="lp (vector per case) or eao (token grid per case); extractors: both, lp,eao."
+    ),
     masks: Path | None = typer.Option(
         None, "--masks", help="fg_masks/<disease> or the fg_masks root; without it the view is 'full'."
     ),
     diseases: list[str] | None = typer.Option(
-        None, "--disease", help="ROI disease whose mask centres the crop (one per run)."
+        None,
+        "--disease",
+        help="ROI disease whose mask centres the crop. Extractors: several (a,b) fill their views in one pass "
+        "over the images; containers: one per run.",
     ),
     model: str | None = typer.Option(None, "--model", help="Model name in the store (default: extractor)."),
     workers: int = typer.Option(1, "--workers", help="DataLoader workers reading/preprocessing ahead."),
@@ -56,7 +61,6 @@ def extract_cmd(
     cpuset: str | None = typer.Option(None, "--cpuset", help="Containers: CPU set, e.g. 0-7."),
 ) -> None:
     """Extract embeddings into the store; resumable, failed cases recorded, exit 1 if any failed."""
-    disease = one_value(diseases, "--disease")
     if (containers is not None or image) and extractor:
         from ctfm.errors import ConfigError
 
@@ -71,7 +75,7 @@ def extract_cmd(
             store,
             task,
             masks,
-            disease,
+            one_value(diseases, "--disease"),
             cases,
             force,
             gpus,
@@ -87,30 +91,25 @@ def extract_cmd(
 
     from ctfm.errors import ConfigError
     from ctfm.extract.inputs import read_case_list
-    from ctfm.extract.local import ExtractConfig, run_local
+    from ctfm.extract.local import ExtractConfig, run_local_many
 
     if not extractor:
         raise ConfigError("pass --extractor NAME (built-ins: hu-stats, cnn3d)")
     console = Console()
-    cfg = ExtractConfig(
-        extractor=extractor,
-        images=images,
-        store=store,
-        task=task,
-        masks=masks,
-        disease=disease,
-        model=model,
-        workers=workers,
-        batch_size=batch_size,
-        device=device,
-        weights=weights,
-        force=force,
-        cases=read_case_list(cases),
-        seed=seed,
-    )
-    summary = run_local(cfg)
-    print_summary(console, summary)
-    if summary.failed:
+    shared = {
+        "extractor": extractor, "images": images, "store": store, "masks": masks, "model": model,
+        "workers": workers, "batch_size": batch_size, "device": device, "weights": weights, "force": force,
+        "cases": read_case_list(cases), "seed": seed,
+    }  # fmt: skip
+    cfgs = [
+        ExtractConfig(task=t, disease=d, **shared)
+        for t in split_list([task]) or ["lp"]
+        for d in split_list(diseases) or [None]
+    ]
+    summaries = run_local_many(cfgs)
+    for summary in summaries:
+        print_summary(console, summary)
+    if any(summary.failed for summary in summaries):
         raise typer.Exit(1)
 
 

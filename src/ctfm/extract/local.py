@@ -1,8 +1,9 @@
 """In-process extraction: a prefetching DataLoader feeds preprocessed volumes to an extractor, the store keeps them.
 
 Loader workers read, decompress and preprocess (MONAI) while the main process runs the model, so reading overlaps
-with compute. Per-case problems (corrupt image, missing or empty mask) are recorded as failed cases and the run
-goes on; cases already ok in the view are skipped unless ``force``.
+with compute. One pass can fill several tasks and views of an extractor (:func:`run_local_many`): each image is
+read once for all of them. Per-case problems (corrupt image, missing or empty mask) are recorded as failed cases
+and the run goes on; cases already ok in a view are skipped unless ``force``.
 
 Example:
     >>> cfg = ExtractConfig(extractor="hu-stats", images=Path("bench/images"), store=Path("store"))  # doctest: +SKIP
@@ -13,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,10 +158,20 @@ def resolve_device(device: str) -> str:
 
 # -- loading (runs in DataLoader workers) --------------------------------------------------------------------
 @dataclass
+class CaseWork:
+    """One case of a pass: its image, read once, and the item each job (task x view) that needs it makes."""
+
+    case: str
+    image: Path
+    parts: list[tuple[int, CaseItem]]  # (job index, item)
+
+
+@dataclass
 class Sample:
-    """A preprocessed case (or its error) as it comes out of a loader worker."""
+    """A preprocessed case of one job (or its error) as it comes out of a loader worker."""
 
     item: CaseItem
+    job: int = 0
     image: Any = None  # torch tensor [X, Y, Z] (shared memory across processes)
     mask: Any = None
     prepared: Any = None  # Prepared without its arrays
@@ -170,47 +182,72 @@ class Sample:
     preprocess_seconds: float = 0.0
 
 
-class CaseDataset:
-    """Map-style dataset: index -> :class:`Sample`. Never raises for a case: errors travel in the sample."""
+def _failure(exc: Exception, image: Path) -> str:
+    """One line for a case that cannot be prepared: ctfm's own message, or what failed where."""
+    if isinstance(exc, CtfmError):
+        return str(exc)
+    return f"{image}: preprocessing failed ({type(exc).__name__}: {exc})"
 
-    def __init__(self, items: list[CaseItem], preprocessor: Any) -> None:
-        self.items = items
+
+class CaseDataset:
+    """Map-style dataset: index -> the case's :class:`Sample` per job. Each image is read and hashed once for
+    all its jobs; only masks and the (cheap, box-only) preprocessing are per view. Never raises for a case:
+    errors travel in the samples."""
+
+    def __init__(self, works: list[CaseWork], preprocessor: Any) -> None:
+        self.works = works
         self.preprocessor = preprocessor
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.works)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, index: int) -> list[Sample]:
+        from ctfm.extract.preprocess import load_image
+
+        work = self.works[index]
+        samples = [Sample(item=item, job=job, error=item.error) for job, item in work.parts]
+        todo = [s for s in samples if not s.error]
+        if not todo:
+            return samples
+        t0 = time.perf_counter()
+        try:
+            image_sha256 = sha256_file(work.image)
+            loaded = load_image(work.image)
+        except Exception as exc:  # the image is every job's failure
+            for s in todo:
+                s.error = _failure(exc, work.image)
+            return samples
+        read_share = (time.perf_counter() - t0) / len(todo)
+        for s in todo:
+            s.image_sha256, s.read_seconds = image_sha256, read_share
+            self._prepare(s, loaded)
+        return samples
+
+    def _prepare(self, sample: Sample, loaded: Any) -> None:
         import torch
 
-        item = self.items[index]
-        sample = Sample(item=item)
-        if item.error:
-            sample.error = item.error
-            return sample
+        from ctfm.extract.preprocess import add_mask
+
         try:
             t0 = time.perf_counter()
-            sample.image_sha256 = sha256_file(item.image)
-            sample.mask_sha256 = sha256_file(item.mask) if item.mask is not None else ""
-            data = self.preprocessor.load(item.image, item.mask)
+            if sample.item.mask is not None:
+                sample.mask_sha256 = sha256_file(sample.item.mask)
+                loaded = add_mask(loaded, sample.item.mask)
             t1 = time.perf_counter()
-            prepared = self.preprocessor.transform(data)
-            sample.read_seconds, sample.preprocess_seconds = t1 - t0, time.perf_counter() - t1
-        except CtfmError as exc:
-            sample.error = str(exc)
-            return sample
+            prepared = self.preprocessor.transform(loaded)
+            sample.read_seconds += t1 - t0
+            sample.preprocess_seconds = time.perf_counter() - t1
         except Exception as exc:  # any reader/transform failure is this case's failure, not the run's
-            sample.error = f"{item.image}: preprocessing failed ({type(exc).__name__}: {exc})"
-            return sample
+            sample.error = _failure(exc, sample.item.image)
+            return
         sample.image = torch.from_numpy(prepared.image)
         sample.mask = None if prepared.mask is None else torch.from_numpy(prepared.mask)
         prepared.image, prepared.mask = None, None
         sample.prepared = prepared
-        return sample
 
 
-def _collate(batch: list[Sample]) -> list[Sample]:
-    return batch
+def _collate(batch: list[list[Sample]]) -> list[Sample]:
+    return [s for samples in batch for s in samples]
 
 
 def _worker_init(_: int) -> None:
@@ -219,10 +256,10 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers preprocess one volume each; the model owns the other threads
 
 
-def make_loader(items: list[CaseItem], preprocessor: Any, workers: int, batch_size: int) -> Any:
+def make_loader(works: list[CaseWork], preprocessor: Any, workers: int, batch_size: int) -> Any:
     from torch.utils.data import DataLoader
 
-    dataset = CaseDataset(items, preprocessor)
+    dataset = CaseDataset(works, preprocessor)
     extra: dict[str, Any] = {"prefetch_factor": 2, "worker_init_fn": _worker_init} if workers > 0 else {}
     return DataLoader(
         dataset,  # type: ignore[arg-type]
@@ -255,60 +292,69 @@ def _record(sample: Sample, extractor: Any, seconds: float) -> CaseRecord:
     )
 
 
+@dataclass
+class _Job:
+    """One task x view of a pass: where it writes and what it did."""
+
+    cfg: ExtractConfig
+    view: View
+    mask_dir: Path | None
+    summary: ExtractSummary
+
+
 class _Runner:
-    """Feeds loader batches to the extractor and writes results; one instance per run."""
+    """Feeds loader batches to the extractor and writes each job's results; one instance per pass."""
 
-    def __init__(self, view: View, extractor: Any, task: str, summary: ExtractSummary) -> None:
-        self.view, self.extractor, self.task, self.summary = view, extractor, task, summary
+    def __init__(self, jobs: list[_Job], extractor: Any) -> None:
+        self.jobs, self.extractor = jobs, extractor
 
-    def fail(self, case: str, error: str) -> None:
-        self.view.record_failure(case, "failed", error, extractor=self.extractor.name)
-        self.summary.failed.append((case, error))
+    def fail(self, job: _Job, case: str, error: str) -> None:
+        job.view.record_failure(case, "failed", error, extractor=self.extractor.name)
+        job.summary.failed.append((case, error))
 
     def handle(self, batch: list[Sample]) -> None:
-        good = []
-        for s in batch:
-            self.summary.read_seconds += s.read_seconds
-            self.summary.preprocess_seconds += s.preprocess_seconds
-            if s.error:
-                self.fail(s.item.case, s.error)
-            else:
-                good.append(s)
-        # stack volumes of equal shape and spacing into one model call (fixed-size crops always are)
+        # stack volumes of one job with equal shape and spacing into one model call (fixed-size crops always are)
         groups: dict[tuple, list[Sample]] = {}
-        for s in good:
-            groups.setdefault((tuple(s.image.shape), s.prepared.spacing, s.mask is None), []).append(s)
-        for group in groups.values():
-            self.run_group(group)
+        for s in batch:
+            job = self.jobs[s.job]
+            job.summary.read_seconds += s.read_seconds
+            job.summary.preprocess_seconds += s.preprocess_seconds
+            if s.error:
+                self.fail(job, s.item.case, s.error)
+            else:
+                key = (s.job, tuple(s.image.shape), s.prepared.spacing, s.mask is None)
+                groups.setdefault(key, []).append(s)
+        for (job, *_), group in groups.items():
+            self.run_group(self.jobs[job], group)
 
-    def run_group(self, group: list[Sample]) -> None:
+    def run_group(self, job: _Job, group: list[Sample]) -> None:
         try:
-            outputs, seconds = self.model(group)
+            outputs, seconds = self.model(job, group)
         except Exception as exc:  # a model error is the case's failure; isolate it in a batch
             if len(group) > 1:
                 for s in group:
-                    self.run_group([s])
+                    self.run_group(job, [s])
             else:
                 error = f"extractor {self.extractor.name} failed: {type(exc).__name__}: {exc}"
-                self.fail(group[0].item.case, error)
+                self.fail(job, group[0].item.case, error)
             return
         t0 = time.perf_counter()
         for s, y_hat in zip(group, outputs, strict=True):
             per_case = s.read_seconds + s.preprocess_seconds + seconds / len(group)
             try:
-                self.view.write_case(s.item.case, y_hat, _record(s, self.extractor, per_case))
-                self.summary.ok.append(s.item.case)
+                job.view.write_case(s.item.case, y_hat, _record(s, self.extractor, per_case))
+                job.summary.ok.append(s.item.case)
             except StoreError as exc:
-                self.fail(s.item.case, str(exc))
-        self.summary.write_seconds += time.perf_counter() - t0
+                self.fail(job, s.item.case, str(exc))
+        job.summary.write_seconds += time.perf_counter() - t0
 
-    def model(self, group: list[Sample]) -> tuple[list[np.ndarray], float]:
+    def model(self, job: _Job, group: list[Sample]) -> tuple[list[np.ndarray], float]:
         images = np.stack([s.image.numpy() for s in group])
         masks = None if group[0].mask is None else np.stack([s.mask.numpy() for s in group])
         t0 = time.perf_counter()
-        outputs = self.extractor.extract(images, masks, group[0].prepared.spacing, self.task)
+        outputs = self.extractor.extract(images, masks, group[0].prepared.spacing, job.cfg.task)
         seconds = time.perf_counter() - t0
-        self.summary.model_seconds += seconds
+        job.summary.model_seconds += seconds
         if len(outputs) != len(group):
             raise ValueError(f"returned {len(outputs)} outputs for {len(group)} volumes")
         return [np.asarray(o) for o in outputs], seconds
@@ -330,37 +376,70 @@ def prepare_run(cfg: ExtractConfig) -> tuple[View, Path | None, Any]:
     return view, mask_dir, extractor
 
 
+# What every job of one pass must share: they run one extractor over one set of images.
+_SHARED = ("extractor", "images", "store", "model", "workers", "batch_size", "device", "weights", "force",
+           "cases", "seed")  # fmt: skip
+
+
 def run_local(cfg: ExtractConfig, progress: bool = True) -> ExtractSummary:
     """Extract every selected case into the store in this process; returns what happened. The view is held
     for the run: a second process extracting into it is refused."""
-    view, mask_dir, extractor = prepare_run(cfg)
-    device = resolve_device(cfg.device)  # a wrong --device is an error even when every case is done
-    with exclusive_use(view.dir):
-        view.remove_abandoned()
-        return _extract_view(cfg, view, mask_dir, extractor, device, progress)
+    return run_local_many([cfg], progress)[0]
 
 
-def _extract_view(
-    cfg: ExtractConfig, view: View, mask_dir: Path | None, extractor: Any, device: str, progress: bool
-) -> ExtractSummary:
+def run_local_many(cfgs: list[ExtractConfig], progress: bool = True) -> list[ExtractSummary]:
+    """Several tasks and views of one extractor in one pass over the images: each image is read and hashed
+    once for all of them (a real scan takes about a second to decompress; a benchmark run has a dozen views
+    and two tasks). Returns each config's summary, in order; every view is held for the pass."""
+    if not cfgs:
+        return []
+    for cfg in cfgs[1:]:
+        differ = [k for k in _SHARED if getattr(cfg, k) != getattr(cfgs[0], k)]
+        if differ:
+            raise ConfigError(f"extraction jobs of one pass must share {', '.join(differ)}")
+    prepared = [prepare_run(cfg) for cfg in cfgs]
+    names = [(v.model, v.task, v.view) for v, _, _ in prepared]
+    if len(set(names)) != len(names):
+        raise ConfigError("extraction jobs of one pass must write different views")
+    device = resolve_device(cfgs[0].device)  # a wrong --device is an error even when every case is done
+    extractor = prepared[0][2]
+    with contextlib.ExitStack() as held:
+        for view, _, _ in prepared:
+            held.enter_context(exclusive_use(view.dir))
+            view.remove_abandoned()
+        return _extract_pass(cfgs, prepared, extractor, device, progress)
+
+
+def _extract_pass(
+    cfgs: list[ExtractConfig], prepared: list[tuple[View, Path | None, Any]], extractor: Any, device: str,
+    progress: bool,
+) -> list[ExtractSummary]:  # fmt: skip
     from ctfm.extract.preprocess import Preprocessor, resolve_spec
 
     spec = resolve_spec(extractor.preprocess)
-    items, skipped, changed = plan_items(cfg, view, mask_dir, extraction_settings(cfg, extractor, spec))
-    summary = ExtractSummary(view=f"{view.model}/{view.task}/{view.view}", skipped=skipped, changed=changed)
-    if not items:
-        return summary
-    extractor.setup(device=device, weights=cfg.weights, seed=cfg.seed)
-    preprocessor = Preprocessor(spec, with_mask=mask_dir is not None)
-    runner = _Runner(view, extractor, cfg.task, summary)
-    loader = make_loader(items, preprocessor, cfg.workers, cfg.batch_size)
+    jobs, works = [], {}
+    for index, (cfg, (view, mask_dir, _)) in enumerate(zip(cfgs, prepared, strict=True)):
+        items, skipped, changed = plan_items(cfg, view, mask_dir, extraction_settings(cfg, extractor, spec))
+        label = f"{view.model}/{view.task}/{view.view}"
+        jobs.append(_Job(cfg, view, mask_dir, ExtractSummary(view=label, skipped=skipped, changed=changed)))
+        for item in items:
+            works.setdefault(item.case, CaseWork(item.case, item.image, [])).parts.append((index, item))
+    summaries = [job.summary for job in jobs]
+    if not works:
+        return summaries
+    extractor.setup(device=device, weights=cfgs[0].weights, seed=cfgs[0].seed)
+    runner = _Runner(jobs, extractor)
+    todo = [works[case] for case in sorted(works)]
+    loader = make_loader(todo, Preprocessor(spec, with_mask=False), cfgs[0].workers, cfgs[0].batch_size)
+    label = summaries[0].view if len(jobs) == 1 else f"{jobs[0].view.model} ({len(jobs)} views)"
     start = time.perf_counter()
-    with _progress(progress, len(items), summary.view) as advance:
+    with _progress(progress, sum(len(w.parts) for w in todo), label) as advance:
         for batch in loader:
             runner.handle(batch)
             advance(len(batch))
-    summary.wall_seconds = time.perf_counter() - start
-    return summary
+    for summary in summaries:
+        summary.wall_seconds = time.perf_counter() - start  # the pass's, shared by its jobs
+    return summaries
 
 
 class _progress:

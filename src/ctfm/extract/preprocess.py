@@ -14,6 +14,7 @@ fraction of the time and memory.
 Reading (``load``) and the rest (``transform``) are separate steps so the runner can time them apart.
 """
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,18 +181,8 @@ class Preprocessor:
         """Read and decompress the files (the I/O part); unreadable files raise :class:`DataError`."""
         if self.with_mask and mask is None:
             raise DataError(f"{image}: no mask given for an ROI view")
-        data, affine = _read(image)
-        loaded = Loaded(image=data, affine=affine)
-        if not self.with_mask:
-            return loaded
-        assert mask is not None
-        mdata, maffine = _read(mask)
-        if mdata.shape != data.shape or not np.allclose(maffine, affine, atol=1e-3):
-            raise DataError(f"{mask}: mask grid {mdata.shape} does not match image grid {data.shape}")
-        lo, hi = mask_bbox(mdata > 0.5, f"{mask}: empty mask (no foreground voxel)")
-        loaded.mask = mdata
-        loaded.center_world = (affine @ np.append((lo + hi - 1) / 2.0, 1.0))[:3]
-        return loaded
+        loaded = load_image(image)
+        return add_mask(loaded, mask) if self.with_mask and mask is not None else loaded
 
     def transform(self, loaded: Loaded) -> Prepared:
         """Reorient, resample, clip/scale and crop (the CPU part)."""
@@ -299,6 +290,22 @@ class Preprocessor:
         image *= b_max - b_min
         image += b_min
         return np.clip(image, b_min, b_max, out=image)
+
+
+def load_image(path: Path) -> Loaded:
+    """A scan as stored (the I/O part, shared by every view of a case); unreadable files raise DataError."""
+    data, affine = _read(path)
+    return Loaded(image=data, affine=affine)
+
+
+def add_mask(loaded: Loaded, mask: Path) -> Loaded:
+    """The scan with an ROI view's mask (same grid, checked) and the mask's centre; the image is shared."""
+    data, affine = _read(mask)
+    if data.shape != loaded.image.shape or not np.allclose(affine, loaded.affine, atol=1e-3):
+        raise DataError(f"{mask}: mask grid {data.shape} does not match image grid {loaded.image.shape}")
+    lo, hi = mask_bbox(data > 0.5, f"{mask}: empty mask (no foreground voxel)")
+    center = (loaded.affine @ np.append((lo + hi - 1) / 2.0, 1.0))[:3]
+    return dataclasses.replace(loaded, mask=data, center_world=center)
 
 
 def _padded(values: np.ndarray | None, size: np.ndarray, fill: float | bool, inner: tuple[slice, ...]) -> Any:
