@@ -21,8 +21,7 @@ def test_synth_then_check_passes(cli, tmp_path):
     assert "━" not in proc.stdout + proc.stderr
 
 
-def test_check_on_damaged_copy_prints_every_problem_and_exits_1(cli, synth_bench, tmp_path, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "250")  # one table row per line, whatever the runner's terminal
+def test_check_on_damaged_copy_prints_every_problem_and_exits_1(cli, synth_bench, tmp_path):
     bench = shutil.copytree(synth_bench, tmp_path / "bench")
     (bench / "images" / "synth_0003.nii.gz").unlink()
     img = bench / "images" / "synth_0004.nii.gz"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -15,6 +17,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ctfm.evaluate.inference import JSON_SUFFIX, PRED_SUFFIX
+from ctfm.evaluate.metrics import METRICS
 from eval_fixtures import DISEASE, write_labels, write_probe, write_store
 
 SKIPPED, FAILED = "synth_0011", "synth_0012"  # val cases: one never extracted, one failed extraction
@@ -32,11 +35,12 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def evaluated(bench: dict[str, Path]) -> Path:
+def eval_run(bench: dict[str, Path]) -> tuple[Path, subprocess.CompletedProcess]:
+    """``ctfm eval`` of both heads, piped as in CI: its output folder and the finished process."""
     from cli_support import run_cli
 
     out = bench["root"] / "eval"
-    run_cli(
+    proc = run_cli(
         "eval",
         "--runs",
         bench["runs"],
@@ -52,8 +56,53 @@ def evaluated(bench: dict[str, Path]) -> Path:
         "1",
         "--out",
         out,
+        env={"FORCE_COLOR": "", "TTY_COMPATIBLE": ""},  # a pipe, even where CI forces colour
     )
-    return out
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def evaluated(eval_run: tuple[Path, subprocess.CompletedProcess]) -> Path:
+    return eval_run[0]
+
+
+def _metric_cell(row: pd.Series, metric: str) -> str:
+    """A metric as the eval table shows it: value and 95 % interval."""
+    return f"{row[metric]:.3f} [{row[metric + '_ci_low']:.3f}, {row[metric + '_ci_high']:.3f}]"
+
+
+def test_piped_eval_table_is_one_complete_line_per_head(eval_run) -> None:
+    """Piped (CI logs, ``| grep``), each head is one plain line holding every metric with its interval."""
+    out, proc = eval_run
+    summary = pd.read_csv(out / "val_summary.csv")
+    lines = proc.stdout.splitlines()
+    assert lines[1].split()[:4] == ["model", "disease", "strategy", "failed"]
+    for _, head in summary.iterrows():
+        (line,) = [line for line in lines if line.startswith(f"{head['model']} ")]
+        assert line.split()[:3] == [head["model"], head["disease"], head["strategy"]]
+        for metric in METRICS:
+            assert _metric_cell(head, metric) in line, (metric, proc.stdout)
+    assert len(lines) == 2 + len(summary)
+    assert not set("│┃━─…") & set(proc.stdout)
+
+
+def test_eval_table_on_a_narrow_terminal_cuts_no_number(evaluated: Path, tmp_path: Path, cli) -> None:
+    """A 60-column terminal gets the metrics in several tables, each number whole on one line."""
+    from rich.cells import cell_len
+
+    preds = evaluated / "model_a" / "lp" / DISEASE / "val_auroc" / "val_per_sample_predictions.csv"
+    out = tmp_path / "narrow"
+    env = {"COLUMNS": "60", "FORCE_COLOR": "1", "NO_COLOR": "1"}  # rich writes for a 60-column terminal
+    proc = cli("eval", "--predictions", preds, "--bootstrap", "50", "--out", out, env=env)
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in proc.stdout.splitlines()]
+    assert max(cell_len(line) for line in lines) <= 60 and "…" not in "".join(lines)
+    head = pd.read_csv(out / "val_metrics.csv").iloc[0]
+    for metric in METRICS:
+        assert any(f" {metric} " in line for line in lines), metric  # every header whole
+        assert any(_metric_cell(head, metric) in line and f" {head['model']} " in line for line in lines), (
+            metric,
+            "\n".join(lines),
+        )
 
 
 def test_eval_counts_missing_embeddings_as_failures(evaluated: Path, bench: dict) -> None:

@@ -128,5 +128,5 @@ def test_probe_eao_failed_disease_names_its_labels_file(cli, tmp_path: Path) -> 
     error = f"{labels / DISEASE}.csv: no column 'fold7'; it has no fold columns"
     # said when it happens, and again in the list of failures under the table (the table only marks it)
     assert f"{DISEASE}: {error}" in proc.stderr and f"failed {DISEASE}: {error}" in proc.stderr
-    row = next(line for line in proc.stdout.splitlines() if line.startswith(f"│ {DISEASE}"))
-    assert [c.strip() for c in row.split("│")[1:-1]] == [DISEASE, "failed", "", "", "", "", "", ""]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith(DISEASE))  # piped: plain rows
+    assert row.split() == [DISEASE, "failed"]

@@ -1,10 +1,24 @@
 """Command-line layer: parse options, call the library, print. Heavy imports happen inside commands."""
 
-from typing import Any
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from copy import copy
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
 from ctfm.benchmark import load_benchmark
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Column, Table
+    from rich.text import TextType
+
+_UNLIMITED = 1_000_000  # console width for piped tables: rows are never wrapped
+_NAME_ROOM = 4  # the least width a name column keeps when a narrow terminal folds names to show values whole
 
 
 def default(section: str, key: str) -> Any:
@@ -37,3 +51,85 @@ def one_value(values: list[str] | None, option: str) -> str | None:
             f"{option} takes one value here, not {', '.join(items)}: run the command once per value"
         )
     return items[0] if items else None
+
+
+def print_table(table: Table, console: Console | None = None, keys: int = 1) -> None:
+    """Print ``table`` so that it stays readable wherever it goes (rich alone squeezes a wide table into the
+    terminal, or into 80 columns when piped, wrapping numbers and cutting headers to "…").
+
+    On a terminal too narrow for it, the columns are split over several tables that each repeat the first
+    ``keys`` columns (the names a row is read by), so no cell is cut or wrapped; only where not even one value
+    fits beside the names do the names fold inside their cells. Piped or redirected, it is printed plain: no
+    borders and no width limit, one line per row, for logs and ``grep``."""
+    from rich.console import Console
+
+    console = console or Console()
+    if console.is_terminal:
+        for part in _column_parts(table, console, keys):
+            console.print(part)
+    else:
+        _print_plain(table, console)
+
+
+def _print_plain(table: Table, console: Console) -> None:
+    """One unbroken line per row, columns aligned by spaces, no trailing blanks."""
+    from rich.console import Console
+
+    if table.title:
+        console.print(table.title, soft_wrap=True, highlight=False)
+    flat = _sub_table(table, range(len(table.columns)), title=None)
+    flat.box, flat.pad_edge = None, False
+    flat.columns = [replace(column, no_wrap=True) for column in flat.columns]
+    buffer = io.StringIO()
+    Console(file=buffer, width=_UNLIMITED, color_system=None, force_terminal=False).print(flat, crop=False)
+    console.out("\n".join(line.rstrip() for line in buffer.getvalue().splitlines()), highlight=False)
+
+
+def _column_parts(table: Table, console: Console, keys: int) -> list[Table]:
+    """``table``, or tables of its key columns and as many other columns as fit the console's width."""
+    widths = [_content_width(console, column) for column in table.columns]
+    _, right, _, left = table.padding
+    border = 1 if table.box else 0
+
+    def fits(content: list[int]) -> bool:
+        edges = border if table.show_edge else -border  # n columns: n + 1 or n - 1 rules
+        return sum(w + left + right + border for w in content) + edges <= console.width
+
+    key_columns = list(range(min(keys, len(widths))))
+    key_widths = [widths[i] for i in key_columns]
+    groups: list[list[int]] = [[]]
+    for index in range(len(key_columns), len(widths)):
+        if groups[-1] and not fits(key_widths + [widths[i] for i in groups[-1]] + [widths[index]]):
+            groups.append([])
+        groups[-1].append(index)
+    parts = []
+    for n, group in enumerate(groups):
+        part = _sub_table(table, key_columns + group, title=table.title if n == 0 else None)
+        values = [widths[i] for i in group]
+        if not fits(key_widths + values):  # names too long for even one value beside them
+            _fold_names(part, len(key_columns), values_whole=fits([_NAME_ROOM] * len(key_columns) + values))
+        parts.append(part)
+    return parts
+
+
+def _fold_names(part: Table, keys: int, values_whole: bool) -> None:
+    """Let the key columns of ``part`` wrap inside their cells (nothing hidden) and, where there is room, keep
+    every other cell on one line: rich narrows wrappable columns first."""
+    for n, column in enumerate(part.columns):
+        if n < keys:
+            column.no_wrap, column.overflow = False, "fold"
+        elif values_whole:
+            column.no_wrap = True
+
+
+def _content_width(console: Console, column: Column) -> int:
+    """The width a column needs to show its header and every cell unbroken."""
+    return max(console.measure(cell).maximum for cell in (column.header, *column.cells))
+
+
+def _sub_table(table: Table, indices: Iterable[int], title: TextType | None) -> Table:
+    """A copy of ``table`` (same style and rows) holding only the columns at ``indices``."""
+    part = copy(table)
+    part.title = title
+    part.columns = [replace(table.columns[i], _index=n) for n, i in enumerate(indices)]
+    return part

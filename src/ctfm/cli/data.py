@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ctfm.cli import plain
+from ctfm.cli import plain, print_table
 
 console = Console()
 data_app = typer.Typer(help="Benchmark data: synthesise the embedded default, validate a folder, download.")
@@ -73,7 +73,7 @@ def check(
         table.add_column(column, overflow="fold")
     for p in report.problems:
         table.add_row(plain(p.file), plain(p.case), plain(p.problem))
-    console.print(table)
+    print_table(table, console, keys=2)  # file, case: the problem stays beside them
     console.print(f"checked {counts}")
     raise typer.Exit(1)
 

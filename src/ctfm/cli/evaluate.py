@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
-from ctfm.cli import default, one_value, plain, split_list
+from ctfm.cli import default, one_value, plain, print_table, split_list
 
 if TYPE_CHECKING:
     import pandas as pd
     from rich.table import Table
 
 console = Console(stderr=True)
+METRIC_KEYS = 3  # model, disease, strategy: repeated when a narrow terminal splits the metrics table
+LEADERBOARD_KEYS = 2  # rank, model
 
 
 def register(app: typer.Typer) -> None:
@@ -26,7 +28,8 @@ def register(app: typer.Typer) -> None:
     app.command("leaderboard")(leaderboard_command)
 
 
-def _metrics_table(rows: list[dict], title: str) -> None:
+def metrics_table(rows: list[dict], title: str) -> Table:
+    """One row per scored head: every metric with its 95 % interval."""
     from rich.table import Table
 
     from ctfm.evaluate.metrics import METRICS
@@ -43,7 +46,7 @@ def _metrics_table(rows: list[dict], title: str) -> None:
         cells.append(f"{r['failed_cases']}/{r['n_cases']}")
         cells += [plain(f"{r[m]:.3f} [{r[m + '_ci_low']:.3f}, {r[m + '_ci_high']:.3f}]") for m in METRICS]
         table.add_row(*cells)
-    Console().print(table)
+    return table
 
 
 def eval_command(
@@ -92,7 +95,7 @@ def eval_command(
         result = inference.evaluate_predictions(
             predictions, out, labels, one_value(disease, "--disease"), split, bootstrap, seed, model
         )
-        _metrics_table([result.row()], f"{predictions.name}")
+        print_table(metrics_table([result.row()], f"{predictions.name}"), keys=METRIC_KEYS)
         console.print(f"wrote {out}", markup=False)
         return
     unused = [name for name, v in (("--disease", disease), ("--model", model)) if v]
@@ -128,7 +131,9 @@ def eval_command(
                 f"removed the earlier {split} result in {folder}: no current head made it", markup=False
             )
         inference.write_summary(results, out, split)
-        _metrics_table([r.row() for r in results], f"{split}: {len(results)} head(s)")
+        print_table(
+            metrics_table([r.row() for r in results], f"{split}: {len(results)} head(s)"), keys=METRIC_KEYS
+        )
         failed = sum(r.failed_cases for r in results)
         if failed:
             console.print(f"[yellow]{failed} case(s) without an embedding were scored as failures[/]")
@@ -189,6 +194,5 @@ def leaderboard_command(
     for line in lb.missing_text.splitlines():
         console.print(f"[yellow]warning:[/] {plain(line)}", highlight=False, soft_wrap=True)
     title = f"{title}: {len(entries)} model(s) x {len(data)} disease(s), ranked on {', '.join(lb.metrics)}"
-    table = leaderboard_table(lb.table(), title)
-    Console().print(table)
+    print_table(leaderboard_table(lb.table(), title), keys=LEADERBOARD_KEYS)
     console.print(f"wrote {', '.join(str(p) for p in paths)}", markup=False)

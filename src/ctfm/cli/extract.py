@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from ctfm.cli import default, one_value, plain, split_list
+from ctfm.cli import default, one_value, plain, print_table, split_list
 
 
 def extract_cmd(
@@ -130,7 +130,7 @@ def print_summary(console: Any, summary: Any) -> None:
         f"{summary.model_seconds:.1f}",
         f"{summary.wall_seconds:.1f}",
     )
-    console.print(table)
+    print_table(table, console)
     if summary.changed:
         names = ", ".join(summary.changed[:5]) + (", ..." if len(summary.changed) > 5 else "")
         console.print(

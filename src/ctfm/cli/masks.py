@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ctfm.cli import plain, split_list
+from ctfm.cli import plain, print_table, split_list
 
 
 def masks(
@@ -92,7 +92,7 @@ def _summarise(report, console: Console, limit: int = 20) -> None:  # report: ct
             table.add_column(column, overflow="fold")
         for row in report.flagged[:limit]:
             table.add_row(plain(row.case), row.disease, f"[yellow]{row.status}[/]", plain(row.message))
-        console.print(table)
+        print_table(table, console, keys=3)  # case, disease, status: the message stays beside them
 
 
 def register(app: typer.Typer) -> None:

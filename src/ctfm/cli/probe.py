@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from ctfm.benchmark import load_benchmark
-from ctfm.cli import plain, split_list
+from ctfm.cli import plain, print_table, split_list
 
 if TYPE_CHECKING:
     from ctfm.probe.training import TrainConfig
@@ -139,7 +139,7 @@ def print_outcomes(outcomes: list[Any], title: str) -> None:
             cell("val_auroc", "auroc"),
             f"{o.seconds:.1f}" if o.status == "done" else "",
         )
-    Console().print(table)
+    print_table(table)  # key column: disease
 
 
 def run_with_progress(options: Any, task: Any, title: str) -> list[Any]:

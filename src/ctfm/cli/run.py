@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ctfm.cli import plain
+from ctfm.cli import plain, print_table
 
 console = Console(stderr=True)
 
@@ -22,7 +22,7 @@ def _execute(config: Path, out: Path | None) -> None:
     import pandas as pd
     from rich.table import Table
 
-    from ctfm.cli.evaluate import leaderboard_table
+    from ctfm.cli.evaluate import LEADERBOARD_KEYS, leaderboard_table
     from ctfm.pipeline import run_pipeline
     from ctfm.runconfig import load_run_config
 
@@ -34,13 +34,13 @@ def _execute(config: Path, out: Path | None) -> None:
         stages.add_column(col, justify="right" if col == "seconds" else "left")
     for o in result.outcomes:
         stages.add_row(plain(o.name), o.status, f"{o.seconds:.1f}" if o.seconds else "")
-    console.print(stages)
+    print_table(stages, console)
     out_console = Console()
     for task, folder in result.leaderboards.items():
         if not (folder / "leaderboard.csv").is_file():
             continue
         frame = pd.read_csv(folder / "leaderboard.csv")
-        out_console.print(leaderboard_table(frame, f"leaderboard, task {task}"))
+        print_table(leaderboard_table(frame, f"leaderboard, task {task}"), out_console, keys=LEADERBOARD_KEYS)
         console.print(
             f"report: {folder / 'leaderboard.html'}   figures and per-head metrics: {cfg.output / 'eval'}",
             markup=False,

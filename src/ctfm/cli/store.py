@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ctfm.cli import plain
+from ctfm.cli import plain, print_table
 
 store_app = typer.Typer(help="The embedding store: import reference-format .h5 folders, list views.")
 
@@ -61,7 +61,7 @@ def ls_cmd(
         table.add_row(
             plain(v.model), v.task, plain(v.view), *(str(counts[s]) for s in STATUSES), str(dim or "-")
         )
-    console.print(table)
+    print_table(table, console, keys=3)  # model, task, view
 
 
 def register(app: typer.Typer) -> None:
