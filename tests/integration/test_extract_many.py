@@ -44,11 +44,14 @@ def test_one_pass_reads_each_image_once_and_matches_view_by_view(
 ) -> None:
     root = _bench(tmp_path)
     reads: list[Path] = []
-    real = preprocess.load_image
-    monkeypatch.setattr(preprocess, "load_image", lambda path: reads.append(path) or real(path))
+    masks: list[Path] = []
+    real_image, real_mask = preprocess.load_image, preprocess.add_mask
+    monkeypatch.setattr(preprocess, "load_image", lambda path: reads.append(path) or real_image(path))
+    monkeypatch.setattr(preprocess, "add_mask", lambda img, path: masks.append(path) or real_mask(img, path))
     summaries = run_local_many(_configs(root, tmp_path / "one_pass"), progress=False)
     assert [len(s.ok) for s in summaries] == [len(CASES)] * 6 and not any(s.failed for s in summaries)
     assert sorted(p.name for p in reads) == [f"{c}.nii.gz" for c in CASES]  # once, for six jobs
+    assert len(masks) == len(CASES) * len(ROI)  # once per view, for both tasks
     for cfg in _configs(root, tmp_path / "view_by_view"):
         run_local(cfg, progress=False)
     for task in ("lp", "eao"):
@@ -60,6 +63,7 @@ def test_one_pass_reads_each_image_once_and_matches_view_by_view(
                 assert a.record(case).crop_box_world == b.record(case).crop_box_world
             assert a.manifest_checksum() == b.manifest_checksum()
     assert len(reads) == len(CASES) * 7  # view by view: once per task and view
+    assert len(masks) == len(CASES) * len(ROI) * 3
     again = run_local_many(_configs(root, tmp_path / "one_pass"), progress=False)
     assert [len(s.skipped) for s in again] == [len(CASES)] * 6 and len(reads) == len(CASES) * 7
 

@@ -191,7 +191,7 @@ def _failure(exc: Exception, image: Path) -> str:
 
 class CaseDataset:
     """Map-style dataset: index -> the case's :class:`Sample` per job. Each image is read and hashed once for
-    all its jobs; only masks and the (cheap, box-only) preprocessing are per view. Never raises for a case:
+    all its jobs, each view's mask and (box-only) preprocessing once for its tasks. Never raises for a case:
     errors travel in the samples."""
 
     def __init__(self, works: list[CaseWork], preprocessor: Any) -> None:
@@ -218,9 +218,16 @@ class CaseDataset:
                 s.error = _failure(exc, work.image)
             return samples
         read_share = (time.perf_counter() - t0) / len(todo)
+        views: dict[Path | None, Sample] = {}  # tasks of one view share its preprocessed volume
         for s in todo:
             s.image_sha256, s.read_seconds = image_sha256, read_share
-            self._prepare(s, loaded)
+            done = views.get(s.item.mask)
+            if done is None:
+                self._prepare(s, loaded)
+                views[s.item.mask] = s
+            else:
+                s.mask_sha256, s.error, s.prepared = done.mask_sha256, done.error, done.prepared
+                s.image, s.mask = done.image, done.mask
         return samples
 
     def _prepare(self, sample: Sample, loaded: Any) -> None:
