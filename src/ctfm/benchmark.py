@@ -150,9 +150,9 @@ def load_benchmark(path: Path | None = None) -> Benchmark:
     """Load the benchmark definition (default: the shipped ``configs/benchmark.yaml``)."""
     path = Path(path) if path else configs_dir() / BENCHMARK_FILE
     try:
-        raw = yaml.load(
-            path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        )  # CLI start-up
+        # libyaml's loader when present: every CLI start reads this file
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        raw = yaml.load(path.read_text(), Loader=loader)
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read benchmark definition {path}: {exc}") from exc
     for key in ("name", "roi_diseases", "nonroi_diseases", "class_maps", "labels"):

@@ -611,9 +611,9 @@ def process_case(job: _Job) -> _Result:
     cmap = job.class_map if src.layout == MULTILABEL else None
     try:
         todo: list[int] = []
-        stamps = _input_hashes(src, plan.organs)
+        hashes = _input_hashes(src, plan.organs)
         for g, organs in enumerate(plan.groups):
-            digest = _digest(organs, cmap, job.margin_mm, stamps)
+            digest = _digest(organs, cmap, job.margin_mm, hashes)
             paths = [mask_path(job.out_dir, d, src.case) for d in plan.members[g]]
             done = [] if job.force else [_up_to_date(p, digest) for p in paths]
             if job.force or not all(done):
@@ -631,7 +631,7 @@ def process_case(job: _Job) -> _Result:
             for g in todo:
                 voxels = slabs[g].voxels
                 status, message = _qc(plan.groups[g], present, voxels)
-                digest = _digest(plan.groups[g], cmap, job.margin_mm, stamps)
+                digest = _digest(plan.groups[g], cmap, job.margin_mm, hashes)
                 payload = nifti.encode_gz(
                     slabs[g].data,
                     affine,

@@ -187,12 +187,8 @@ class CaseRecord:
     extractor: str = ""
     extractor_version: str = ""
     image_id: str = ""  # container image id (docker runner)
-    inputs: str = (
-        ""  # digest of the input files' stamps and `settings`: unchanged, the case is reused at once
-    )
-    settings: str = (
-        ""  # digest of what besides the files made it: extractor, weights, preprocessing, team image
-    )
+    inputs: str = ""  # digest of the input files' stamps and `settings`: unchanged, reused at once
+    settings: str = ""  # digest of what else made it: extractor, weights, preprocessing, team image
     written_at: float = 0.0  # unix time the row was appended (added beyond the plan's contract)
 
     def to_json(self, exclude: tuple[str, ...] = ()) -> str:

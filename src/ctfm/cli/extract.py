@@ -21,7 +21,7 @@ def extract_cmd(
     images: Path = typer.Option(..., "--images", help="Folder of <case>.nii.gz CT volumes (HU)."),
     store: Path = typer.Option(..., "--store", help="Embedding store root."),
     task: str = typer.Option(
-        "lp", "--task", help="lp (vector per case) or eao (token grid per case); extractors: both, lp,eao."
+        "lp", "--task", help="lp (vector per case) or eao (token grid per case); extractors also take lp,eao."
     ),
     masks: Path | None = typer.Option(
         None, "--masks", help="fg_masks/<disease> or the fg_masks root; without it the view is 'full'."
