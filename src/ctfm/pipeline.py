@@ -310,6 +310,7 @@ class Pipeline:
 
     def _extract_runner(self, shared: _SharedPass, task: str, view: str) -> Callable[[], str]:
         def run() -> str:
+            ran = shared.ran
             summary = shared.summary(task, view)
             for case, error in summary.failed:
                 self.log(f"[yellow]{escape(summary.view)} {case}: {escape(error)}[/]")
@@ -317,6 +318,7 @@ class Pipeline:
                 f"{summary.view}: {len(summary.ok)} extracted, {len(summary.skipped)} already stored, "
                 f"{len(summary.failed)} failed"
                 + (f", {len(summary.changed)} redone (inputs changed)" if summary.changed else "")
+                + (" (in that pass)" if ran else f" (one pass for {len(shared.configs)} task x view stages)")
             )
             if summary.failed:
                 raise StageIncomplete(detail)
@@ -550,6 +552,11 @@ class _SharedPass:
     def __init__(self, configs: dict[tuple[str, str], ExtractConfig], progress: bool) -> None:
         self.configs, self.progress = configs, progress
         self._done: dict[tuple[str, str], ExtractSummary] | Exception | None = None
+
+    @property
+    def ran(self) -> bool:
+        """Whether an earlier stage already ran the pass."""
+        return self._done is not None
 
     def summary(self, task: str, view: str) -> ExtractSummary:
         from ctfm.extract.local import run_local_many

@@ -60,7 +60,13 @@ def _kill_when(proc: subprocess.Popen, ready: Path, timeout: float = 300) -> int
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_leaderboard(cli, tmp_path):
     clean = _config(tmp_path / "clean")
-    cli("run", clean)
+    first = " ".join(cli("run", clean).stderr.split())
+    n = SMALL["data"]["synth"]["cases"]
+    assert (
+        f"hu-stats/lp/fatty_liver: {n} extracted, 0 already stored, 0 failed (one pass for 2 task x view"
+        in first
+    )
+    assert f"hu-stats/lp/full: {n} extracted, 0 already stored, 0 failed (in that pass)" in first
     board, preds = _results(clean.parent)
     assert board["model"].tolist() == ["hu-stats"]
     assert (clean.parent / "out" / "leaderboard" / "lp" / "leaderboard.html").is_file()
