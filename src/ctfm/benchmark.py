@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -143,6 +144,11 @@ class Benchmark:
 @cache
 def _load_class_map(path: Path, version: str) -> ClassMap:
     return ClassMap.from_tsv(path, version)
+
+
+def configured(section: str, key: str, kind: Callable[[Any], Any]) -> Callable[[], Any]:
+    """A dataclass ``default_factory`` reading a shared default (:meth:`Benchmark.default`) when used."""
+    return lambda: kind(load_benchmark().default(section, key))
 
 
 @cache

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ctfm.benchmark import configs_dir, load_benchmark
+from ctfm.benchmark import configs_dir, configured, load_benchmark
 from ctfm.errors import ConfigError
 
 
@@ -67,9 +67,9 @@ class ContainerSpec:
     image: str | None = None
     baseline: bool = False
     timeout_per_case: float = field(
-        default_factory=lambda: float(load_benchmark().default("container_limits", "timeout_per_case_s"))
+        default_factory=configured("container_limits", "timeout_per_case_s", float)
     )
-    memory: str = field(default_factory=lambda: str(load_benchmark().default("container_limits", "memory")))
+    memory: str = field(default_factory=configured("container_limits", "memory", str))
     tasks: list[Literal["lp", "eao"]] | None = None  # default: the run's tasks
 
 
@@ -104,17 +104,15 @@ class ProbeSection:
 
 @dataclass
 class EvalSection:
-    split: Literal["val", "test"] = field(
-        default_factory=lambda: load_benchmark().default("evaluation", "split")
-    )
+    split: Literal["val", "test"] = field(default_factory=configured("evaluation", "split", str))
     strategies: list[str] = field(default_factory=lambda: ["val_balanced_acc"])
-    bootstrap: int = field(default_factory=lambda: int(load_benchmark().default("evaluation", "bootstrap")))
+    bootstrap: int = field(default_factory=configured("evaluation", "bootstrap", int))
 
 
 @dataclass
 class LeaderboardSection:
     metrics: list[str] = field(default_factory=lambda: load_benchmark().ranking_metrics)
-    bootstrap: int = field(default_factory=lambda: int(load_benchmark().default("ranking", "bootstrap")))
+    bootstrap: int = field(default_factory=configured("ranking", "bootstrap", int))
 
 
 @dataclass

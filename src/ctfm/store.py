@@ -498,21 +498,20 @@ class View:
         return rec
 
     def retime(self, case: str, seconds: float) -> CaseRecord:
-        """Correct a stored case's extraction time (a new manifest row; the file is untouched)."""
-        current = self.record(case)
-        if current is None or current.status != "ok":
-            raise StoreError(f"{case}: no stored embedding to retime in {self}")
-        rec = dataclasses.replace(current, seconds=round(float(seconds), 4))
-        self._append(rec)
-        return rec
+        """Correct a stored case's extraction time."""
+        return self._amend(case, "retime", seconds=round(float(seconds), 4))
 
     def restamp(self, case: str, inputs: str) -> CaseRecord:
         """Record new input stamps for a stored case whose inputs were found unchanged in content (a copy or
-        a touch): a new manifest row, the file untouched, so the next run's check is quick again."""
+        a touch), so the next run's check is quick again."""
+        return self._amend(case, "restamp", inputs=inputs)
+
+    def _amend(self, case: str, what: str, **changes: Any) -> CaseRecord:
+        """A new manifest row for a stored case with ``changes``; its file is untouched."""
         current = self.record(case)
         if current is None or current.status != "ok":
-            raise StoreError(f"{case}: no stored embedding to restamp in {self}")
-        rec = dataclasses.replace(current, inputs=inputs)
+            raise StoreError(f"{case}: no stored embedding to {what} in {self}")
+        rec = dataclasses.replace(current, **changes)
         self._append(rec)
         return rec
 

@@ -3,14 +3,16 @@ a time, and a bad case failing only the jobs it concerns."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ctfm.errors import ConfigError
-from ctfm.extract import preprocess
+from ctfm.extract import local, preprocess
 from ctfm.extract.local import ExtractConfig, run_local, run_local_many
+from ctfm.fsutil import sha256_file
 from ctfm.store import Store
 from extract_fixtures import make_case
 
@@ -66,6 +68,13 @@ def test_one_pass_reads_each_image_once_and_matches_view_by_view(
     assert len(masks) == len(CASES) * len(ROI) * 3
     again = run_local_many(_configs(root, tmp_path / "one_pass"), progress=False)
     assert [len(s.skipped) for s in again] == [len(CASES)] * 6 and len(reads) == len(CASES) * 7
+    for image in (root / "images").iterdir():  # new stamps, same content: each image hashed once, not per job
+        os.utime(image, (1e9, 1e9))
+    hashed: list[Path] = []
+    monkeypatch.setattr(local, "sha256_file", lambda path: hashed.append(path) or sha256_file(path))
+    touched = run_local_many(_configs(root, tmp_path / "one_pass"), progress=False)
+    assert [len(s.skipped) for s in touched] == [len(CASES)] * 6
+    assert sorted(p.name for p in hashed if p.parent.name == "images") == [f"{c}.nii.gz" for c in CASES]
 
 
 def test_a_bad_case_fails_only_the_jobs_it_concerns(tmp_path: Path) -> None:

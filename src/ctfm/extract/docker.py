@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctfm.benchmark import load_benchmark
+from ctfm.benchmark import configured, load_benchmark
 from ctfm.errors import ConfigError, ContainerError, DataError
 from ctfm.extract.validate import (
     DEFAULT_MAX_BYTES,
@@ -68,14 +68,14 @@ class RunSettings:
     """Limits and mode of a container run. The same object drives ``extract`` and ``check-container``."""
 
     task: str = "lp"
-    memory: str = field(default_factory=lambda: str(load_benchmark().default("container_limits", "memory")))
+    memory: str = field(default_factory=configured("container_limits", "memory", str))
     shm_size: str = "2g"
     tmp_size: str = "4g"
     pids_limit: int = 4096
     cpuset: str | None = None  # default: the CPUs of this process, split between concurrent GPU workers
     gpus: tuple[str, ...] = ()
     timeout_per_case: float = field(
-        default_factory=lambda: float(load_benchmark().default("container_limits", "timeout_per_case_s"))
+        default_factory=configured("container_limits", "timeout_per_case_s", float)
     )
     batch_cases: int = 16
     per_case: bool = False

@@ -3,7 +3,7 @@ mask in an ROI view. Shared by the in-process runner and the container runner so
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ctfm.errors import DataError
@@ -55,12 +55,20 @@ def case_inputs(image: Path, mask: Path | None, settings: str) -> str:
     return digest([file_stamp(image), file_stamp(mask) if mask is not None else None, settings])
 
 
-def is_current(view: View, case: str, image: Path, mask: Path | None, settings: str) -> bool:
+def is_current(
+    view: View,
+    case: str,
+    image: Path,
+    mask: Path | None,
+    settings: str,
+    hash_file: Callable[[Path], str] = sha256_file,
+) -> bool:
     """True when the view holds ``case`` made from these files and ``settings``.
 
     Quick when the files' stamps (size, mtime) are the recorded ones. Otherwise the files' content is compared
     with the hashes recorded at extraction: a dataset copied elsewhere, touched, or masks rebuilt identically
     are not extracted again (the case is restamped, so the next check is quick); changed content is.
+    ``hash_file`` may be memoised by a caller checking one image for several views.
     """
     inputs = case_inputs(image, mask, settings)
     if view.is_done(case, inputs):
@@ -68,7 +76,7 @@ def is_current(view: View, case: str, image: Path, mask: Path | None, settings: 
     rec = view.record(case)
     if rec is None or not rec.settings or rec.settings != settings or not view.is_done(case):
         return False
-    if rec.image_sha256 != sha256_file(image) or rec.mask_sha256 != (sha256_file(mask) if mask else ""):
+    if rec.image_sha256 != hash_file(image) or rec.mask_sha256 != (hash_file(mask) if mask else ""):
         return False
     view.restamp(case, inputs)
     return True

@@ -15,7 +15,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +118,11 @@ def resolve_view(masks: Path | None, disease: str | None) -> tuple[str, Path | N
 
 
 def plan_items(
-    cfg: ExtractConfig, view: View, mask_dir: Path | None, settings: str
+    cfg: ExtractConfig,
+    view: View,
+    mask_dir: Path | None,
+    settings: str,
+    hash_file: Callable[[Path], str] = sha256_file,
 ) -> tuple[list[CaseItem], list[str], list[str]]:
     """Cases to run (with their mask), cases skipped because they are already ok, and the ok cases run
     again because their image, mask or the extraction ``settings`` changed since they were stored."""
@@ -127,7 +133,7 @@ def plan_items(
             item.mask, item.error = mask_of(mask_dir, image)
         mask = None if item.error else item.mask
         item.inputs = case_inputs(image, mask, settings)
-        if not cfg.force and not item.error and is_current(view, case, image, mask, settings):
+        if not cfg.force and not item.error and is_current(view, case, image, mask, settings, hash_file):
             skipped.append(case)
             continue
         if not cfg.force and view.is_done(case):
@@ -305,7 +311,6 @@ class _Job:
 
     cfg: ExtractConfig
     view: View
-    mask_dir: Path | None
     summary: ExtractSummary
 
 
@@ -424,11 +429,13 @@ def _extract_pass(
     from ctfm.extract.preprocess import Preprocessor, resolve_spec
 
     spec = resolve_spec(extractor.preprocess)
+    hash_file = functools.cache(sha256_file)  # an image whose stamp changed is hashed once, not once per view
     jobs, works = [], {}
     for index, (cfg, (view, mask_dir, _)) in enumerate(zip(cfgs, prepared, strict=True)):
-        items, skipped, changed = plan_items(cfg, view, mask_dir, extraction_settings(cfg, extractor, spec))
+        settings = extraction_settings(cfg, extractor, spec)
+        items, skipped, changed = plan_items(cfg, view, mask_dir, settings, hash_file)
         label = f"{view.model}/{view.task}/{view.view}"
-        jobs.append(_Job(cfg, view, mask_dir, ExtractSummary(view=label, skipped=skipped, changed=changed)))
+        jobs.append(_Job(cfg, view, ExtractSummary(view=label, skipped=skipped, changed=changed)))
         for item in items:
             works.setdefault(item.case, CaseWork(item.case, item.image, [])).parts.append((index, item))
     summaries = [job.summary for job in jobs]
@@ -444,8 +451,9 @@ def _extract_pass(
         for batch in loader:
             runner.handle(batch)
             advance(len(batch))
+    wall = time.perf_counter() - start
     for summary in summaries:
-        summary.wall_seconds = time.perf_counter() - start  # the pass's, shared by its jobs
+        summary.wall_seconds = wall  # the pass's, shared by its jobs
     return summaries
 
 

@@ -14,6 +14,8 @@ fraction of the time and memory.
 Reading (``load``) and the rest (``transform``) are separate steps so the runner can time them apart.
 """
 
+from __future__ import annotations
+
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,9 +33,8 @@ from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError, DataError
 
 CROPS = ("fixed", "none")
-SLAB_VOXELS = (
-    1 << 22
-)  # output voxels resampled at a time: bounds the resampler's grid (~64 MiB) and source copy
+# output voxels resampled at a time: bounds the resampler's coordinate grid (~64 MiB) and its source copy
+SLAB_VOXELS = 1 << 22
 
 
 @dataclass(frozen=True)
