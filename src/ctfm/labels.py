@@ -16,16 +16,21 @@ from ctfm.benchmark import load_benchmark
 from ctfm.errors import DataError
 from ctfm.nifti import case_id
 
+MAX_CLASS = 10_000  # class indices run from 0; a larger value (1e20, inf) is a broken file, not a class
+
 
 def labels_path(labels_dir: Path, target: str) -> Path:
+    """``<labels_dir>/<target>.csv``; a file given as the folder is named as such."""
+    if Path(labels_dir).is_file():
+        raise DataError(f"{labels_dir}: --labels takes the folder of <disease>.csv files, not one file")
     return Path(labels_dir) / f"{target}.csv"
 
 
 def read_labels(path: Path, target: str | None = None) -> pd.DataFrame:
     """Normalise a label CSV to columns ``case, file, split, label`` plus any ``fold<k>`` columns.
 
-    ``case`` is the file name without ``.nii.gz``; ``label`` is an integer class. ``target`` defaults to the
-    file's stem. Raises :class:`DataError` naming the file and the problem.
+    ``case`` is the file name without ``.nii.gz``; ``label`` is an integer class; rows are sorted by case.
+    ``target`` defaults to the file's stem. Raises :class:`DataError` naming the file and the problem.
     """
     path = Path(path)
     target = target or path.stem
@@ -56,9 +61,12 @@ def read_labels(path: Path, target: str | None = None) -> pd.DataFrame:
     if unknown:
         raise DataError(f"{path}: unknown split value(s) {unknown}; allowed: {', '.join(conf['splits'])}")
     labels = pd.to_numeric(raw[target].str.strip(), errors="coerce")
-    bad = raw.loc[labels.isna() | (labels != labels.round()), case_col].tolist()
+    bad = raw.loc[~labels.between(0, MAX_CLASS) | (labels != labels.round()), case_col].tolist()  # NaN too
     if bad:
-        raise DataError(f"{path}: non-integer {target} label for {len(bad)} case(s), e.g. {bad[:3]}")
+        raise DataError(
+            f"{path}: non-integer or out-of-range {target} label for {len(bad)} case(s) (class indices are "
+            f"whole numbers 0..{MAX_CLASS}), e.g. {bad[:3]}"
+        )
     files = raw[case_col].str.strip()
     table = pd.DataFrame(
         {
@@ -74,4 +82,6 @@ def read_labels(path: Path, target: str | None = None) -> pd.DataFrame:
     for fold in conf["fold_columns"]:
         if fold in raw.columns:
             table[fold] = raw[fold].str.strip().str.lower()
-    return table
+    # sorted by case: the same cases in another row order train and score the same (sampling and bootstrap
+    # draw by row position)
+    return table.sort_values("case", kind="stable", ignore_index=True)

@@ -183,9 +183,14 @@ def _check_covers(class_map: ClassMap, diseases: Sequence[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------- computation
-def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size in mm along each array axis (column norms of the affine)."""
-    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))  # type: ignore[return-value]
+def _organ_ids(label: np.ndarray, where: str = "label map") -> np.ndarray:
+    """A float label map as integer organ ids (int32; values beyond the id range stay out of it), refused
+    unless every value is whole (a NaN or 5.4 is not); any other dtype as it is."""
+    if label.dtype.kind != "f":
+        return label
+    if not np.array_equal(np.rint(label), label):  # NaN != NaN
+        raise DataError(f"{where} holds non-integer or NaN values (dtype {label.dtype}): organ ids expected")
+    return np.clip(label, -1, 65536).astype(np.int32, order="K")
 
 
 def _lut_index(label: np.ndarray) -> np.ndarray:
@@ -196,9 +201,9 @@ def _lut_index(label: np.ndarray) -> np.ndarray:
         return label.view(np.uint8 if label.dtype == np.int8 else np.uint16)
     if not np.issubdtype(label.dtype, np.number):
         raise DataError(f"label map has non-numeric dtype {label.dtype}")
+    label = _organ_ids(label)
     out = np.empty(label.shape, np.uint16, order="F" if label.flags.f_contiguous else "C")
-    clipped = np.where((label < 0) | (label > 65535), 65535, label)
-    np.copyto(out, np.rint(clipped) if label.dtype.kind == "f" else clipped, casting="unsafe")
+    np.copyto(out, np.where((label < 0) | (label > 65535), 65535, label), casting="unsafe")
     return out
 
 
@@ -366,7 +371,7 @@ def disease_masks(
         raise ConfigError(f"margin must be >= 0 mm, got {margin_mm}")
     plan = _Plan.of(names)
     bits = _bits_from_labels(label_array, plan, resolve_class_map(class_map))
-    slabs, _ = _group_slabs(bits, plan, spacing_of(affine), margin_mm)
+    slabs, _ = _group_slabs(bits, plan, nifti.voxel_spacing(affine), margin_mm)
     return {d: slabs[g].full() for g, members in enumerate(plan.members) for d in members}
 
 
@@ -564,9 +569,7 @@ def _read_bits(job: _Job, plan: _Plan) -> tuple[_Bits, np.ndarray, object]:
     src = job.source
     if src.layout == MULTILABEL:
         label, img = nifti.read_image_fast(src.path)
-        if label.ndim != 3:
-            raise DataError(f"{src.path}: label map must be 3-D, got shape {label.shape}")
-        label = np.asfortranarray(label)
+        label = np.asfortranarray(_organ_ids(nifti.as_volume(label, src.path), f"{src.path}: label map"))
         if job.check_version:
             votes = class_map_votes(label, img.affine)
             if sum(v for _, v in votes) < 0:
@@ -579,8 +582,7 @@ def _read_bits(job: _Job, plan: _Plan) -> tuple[_Bits, np.ndarray, object]:
         if not path.is_file():
             continue
         arr, img = nifti.read_image_fast(path)
-        if arr.ndim != 3:
-            raise DataError(f"{path}: class file must be 3-D, got shape {arr.shape}")
+        arr = nifti.as_volume(arr, path)
         if ref is None:
             ref = img
             bits = np.zeros(arr.shape, plan.dtype, order="F")
@@ -626,7 +628,7 @@ def process_case(job: _Job) -> _Result:
         if todo:
             bits, affine, header = _read_bits(job, plan)
             result.read = 1
-            slabs, present = _group_slabs(bits, plan, spacing_of(affine), job.margin_mm)
+            slabs, present = _group_slabs(bits, plan, nifti.voxel_spacing(affine), job.margin_mm)
             ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
             for g in todo:
                 voxels = slabs[g].voxels

@@ -40,6 +40,69 @@ def list_volumes(folder: Path) -> list[Path]:
     )
 
 
+def odd_entries(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Entries of ``folder`` named like volumes that :func:`list_volumes` cannot read (a folder, a broken
+    link): case -> (path, why), so a case that looks present is reported, never dropped without a word."""
+    odd = {}
+    for p in Path(folder).iterdir():
+        if p.name.startswith(".") or not p.name.endswith((NII_SUFFIX, ".nii")) or p.is_file():
+            continue
+        kind = "a folder" if p.is_dir() else "a broken link" if p.is_symlink() else "not a regular file"
+        odd[case_id(p)] = (p, f"is {kind}, not a NIfTI file")
+    return odd
+
+
+def find_volume(folder: Path, case: str) -> Path | None:
+    """The volume of ``case`` in ``folder`` (``.nii.gz``, else ``.nii``), or None."""
+    for suffix in (NII_SUFFIX, ".nii"):
+        path = Path(folder) / f"{case}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def as_volume(data: np.ndarray, path: Path) -> np.ndarray:
+    """``data`` as a 3-D volume: trailing singleton axes (X, Y, Z, 1), as some writers store, are dropped;
+    any other shape is refused naming the file."""
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(f"{path}: expected a 3-D volume, got shape {data.shape}")
+    return data
+
+
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along each array axis (column norms of the affine)."""
+    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+# Voxel sizes (mm) a CT scan can have; outside them the header is wrong and every physical size is meaningless.
+VOXEL_MM = (0.01, 100.0)
+
+
+def voxel_problem(img: nib.Nifti1Image) -> str | None:
+    """Why ``img``'s voxel size cannot be trusted (zero in a header without an orientation, which nibabel
+    silently reads as 1 mm, or outside :data:`VOXEL_MM`), else None."""
+    header = img.header
+    codes = (int(header["qform_code"]), int(header["sform_code"]))
+    pixdim = tuple(float(v) for v in header["pixdim"][1:4])
+    if codes == (0, 0) and min(pixdim) <= 0:
+        return f"voxel size {pixdim} in a header with no qform or sform: the scan's size is unknown"
+    spacing = tuple(round(v, 6) for v in voxel_spacing(img.affine))
+    low, high = VOXEL_MM
+    if min(spacing) < low or max(spacing) > high:
+        return f"voxel size {spacing} mm is outside {low:g}..{high:g} mm: a wrong header?"
+    return None
+
+
+def nonfinite_problem(data: np.ndarray) -> str | None:
+    """How many voxels are NaN or infinite (float volumes only), else None."""
+    if not np.issubdtype(data.dtype, np.floating):
+        return None
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    return f"{bad} NaN or infinite voxel(s) of {data.size}" if bad else None
+
+
 def duplicate_cases(paths: Iterable[Path]) -> dict[str, list[str]]:
     """Cases with more than one volume (``x.nii`` and ``x.nii.gz``): which one is meant cannot be known."""
     names: dict[str, list[str]] = {}
@@ -66,7 +129,7 @@ class Geometry:
 
     @property
     def spacing(self) -> tuple[float, ...]:
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return voxel_spacing(self.affine)
 
     def matches(self, other: Geometry, atol: float = 1e-3) -> bool:
         return self.shape == other.shape and np.allclose(self.affine, other.affine, atol=atol)
@@ -246,6 +309,13 @@ def gzip_decompress(data: bytes, min_size: int = 0) -> bytes:
     return out if out and len(out) >= min_size else gzip.decompress(data)
 
 
+def _image_class(raw: bytes) -> type[nib.Nifti1Image]:
+    """NIfTI-1 or NIfTI-2, by the header size the file starts with (either byte order)."""
+    first = raw[:4]
+    sizes = {struct.unpack("<i", first)[0], struct.unpack(">i", first)[0]} if len(first) == 4 else set()
+    return nib.Nifti2Image if nib.Nifti2Header.sizeof_hdr in sizes else nib.Nifti1Image
+
+
 def read_image_fast(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     """Like :func:`read_array` (stored dtype), reading a ``.nii.gz`` in one decompression instead of a stream.
 
@@ -260,8 +330,10 @@ def read_image_fast(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     try:
         blob = path.read_bytes()
         raw = gzip_decompress(blob, min_size=352)  # at least a NIfTI-1 header
-        header_end = max(352, int(nib.Nifti1Header(raw[:348]).get_data_offset()))  # header + extensions
-        head = nib.Nifti1Image.from_bytes(raw[:header_end])  # no copy of the data
+        klass = _image_class(raw)
+        size = klass.header_class.sizeof_hdr
+        header_end = max(size + 4, int(klass.header_class(raw[:size]).get_data_offset()))  # + extensions
+        head = klass.from_bytes(raw[:header_end])  # no copy of the data
         proxy = head.dataobj  # holds the file's scaling (the image header's copy is reset on load)
         offset = int(proxy.offset)
         needed = offset + int(np.prod(head.shape)) * head.get_data_dtype().itemsize
@@ -272,9 +344,9 @@ def read_image_fast(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
         if float(proxy.slope) == 1.0 and float(proxy.inter) == 0.0:
             shape = tuple(int(s) for s in head.shape)
             data = np.ndarray(shape, head.get_data_dtype(), buffer=raw, offset=offset, order="F")
-            img = nib.Nifti1Image(data, head.affine, header=head.header)
+            img = klass(data, head.affine, header=head.header)
         else:  # scaled data: let nibabel apply the scaling
-            img = nib.Nifti1Image.from_bytes(raw)
+            img = klass.from_bytes(raw)
             data = np.asanyarray(img.dataobj)
     except (EOFError, zlib.error) as exc:  # the data stops early or does not inflate
         raise DataError(f"{path}: truncated or corrupt NIfTI data ({type(exc).__name__}: {exc})") from exc

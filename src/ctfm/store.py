@@ -727,6 +727,22 @@ class Store:
                 found.append(View(self.root, model, task, view))
         return found
 
+    def models(self, task: str) -> list[str]:
+        """Models with at least one view of ``task`` (sorted)."""
+        return sorted({v.model for v in self.views() if v.task == task})
+
+    def check_model(self, model: str, task: str) -> None:
+        """Refuse a model the store has no ``task`` embeddings of, naming the ones it has (one line for a
+        mistyped ``--model``, instead of one failure per disease)."""
+        known = self.models(task)
+        if sanitize_name(model) in known:
+            return
+        have = f"it has {task} embeddings of {', '.join(known)}" if known else f"it has no {task} embeddings"
+        raise StoreError(
+            f"{self.root}: no {task} embeddings of model {model!r}; {have} "
+            "(run `ctfm extract` or `ctfm store import` first)"
+        )
+
 
 @dataclass
 class ImportReport:

@@ -77,3 +77,14 @@ def test_a_hanging_image_gets_clear_verdicts(test_image, tmp_path, cli):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     for row in ("one feature size", "embeddings informative"):
         assert _row(proc.stdout, row) == ("FAIL", "no valid output to judge"), row
+
+
+def test_peak_memory_of_a_short_run_is_its_real_peak(test_image, tmp_path, cli):
+    """A container that touches 256 MiB and exits well within a second: the engine's stats answer about
+    once a second, so they saw only its first megabytes (4.5 MB when they were the source);
+    the cgroup's own peak counter, polled every 50 ms, sees the 256 MiB."""
+    images = write_cases(tmp_path / "images", 2)  # the image hogs on case_0001
+    proc = cli("check-container", test_image("hog", HOG_MIB="256"), "--images", images, "--memory", "2g")
+    status, detail = _row(proc.stdout, "peak memory")
+    value, unit = detail.split()[:2]
+    assert status == "pass" and unit == "MB" and 268.4 <= float(value) < 1000, detail

@@ -72,6 +72,19 @@ def test_eao_with_masks_through_the_cli(tmp_path, test_image, cli, no_leftovers)
     assert full.all_ok
     unmasked = Store(tmp_path / "full").view("ctfm-test", "eao", "full").read_case("case_0000")
     assert not np.allclose(arr, unmasked)
+    # a mask gone missing fails its case this run and keeps the stored embedding; a file the store cannot
+    # name fails alone; the run goes on and exits 1
+    (tmp_path / "fg_masks" / "liver_cyst" / "case_0000.nii.gz").unlink()
+    (images / "case 9.nii.gz").write_bytes((images / "case_0001.nii.gz").read_bytes())
+    again = cli(
+        "extract", "--image", test_image("good"), "--images", images, "--store", store, "--task", "eao",
+        "--masks", tmp_path / "fg_masks", "--disease", "liver_cyst", "--memory", "1g", check=False,
+    )  # fmt: skip
+    assert again.returncode == 1, again.stdout + again.stderr
+    flat = " ".join(again.stdout.split())
+    assert "kept the embedding already stored" in flat and "not a safe file name" in flat, again.stdout
+    assert view.record("case_0000").status == "ok"
+    np.testing.assert_array_equal(view.read_case("case_0000"), arr)
 
 
 def test_hanging_container_times_out_and_others_continue(tmp_path, cases4, test_image, no_leftovers):

@@ -171,7 +171,10 @@ def test_eval_from_predictions_file_matches(evaluated: Path, bench: dict, tmp_pa
                "--split", "val", "--out", tmp_path / "x", check=False)  # fmt: skip
     assert proc.returncode == 2 and "1 predicted case(s) belong to another split than 'val'" in proc.stderr
     full = tmp_path / "full"
-    cli("eval", "--predictions", res / "val_per_sample_predictions.csv", "--bootstrap", "0", "--out", full)
+    unboot = cli(
+        "eval", "--predictions", res / "val_per_sample_predictions.csv", "--bootstrap", "0", "--out", full
+    )
+    assert "nan" not in unboot.stdout and "0/" in unboot.stdout  # no intervals drawn: none shown
     first = pd.read_csv(res / "val_metrics.csv")
     for key in ("accuracy", "auroc", "balanced_acc", "f1_macro", "brier", "ece"):
         assert pd.read_csv(full / "val_metrics.csv").loc[0, key] == pytest.approx(
@@ -227,6 +230,9 @@ def test_eval_refuses_other_store_manifest(bench: dict, tmp_path: Path, cli) -> 
     assert proc.returncode == 2, proc.stderr
     assert "manifest" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.count("error:") == 1  # one line (soft-wrapped by the terminal width at most)
+    assert "now lists as train/val (embeddings or splits changed since training)" in " ".join(
+        proc.stderr.split()
+    )
 
 
 def test_eval_of_a_split_without_cases_names_the_labels_file(bench: dict, tmp_path: Path, cli) -> None:
@@ -321,6 +327,37 @@ def test_leaderboard_from_eval_outputs(evaluated: Path, tmp_path: Path, cli) -> 
     assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
     assert (out / "leaderboard.md").read_text().count("model_") >= 2
     assert "has no result" not in html
+    # a team that sent predictions is ranked beside checkpoint-scored models once its task is given
+    mixed = Path(shutil.copytree(evaluated, tmp_path / "mixed"))
+    sent = next(p for p in sorted(mixed.rglob(f"val{PRED_SUFFIX}")) if "model_a" in p.parts)
+    scored = ("eval", "--predictions", sent, "--model", "team_x", "--bootstrap", "0")
+    cli(*scored, "--out", mixed / "team_x_untasked")
+    board = (
+        "leaderboard",
+        "--results",
+        mixed,
+        "--split",
+        "val",
+        "--bootstrap",
+        "0",
+        "--out",
+        tmp_path / "lb3",
+    )
+    untasked = cli(*board, "--task", "lp", check=False)
+    assert (
+        untasked.returncode == 2 and "rescore it with `ctfm eval --predictions ... --task" in untasked.stderr
+    )
+    shutil.rmtree(mixed / "team_x_untasked")
+    cli(*scored, "--task", "lp", "--out", mixed / "team_x")
+    ranked = cli(*board, "--task", "lp", "--strategy", "val_auroc,predictions")
+    assert "team_x [predictions]" in ranked.stdout and "model_a [val_auroc]" in ranked.stdout
+    assert "nan" not in ranked.stdout  # --bootstrap 0: no rank intervals, shown as "-"
+    typo = cli(
+        "leaderboard", "--results", evaluated, "--strategy", "val_loss,val_bacc", "--out", out, check=False
+    )
+    assert (
+        typo.returncode == 2 and "unknown --strategy val_bacc; choose from val_balanced_acc," in typo.stderr
+    )
 
     partial = tmp_path / "partial"  # model_a has a second disease; model_b's eval stopped before it
     shutil.copytree(evaluated, partial)

@@ -243,3 +243,38 @@ def test_a_second_process_on_the_same_store_view_is_refused(cli, tmp_path: Path)
     assert not view.cases()
     cli(*args)  # free again
     assert view.cases() == ["case_00", "case_01"]
+
+
+def test_odd_files_fail_alone_and_a_vanished_mask_keeps_its_embedding(cli, tmp_path: Path) -> None:
+    """A file name the store cannot hold, a folder and a broken link named like scans each fail alone (the
+    run goes on, exit 1); an uncompressed scan finds its `.nii.gz` mask; a stored case whose mask went
+    missing fails this run but keeps its embedding."""
+    import gzip
+
+    root = _bench(tmp_path)
+    images, masks = root / "images", root / "fg_masks" / "fatty_liver"
+    shutil.copy2(images / "case_00.nii.gz", images / "scan 01.nii.gz")
+    shutil.copy2(masks / "case_00.nii.gz", masks / "scan 01.nii.gz")
+    (images / "case_02.nii").write_bytes(gzip.decompress((images / "case_02.nii.gz").read_bytes()))
+    (images / "case_02.nii.gz").unlink()
+    (images / "folder_case.nii.gz").mkdir()
+    (images / "gone.nii.gz").symlink_to(tmp_path / "nowhere.nii.gz")
+    store = tmp_path / "store"
+    args = ("extract", "--extractor", "hu-stats", "--images", images, "--store", store)
+    roi = ("--masks", root / "fg_masks", "--disease", "fatty_liver", "--workers", "0")
+    first = cli(*args, *roi, check=False)
+    assert first.returncode == 1, first.stderr
+    view = Store(store).view("hu-stats", "lp", "fatty_liver")
+    assert view.cases("ok") == ["case_00", "case_01", "case_02", "case_03"]
+    out = first.stdout
+    assert "scan 01.nii.gz: case name 'scan 01' is not a safe file name" in out and "rename the file" in out
+    assert "folder_case.nii.gz is a folder, not a NIfTI file" in out
+    assert "gone.nii.gz is a broken link, not a NIfTI file" in out
+
+    embedding = view.read_case("case_01")
+    (masks / "case_01.nii.gz").unlink()
+    again = cli(*args, *roi, check=False)
+    assert again.returncode == 1 and "extracted again" not in again.stdout
+    assert "no mask" in again.stdout and "kept the embedding already stored" in again.stdout
+    assert view.record("case_01").status == "ok"
+    np.testing.assert_array_equal(view.read_case("case_01"), embedding)

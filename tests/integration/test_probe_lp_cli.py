@@ -45,6 +45,9 @@ def test_lp_grid_outputs_and_resume(cli, bench):
     assert "synth_0005" in proc.stderr and "no ok embedding" in proc.stderr
     assert "fatty_liver" in proc.stdout and "done" in proc.stdout and "failed" in proc.stdout
     assert "ascites" in proc.stderr and "no ok lp embeddings" in proc.stderr
+    # piped, each message is one line (rich would fold it at 80 columns, splitting the path)
+    failure = [line for line in proc.stderr.splitlines() if line.startswith("ascites: ")]
+    assert len(failure) == 1 and len(failure[0]) > 100 and failure[0].endswith("first"), proc.stderr
     disease = out / MODEL / "fatty_liver"
     for name in ("val_balanced_acc", "val_auroc", "val_loss", "val_balacc_auroc", "val_balacc_loss"):
         assert (disease / "checkpoints" / f"{name}.pt").is_file()

@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctfm.errors import ConfigError
+from ctfm.errors import ConfigError, StoreError
 from ctfm.probe.layout import DiseaseLayout, list_diseases
 from ctfm.probe.runner import ProbeOptions, linear_task, run_probe
 from ctfm.probe.training import TrainConfig
+from ctfm.store import Store
 from probe_fixtures import MODEL, write_bench
 
 
@@ -104,3 +105,90 @@ def test_runner_writes_layout_aggregates_seeds_and_resumes(tmp_path):
     assert run_probe(options, linear_task(options), log=messages.append)[0].status == "done"
     assert any("retraining" in m for m in messages)
     assert json.loads(layout.summary.read_text())["options"]["lrs"] == [1e-3]
+
+
+def test_a_model_the_store_lacks_is_refused_before_any_disease(tmp_path):
+    store, labels = write_bench(tmp_path, n=20, dim=4, n_val=6, n_test=2)
+    out = tmp_path / "out"
+    options = ProbeOptions.defaults(
+        store=store,
+        model="typo",
+        labels=labels,
+        out=out,
+        diseases=["fatty_liver", "ascites"],
+        train=_config(),
+    )
+    calls: list[tuple[str, str]] = []
+    with pytest.raises(
+        StoreError, match=f"no lp embeddings of model 'typo'; it has lp embeddings of {MODEL}"
+    ):
+        run_probe(options, linear_task(options), on_run=lambda d, t: calls.append((d, t)))
+    assert calls == [] and not out.exists()
+    with pytest.raises(StoreError, match="it has no eao embeddings"):
+        Store(store).check_model(MODEL, "eao")
+
+
+def test_label_row_order_and_test_labels_do_not_change_a_probe(tmp_path):
+    """The same cases in another row order train the same heads, and a finished probe stays valid when
+    only test labels (which no head saw) change; a train label change still makes it stale."""
+    store, labels = write_bench(tmp_path, n=40, dim=4, n_val=10, n_test=6)
+
+    def run(out, **kw):
+        options = ProbeOptions.defaults(
+            store=store, model=MODEL, labels=labels, out=out, diseases=["fatty_liver"], train=_config(),
+            lrs=[1e-2], weight_decays=[1e-4], norms=["std"], **kw,
+        )  # fmt: skip
+        return run_probe(options, linear_task(options))[0]
+
+    assert run(tmp_path / "a").status == "done"
+    csv = labels / "fatty_liver.csv"
+    table = pd.read_csv(csv, dtype=str)
+    reordered = table.iloc[::-1].copy()
+    test_row = reordered.index[reordered["split"] == "test"][0]
+    reordered.loc[test_row, "fatty_liver"] = "1" if reordered.loc[test_row, "fatty_liver"] == "0" else "0"
+    reordered.to_csv(csv, index=False)
+    assert run(tmp_path / "a").status == "skipped"
+    assert run(tmp_path / "b").status == "done"
+    history = [
+        pd.read_csv(DiseaseLayout.of(tmp_path / o, MODEL, "fatty_liver").dir / "history.csv") for o in "ab"
+    ]
+    pd.testing.assert_frame_equal(history[0], history[1])
+    train_row = reordered.index[reordered["split"] == "train"][0]
+    reordered.loc[train_row, "fatty_liver"] = "1" if reordered.loc[train_row, "fatty_liver"] == "0" else "0"
+    reordered.to_csv(csv, index=False)
+    stale = run(tmp_path / "a")
+    assert stale.status == "failed" and "labels changed" in stale.error
+
+
+def test_an_interrupted_forced_retrain_keeps_the_finished_result(tmp_path):
+    """--force trains into a staging folder: stopped half-way, the finished probe is still finished and
+    whole; completed, it replaces the old runs entirely."""
+    store, labels = write_bench(tmp_path, n=40, dim=4, n_val=10, n_test=6)
+    out = tmp_path / "out"
+
+    def options(**kw):
+        return ProbeOptions.defaults(
+            store=store, model=MODEL, labels=labels, out=out, diseases=["fatty_liver"], train=_config(),
+            lrs=[1e-2], weight_decays=[1e-4], norms=["std"], **kw,
+        )  # fmt: skip
+
+    first = options(seeds=[0, 1])
+    run_probe(first, linear_task(first))
+    layout = DiseaseLayout.of(out, MODEL, "fatty_liver")
+    before = {p: p.read_bytes() for p in layout.dir.rglob("*") if p.is_file() and p.name != ".ctfm.lock"}
+
+    def stop_after_first_run(disease: str, tag: str) -> None:
+        raise KeyboardInterrupt
+
+    forced = options(seeds=[0, 1], force=True)
+    with pytest.raises(KeyboardInterrupt):
+        run_probe(forced, linear_task(forced), on_run=stop_after_first_run)
+    assert layout.is_done() and set(layout.checkpoints("val_auroc")) == {"seed0", "seed1"}
+    assert all(p.read_bytes() == data for p, data in before.items())
+
+    single = options(seeds=[3], force=True)
+    (outcome,) = run_probe(single, linear_task(single))
+    assert outcome.status == "done" and layout.is_done() and layout.run_tags() == [""]
+    assert set(layout.checkpoints("val_auroc")) == {""}
+    names = {p.name for p in layout.dir.iterdir()}
+    assert not {"seed0", "seed1", ".retrain"} & names and "checkpoints" in names

@@ -79,6 +79,9 @@ def test_labels_parsed_by_column_name_with_id_alias(tmp_path):
         ("case_id,split\na.nii.gz,train\n", "missing column.*fatty_liver"),
         ("case_id,split,fatty_liver\na.nii.gz,training,1\n", "unknown split"),
         ("case_id,split,fatty_liver\na.nii.gz,train,yes\n", "non-integer"),
+        ("case_id,split,fatty_liver\na.nii.gz,train,inf\n", "out-of-range fatty_liver label for 1 case"),
+        ("case_id,split,fatty_liver\na.nii.gz,train,1e20\n", r"whole numbers 0\.\.10000"),
+        ("case_id,split,fatty_liver\na.nii.gz,train,-1\n", "out-of-range"),
         ("case_id,split,fatty_liver\na.nii.gz,train,1\na.nii.gz,val,0\n", "duplicated"),
     ],
 )

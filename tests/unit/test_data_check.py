@@ -168,3 +168,38 @@ def test_a_label_seen_once_or_never_in_train_is_flagged(synth_bench, bench):
     assert _class_problems(table.iloc[:19]) == []  # tiny demo sets are not judged
     with pytest.raises(ConfigError, match="--class-map 'bogus' is not one of v2, v1"):
         check_benchmark(bench, class_map="bogus")
+
+
+def test_scans_a_run_could_not_use_are_flagged(bench):
+    """Each of these made `extract` stop, drop or mis-measure a case without `data check` saying a word."""
+    import gzip
+
+    import nibabel as nib
+
+    images = bench / "images"
+    scan, img = read_array(images / f"{CASE}.nii.gz")
+    holed = scan.astype(np.float32)
+    holed[:2, :2, :2] = np.nan
+    write(images / "synth_0002.nii.gz", holed, img.affine)
+    write(images / "synth_0003.nii.gz", scan, np.diag([1e-6, 1e-6, 1e-6, 1.0]))
+    shutil.copy2(images / f"{CASE}.nii.gz", images / "scan 01.nii.gz")
+    (images / "folder.nii.gz").mkdir()
+    found = {(p.file, p.problem) for p in _problems(bench)}
+    assert ("images/synth_0002.nii.gz", f"8 NaN or infinite voxel(s) of {scan.size}") in found
+    assert any(f == "images/synth_0003.nii.gz" and "outside 0.01..100 mm" in p for f, p in found)
+    assert any(f == "images/scan 01.nii.gz" and "not a safe file name" in p for f, p in found)
+    assert ("images/folder.nii.gz", "is a folder, not a NIfTI file") in found
+
+    # accepted as `extract` accepts them: an uncompressed scan, a trailing singleton axis
+    (images / "synth_0004.nii").write_bytes(gzip.decompress((images / "synth_0004.nii.gz").read_bytes()))
+    (images / "synth_0004.nii.gz").unlink()
+    seg, seg_img = read_array(bench / "totalseg" / "synth_0005.nii.gz")
+    write(bench / "totalseg" / "synth_0005.nii.gz", seg[..., None], seg_img.affine)
+    # an RGB label map is one problem, not the end of the check
+    rgb = np.zeros(seg.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, seg_img.affine), bench / "totalseg" / "synth_0000.nii.gz")
+    after = _problems(bench)
+    assert not [p for p in after if "synth_0004" in p.file or p.case == "synth_0004"], after
+    assert not [p for p in after if p.file == "totalseg/synth_0005.nii.gz"], after
+    (rgb_problem,) = [p.problem for p in after if p.file == "totalseg/synth_0000.nii.gz"]
+    assert rgb_problem.startswith("voxel type") and "is not numeric (an RGB image?)" in rgb_problem

@@ -15,6 +15,7 @@ from ctfm.extract.docker import (
     ContainerResult,
     ContainerRunner,
     RunSettings,
+    _cgroup_peak_file,
     _chunks,
     _split_cpus,
     discover_tarballs,
@@ -204,3 +205,41 @@ def test_inputs_are_hashed_once_per_run_unless_they_change(tmp_path, monkeypatch
     assert runner.input_sha256(image) == first and len(calls) == 1  # every team and view reuses it
     image.write_bytes(b"abcd")
     assert runner.input_sha256(image) != first and len(calls) == 2  # a replaced file is hashed again
+
+
+class _Inspected:
+    """What `_cgroup_peak_file` reads of a docker SDK container (its id and State.Pid). A stand-in: the
+    real engine on this machine uses cgroup v1 only, so the v2 layout and a foreign pid are built here as
+    files; tests/docker reads a real container's v1 peak."""
+
+    def __init__(self, cid: str, pid: int) -> None:
+        self.id, self.attrs = cid, {"State": {"Pid": pid}}
+
+    def reload(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("line", "peak"),
+    [
+        ("4:memory:/docker/{cid}", "memory/docker/{cid}/memory.max_usage_in_bytes"),  # v1, cgroupfs driver
+        (
+            "9:cpu,memory:/system.slice/docker-{cid}.scope",
+            "memory/system.slice/docker-{cid}.scope/memory.max_usage_in_bytes",
+        ),
+        ("0::/system.slice/docker-{cid}.scope", "system.slice/docker-{cid}.scope/memory.peak"),  # v2
+    ],
+)
+def test_cgroup_peak_file_is_found_only_for_this_container(tmp_path: Path, line: str, peak: str) -> None:
+    cid = "ab" * 32
+    proc, cgroupfs = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "42").mkdir(parents=True)
+    (proc / "42" / "cgroup").write_text(f"7:pids:/docker/{cid}\n{line.format(cid=cid)}\n")
+    target = cgroupfs / peak.format(cid=cid)
+    assert _cgroup_peak_file(_Inspected(cid, 42), proc, cgroupfs) is None  # the counter file is not there
+    target.parent.mkdir(parents=True)
+    target.write_text("123\n")
+    assert _cgroup_peak_file(_Inspected(cid, 42), proc, cgroupfs) == target
+    # the same pid here belongs to another container's cgroup (a remote engine, another pid namespace)
+    assert _cgroup_peak_file(_Inspected("cd" * 32, 42), proc, cgroupfs) is None
+    assert _cgroup_peak_file(_Inspected(cid, 0), proc, cgroupfs) is None  # already exited

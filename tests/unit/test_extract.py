@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -57,8 +58,25 @@ def test_preprocess_errors_name_the_problem(tmp_path: Path) -> None:
         pre(img, empty)
     other = tmp_path / "other.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.uint8), affine()), other)
-    with pytest.raises(DataError, match="does not match"):
+    with pytest.raises(DataError, match=r"mask grid differs from its image's: shape \(10, 10, 10\)"):
         pre(img, other)
+    shifted = tmp_path / "shifted.nii.gz"  # same shape, origin 5 mm away: both origins are named
+    moved = affine()
+    moved[0, 3] += 5.0
+    nib.save(nib.Nifti1Image(np.ones(SHAPE, np.uint8), moved), shifted)
+    origin = tuple(round(float(v), 3) for v in moved[:3, 3])
+    with pytest.raises(DataError, match=re.escape(f"origin {origin}")):
+        pre(img, shifted)
+    holed = tmp_path / "nan.nii.gz"
+    data = np.asanyarray(nib.load(img).dataobj).astype(np.float32)
+    data[:2, :2, :2] = np.nan
+    nib.save(nib.Nifti1Image(data, affine()), holed)
+    with pytest.raises(DataError, match=r"8 NaN or infinite voxel\(s\)"):
+        pre(holed, mask)
+    tiny = tmp_path / "tiny.nii.gz"
+    nib.save(nib.Nifti1Image(data[..., :4] * 0, np.diag([1e-6, 1e-6, 1e-6, 1.0])), tiny)
+    with pytest.raises(DataError, match=r"voxel size .* is outside 0\.01\.\.100 mm"):
+        Preprocessor(resolve_spec(SMALL), with_mask=False)(tiny)
     corrupt = tmp_path / "corrupt.nii.gz"
     corrupt.write_bytes(img.read_bytes()[:200])
     with pytest.raises(DataError, match="cannot read"):
@@ -252,9 +270,9 @@ def test_local_and_container_runs_select_cases_alike(tmp_path: Path) -> None:
         make_case(tmp_path, case, mask_dir=tmp_path / "masks" if case != "case_1" else None)
     images = tmp_path / "images"
     wanted = read_case_list("case_2.nii.gz, case_0,")  # with or without the suffix, in any order
-    assert [c for c, _ in select_cases(images, wanted)] == ["case_0", "case_2"]
-    inputs, no_mask = collect_inputs(images, tmp_path / "masks", [*wanted, "case_1"])
-    assert [i.case for i in inputs] == ["case_0", "case_2"] and list(no_mask) == ["case_1"]
+    assert [c for c, _ in select_cases(images, wanted)[0]] == ["case_0", "case_2"]
+    inputs, no_mask, refused = collect_inputs(images, tmp_path / "masks", [*wanted, "case_1"])
+    assert [i.case for i in inputs] == ["case_0", "case_2"] and list(no_mask) == ["case_1"] and not refused
     assert "ctfm masks" in no_mask["case_1"]
     with pytest.raises(DataError, match="case_9"):
         select_cases(images, ["case_9"])

@@ -446,3 +446,22 @@ def test_run_totalsegmentator_asks_only_for_needed_organs(tmp_path, monkeypatch)
     report = build_masks(tmp_path / "ts", tmp_path / "out", ["splenomegaly"], class_map="v2")
     assert report.ok and report.written == 2
     assert _read(tmp_path / "out" / "splenomegaly" / "b.nii.gz").sum() == 8
+
+
+def test_label_maps_with_a_singleton_axis_build_and_nan_or_fractions_fail_alone(tmp_path, body):
+    """(X, Y, Z, 1) maps build as extraction reads such scans; a NaN or fractional id fails that case with
+    one line instead of a cryptic numpy error or organs rounded into being."""
+    label, affine = body
+    save(label[..., None], affine, tmp_path / "ts" / "singleton.nii.gz")
+    for case, bad in (("nan", np.nan), ("fraction", 5.4)):
+        values = label.astype(np.float32)
+        values[0, 0, 0] = bad
+        save(values, affine, tmp_path / "ts" / f"{case}.nii.gz")
+    report = build_masks(tmp_path / "ts", tmp_path / "out", diseases=["fatty_liver"])
+    status = {r.case: r for r in report.rows}
+    assert status["singleton"].status == OK
+    mask = _read(tmp_path / "out" / "fatty_liver" / "singleton.nii.gz")
+    assert np.array_equal(mask, expected_masks(label, ["fatty_liver"])["fatty_liver"])
+    for case in ("nan", "fraction"):
+        assert status[case].status == FAILED
+        assert "label map holds non-integer or NaN values" in status[case].message

@@ -99,3 +99,19 @@ def test_read_image_fast_reads_multi_member_gzip(tmp_path):
     (tmp_path / "two.nii.gz").write_bytes(gzip.compress(raw[:400]) + gzip.compress(raw[400:]))
     got, _ = nifti.read_image_fast(tmp_path / "two.nii.gz")
     assert np.array_equal(got, data)
+
+
+def test_read_image_fast_reads_nifti2(tmp_path):
+    """NIfTI-2 headers (540 bytes) as nibabel writes them, plain and scaled: the same voxels and affine."""
+    data = (np.arange(24 * 20 * 10).reshape(24, 20, 10) % 300).astype(np.int16)
+    affine = np.diag([0.7, 0.8, 2.5, 1.0])
+    nib.save(nib.Nifti2Image(data, affine), tmp_path / "plain.nii.gz")
+    scaled = nib.Nifti2Image(data.astype(np.float32), affine)
+    scaled.header.set_slope_inter(0.5, 10.0)
+    nib.save(scaled, tmp_path / "scaled.nii.gz")
+    for name in ("plain", "scaled"):
+        got, img = nifti.read_image_fast(tmp_path / f"{name}.nii.gz")
+        want = np.asanyarray(nib.load(tmp_path / f"{name}.nii.gz").dataobj)
+        assert (
+            isinstance(img, nib.Nifti2Image) and np.array_equal(got, want) and np.allclose(img.affine, affine)
+        )

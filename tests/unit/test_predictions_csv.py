@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from ctfm.errors import DataError
-from ctfm.evaluate.inference import Predictions, align_to_labels, read_predictions
+from ctfm.evaluate.inference import (
+    Predictions,
+    align_to_labels,
+    eval_json,
+    read_predictions,
+    recorded_classes,
+)
 
 
 def _preds(classes: list[int]) -> Predictions:
@@ -65,3 +73,41 @@ def test_bad_cells_are_one_error_naming_a_case(tmp_path, column, value, match):
     frame.to_csv(path, index=False)
     with pytest.raises(DataError, match=match):
         read_predictions(path)
+
+
+def test_probabilities_that_are_not_a_distribution_are_refused(tmp_path):
+    """Rows summing to 0.5 or 2 gave Brier and calibration numbers without meaning; now they are refused."""
+    for name, scale in (("half", 0.5), ("double", 2.0)):
+        frame = _preds([0, 1]).to_frame()
+        frame[["prob_class_0", "prob_class_1"]] *= scale
+        path = tmp_path / f"{name}.csv"
+        frame.to_csv(path, index=False)
+        what = "outside \\[0, 1\\]" if scale > 1 else f"do not sum to 1, e.g. c00.nii.gz \\({scale:g}\\)"
+        with pytest.raises(DataError, match=what):
+            read_predictions(path)
+
+
+def test_a_head_that_predicted_one_class_reads_back_by_its_recorded_classes(tmp_path):
+    """Classes {1, 2} and every pred 2: `pred` cannot tell which column is class 1, but ctfm eval's JSON
+    beside the file records the classes, so the leaderboard reads its own output back."""
+    preds = _preds([1, 2])
+    preds.probs[:, 1] = np.maximum(preds.probs[:, 1], 0.6)
+    preds.probs[:, 0] = 1.0 - preds.probs[:, 1]
+    path = tmp_path / "test_per_sample_predictions.csv"
+    preds.to_frame().to_csv(path, index=False)
+    with pytest.raises(DataError, match="cannot be told apart"):
+        read_predictions(path)
+    (tmp_path / "test_eval.json").write_text('{"meta": {"classes": [1, 2]}}')
+    back = read_predictions(path, recorded_classes(json.loads(eval_json(path).read_text())))
+    assert back.classes == [1, 2]
+    np.testing.assert_array_equal(back.labels, preds.labels)
+
+
+def test_a_tie_names_no_column(tmp_path):
+    """0.5 / 0.5 with pred 1 (a p >= 0.5 rule) is a valid row, not a contradiction."""
+    frame = _preds([0, 1]).to_frame()
+    frame.loc[0, ["prob_class_0", "prob_class_1"]] = 0.5
+    frame.loc[0, "pred"] = 1
+    path = tmp_path / "p.csv"
+    frame.to_csv(path, index=False)
+    assert read_predictions(path).classes == [0, 1]

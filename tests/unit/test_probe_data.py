@@ -102,3 +102,22 @@ def test_selected_rows_have_the_right_sizes(bench):
     for spec in plan_runs("split", 5, [0], 0, 1):
         train, val = select_rows(data, spec)
         assert len(train) + len(val) == 57
+
+
+def test_a_fold_typo_or_a_class_unseen_in_train_is_a_clear_error(tmp_path):
+    """Both used to train quietly: a mistyped fold cell dropped its case from val; a val-only class gave
+    the head an output it never learned."""
+    store, labels = write_bench(tmp_path, n=40, dim=4, n_val=10, n_test=4)
+    csv = labels / "fatty_liver.csv"
+    table = pd.read_csv(csv, dtype=str)
+    good = table.copy()
+    table.loc[0, "fold0"] = "validation"
+    table.to_csv(csv, index=False)
+    with pytest.raises(DataError, match=r"unknown fold0 value\(s\) \['validation'\]"):
+        load_disease(store, MODEL, labels, "fatty_liver").split("fold0")
+    good.loc[good.index[good["split"] == "val"][0], "fatty_liver"] = "2"
+    good.to_csv(csv, index=False)
+    with pytest.raises(DataError, match=r"class\(es\) \[2\] of the val cases .* never appear in train"):
+        load_disease(store, MODEL, labels, "fatty_liver").split()
+    with pytest.raises(DataError, match=r"--labels takes the folder of <disease>\.csv files, not one file"):
+        load_disease(store, MODEL, csv, "fatty_liver")

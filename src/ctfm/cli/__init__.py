@@ -53,6 +53,16 @@ def one_value(values: list[str] | None, option: str) -> str | None:
     return items[0] if items else None
 
 
+def new_console(stderr: bool = False) -> Console:
+    """A rich console that prints each message on one line when piped or redirected (rich folds lines at 80
+    columns there, splitting paths and case names across lines of a log); on a terminal it wraps as usual."""
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    console.soft_wrap = not console.is_terminal
+    return console
+
+
 def print_table(table: Table, console: Console | None = None, keys: int = 1) -> None:
     """Print ``table`` so that it stays readable wherever it goes (rich alone squeezes a wide table into the
     terminal, or into 80 columns when piped, wrapping numbers and cutting headers to "…").
@@ -61,9 +71,7 @@ def print_table(table: Table, console: Console | None = None, keys: int = 1) -> 
     ``keys`` columns (the names a row is read by), so no cell is cut or wrapped; only where not even one value
     fits beside the names do the names fold inside their cells. Piped or redirected, it is printed plain: no
     borders and no width limit, one line per row, for logs and ``grep``."""
-    from rich.console import Console
-
-    console = console or Console()
+    console = console or new_console()
     if console.is_terminal:
         for part in _column_parts(table, console, keys):
             console.print(part)

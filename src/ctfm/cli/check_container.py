@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from ctfm.cli import default, one_value, plain
+from ctfm.cli import default, new_console, one_value, plain
 
 
 def _settings(**kwargs: Any) -> Any:
@@ -40,13 +40,11 @@ def extract_with_containers(
     cpuset: str | None,
 ) -> None:
     """``ctfm extract --containers DIR | --image TAG``: run, print the team table, exit 1 on any failure."""
-    from rich.console import Console
-
     from ctfm.extract.docker import run_containers, team_table
     from ctfm.extract.inputs import read_case_list
     from ctfm.extract.local import resolve_view
 
-    console = Console()
+    console = new_console()
     view, mask_dir = resolve_view(masks, disease)
     settings = _settings(
         task=task,
@@ -144,14 +142,13 @@ def check_container_cmd(
     log: Path | None = typer.Option(None, "--log", help="Write the container's stdout/stderr here."),
 ) -> None:
     """Dry-run a team image under the production settings; prints pass/fail per check, exit 1 on fail."""
-    from rich.console import Console
     from rich.table import Table
 
     from ctfm.extract.docker import check_container, temporary_folder
 
     disease = one_value(diseases, "--disease")
 
-    console = Console()
+    console = new_console()
     settings = _settings(task=task, gpus=gpus, memory=memory, timeout_per_case=timeout_per_case)
     with temporary_folder("ctfm-demo-") as tmp:
         img_dir, masks = _demo_inputs(images, disease, tmp)

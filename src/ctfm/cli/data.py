@@ -7,11 +7,10 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from ctfm.cli import plain, print_table
+from ctfm.cli import new_console, plain, print_table
 
-console = Console()
+console = new_console()
 data_app = typer.Typer(help="Benchmark data: synthesise the embedded default, validate a folder, download.")
 
 

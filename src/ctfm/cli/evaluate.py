@@ -10,15 +10,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 
-from ctfm.cli import default, one_value, plain, print_table, split_list
+from ctfm.benchmark import load_benchmark
+from ctfm.cli import default, new_console, one_value, plain, print_table, split_list
 
 if TYPE_CHECKING:
     import pandas as pd
     from rich.table import Table
 
-console = Console(stderr=True)
+console = new_console(stderr=True)
 METRIC_KEYS = 3  # model, disease, strategy: repeated when a narrow terminal splits the metrics table
 LEADERBOARD_KEYS = 2  # rank, model
 
@@ -44,7 +44,9 @@ def metrics_table(rows: list[dict], title: str) -> Table:
             plain(r["strategy"] + (f" ({r['tag']})" if r.get("tag") else "")),
         ]
         cells.append(f"{r['failed_cases']}/{r['n_cases']}")
-        cells += [plain(f"{r[m]:.3f} [{r[m + '_ci_low']:.3f}, {r[m + '_ci_high']:.3f}]") for m in METRICS]
+        cells += [
+            plain(f"{r[m]:.3f}" + _interval(r[m + "_ci_low"], r[m + "_ci_high"], ".3f")) for m in METRICS
+        ]
         table.add_row(*cells)
     return table
 
@@ -78,6 +80,9 @@ def eval_command(
     model: str = typer.Option(
         None, "--model", help="With --predictions: model name (default: the CSV's folder)."
     ),
+    task: str = typer.Option(
+        None, "--task", help="With --predictions: lp or eao, the leaderboard the result is ranked on."
+    ),
     bootstrap: int = typer.Option(
         default("evaluation", "bootstrap"),
         "--bootstrap",
@@ -92,13 +97,23 @@ def eval_command(
     from ctfm.evaluate import inference
 
     if predictions is not None:
+        if task not in (None, "lp", "eao"):
+            raise ConfigError(f"--task must be lp or eao, not {task!r}")
         result = inference.evaluate_predictions(
-            predictions, out, labels, one_value(disease, "--disease"), split, bootstrap, seed, model
+            predictions,
+            out,
+            labels,
+            one_value(disease, "--disease"),
+            split,
+            bootstrap,
+            seed,
+            model,
+            task or "",
         )
         print_table(metrics_table([result.row()], f"{predictions.name}"), keys=METRIC_KEYS)
         console.print(f"wrote {out}", markup=False)
         return
-    unused = [name for name, v in (("--disease", disease), ("--model", model)) if v]
+    unused = [name for name, v in (("--disease", disease), ("--model", model), ("--task", task)) if v]
     if unused:
         verb = "goes" if len(unused) == 1 else "go"
         raise ConfigError(f"{' and '.join(unused)} {verb} with --predictions; checkpoints name their own")
@@ -110,8 +125,9 @@ def eval_command(
         raise ConfigError(f"--split must be val, test or train, not {split!r}")
     from rich.progress import Progress
 
-    found = inference.find_checkpoints(runs, split_list(strategy) or None)
-    heads, problems = found.only(split_list(strategy) or None), found.problems
+    strategies = _strategies(strategy)
+    found = inference.find_checkpoints(runs, strategies)
+    heads, problems = found.only(strategies), found.problems
     results, errors = [], []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("evaluating", total=len(heads))
@@ -150,6 +166,13 @@ def eval_command(
     console.print(f"wrote {out}", markup=False)
 
 
+def _interval(low: float, high: float, spec: str) -> str:
+    """`` [low, high]``, or nothing when no resample was drawn (``--bootstrap 0`` gives NaN bounds)."""
+    if low != low or high != high:
+        return ""
+    return f" [{low:{spec}}, {high:{spec}}]"
+
+
 def leaderboard_table(frame: pd.DataFrame, title: str) -> Table:
     """The ranking as a rich table (also printed by ``ctfm run`` / ``ctfm demo``)."""
     from rich.table import Table
@@ -162,11 +185,25 @@ def leaderboard_table(frame: pd.DataFrame, title: str) -> Table:
             f"{r['rank']:g}",
             plain(r["model"]),  # names such as 'hu-stats [val_loss]' are not rich markup
             f"{r['mean_rank']:.2f}",
-            plain(f"[{r['rank_ci_low']:g}, {r['rank_ci_high']:g}]"),
-            f"{r['win_share']:.1%}",
+            plain(_interval(r["rank_ci_low"], r["rank_ci_high"], "g").strip() or "-"),
+            "-" if r["win_share"] != r["win_share"] else f"{r['win_share']:.1%}",  # NaN: no resamples
             f"{r['rank_aggregate_then_rank']:g}",
         )
     return table
+
+
+def _strategies(values: list[str] | None) -> list[str] | None:
+    """``--strategy`` names, checked: a typo would otherwise select nothing or be ignored beside a valid name."""
+    from ctfm.errors import ConfigError
+
+    names = split_list(values)
+    bench = load_benchmark()
+    configured = (s for part in ("linear_probe", "eao") for s in bench.section(part)["strategies"])
+    known = list(dict.fromkeys([*configured, "predictions"]))  # the last: results of `eval --predictions`
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown --strategy {', '.join(unknown)}; choose from {', '.join(known)}")
+    return names or None
 
 
 def leaderboard_command(
@@ -188,7 +225,7 @@ def leaderboard_command(
     """Rank models per disease, aggregate by mean rank, and measure ranking stability by bootstrap."""
     from ctfm.evaluate.leaderboard import build_leaderboard, gather, write_leaderboard
 
-    data, entries = gather(results, split, split_list(strategy) or None, task)
+    data, entries = gather(results, split, _strategies(strategy), task)
     lb = build_leaderboard(data, entries, split_list(metrics) or None, n_boot=bootstrap, seed=seed)
     paths = write_leaderboard(lb, out, title)
     for line in lb.missing_text.splitlines():

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from ctfm.cli import default, one_value, plain, print_table, split_list
+from ctfm.cli import default, new_console, one_value, plain, print_table, split_list
 
 
 def extract_cmd(
@@ -87,15 +87,13 @@ def extract_cmd(
             cpuset,
         )
         return
-    from rich.console import Console
-
     from ctfm.errors import ConfigError
     from ctfm.extract.inputs import read_case_list
     from ctfm.extract.local import ExtractConfig, run_local_many
 
     if not extractor:
         raise ConfigError("pass --extractor NAME (built-ins: hu-stats, cnn3d)")
-    console = Console()
+    console = new_console()
     shared = {
         "extractor": extractor, "images": images, "store": store, "masks": masks, "model": model,
         "workers": workers, "batch_size": batch_size, "device": device, "weights": weights, "force": force,

@@ -6,10 +6,9 @@ import importlib
 import sys
 
 import typer
-from rich.console import Console
 
 from ctfm import __version__
-from ctfm.cli import plain
+from ctfm.cli import new_console, plain
 from ctfm.errors import CtfmError
 
 # Modules under ctfm.cli, in pipeline order; each exposes `register(app)` adding its command(s).
@@ -31,7 +30,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True)
+err_console = new_console(stderr=True)
 # Click's exception base (typer may vendor click, so it is found through an exception typer exports)
 _CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 

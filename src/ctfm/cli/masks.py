@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ctfm.cli import plain, print_table, split_list
+from ctfm.cli import new_console, plain, print_table, split_list
 
 
 def masks(
@@ -40,7 +40,7 @@ def masks(
     from ctfm.errors import ConfigError
     from ctfm.masks import build_masks, cases_from_labels, run_totalsegmentator, totalsegmentator_missing
 
-    console = Console(stderr=True)
+    console = new_console(stderr=True)
     diseases = split_list(disease) or None
     cases = cases_from_labels(labels, diseases) if labels else None
     if run_totalseg:

@@ -9,16 +9,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
 from ctfm.benchmark import load_benchmark
-from ctfm.cli import plain, print_table, split_list
+from ctfm.cli import new_console, plain, print_table, split_list
 
 if TYPE_CHECKING:
     from ctfm.probe.training import TrainConfig
 
 probe_app = typer.Typer(help="Train probes on stored embeddings.", no_args_is_help=True)
-console = Console(stderr=True)
+console = new_console(stderr=True)
 
 PROBES = ("grid", "logreg")
 LP_SUMMARY = (

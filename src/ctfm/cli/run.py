@@ -6,11 +6,10 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from ctfm.cli import plain, print_table
+from ctfm.cli import new_console, plain, print_table
 
-console = Console(stderr=True)
+console = new_console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -35,7 +34,7 @@ def _execute(config: Path, out: Path | None) -> None:
     for o in result.outcomes:
         stages.add_row(plain(o.name), o.status, f"{o.seconds:.1f}" if o.seconds else "")
     print_table(stages, console)
-    out_console = Console()
+    out_console = new_console()
     for task, folder in result.leaderboards.items():
         if not (folder / "leaderboard.csv").is_file():
             continue

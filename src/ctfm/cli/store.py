@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ctfm.cli import plain, print_table
+from ctfm.cli import new_console, plain, print_table
 
 store_app = typer.Typer(help="The embedding store: import reference-format .h5 folders, list views.")
 
@@ -20,11 +20,9 @@ def import_cmd(
     view: str = typer.Option("full", "--view", help="full, or the ROI disease whose mask was used."),
 ) -> None:
     """Validate every file and import the good ones; bad files are recorded failed with the reason."""
-    from rich.console import Console
-
     from ctfm.store import Store, import_folder
 
-    console = Console()
+    console = new_console()
     target = Store(store).view(model, task, view)
     report = import_folder(target, h5_dir)
     console.print(
@@ -42,13 +40,12 @@ def ls_cmd(
     store: Path = typer.Option(..., "--store", help="Store root folder.", exists=True, file_okay=False),
 ) -> None:
     """Print every view with its case counts by status."""
-    from rich.console import Console
     from rich.table import Table
 
     from ctfm.store import STATUSES, Store
 
     views = Store(store).views()
-    console = Console()
+    console = new_console()
     if not views:
         console.print(f"no views under {store}", markup=False)
         return

@@ -21,9 +21,22 @@ import pandas as pd
 
 from ctfm.benchmark import load_benchmark
 from ctfm.data.synth import read_manifest
-from ctfm.errors import ConfigError, DataError
+from ctfm.errors import ConfigError, CtfmError, DataError
 from ctfm.labels import read_labels
-from ctfm.nifti import Geometry, case_id, duplicate_cases, geometry, list_volumes, read_image_fast
+from ctfm.nifti import (
+    Geometry,
+    as_volume,
+    case_id,
+    duplicate_cases,
+    find_volume,
+    geometry,
+    list_volumes,
+    nonfinite_problem,
+    odd_entries,
+    read_image_fast,
+    voxel_problem,
+)
+from ctfm.store import check_case
 
 
 @dataclass(frozen=True)
@@ -78,16 +91,31 @@ def _v1_evidence(labels: np.ndarray, affine: np.ndarray) -> str | None:
 
 
 def _check_volume(root: Path, job: _VolumeJob, class_map: str) -> list[Problem]:
+    """The problems of one volume; an unexpected failure is one problem too, never the end of the check."""
+    try:
+        return _volume_problems(root, job, class_map)
+    except Exception as exc:  # e.g. an RGB label map numpy cannot compare: report it, check the rest
+        return [
+            Problem(_rel(root, job.path), case_id(job.path), f"cannot check: {type(exc).__name__}: {exc}")
+        ]
+
+
+def _volume_problems(root: Path, job: _VolumeJob, class_map: str) -> list[Problem]:
     rel, case = _rel(root, job.path), case_id(job.path)
     try:
         data, img = read_image_fast(job.path)  # one decompression, not nibabel's stream
+        data = as_volume(data, job.path)
     except DataError as exc:
         return [Problem(rel, case, _message(exc, job.path))]
+    if not np.issubdtype(data.dtype, np.number):
+        return [Problem(rel, case, f"voxel type {data.dtype} is not numeric (an RGB image?)")]
+    if job.kind == "image":
+        return [
+            Problem(rel, case, p)
+            for p in (_name_problem(case), voxel_problem(img), nonfinite_problem(data))
+            if p
+        ]
     problems: list[Problem] = []
-    if data.ndim != 3:
-        problems.append(Problem(rel, case, f"expected a 3-D volume, got shape {data.shape}"))
-    if job.kind == "image" or data.ndim != 3:
-        return problems
     if job.image is None or not job.image.is_file():
         problems.append(
             Problem(rel, case, f"{job.kind} without an image ({_rel(root, job.image or job.path)})")
@@ -127,6 +155,15 @@ def _check_volume(root: Path, job: _VolumeJob, class_map: str) -> list[Problem]:
     return problems
 
 
+def _name_problem(case: str) -> str | None:
+    """Why a case name cannot be stored (the store names files after cases), else None."""
+    try:
+        check_case(case)
+    except CtfmError as exc:
+        return f"{exc}: rename the file"
+    return None
+
+
 def _check_label_files(root: Path, report: CheckReport) -> None:
     labels_dir = root / "labels"
     if not labels_dir.is_dir():
@@ -144,7 +181,7 @@ def _check_label_files(root: Path, report: CheckReport) -> None:
             report.problems.append(Problem(rel, "", _message(exc, path)))
             continue
         for case, file in zip(table["case"], table["file"], strict=True):
-            if not (root / "images" / file).is_file():
+            if find_volume(root / "images", case) is None:
                 report.problems.append(Problem(rel, case, f"listed case has no image images/{file}"))
         report.problems += [Problem(rel, case, problem) for case, problem in _class_problems(table)]
 
@@ -164,11 +201,17 @@ def _class_problems(table: pd.DataFrame, least_cases: int = 20) -> list[tuple[st
     return problems
 
 
+def _with_image(path: Path, kind: str, images_dir: Path) -> _VolumeJob:
+    """A label map or mask with its image (``.nii.gz`` or ``.nii``, whichever the case has)."""
+    case = case_id(path)
+    return _VolumeJob(path, kind, find_volume(images_dir, case) or images_dir / f"{case}.nii.gz")
+
+
 def _mask_jobs(masks_dir: Path, images_dir: Path) -> list[_VolumeJob]:
     if not masks_dir.is_dir():
         return []
     return [
-        _VolumeJob(p, "mask", images_dir / p.name)
+        _with_image(p, "mask", images_dir)
         for sub in sorted(d for d in masks_dir.iterdir() if d.is_dir())
         for p in list_volumes(sub)
     ]
@@ -181,7 +224,7 @@ def volume_jobs(root: Path) -> list[_VolumeJob]:
     if images.is_dir():
         jobs += [_VolumeJob(p, "image") for p in list_volumes(images)]
     if (root / "totalseg").is_dir():
-        jobs += [_VolumeJob(p, "totalseg", images / p.name) for p in list_volumes(root / "totalseg")]
+        jobs += [_with_image(p, "totalseg", images) for p in list_volumes(root / "totalseg")]
     jobs += _mask_jobs(root / "fg_masks", images)
     demo = root / "test_demo"
     if (demo / "images").is_dir():
@@ -216,6 +259,9 @@ def check_benchmark(
     report = CheckReport(root=root)
     if not (root / "images").is_dir():
         report.problems.append(Problem("images/", "", "no images/ folder"))
+    else:
+        for case, (path, why) in sorted(odd_entries(root / "images").items()):
+            report.problems.append(Problem(_rel(root, path), case, why))
     if read_manifest(root).get("complete") is False:
         unfinished = "generation did not finish (interrupted?): rerun `ctfm data synth` with the same --out"
         report.problems.append(Problem("manifest.json", "", unfinished))

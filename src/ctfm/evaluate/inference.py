@@ -289,8 +289,9 @@ def predict_checkpoint(
     if have != src.get("manifest_checksum"):
         raise StoreError(
             f"{checkpoint}: trained on store manifest {str(src.get('manifest_checksum'))[:12]} of "
-            f"{src['model']}/{src['task']}/{src['view']}, but {store_root} has {have[:12]}; "
-            "evaluate against the store and labels the head was trained on, or retrain it"
+            f"{src['model']}/{src['task']}/{src['view']}, but {store_root} has {have[:12]} for the cases "
+            f"{labels_file} now lists as train/val (embeddings or splits changed since training); evaluate "
+            "against the store and labels the head was trained on, or retrain it"
         )
     table = _split_rows(all_labels, split, labels_file, split_column)
     classes = [int(c) for c in meta["classes"]]
@@ -401,7 +402,8 @@ def _column_classes(frame: pd.DataFrame, probs: np.ndarray, where: str) -> list[
         return list(range(n))
     seen: dict[int, int] = {}
     preds = _numbers(frame, ["pred"], Path(where), integers=True)[:, 0].astype(int)
-    for col, value in zip(probs.argmax(1), preds, strict=True):
+    clear = (probs == probs.max(axis=1, keepdims=True)).sum(axis=1) == 1  # a tie names no column
+    for col, value in zip(probs[clear].argmax(1), preds[clear], strict=True):
         if seen.setdefault(int(col), int(value)) != int(value):
             raise DataError(
                 f"{where}: column prob_class_{col} is predicted as classes {seen[int(col)]} and {value}"
@@ -416,8 +418,42 @@ def _column_classes(frame: pd.DataFrame, probs: np.ndarray, where: str) -> list[
     return [seen[i] for i in range(n)]
 
 
-def read_predictions(path: Path) -> Predictions:
-    """A per-sample predictions CSV (reference format; multilabel: ``label_<j>`` columns) -> Predictions."""
+def _check_probabilities(frame: pd.DataFrame, probs: np.ndarray, multilabel: bool, path: Path) -> None:
+    """Probabilities must lie in [0, 1] and, for one label, sum to 1 per case: Brier score and calibration
+    error of anything else are numbers without meaning."""
+    names = frame["filename"].astype(str).to_numpy()
+    outside = ((probs < 0) | (probs > 1)).any(axis=1)
+    if outside.any():
+        raise DataError(
+            f"{path}: {int(outside.sum())} row(s) with a probability outside [0, 1], e.g. {names[outside][0]}"
+        )
+    if multilabel:
+        return
+    off = np.abs(probs.sum(axis=1) - 1.0) > 1e-3
+    if off.any():
+        total = float(probs[off][0].sum())
+        raise DataError(
+            f"{path}: {int(off.sum())} row(s) whose class probabilities do not sum to 1, e.g. "
+            f"{names[off][0]} ({total:.4g})"
+        )
+
+
+def eval_json(pred_csv: Path) -> Path:
+    """The ``<split>_eval.json`` ``ctfm eval`` writes beside ``<split>_per_sample_predictions.csv``."""
+    return pred_csv.with_name(pred_csv.name.removesuffix(PRED_SUFFIX) + JSON_SUFFIX)
+
+
+def recorded_classes(meta: dict) -> list[int] | None:
+    """The class values a result's ``_eval.json`` content records for its head (checkpoint results only)."""
+    classes = (meta.get("meta") or {}).get("classes")
+    return [int(c) for c in classes] if classes else None
+
+
+def read_predictions(path: Path, classes: list[int] | None = None) -> Predictions:
+    """A per-sample predictions CSV (reference format; multilabel: ``label_<j>`` columns) -> Predictions.
+
+    ``classes``: the class value of each probability column when known (:func:`recorded_classes`), so a head
+    that predicted one class only is read back without guessing from ``pred``."""
     path = Path(path)
     try:
         frame = pd.read_csv(path)
@@ -440,11 +476,13 @@ def read_predictions(path: Path) -> Predictions:
         logits, probs = to_probs(_numbers(frame, logit_cols, path), multilabel)
     if not np.isfinite(probs).all():
         raise DataError(f"{path}: non-finite probabilities")
+    _check_probabilities(frame, probs, multilabel, path)
     if multilabel:
         labels = _numbers(frame, label_cols, path, integers=True).astype(int)
         classes: list[int] = []
     else:
-        classes = _column_classes(frame, probs, str(path))
+        if classes is None or len(classes) != probs.shape[1]:
+            classes = _column_classes(frame, probs, str(path))
         labels = _class_index(
             _numbers(frame, ["label"], path, integers=True)[:, 0].astype(int), classes, str(path)
         )
@@ -508,6 +546,14 @@ def _refuse_other_splits(preds: Predictions, table: pd.DataFrame, split: str, wh
         )
 
 
+def _own_classes(pred_csv: Path) -> list[int] | None:
+    """The recorded classes when ``pred_csv`` is an output of ``ctfm eval`` (its JSON beside it)."""
+    try:
+        return recorded_classes(json.loads(eval_json(pred_csv).read_text()))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def evaluate_predictions(
     predictions: Path,
     out: Path,
@@ -517,10 +563,12 @@ def evaluate_predictions(
     n_boot: int = 2000,
     seed: int = 0,
     model: str | None = None,
+    task: str = "",
 ) -> EvalResult:
     """Recompute every metric from a per-sample predictions file (for organizers who receive predictions).
 
-    ``model`` names the entry for the leaderboard (default: the file's folder name).
+    ``model`` names the entry for the leaderboard (default: the file's folder name); ``task`` (lp or eao)
+    the board it is ranked on beside checkpoint-scored models.
 
     ``labels`` is a label CSV or the labels folder (then ``disease`` picks ``<disease>.csv``); its labels are
     the truth, and a case of the chosen ``split`` missing from the file is scored as a failure.
@@ -528,7 +576,7 @@ def evaluate_predictions(
     from ctfm.labels import labels_path, read_labels
 
     predictions = Path(predictions)
-    preds = read_predictions(predictions)
+    preds = read_predictions(predictions, _own_classes(predictions))
     split_name = split or predictions.name.removesuffix(PRED_SUFFIX).removesuffix(".csv")
     if labels is not None:
         labels = Path(labels)
@@ -550,7 +598,7 @@ def evaluate_predictions(
         preds = align_to_labels(preds, table, str(predictions))
     result = EvalResult(
         model=model or predictions.parent.name,
-        task="",
+        task=task,
         disease=disease or (labels.stem if labels is not None else ""),
         strategy="predictions",
         split=split_name,

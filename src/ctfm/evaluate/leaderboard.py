@@ -268,9 +268,9 @@ def missing_results(data: list[DiseaseData], entries: Sequence[str]) -> dict[str
 
 
 def _eval_meta(pred_csv: Path) -> dict:
-    from ctfm.evaluate.inference import JSON_SUFFIX, PRED_SUFFIX
+    from ctfm.evaluate.inference import eval_json
 
-    js = pred_csv.with_name(pred_csv.name.removesuffix(PRED_SUFFIX) + JSON_SUFFIX)
+    js = eval_json(pred_csv)
     if not js.is_file():
         raise DataError(f"{pred_csv}: no {js.name} beside it; produce results with `ctfm eval`")
     try:
@@ -292,22 +292,29 @@ def gather(
     is scored as a failure for it (confident wrong class); an entry without any result for a disease gets NaN
     there (ranked last).
     """
-    from ctfm.evaluate.inference import PRED_SUFFIX, failure_outputs, read_predictions
+    from ctfm.evaluate.inference import PRED_SUFFIX, failure_outputs, read_predictions, recorded_classes
 
     results = Path(results)
     files = sorted(results.rglob(f"*{PRED_SUFFIX}"))
     if not files:
         raise DataError(f"{results}: no *{PRED_SUFFIX} found; run `ctfm eval --out {results}` first")
-    found = []
+    found, untasked = [], []
     for f in files:
         meta = _eval_meta(f)
         if split and meta.get("split") != split:
             continue
         if strategies and meta.get("strategy") not in strategies:
             continue
-        if task and meta.get("task") != task:
+        if not meta.get("task"):  # a predictions file scored without --task: which board is it on?
+            untasked.append(f)
+        elif task and meta.get("task") != task:
             continue
         found.append((f, meta))
+    if untasked and (task or len({m.get("task") for _, m in found}) > 1):
+        raise DataError(
+            f"{untasked[0]}: scored from a predictions file without --task ({len(untasked)} such result(s)), "
+            "so it belongs to no task's board; rescore it with `ctfm eval --predictions ... --task lp|eao`"
+        )
     if not found:
         asked = {"split": split, "task": task, "strategy": ", ".join(strategies or [])}
         raise DataError(
@@ -320,18 +327,20 @@ def gather(
     if len(tasks) != 1:
         raise DataError(f"{results}: results for tasks {tasks}; pick one with --task")
     multi_strategy = len({meta.get("strategy") for _, meta in found}) > 1
-    by_disease: dict[str, dict[str, Path]] = {}
+    by_disease: dict[str, dict[str, tuple[Path, dict]]] = {}
     for f, meta in found:
         entry = f"{meta['model']} [{meta['strategy']}]" if multi_strategy else str(meta["model"])
         entry += f" ({meta['tag']})" if meta.get("tag") else ""
         slot = by_disease.setdefault(str(meta["disease"]), {})
         if entry in slot:
-            raise DataError(f"{f}: a second result for {entry} on {meta['disease']} (also {slot[entry]})")
-        slot[entry] = f
+            raise DataError(f"{f}: a second result for {entry} on {meta['disease']} (also {slot[entry][0]})")
+        slot[entry] = (f, meta)
     entries = sorted({e for slot in by_disease.values() for e in slot})
     out: list[DiseaseData] = []
     for disease in sorted(by_disease):
-        preds = {e: read_predictions(p) for e, p in by_disease[disease].items()}
+        preds = {
+            e: read_predictions(f, recorded_classes(meta)) for e, (f, meta) in by_disease[disease].items()
+        }
         files_all = sorted({f for p in preds.values() for f in p.files})
         pos = {f: i for i, f in enumerate(files_all)}
         first = next(iter(preds.values()))
@@ -341,12 +350,12 @@ def gather(
             rows = [pos[f] for f in p.files]
             if p.probs.shape[1:] != first.probs.shape[1:] or p.multilabel != first.multilabel:
                 raise DataError(
-                    f"{by_disease[disease][e]}: class columns differ from other models on {disease}"
+                    f"{by_disease[disease][e][0]}: class columns differ from other models on {disease}"
                 )
             clash = (labels[rows] >= 0) & (labels[rows] != p.labels)
             if clash.any():
                 raise DataError(
-                    f"{by_disease[disease][e]}: labels disagree with another model's on {disease}"
+                    f"{by_disease[disease][e][0]}: labels disagree with another model's on {disease}"
                 )
             labels[rows] = p.labels
         _, fail = failure_outputs(labels, shape[-1], first.multilabel)

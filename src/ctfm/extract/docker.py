@@ -347,12 +347,14 @@ class CaseInput:
 
 def collect_inputs(
     images_dir: Path, masks_dir: Path | None, cases: Sequence[str] | None = None
-) -> tuple[list[CaseInput], dict[str, str]]:
-    """The cases of ``images_dir`` (optionally a subset) with their masks, and cases whose mask is missing."""
+) -> tuple[list[CaseInput], dict[str, str], dict[str, str]]:
+    """The cases of ``images_dir`` (optionally a subset) with their masks, the cases whose mask is missing, and
+    the files that cannot be cases (see :func:`~ctfm.extract.inputs.select_cases`), each with why."""
     from ctfm.extract.inputs import mask_of, select_cases
 
+    selected, refused = select_cases(images_dir, cases)
     out, no_mask = [], {}
-    for case, path in select_cases(images_dir, cases):
+    for case, path in selected:
         mask = None
         if masks_dir is not None:
             mask, error = mask_of(masks_dir, path)
@@ -360,7 +362,7 @@ def collect_inputs(
                 no_mask[case] = error
                 continue
         out.append(CaseInput(case, path, mask))
-    return out, no_mask
+    return out, no_mask, refused
 
 
 # -- one container -------------------------------------------------------------------------------------
@@ -786,7 +788,7 @@ class ContainerRunner:
         s = self.settings
         store_view = Store(self.store_root).view(image.team, s.task, view)
         with exclusive_use(store_view.dir):  # a second runner on this team's view is refused
-            all_inputs, no_mask = collect_inputs(images_dir, masks_dir, cases)
+            all_inputs, no_mask, refused = collect_inputs(images_dir, masks_dir, cases)
             report = TeamReport(
                 team=store_view.model, task=s.task, view=view, image_id=image.image_id, image_size=image.size
             )
@@ -802,7 +804,12 @@ class ContainerRunner:
             report.log_path = store_view.dir / "container.log"
             team = _TeamState(self, image, store_view, report, progress)
             for case, why in no_mask.items():
-                store_view.record_failure(case, "failed", why, image_id=image.image_id)
+                if store_view.is_done(case):  # a missing input is not a changed one: keep what was made
+                    why += "; kept the embedding already stored"
+                else:
+                    store_view.record_failure(case, "failed", why, image_id=image.image_id)
+                team._set(CaseOutcome(case, "failed", 0.0, why))
+            for case, why in refused.items():  # no store record can be named after them
                 team._set(CaseOutcome(case, "failed", 0.0, why))
             slots = list(s.gpus) or [None]
             cpusets = [s.cpuset] * len(slots) if s.cpuset else _split_cpus(len(slots))
@@ -1047,15 +1054,49 @@ def _wait(container: Any, box: dict[str, Any], done: threading.Event) -> None:
 
 
 def _sample_memory(container: Any, result: ContainerResult, done: threading.Event) -> None:
-    """Peak memory from the engine's stats (cgroup v1 max_usage, else the largest usage seen)."""
+    """Peak memory of the container's cgroup while it runs.
+
+    Where this host sees the cgroup (a local engine), its kernel peak counter is read every 50 ms, so the
+    figure misses at most the last 50 ms of a run. Otherwise the engine's stats are sampled: they answer
+    about once a second, so they miss short runs (cgroup v1 still reports the peak between samples).
+    """
+    peak_file = _cgroup_peak_file(container)
     while not done.is_set():
         with contextlib.suppress(Exception):
-            st = container.stats(stream=False, one_shot=True)
-            mem = st.get("memory_stats", {})
-            peak = max(int(mem.get("max_usage", 0) or 0), int(mem.get("usage", 0) or 0))
+            peak = int(peak_file.read_text()) if peak_file is not None else _engine_peak(container)
             if peak:
                 result.peak_memory = max(result.peak_memory or 0, peak)
-        done.wait(0.2)
+        done.wait(0.05 if peak_file is not None else 0.2)
+
+
+def _engine_peak(container: Any) -> int:
+    mem = container.stats(stream=False, one_shot=True).get("memory_stats", {})
+    return max(int(mem.get("max_usage", 0) or 0), int(mem.get("usage", 0) or 0))
+
+
+def _cgroup_peak_file(
+    container: Any, proc: Path = Path("/proc"), cgroupfs: Path = Path("/sys/fs/cgroup")
+) -> Path | None:
+    """The running container's kernel memory peak file (v1 ``memory.max_usage_in_bytes``, v2
+    ``memory.peak``), found through its init process; None when this host cannot see it (a remote engine,
+    another pid namespace, a container already gone). The container id must be in the cgroup path, so
+    another process that happens to have the same pid here is never read."""
+    with contextlib.suppress(Exception):
+        container.reload()
+        pid = int(container.attrs["State"]["Pid"])
+        for line in (proc / str(pid) / "cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if container.id not in path:
+                continue
+            if "memory" in controllers.split(","):  # cgroup v1
+                candidate = cgroupfs / "memory" / path.lstrip("/") / "memory.max_usage_in_bytes"
+            elif not controllers:  # cgroup v2 (kernel 5.19+ keeps the peak)
+                candidate = cgroupfs / path.lstrip("/") / "memory.peak"
+            else:
+                continue
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 def _append_logs(container: Any, result: ContainerResult, fh: Any) -> None:
@@ -1232,7 +1273,7 @@ def check_container(
                 else runner.resolve_tag(str(source))
             )
             try:
-                inputs, no_mask = collect_inputs(images_dir, masks_dir)
+                inputs, no_mask, refused = collect_inputs(images_dir, masks_dir)
                 runs: list[dict[str, np.ndarray]] = [{}, {}]
                 times: dict[str, float] = {}
                 results: list[ContainerResult] = []
@@ -1255,8 +1296,8 @@ def check_container(
                         results.append(runner.run_container(image, [ci], second, fh, gpu, settings.cpuset))
             finally:
                 runner.release(image)
-    report = CheckReport(image=image, cases=len(inputs) + len(no_mask))
-    _judge(report, settings, inputs, no_mask, runs, times, results, embedding_problems)
+    report = CheckReport(image=image, cases=len(inputs) + len(no_mask) + len(refused))
+    _judge(report, settings, inputs, no_mask, refused, runs, times, results, embedding_problems)
     return report
 
 
@@ -1265,6 +1306,7 @@ def _judge(
     settings: RunSettings,
     inputs: list[CaseInput],
     no_mask: dict[str, str],
+    refused: dict[str, str],
     runs: list[dict[str, Any]],
     times: dict[str, float],
     results: list[ContainerResult],
@@ -1285,6 +1327,7 @@ def _judge(
         problems.append(f"unexpected files {', '.join(unexpected[:5])}")
     if no_mask:
         problems.append(f"no mask for {', '.join(sorted(no_mask))}")
+    problems += [f"not run: {why}" for why in refused.values()]
     report.add("contract", not problems, "; ".join(problems) or "exit 0, no timeout, only <case>.h5 written")
     invalid = {c: why for r in results for c, why in r.invalid.items()}
     missing = [c for c in cases if c not in invalid and (c not in runs[0] or c not in runs[1])]

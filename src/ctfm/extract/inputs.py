@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ctfm.errors import DataError
+from ctfm.errors import DataError, StoreError
 from ctfm.fsutil import digest, file_stamp, sha256_file
-from ctfm.nifti import NII_SUFFIX, case_id, list_volumes, refuse_duplicates
+from ctfm.nifti import NII_SUFFIX, case_id, find_volume, list_volumes, odd_entries, refuse_duplicates
 from ctfm.store import View, check_case
 
 
@@ -24,28 +24,48 @@ def read_case_list(value: str | None) -> list[str] | None:
     return [c for c in items if c and not c.startswith("#")]
 
 
-def select_cases(images: Path, cases: Iterable[str] | None = None) -> list[tuple[str, Path]]:
-    """(case, image path), sorted, for every volume in ``images``, restricted to ``cases`` when given
-    (names with or without ``.nii.gz``)."""
-    volumes = list_volumes(Path(images))
-    refuse_duplicates(Path(images), volumes)
-    found = {case_id(p): p for p in volumes}
+def select_cases(
+    images: Path, cases: Iterable[str] | None = None
+) -> tuple[list[tuple[str, Path]], dict[str, str]]:
+    """(case, image path), sorted, for every volume in ``images``, restricted to ``cases`` when given (names
+    with or without ``.nii.gz``); and the cases that cannot run, with why: a name the store cannot hold, a
+    folder or broken link named like a volume. Those fail alone; the others still run."""
+    images = Path(images)
+    volumes = list_volumes(images)
+    refuse_duplicates(images, volumes)
+    found: dict[str, Path | None] = {case_id(p): p for p in volumes}
+    refused = {
+        case: f"{path} {why}" for case, (path, why) in odd_entries(images).items() if case not in found
+    }
+    found.update(dict.fromkeys(refused))
     if not found:
         raise DataError(f"{images}: no {NII_SUFFIX} volumes")
     if cases is not None:
-        wanted = {c.removesuffix(NII_SUFFIX) for c in cases}
+        wanted = {c.removesuffix(NII_SUFFIX).removesuffix(".nii") for c in cases}
         missing = sorted(wanted - set(found))
         if missing:
             raise DataError(f"{images}: no image for case(s) {', '.join(missing[:5])}")
         found = {c: found[c] for c in wanted}
-    return [(check_case(c), found[c]) for c in sorted(found)]
+    selected = []
+    for case in sorted(found):
+        path = found[case]
+        if path is None:
+            continue
+        try:
+            selected.append((check_case(case), path))
+        except StoreError as exc:
+            refused[case] = f"{path}: {exc}; rename the file"
+    return selected, {c: why for c, why in sorted(refused.items()) if c in found}
 
 
 def mask_of(mask_dir: Path, image: Path) -> tuple[Path, str | None]:
-    """A case's mask path in ``mask_dir`` and, when it is missing, the error its case is recorded with."""
-    mask = Path(mask_dir) / image.name
-    if mask.is_file():
+    """A case's mask in ``mask_dir`` (``<case>.nii.gz``, else ``.nii``) and, when it is missing, the error its
+    case is recorded with."""
+    case = case_id(image)
+    mask = find_volume(mask_dir, case)
+    if mask is not None:
         return mask, None
+    mask = Path(mask_dir) / f"{case}{NII_SUFFIX}"
     return mask, f"no mask {mask} (masks are required for an ROI view; run `ctfm masks`)"
 
 

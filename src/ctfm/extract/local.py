@@ -118,19 +118,28 @@ def resolve_view(masks: Path | None, disease: str | None) -> tuple[str, Path | N
 
 
 def plan_items(
+    selection: tuple[list[tuple[str, Path]], dict[str, str]],
     cfg: ExtractConfig,
     view: View,
     mask_dir: Path | None,
     settings: str,
     hash_file: Callable[[Path], str] = sha256_file,
-) -> tuple[list[CaseItem], list[str], list[str]]:
-    """Cases to run (with their mask), cases skipped because they are already ok, and the ok cases run
-    again because their image, mask or the extraction ``settings`` changed since they were stored."""
+) -> tuple[list[CaseItem], list[str], list[str], list[tuple[str, str]]]:
+    """Of the pass's ``selection`` (:func:`select_cases`): cases to run (with their mask), cases skipped
+    because they are already ok, the ok cases run again because their image, mask or the extraction
+    ``settings`` changed since they were stored, and the cases that fail without touching the store: a file
+    that cannot be a case, or a stored case whose mask is gone (its embedding is kept: a missing input is not
+    a changed one)."""
     todo, skipped, changed = [], [], []
-    for case, image in select_cases(cfg.images, cfg.cases):
+    selected, refused = selection
+    failed = list(refused.items())
+    for case, image in selected:
         item = CaseItem(case=case, image=image, settings=settings)
         if mask_dir is not None:
             item.mask, item.error = mask_of(mask_dir, image)
+        if item.error and view.is_done(case):
+            failed.append((case, f"{item.error}; kept the embedding already stored"))
+            continue
         mask = None if item.error else item.mask
         item.inputs = case_inputs(image, mask, settings)
         if not cfg.force and not item.error and is_current(view, case, image, mask, settings, hash_file):
@@ -139,7 +148,7 @@ def plan_items(
         if not cfg.force and view.is_done(case):
             changed.append(case)
         todo.append(item)
-    return todo, skipped, changed
+    return todo, skipped, changed, failed
 
 
 def extraction_settings(cfg: ExtractConfig, extractor: Any, spec: Any) -> str:
@@ -430,12 +439,14 @@ def _extract_pass(
 
     spec = resolve_spec(extractor.preprocess)
     hash_file = functools.cache(sha256_file)  # an image whose stamp changed is hashed once, not once per view
+    selection = select_cases(cfgs[0].images, cfgs[0].cases)  # jobs share images and cases (_SHARED)
     jobs, works = [], {}
     for index, (cfg, (view, mask_dir, _)) in enumerate(zip(cfgs, prepared, strict=True)):
         settings = extraction_settings(cfg, extractor, spec)
-        items, skipped, changed = plan_items(cfg, view, mask_dir, settings, hash_file)
+        items, skipped, changed, failed = plan_items(selection, cfg, view, mask_dir, settings, hash_file)
         label = f"{view.model}/{view.task}/{view.view}"
-        jobs.append(_Job(cfg, view, ExtractSummary(view=label, skipped=skipped, changed=changed)))
+        summary = ExtractSummary(view=label, failed=failed, skipped=skipped, changed=changed)
+        jobs.append(_Job(cfg, view, summary))
         for item in items:
             works.setdefault(item.case, CaseWork(item.case, item.image, [])).parts.append((index, item))
     summaries = [job.summary for job in jobs]

@@ -132,8 +132,8 @@ class Prepared:
 
 
 def _source_geometry(affine: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    direction = affine[:3, :3] / spacing
+    spacing = nifti.voxel_spacing(affine)
+    direction = affine[:3, :3] / np.asarray(spacing)
     return (
         tuple(round(float(s), 6) for s in spacing),
         tuple(round(float(o), 4) for o in affine[:3, 3]),
@@ -210,7 +210,7 @@ class Preprocessor:
                 _padded(mask, end - start, False, inner),
             )
         corners = np.stack([np.append(start, 1.0), np.append(end - 1, 1.0)]) @ grid_affine.T
-        spacing = tuple(float(s) for s in np.linalg.norm(grid_affine[:3, :3], axis=0))
+        spacing = nifti.voxel_spacing(grid_affine)
         return Prepared(
             image=image,
             mask=mask,
@@ -294,16 +294,22 @@ class Preprocessor:
 
 
 def load_image(path: Path) -> Loaded:
-    """A scan as stored (the I/O part, shared by every view of a case); unreadable files raise DataError."""
-    data, affine = _read(path)
-    return Loaded(image=data, affine=affine)
+    """A scan as stored (the I/O part, shared by every view of a case); unreadable files, a voxel size that
+    cannot be right and NaN or infinite voxels raise DataError (an embedding of them would be meaningless)."""
+    data, img = _read(path)
+    problem = nifti.voxel_problem(img) or nifti.nonfinite_problem(data)
+    if problem:
+        raise DataError(f"{path}: {problem}")
+    return Loaded(image=data, affine=np.asarray(img.affine, dtype=np.float64))
 
 
 def add_mask(loaded: Loaded, mask: Path) -> Loaded:
     """The scan with an ROI view's mask (same grid, checked) and the mask's centre; the image is shared."""
-    data, affine = _read(mask)
-    if data.shape != loaded.image.shape or not np.allclose(affine, loaded.affine, atol=1e-3):
-        raise DataError(f"{mask}: mask grid {data.shape} does not match image grid {loaded.image.shape}")
+    data, img = _read(mask)
+    own = nifti.Geometry(data.shape, np.asarray(img.affine, dtype=np.float64))
+    image = nifti.Geometry(loaded.image.shape, loaded.affine)
+    if not own.matches(image):
+        raise DataError(f"{mask}: mask grid differs from its image's: {own.describe()} vs {image.describe()}")
     lo, hi = mask_bbox(data > 0.5, f"{mask}: empty mask (no foreground voxel)")
     center = (loaded.affine @ np.append((lo + hi - 1) / 2.0, 1.0))[:3]
     return dataclasses.replace(loaded, mask=data, center_world=center)
@@ -317,8 +323,8 @@ def _padded(values: np.ndarray | None, size: np.ndarray, fill: float | bool, inn
     return out
 
 
-def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A volume in its stored dtype and layout, and its affine; unreadable files raise :class:`DataError`."""
+def _read(path: Path) -> tuple[np.ndarray, Any]:
+    """A volume in its stored dtype and layout, and its image; unreadable files raise :class:`DataError`."""
     try:
         data, img = nifti.read_image_fast(path)
     except DataError as exc:
@@ -326,13 +332,4 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if cause is None:  # e.g. "file not found": already one clear line
             raise
         raise DataError(f"{path}: cannot read ({type(cause).__name__}: {cause})") from exc
-    return _volume(data, path), np.asarray(img.affine, dtype=np.float64)
-
-
-def _volume(data: np.ndarray, path: Path) -> np.ndarray:
-    """A 3D volume (a trailing singleton axis, as some writers store, is dropped)."""
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(f"{path}: expected a 3D volume, got shape {data.shape}")
-    return data
+    return nifti.as_volume(data, path), img

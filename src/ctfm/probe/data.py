@@ -73,6 +73,10 @@ class DiseaseData:
                 + (f"; fold columns: {', '.join(folds)}" if folds else "; it has no fold columns")
             )
         values = self.table[column].astype(str).str.strip().str.lower()
+        allowed = load_benchmark().section("labels")["splits"]
+        unknown = sorted(set(values) - {*allowed, ""})  # a blank fold cell: the case is in neither
+        if unknown:  # a typo would silently drop its cases from training or validation
+            raise DataError(f"{source}: unknown {column} value(s) {unknown}; allowed: {', '.join(allowed)}")
         train = np.flatnonzero(values.to_numpy() == TRAIN)
         val = np.flatnonzero(values.to_numpy() == VAL)
         for name, rows in ((TRAIN, train), (VAL, val)):
@@ -87,6 +91,13 @@ class DiseaseData:
                     f"{source}: the {name} cases of column {column!r} all have class {classes.tolist()}; "
                     "a probe needs at least two classes in train and in val"
                 )
+        labels = self.table["label"].to_numpy()
+        unseen = sorted(set(labels[val].tolist()) - set(labels[train].tolist()))
+        if unseen:
+            raise DataError(
+                f"{source}: class(es) {unseen} of the {VAL} cases of column {column!r} never appear in "
+                f"{TRAIN}: a probe cannot learn them"
+            )
         return Split(column, train, val)
 
     def arrays(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -147,14 +158,16 @@ def training_cases(table: pd.DataFrame) -> list[str]:
 
 
 def input_key(view: Any, table: pd.DataFrame) -> dict[str, str]:
-    """What a disease's heads are trained from: the store view, its train/val records and the label rows.
-    A finished probe whose key differs is stale (see ``probe.runner.changed_inputs``)."""
+    """What a disease's heads are trained from: the store view, its train/val records and the label rows
+    they may have seen (a test label edited after training leaves the heads as they are). A finished probe
+    whose key differs is stale (see ``probe.runner.changed_inputs``)."""
+    cases = training_cases(table)
     return {
         "model": view.model,
         "task": view.task,
         "view": view.view,
-        "manifest_checksum": view.manifest_checksum(training_cases(table)),
-        "labels": digest(table.to_csv(index=False)),
+        "manifest_checksum": view.manifest_checksum(cases),
+        "labels": digest(table[table["case"].isin(cases)].to_csv(index=False)),
     }
 
 

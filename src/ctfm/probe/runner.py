@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,7 @@ from rich.markup import escape
 
 from ctfm import __version__
 from ctfm.benchmark import load_benchmark
-from ctfm.errors import ConfigError, CtfmError
+from ctfm.errors import ConfigError, CtfmError, DataError
 from ctfm.fsutil import exclusive_use, remove_partials, write_text_atomic
 from ctfm.probe.data import DiseaseData, current_input_key, few_shot, fold_columns, load_disease
 from ctfm.probe.layout import DiseaseLayout, RunLayout
@@ -288,6 +289,9 @@ def _wandb_log(
     run.finish()
 
 
+RETRAIN = ".retrain"  # a finished disease's retrain is written here, then swapped in whole
+
+
 def run_disease(
     options: ProbeOptions, task: ProbeTask, disease: str, log: Log, on_run: OnRun | None = None
 ) -> DiseaseOutcome:
@@ -304,9 +308,12 @@ def run_disease(
             )
         log(f"{disease}: {escape(why)}: retraining")
     started = time.perf_counter()
+    final = layout
+    shutil.rmtree(layout.dir / RETRAIN, ignore_errors=True)  # an interrupted retrain's half-written runs
+    if layout.is_done():  # forced or changed: the finished result stays usable until the new one is complete
+        layout = DiseaseLayout(final.dir / RETRAIN, final.task)
     layout.dir.mkdir(parents=True, exist_ok=True)
-    layout.done.unlink(missing_ok=True)  # a forced rerun is unfinished until it writes DONE again
-    remove_partials(layout.dir)  # what a killed run was writing
+    remove_partials(final.dir)  # what a killed run was writing
     data = task.load(disease)
     missing = data.missing_in()
     if missing:
@@ -365,7 +372,42 @@ def run_disease(
     }
     write_text_atomic(layout.summary, json.dumps(summary, indent=2, default=str))
     write_text_atomic(layout.done, f"finished {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+    if layout != final:
+        _swap_in(layout, final)
     return DiseaseOutcome(disease, "done", time.perf_counter() - started, summary)
+
+
+def _swap_in(staged: DiseaseLayout, final: DiseaseLayout) -> None:
+    """Replace a finished result by its completed retrain. ``DONE`` goes first and comes back last, so an
+    interruption in between leaves a folder marked unfinished, never a mix marked finished. Only what the old
+    result wrote (its runs, by its summary) and what the new one replaces are removed."""
+    try:
+        old_tags = final.run_tags()
+    except DataError:
+        old_tags = []
+    final.done.unlink()
+    for tag in old_tags:
+        run = final.run(tag)
+        stale = (
+            [run.dir]
+            if tag
+            else [run.checkpoints_dir, run.val_report, run.grid_report, run.history, run.progress]
+        )
+        for path in stale:
+            _remove(path)
+    for entry in staged.dir.iterdir():
+        if entry.name != staged.done.name:
+            _remove(final.dir / entry.name)
+            entry.rename(final.dir / entry.name)
+    staged.done.rename(final.done)
+    staged.dir.rmdir()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def run_probe(
@@ -376,9 +418,13 @@ def run_probe(
     on_run: OnRun | None = None,
 ) -> list[DiseaseOutcome]:
     """Every disease in turn; a user-fixable failure of one disease is recorded and the next one runs.
+    A model the store has no embeddings of for this task is refused before any disease.
 
     ``on_run`` is called once per planned run (finished, skipped or failed), e.g. to advance a progress bar.
     """
+    from ctfm.store import Store
+
+    Store(options.store).check_model(options.model, task.name)
     log = log or (lambda _msg: None)
     outcomes = []
     planned = len(options.run_specs())

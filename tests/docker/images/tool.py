@@ -1,7 +1,7 @@
 """Test extractor for the docker tests: a tiny deterministic embedding, plus misbehaviours chosen by MODE.
 
 MODE (baked into each test image): good, hang, crash, nan, junk, net, fill (writes 100 MiB of stray data, then
-hangs), hog (touches 1 GiB of memory), slow (SLOW seconds per case). BAD_CASE names the case a
+hangs), hog (touches HOG_MIB MiB of memory, default 1 GiB), slow (SLOW seconds per case). BAD_CASE names the case a
 misbehaving image picks on (default: the second case in sorted order). DELAY seconds are spent on every case
 in any mode, so outputs arrive apart.
 """
@@ -57,8 +57,9 @@ for path in cases:
     if MODE == "hang" and is_bad:
         time.sleep(3600)
     if MODE == "hog" and is_bad:
-        hog = bytearray(1 << 30)
-        hog[:: 1 << 12] = b"\1" * ((1 << 30) >> 12)
+        size = int(os.environ.get("HOG_MIB", "1024")) << 20
+        hog = bytearray(size)
+        hog[:: 1 << 12] = b"\1" * (size >> 12)
     if MODE == "fill" and is_bad:
         with open(out / "filler.bin", "wb") as fh:
             for _ in range(100):
