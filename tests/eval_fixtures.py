@@ -60,13 +60,16 @@ def write_probe(
     view,
     model: str,
     feature: int,
-    trained_on: list[str],
+    labels_dir: Path,
     strategy: str = "val_auroc",
     task: str = "lp",
 ) -> Path:
     """A finished probe folder holding one linear checkpoint that reads one feature (0 is informative);
-    for eao a mean-over-tokens linear head. ``trained_on``: the train/val cases its store checksum covers."""
+    for eao a mean-over-tokens linear head. Its input key covers the train/val cases of ``labels_dir``, as
+    `ctfm probe` records it."""
+    from ctfm.labels import labels_path, read_labels
     from ctfm.probe.checkpoint import save_checkpoint
+    from ctfm.probe.data import input_key
     from ctfm.probe.layout import DiseaseLayout
 
     layout = DiseaseLayout.of(runs, model, DISEASE, task)
@@ -92,12 +95,7 @@ def write_probe(
         classes=[0, 1],
         disease=DISEASE,
         strategy=strategy,
-        store={
-            "model": model,
-            "task": task,
-            "view": "full",
-            "manifest_checksum": view.manifest_checksum(trained_on),
-        },
+        store=input_key(view, read_labels(labels_path(labels_dir, DISEASE), DISEASE)),
         val_metrics={"auroc": 1.0},
         seed=42,
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import struct
+import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,34 @@ from ctfm.fsutil import atomic_path
 
 NII_SUFFIX = ".nii.gz"
 
+# Key of ``img.extra`` holding what nibabel repaired in a header while ctfm read it ("pixdim[1,2,3] should be
+# non-zero; setting 0 dims to 1"). nibabel logs each repair to stderr, once per read: unlabelled lines amid the
+# command's output, and the repaired header no longer shows what was wrong.
+HEADER_FIXES = "ctfm_header_fixes"
+_reading = threading.local()
+
+
+def _keep_header_fix(record: object) -> bool:
+    """Logger filter: during a ctfm read, the repair is kept for the image instead of printed."""
+    fixes = getattr(_reading, "fixes", None)
+    if fixes is None:
+        return True
+    fixes.append(record.getMessage())  # type: ignore[attr-defined]
+    return False
+
+
+nib.imageglobals.logger.addFilter(_keep_header_fix)
+
+
+@contextlib.contextmanager
+def _header_fixes() -> Iterator[list[str]]:
+    outer = getattr(_reading, "fixes", None)
+    _reading.fixes = fixes = []
+    try:
+        yield fixes
+    finally:
+        _reading.fixes = outer
+
 
 def case_id(path: Path | str) -> str:
     """Case name as the benchmark uses it: the file name without ``.nii.gz`` (or ``.nii``)."""
@@ -28,16 +58,21 @@ def case_id(path: Path | str) -> str:
     return name
 
 
-def list_volumes(folder: Path) -> list[Path]:
-    """NIfTI files directly in ``folder``, sorted by name, ignoring hidden temporaries."""
+def _volume_files(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.name.endswith((NII_SUFFIX, ".nii"))
-    )
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith((NII_SUFFIX, ".nii")))
+
+
+def list_volumes(folder: Path) -> list[Path]:
+    """NIfTI files directly in ``folder``, sorted by name, ignoring hidden temporaries."""
+    return [p for p in _volume_files(folder) if not p.name.startswith(".")]
+
+
+def hidden_volumes(folder: Path) -> list[Path]:
+    """The hidden NIfTI files :func:`list_volumes` skips (an interrupted write's temporary, a ``._`` copy)."""
+    return [p for p in _volume_files(folder) if p.name.startswith(".")]
 
 
 def odd_entries(folder: Path) -> dict[str, tuple[Path, str]]:
@@ -85,9 +120,10 @@ def voxel_problem(img: nib.Nifti1Image) -> str | None:
     silently reads as 1 mm, or outside :data:`VOXEL_MM`), else None."""
     header = img.header
     codes = (int(header["qform_code"]), int(header["sform_code"]))
-    pixdim = tuple(float(v) for v in header["pixdim"][1:4])
-    if codes == (0, 0) and min(pixdim) <= 0:
-        return f"voxel size {pixdim} in a header with no qform or sform: the scan's size is unknown"
+    zero = min(header["pixdim"][1:4]) <= 0  # as stored, or as nibabel found it before reading zeros as 1 mm
+    zero = zero or any("non-zero" in fix for fix in img.extra.get(HEADER_FIXES, ()))
+    if codes == (0, 0) and zero:
+        return "a zero voxel size (pixdim) in a header with no qform or sform: the scan's size is unknown"
     spacing = tuple(round(v, 6) for v in voxel_spacing(img.affine))
     low, high = VOXEL_MM
     if min(spacing) < low or max(spacing) > high:
@@ -96,11 +132,17 @@ def voxel_problem(img: nib.Nifti1Image) -> str | None:
 
 
 def nonfinite_problem(data: np.ndarray) -> str | None:
-    """How many voxels are NaN or infinite (float volumes only), else None."""
-    if not np.issubdtype(data.dtype, np.floating):
+    """How many voxels are NaN or infinite, or values too large for float32, which every model reads (a
+    scaled header can ask for either), else None."""
+    if not np.issubdtype(data.dtype, np.floating) or not data.size:
         return None
     bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-    return f"{bad} NaN or infinite voxel(s) of {data.size}" if bad else None
+    if bad:
+        return f"{bad} NaN or infinite voxel(s) of {data.size}"
+    peak = max(float(data.max()), -float(data.min()))
+    if peak > float(np.finfo(np.float32).max):
+        return f"voxel values reach {peak:.3g}, beyond float32: a wrong scl_slope?"
+    return None
 
 
 def duplicate_cases(paths: Iterable[Path]) -> dict[str, list[str]]:
@@ -149,9 +191,12 @@ def load(path: Path) -> nib.Nifti1Image:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return nib.load(str(path))
+        with _header_fixes() as fixes:
+            img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for bad headers
         raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    img.extra[HEADER_FIXES] = fixes
+    return img
 
 
 def geometry(path: Path) -> Geometry:
@@ -328,30 +373,37 @@ def read_image_fast(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        blob = path.read_bytes()
-        raw = gzip_decompress(blob, min_size=352)  # at least a NIfTI-1 header
-        klass = _image_class(raw)
-        size = klass.header_class.sizeof_hdr
-        header_end = max(size + 4, int(klass.header_class(raw[:size]).get_data_offset()))  # + extensions
-        head = klass.from_bytes(raw[:header_end])  # no copy of the data
-        proxy = head.dataobj  # holds the file's scaling (the image header's copy is reset on load)
-        offset = int(proxy.offset)
-        needed = offset + int(np.prod(head.shape)) * head.get_data_dtype().itemsize
-        if len(raw) < needed:  # a multi-member gzip cut short by libdeflate, or a truncated file
-            raw = gzip_decompress(blob, min_size=needed)
-        if len(raw) < needed:
-            raise EOFError(f"{len(raw)} of {needed} bytes")
-        if float(proxy.slope) == 1.0 and float(proxy.inter) == 0.0:
-            shape = tuple(int(s) for s in head.shape)
-            data = np.ndarray(shape, head.get_data_dtype(), buffer=raw, offset=offset, order="F")
-            img = klass(data, head.affine, header=head.header)
-        else:  # scaled data: let nibabel apply the scaling
-            img = klass.from_bytes(raw)
-            data = np.asanyarray(img.dataobj)
+        with _header_fixes() as fixes:
+            data, img = _decode_gz(path.read_bytes())
     except (EOFError, zlib.error) as exc:  # the data stops early or does not inflate
         raise DataError(f"{path}: truncated or corrupt NIfTI data ({type(exc).__name__}: {exc})") from exc
     except Exception as exc:  # gzip, nibabel header and shape errors all mean: unreadable
         raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    img.extra[HEADER_FIXES] = fixes
+    return data, img
+
+
+def _decode_gz(blob: bytes) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Header and voxels of a whole ``.nii.gz`` held in memory (see :func:`read_image_fast`)."""
+    raw = gzip_decompress(blob, min_size=352)  # at least a NIfTI-1 header
+    klass = _image_class(raw)
+    size = klass.header_class.sizeof_hdr
+    header_end = max(size + 4, int(klass.header_class(raw[:size]).get_data_offset()))  # + extensions
+    head = klass.from_bytes(raw[:header_end])  # no copy of the data
+    proxy = head.dataobj  # holds the file's scaling (the image header's copy is reset on load)
+    offset = int(proxy.offset)
+    needed = offset + int(np.prod(head.shape)) * head.get_data_dtype().itemsize
+    if len(raw) < needed:  # a multi-member gzip cut short by libdeflate, or a truncated file
+        raw = gzip_decompress(blob, min_size=needed)
+    if len(raw) < needed:
+        raise EOFError(f"{len(raw)} of {needed} bytes")
+    if float(proxy.slope) == 1.0 and float(proxy.inter) == 0.0:
+        shape = tuple(int(s) for s in head.shape)
+        data = np.ndarray(shape, head.get_data_dtype(), buffer=raw, offset=offset, order="F")
+        img = klass(data, head.affine, header=head.header)
+    else:  # scaled data: let nibabel apply the scaling
+        img = klass.from_bytes(raw)
+        data = np.asanyarray(img.dataobj)
     return data, img
 
 

@@ -19,6 +19,12 @@ def test_synth_then_check_passes(cli, tmp_path):
     assert "OK" in proc.stdout and "6 label maps" in proc.stdout
     assert len(proc.stdout.strip().splitlines()) == 1  # piped, the output is the result: no progress bar
     assert "━" not in proc.stdout + proc.stderr
+    shutil.copy2(out / "images" / "synth_0001.nii.gz", out / "images" / "._synth_0001.nii.gz")
+    proc = cli("data", "check", out)
+    assert proc.stdout.splitlines()[0] == (
+        "note: 1 hidden file(s) named like volumes are skipped by every stage: images/._synth_0001.nii.gz"
+    )
+    assert "OK" in proc.stdout and "7 images" in proc.stdout  # 6 cases and 1 test_demo case
 
 
 def test_check_on_damaged_copy_prints_every_problem_and_exits_1(cli, synth_bench, tmp_path):

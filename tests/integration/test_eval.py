@@ -30,7 +30,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     runs = root / "probes"
     for model, feature in (("model_a", 0), ("model_b", 1)):
         view = write_store(root, truth, model, skip=(SKIPPED,), fail=(FAILED,))
-        write_probe(runs, view, model, feature, list(truth))
+        write_probe(runs, view, model, feature, labels)
     return {"root": root, "labels": labels, "runs": runs, "store": root / "store", "truth": truth}
 
 
@@ -235,6 +235,31 @@ def test_eval_refuses_other_store_manifest(bench: dict, tmp_path: Path, cli) -> 
     )
 
 
+def test_eval_refuses_train_labels_changed_after_training(bench: dict, tmp_path: Path, cli) -> None:
+    """A head scored against train labels it never saw would be reported as if trained on them: refused;
+    a test case added after training changes nothing the head saw: scored."""
+    labels = shutil.copytree(bench["labels"], tmp_path / "labels")
+    csv = labels / f"{DISEASE}.csv"
+    table = pd.read_csv(csv, dtype=str)
+    train = table.index[table["split"] == "train"][0]
+    table.loc[train, DISEASE] = "1" if table.loc[train, DISEASE] == "0" else "0"
+    table.to_csv(csv, index=False)
+    store, runs = _eval_copy(bench, tmp_path, lambda view: None)
+    args = ("eval", "--runs", runs, "--store", store, "--labels", labels)
+    proc = cli(*args, "--split", "val", "--bootstrap", "0", "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    err = " ".join(proc.stderr.split())  # undo any wrapping at the terminal width
+    assert (
+        err.count(f"the train/val rows of {csv} (labels or folds) changed since this head was trained") == 1
+    )
+    assert not list((tmp_path / "o").rglob("*_metrics.csv"))
+    shutil.copy2(bench["labels"] / f"{DISEASE}.csv", csv)
+    with csv.open("a") as f:
+        f.write("test,synth_0999.nii.gz,1\n")
+    cli(*args, "--split", "val", "--bootstrap", "0", "--out", tmp_path / "o")
+    assert len(list((tmp_path / "o").rglob("val_metrics.csv"))) == 1
+
+
 def test_eval_of_a_split_without_cases_names_the_labels_file(bench: dict, tmp_path: Path, cli) -> None:
     """Every head is tried; each gets one error line naming the labels file, and nothing is written."""
     proc = _eval_split(cli, bench, bench["store"], bench["runs"], tmp_path / "o", "test", check=False)
@@ -243,6 +268,18 @@ def test_eval_of_a_split_without_cases_names_the_labels_file(bench: dict, tmp_pa
     assert stderr.count(f"{DISEASE}.csv: no case in split 'test'") == 2
     assert "2 of 2 head(s) could not be evaluated" in stderr
     assert "Traceback" not in proc.stderr and not list((tmp_path / "o").rglob("*_metrics.csv"))
+
+
+def _retrained_on(checkpoint: Path, labels: Path) -> None:
+    """Record ``labels`` (as they are now) as what the head was trained on, as `ctfm probe` would."""
+    import torch
+
+    from ctfm.labels import read_labels
+    from ctfm.probe.data import labels_digest
+
+    payload = torch.load(checkpoint, weights_only=False)
+    payload["store"]["labels"] = labels_digest(read_labels(labels / f"{DISEASE}.csv", DISEASE))
+    torch.save(payload, checkpoint)
 
 
 def test_eval_of_val_uses_the_column_the_head_was_trained_on(bench: dict, tmp_path: Path, cli) -> None:
@@ -257,6 +294,7 @@ def test_eval_of_val_uses_the_column_the_head_was_trained_on(bench: dict, tmp_pa
     table = pd.read_csv(labels / f"{DISEASE}.csv")
     table["fold0"] = np.where(table["split"] == "train", "val", "train")  # the roles swapped
     table.to_csv(labels / f"{DISEASE}.csv", index=False)
+    _retrained_on(runs / "model_a" / DISEASE / "checkpoints" / "val_auroc.pt", labels)
     cli("eval", "--runs", runs, "--store", bench["store"], "--labels", labels, "--split", "val",
         "--bootstrap", "0", "--out", tmp_path / "o")  # fmt: skip
     preds = pd.read_csv(next((tmp_path / "o").rglob("val_per_sample_predictions.csv")))
@@ -412,7 +450,7 @@ def _eval_eao(root: Path, cli) -> Path:
     """A task-2 head of model ``tok`` trained on token maps, evaluated on val into ``root/eval``."""
     labels, truth = write_labels(root, n_train=4, n_val=12)
     view = write_store(root, truth, "tok", skip=(SKIPPED,), task="eao")
-    write_probe(root / "probes", view, "tok", 0, list(truth), task="eao")
+    write_probe(root / "probes", view, "tok", 0, labels, task="eao")
     out = root / "eval"
     cli(
         "eval", "--runs", root / "probes", "--store", root / "store", "--labels", labels, "--split", "val",

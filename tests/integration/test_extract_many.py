@@ -13,6 +13,7 @@ from ctfm.errors import ConfigError
 from ctfm.extract import local, preprocess
 from ctfm.extract.local import ExtractConfig, run_local, run_local_many
 from ctfm.fsutil import sha256_file
+from ctfm.nifti import read_array, write
 from ctfm.store import Store
 from extract_fixtures import make_case
 
@@ -75,6 +76,13 @@ def test_one_pass_reads_each_image_once_and_matches_view_by_view(
     touched = run_local_many(_configs(root, tmp_path / "one_pass"), progress=False)
     assert [len(s.skipped) for s in touched] == [len(CASES)] * 6
     assert sorted(p.name for p in hashed if p.parent.name == "images") == [f"{c}.nii.gz" for c in CASES]
+    changed = root / "images" / f"{CASES[0]}.nii.gz"  # other content: planning hashes it, reading reuses that
+    scan, img = read_array(changed)
+    write(changed, scan + 1, img.affine)
+    hashed.clear()
+    redone = run_local_many(_configs(root, tmp_path / "one_pass"), progress=False)
+    assert [s.ok for s in redone] == [[CASES[0]]] * 6
+    assert [p.name for p in hashed if p.parent.name == "images"] == [changed.name]
 
 
 def test_a_bad_case_fails_only_the_jobs_it_concerns(tmp_path: Path) -> None:

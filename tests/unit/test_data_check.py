@@ -203,3 +203,18 @@ def test_scans_a_run_could_not_use_are_flagged(bench):
     assert not [p for p in after if p.file == "totalseg/synth_0005.nii.gz"], after
     (rgb_problem,) = [p.problem for p in after if p.file == "totalseg/synth_0000.nii.gz"]
     assert rgb_problem.startswith("voxel type") and "is not numeric (an RGB image?)" in rgb_problem
+
+
+def test_hidden_volume_files_are_named_not_counted(bench):
+    """A macOS `._` copy or an interrupted write's temporary is skipped by every stage; the check says so."""
+    counts = check_benchmark(bench, workers=2).counts
+    shutil.copy2(bench / "images" / f"{CASE}.nii.gz", bench / "images" / f"._{CASE}.nii.gz")
+    mask = sorted((bench / "test_demo" / "fg_masks").iterdir())[0]
+    (mask / ".synth_0002.nii.gz.x1y2.part.nii.gz").write_bytes(b"half")
+    report = check_benchmark(bench, workers=2)
+    assert report.ok, report.problems  # skipped, so nothing wrong with the benchmark itself
+    assert report.ignored == [
+        f"images/._{CASE}.nii.gz",
+        f"test_demo/fg_masks/{mask.name}/.synth_0002.nii.gz.x1y2.part.nii.gz",
+    ]
+    assert report.counts == counts

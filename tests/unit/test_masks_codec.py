@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import struct
 import zlib
 
 import nibabel as nib
@@ -115,3 +116,28 @@ def test_read_image_fast_reads_nifti2(tmp_path):
         assert (
             isinstance(img, nib.Nifti2Image) and np.array_equal(got, want) and np.allclose(img.affine, affine)
         )
+
+
+def _zero_pixdim_file(path, with_sform: bool) -> None:
+    """A volume whose header stores voxel size 0 (as some converters write), with or without an sform."""
+    img = nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.diag([0.7, 0.7, 2.0, 1.0]))
+    raw = bytearray(img.to_bytes())
+    raw[80:92] = bytes(12)  # pixdim[1:4] as float32 zeros
+    raw[252:256] = struct.pack("<hh", 0, 1 if with_sform else 0)  # qform_code, sform_code
+    path.write_bytes(gzip.compress(bytes(raw)) if path.name.endswith(".gz") else bytes(raw))
+
+
+@pytest.mark.parametrize("name", ["scan.nii.gz", "scan.nii"])
+def test_zero_voxel_size_is_a_problem_and_nibabel_prints_nothing(tmp_path, caplog, name):
+    """nibabel reads pixdim 0 as 1 mm and logs a line to stderr per read; ctfm names the problem instead."""
+    _zero_pixdim_file(tmp_path / name, with_sform=False)
+    _, img = nifti.read_image_fast(tmp_path / name)
+    assert nifti.voxel_problem(img) == (
+        "a zero voxel size (pixdim) in a header with no qform or sform: the scan's size is unknown"
+    )
+    _zero_pixdim_file(tmp_path / name, with_sform=True)  # the sform gives the size: nothing wrong
+    _, img = nifti.read_image_fast(tmp_path / name)
+    assert nifti.voxel_problem(img) is None and np.allclose(nifti.voxel_spacing(img.affine), (0.7, 0.7, 2.0))
+    assert caplog.messages == []  # no record reached a handler (nibabel's own prints to stderr)
+    nib.load(tmp_path / name)  # outside ctfm's reads nibabel's own logging is left as it was
+    assert caplog.messages == ["pixdim[1,2,3] should be non-zero; setting 0 dims to 1"]

@@ -64,6 +64,13 @@ def check(
 
     report = check_benchmark(folder, workers=workers, progress=True, class_map=class_map)
     counts = ", ".join(f"{n} {k}" for k, n in report.counts.items())
+    if report.ignored:
+        shown = ", ".join(report.ignored[:5]) + (", ..." if len(report.ignored) > 5 else "")
+        console.print(
+            f"[yellow]note:[/] {len(report.ignored)} hidden file(s) named like volumes are skipped by every "
+            f"stage: {plain(shown)}",
+            soft_wrap=True,
+        )
     if report.ok:
         console.print(f"[green]OK[/] {plain(folder)}: {counts}", soft_wrap=True)
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import typer
 
@@ -62,6 +63,7 @@ _register()
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes (click usage errors and CtfmError) are one red line, exit 2; file system
     errors (no permission, read-only or full disk) one red line naming the file, exit 1; Ctrl-C exits 130."""
+    warnings.showwarning = _show_warning
     try:
         code = app(args=argv, prog_name="ctfm", standalone_mode=False)
     except _CLICK_ERROR as exc:
@@ -79,9 +81,32 @@ def main(argv: list[str] | None = None) -> None:
         _error(where + (exc.strerror or str(exc)))
         sys.exit(1)
     if code == 130:
-        _error("interrupted: finished work is kept; run the same command again to resume")
+        _error(_interrupted_line(sys.argv[1:] if argv is None else argv))
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+# Commands that skip finished work when run again; the others start over (every file they write is atomic).
+RESUMING = {"masks", "extract", "probe", "run", "demo", "data synth", "data download"}
+
+
+def _interrupted_line(argv: list[str]) -> str:
+    words = []
+    for token in argv:
+        if token.startswith("-") or len(words) == 2:
+            break
+        words.append(token)
+    if words and (words[0] in RESUMING or " ".join(words) in RESUMING):
+        return "interrupted: finished work is kept; run the same command again to resume"
+    return "interrupted: no file was left half-written; run the same command again to start over"
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    """A library's warning as one yellow line, without the source file and line Python prints below it."""
+    text = " ".join(str(message).split())
+    err_console.print(
+        f"[yellow]warning:[/] {category.__name__}: {plain(text)}", highlight=False, soft_wrap=True
+    )
 
 
 def _error(message: str) -> None:

@@ -30,6 +30,7 @@ from ctfm.nifti import (
     duplicate_cases,
     find_volume,
     geometry,
+    hidden_volumes,
     list_volumes,
     nonfinite_problem,
     odd_entries,
@@ -53,6 +54,7 @@ class CheckReport:
     root: Path
     problems: list[Problem] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)  # hidden volume-like files, skipped by every stage
 
     @property
     def ok(self) -> bool:
@@ -207,30 +209,37 @@ def _with_image(path: Path, kind: str, images_dir: Path) -> _VolumeJob:
     return _VolumeJob(path, kind, find_volume(images_dir, case) or images_dir / f"{case}.nii.gz")
 
 
-def _mask_jobs(masks_dir: Path, images_dir: Path) -> list[_VolumeJob]:
-    if not masks_dir.is_dir():
-        return []
-    return [
-        _with_image(p, "mask", images_dir)
-        for sub in sorted(d for d in masks_dir.iterdir() if d.is_dir())
-        for p in list_volumes(sub)
+def _volume_folders(root: Path) -> list[tuple[Path, str, Path | None]]:
+    """Each folder of volumes with their kind and the images folder whose grids they must share."""
+
+    def masks(folder: Path, images: Path) -> list[tuple[Path, str, Path | None]]:
+        subs = sorted(d for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
+        return [(sub, "mask", images) for sub in subs]
+
+    images, demo = root / "images", root / "test_demo"
+    folders = [
+        (images, "image", None),
+        (root / "totalseg", "totalseg", images),
+        *masks(root / "fg_masks", images),
     ]
+    if (demo / "images").is_dir():
+        folders += [(demo / "images", "image", None), *masks(demo / "fg_masks", demo / "images")]
+    return [f for f in folders if f[0].is_dir()]
 
 
 def volume_jobs(root: Path) -> list[_VolumeJob]:
     """Every volume of the benchmark folder with what it must agree with."""
-    images = root / "images"
-    jobs: list[_VolumeJob] = []
-    if images.is_dir():
-        jobs += [_VolumeJob(p, "image") for p in list_volumes(images)]
-    if (root / "totalseg").is_dir():
-        jobs += [_with_image(p, "totalseg", images) for p in list_volumes(root / "totalseg")]
-    jobs += _mask_jobs(root / "fg_masks", images)
-    demo = root / "test_demo"
-    if (demo / "images").is_dir():
-        jobs += [_VolumeJob(p, "image") for p in list_volumes(demo / "images")]
-        jobs += _mask_jobs(demo / "fg_masks", demo / "images")
-    return jobs
+    return [
+        _VolumeJob(p, kind) if images is None else _with_image(p, kind, images)
+        for folder, kind, images in _volume_folders(root)
+        for p in list_volumes(folder)
+    ]
+
+
+def _hidden_volumes(root: Path) -> list[str]:
+    """Hidden files named like volumes (macOS ``._`` copies, an interrupted write's temporary): every stage
+    skips them, so the check names them rather than letting a case look present."""
+    return [_rel(root, p) for folder, _, _ in _volume_folders(root) for p in hidden_volumes(folder)]
 
 
 def _check_duplicates(root: Path, jobs: list[_VolumeJob], report: CheckReport) -> None:
@@ -267,6 +276,7 @@ def check_benchmark(
         report.problems.append(Problem("manifest.json", "", unfinished))
     _check_label_files(root, report)
     jobs = volume_jobs(root)
+    report.ignored = _hidden_volumes(root)
     _check_duplicates(root, jobs, report)
     for kind in ("image", "totalseg", "mask"):
         report.counts[f"{kind}s" if kind != "totalseg" else "label maps"] = sum(j.kind == kind for j in jobs)

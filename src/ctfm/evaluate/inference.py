@@ -274,7 +274,7 @@ def predict_checkpoint(
     """Rebuild a head, predict every case of ``split``; missing embeddings become scored failures."""
     from ctfm.labels import labels_path, read_labels
     from ctfm.probe.checkpoint import load_predictor
-    from ctfm.probe.data import training_cases
+    from ctfm.probe.data import labels_digest, training_cases
     from ctfm.store import Store
 
     predictor = load_predictor(checkpoint)
@@ -292,6 +292,11 @@ def predict_checkpoint(
             f"{src['model']}/{src['task']}/{src['view']}, but {store_root} has {have[:12]} for the cases "
             f"{labels_file} now lists as train/val (embeddings or splits changed since training); evaluate "
             "against the store and labels the head was trained on, or retrain it"
+        )
+    if "labels" in src and src["labels"] != labels_digest(all_labels):
+        raise DataError(
+            f"{checkpoint}: the train/val rows of {labels_file} (labels or folds) changed since this head was "
+            "trained on them; evaluate against the labels it was trained on, or retrain it (`ctfm probe --force`)"
         )
     table = _split_rows(all_labels, split, labels_file, split_column)
     classes = [int(c) for c in meta["classes"]]

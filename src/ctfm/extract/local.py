@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,6 +178,7 @@ class CaseWork:
     case: str
     image: Path
     parts: list[tuple[int, CaseItem]]  # (job index, item)
+    hashes: dict[Path, str] = field(default_factory=dict)  # its inputs' sha256 that planning already took
 
 
 @dataclass
@@ -226,7 +226,7 @@ class CaseDataset:
             return samples
         t0 = time.perf_counter()
         try:
-            image_sha256 = sha256_file(work.image)
+            image_sha256 = work.hashes.get(work.image) or sha256_file(work.image)
             loaded = load_image(work.image)
         except Exception as exc:  # the image is every job's failure
             for s in todo:
@@ -238,14 +238,14 @@ class CaseDataset:
             s.image_sha256, s.read_seconds = image_sha256, read_share
             done = views.get(s.item.mask)
             if done is None:
-                self._prepare(s, loaded)
+                self._prepare(s, loaded, work.hashes)
                 views[s.item.mask] = s
             else:
                 s.mask_sha256, s.error, s.prepared = done.mask_sha256, done.error, done.prepared
                 s.image, s.mask = done.image, done.mask
         return samples
 
-    def _prepare(self, sample: Sample, loaded: Any) -> None:
+    def _prepare(self, sample: Sample, loaded: Any, hashes: dict[Path, str]) -> None:
         import torch
 
         from ctfm.extract.preprocess import add_mask
@@ -253,7 +253,7 @@ class CaseDataset:
         try:
             t0 = time.perf_counter()
             if sample.item.mask is not None:
-                sample.mask_sha256 = sha256_file(sample.item.mask)
+                sample.mask_sha256 = hashes.get(sample.item.mask) or sha256_file(sample.item.mask)
                 loaded = add_mask(loaded, sample.item.mask)
             t1 = time.perf_counter()
             prepared = self.preprocessor.transform(loaded)
@@ -438,7 +438,15 @@ def _extract_pass(
     from ctfm.extract.preprocess import Preprocessor, resolve_spec
 
     spec = resolve_spec(extractor.preprocess)
-    hash_file = functools.cache(sha256_file)  # an image whose stamp changed is hashed once, not once per view
+    hashes: dict[
+        Path, str
+    ] = {}  # an input whose stamp changed is hashed once, not once per view and again to read
+
+    def hash_file(path: Path) -> str:
+        if path not in hashes:
+            hashes[path] = sha256_file(path)
+        return hashes[path]
+
     selection = select_cases(cfgs[0].images, cfgs[0].cases)  # jobs share images and cases (_SHARED)
     jobs, works = [], {}
     for index, (cfg, (view, mask_dir, _)) in enumerate(zip(cfgs, prepared, strict=True)):
@@ -452,6 +460,9 @@ def _extract_pass(
     summaries = [job.summary for job in jobs]
     if not works:
         return summaries
+    for work in works.values():
+        inputs = (work.image, *(item.mask for _, item in work.parts))
+        work.hashes = {path: hashes[path] for path in inputs if path in hashes}
     extractor.setup(device=device, weights=cfgs[0].weights, seed=cfgs[0].seed)
     runner = _Runner(jobs, extractor)
     todo = [works[case] for case in sorted(works)]

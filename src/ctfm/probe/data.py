@@ -167,8 +167,13 @@ def input_key(view: Any, table: pd.DataFrame) -> dict[str, str]:
         "task": view.task,
         "view": view.view,
         "manifest_checksum": view.manifest_checksum(cases),
-        "labels": digest(table[table["case"].isin(cases)].to_csv(index=False)),
+        "labels": labels_digest(table),
     }
+
+
+def labels_digest(table: pd.DataFrame) -> str:
+    """Digest of the label rows a head may have seen (all but test, see :func:`training_cases`)."""
+    return digest(table[table["case"].isin(training_cases(table))].to_csv(index=False))
 
 
 def current_input_key(
