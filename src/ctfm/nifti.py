@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gzip
+import logging
 import struct
 import threading
 import zlib
@@ -27,12 +28,12 @@ HEADER_FIXES = "ctfm_header_fixes"
 _reading = threading.local()
 
 
-def _keep_header_fix(record: object) -> bool:
+def _keep_header_fix(record: logging.LogRecord) -> bool:
     """Logger filter: during a ctfm read, the repair is kept for the image instead of printed."""
     fixes = getattr(_reading, "fixes", None)
     if fixes is None:
         return True
-    fixes.append(record.getMessage())  # type: ignore[attr-defined]
+    fixes.append(record.getMessage())
     return False
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import typer
 
@@ -27,19 +28,22 @@ def test_only_resuming_commands_promise_a_resume(argv: list[str], resumes: bool)
     assert ("resume" in cli_main._interrupted_line(argv)) is resumes
 
 
+def _ctfm_eval_running(monkeypatch: pytest.MonkeyPatch, body) -> None:
+    """Make ``ctfm eval`` run ``body`` (a second command keeps typer from collapsing the group)."""
+    app = typer.Typer()
+    app.command("eval")(body)
+    app.command("other")(lambda: None)
+    monkeypatch.setattr(cli_main, "app", app)
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # main replaces it: restore after
+
+
 def test_ctrl_c_exits_130_with_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    app = typer.Typer()
-
-    @app.command("eval")
-    def _eval() -> None:
+    def interrupted() -> None:
         raise KeyboardInterrupt
 
-    @app.command("other")
-    def _other() -> None: ...
-
-    monkeypatch.setattr(cli_main, "app", app)
+    _ctfm_eval_running(monkeypatch, interrupted)
     with pytest.raises(SystemExit) as exit_info:
         cli_main.main(["eval"])
     assert exit_info.value.code == 130
@@ -52,21 +56,12 @@ def test_ctrl_c_exits_130_with_one_line(
 def test_a_library_warning_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    app = typer.Typer()
-
-    @app.command("eval")
-    def _eval() -> None:
-        import numpy as np
-
+    def overflowing() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            np.float32(3e38) * np.float32(10)  # overflow
+            np.float32(3e38) * np.float32(10)
 
-    @app.command("other")
-    def _other() -> None: ...
-
-    monkeypatch.setattr(cli_main, "app", app)
-    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # main replaces it: restore after
+    _ctfm_eval_running(monkeypatch, overflowing)
     cli_main.main(["eval"])
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["warning: RuntimeWarning: overflow encountered in scalar multiply"]

@@ -141,3 +141,8 @@ def _sub_table(table: Table, indices: Iterable[int], title: TextType | None) -> 
     part.title = title
     part.columns = [replace(table.columns[i], _index=n) for n, i in enumerate(indices)]
     return part
+
+
+def first_names(names: list[str], shown: int = 5) -> str:
+    """The first ``shown`` names, comma-separated, with ", ..." when there are more (markup-safe)."""
+    return plain(", ".join(names[:shown]) + (", ..." if len(names) > shown else ""))

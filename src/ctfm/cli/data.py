@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ctfm.cli import new_console, plain, print_table
+from ctfm.cli import first_names, new_console, plain, print_table
 
 console = new_console()
 data_app = typer.Typer(help="Benchmark data: synthesise the embedded default, validate a folder, download.")
@@ -65,10 +65,9 @@ def check(
     report = check_benchmark(folder, workers=workers, progress=True, class_map=class_map)
     counts = ", ".join(f"{n} {k}" for k, n in report.counts.items())
     if report.ignored:
-        shown = ", ".join(report.ignored[:5]) + (", ..." if len(report.ignored) > 5 else "")
         console.print(
             f"[yellow]note:[/] {len(report.ignored)} hidden file(s) named like volumes are skipped by every "
-            f"stage: {plain(shown)}",
+            f"stage: {first_names(report.ignored)}",
             soft_wrap=True,
         )
     if report.ok:

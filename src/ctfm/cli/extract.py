@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from ctfm.cli import default, new_console, one_value, plain, print_table, split_list
+from ctfm.cli import default, first_names, new_console, one_value, plain, print_table, split_list
 
 
 def extract_cmd(
@@ -130,10 +130,9 @@ def print_summary(console: Any, summary: Any) -> None:
     )
     print_table(table, console)
     if summary.changed:
-        names = ", ".join(summary.changed[:5]) + (", ..." if len(summary.changed) > 5 else "")
         console.print(
             f"extracted again {len(summary.changed)} stored case(s) whose image, mask or extraction settings "
-            f"changed: {plain(names)}",
+            f"changed: {first_names(summary.changed)}",
             highlight=False,
             soft_wrap=True,
         )

@@ -438,9 +438,8 @@ def _extract_pass(
     from ctfm.extract.preprocess import Preprocessor, resolve_spec
 
     spec = resolve_spec(extractor.preprocess)
-    hashes: dict[
-        Path, str
-    ] = {}  # an input whose stamp changed is hashed once, not once per view and again to read
+    # An input whose stamp changed is hashed once: not once per view, nor again when the pass reads it.
+    hashes: dict[Path, str] = {}
 
     def hash_file(path: Path) -> str:
         if path not in hashes:
