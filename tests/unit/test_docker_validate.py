@@ -139,6 +139,7 @@ def test_helpers(tmp_path):
     assert len(_split_cpus(1)) == 1
     (tmp_path / "acme_lp.tar.gz").write_bytes(b"")
     (tmp_path / "zeta_eao.tar.gz").write_bytes(b"")
+    (tmp_path / "._acme_lp.tar.gz").write_bytes(b"\x00\x05\x16\x07")  # a macOS resource-fork copy
     assert discover_tarballs(tmp_path, "lp") == {"acme": tmp_path / "acme_lp.tar.gz"}
     with pytest.raises(DataError):
         discover_tarballs(tmp_path / "none", "lp")

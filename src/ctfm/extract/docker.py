@@ -283,12 +283,17 @@ def team_from_tag(tag: str) -> str:
 
 
 def discover_tarballs(folder: Path, task: str) -> dict[str, Path]:
-    """``<team>_<task>.tar.gz`` files of a submissions folder, by team."""
+    """``<team>_<task>.tar.gz`` files of a submissions folder, by team; hidden files (a macOS ``._`` copy, a
+    download's temporary) are no team's, as hidden files are no case's."""
     suffix = load_benchmark().section("container")["tarball_suffix"][task]
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder of <team>{suffix} tarballs")
-    found = {p.name[: -len(suffix)]: p for p in sorted(folder.glob(f"*{suffix}")) if p.is_file()}
+    found = {
+        p.name[: -len(suffix)]: p
+        for p in sorted(folder.glob(f"*{suffix}"))
+        if p.is_file() and not p.name.startswith(".")
+    }
     if not found:
         raise DataError(f"{folder}: no <team>{suffix} tarball found (task {task})")
     return found
