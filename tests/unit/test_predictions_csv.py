@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +10,7 @@ from ctfm.errors import DataError
 from ctfm.evaluate.inference import (
     Predictions,
     align_to_labels,
-    eval_json,
+    read_eval_meta,
     read_predictions,
     recorded_classes,
 )
@@ -98,7 +96,7 @@ def test_a_head_that_predicted_one_class_reads_back_by_its_recorded_classes(tmp_
     with pytest.raises(DataError, match="cannot be told apart"):
         read_predictions(path)
     (tmp_path / "test_eval.json").write_text('{"meta": {"classes": [1, 2]}}')
-    back = read_predictions(path, recorded_classes(json.loads(eval_json(path).read_text())))
+    back = read_predictions(path, recorded_classes(read_eval_meta(path)))
     assert back.classes == [1, 2]
     np.testing.assert_array_equal(back.labels, preds.labels)
 

@@ -443,9 +443,18 @@ def _check_probabilities(frame: pd.DataFrame, probs: np.ndarray, multilabel: boo
         )
 
 
-def eval_json(pred_csv: Path) -> Path:
+def read_eval_meta(pred_csv: Path) -> dict:
     """The ``<split>_eval.json`` ``ctfm eval`` writes beside ``<split>_per_sample_predictions.csv``."""
-    return pred_csv.with_name(pred_csv.name.removesuffix(PRED_SUFFIX) + JSON_SUFFIX)
+    js = pred_csv.with_name(pred_csv.name.removesuffix(PRED_SUFFIX) + JSON_SUFFIX)
+    if not js.is_file():
+        raise DataError(f"{pred_csv}: no {js.name} beside it; produce results with `ctfm eval`")
+    try:
+        meta = json.loads(js.read_text())
+    except ValueError as exc:
+        raise DataError(f"{js}: unreadable ({exc}); rerun `ctfm eval` for it") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{js}: not an object; rerun `ctfm eval` for it")
+    return meta
 
 
 def recorded_classes(meta: dict) -> list[int] | None:
@@ -554,8 +563,8 @@ def _refuse_other_splits(preds: Predictions, table: pd.DataFrame, split: str, wh
 def _own_classes(pred_csv: Path) -> list[int] | None:
     """The recorded classes when ``pred_csv`` is an output of ``ctfm eval`` (its JSON beside it)."""
     try:
-        return recorded_classes(json.loads(eval_json(pred_csv).read_text()))
-    except (OSError, ValueError, AttributeError):
+        return recorded_classes(read_eval_meta(pred_csv))
+    except (DataError, AttributeError):  # any CSV: no JSON beside it, or not ours
         return None
 
 

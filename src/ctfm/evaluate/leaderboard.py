@@ -267,18 +267,6 @@ def missing_results(data: list[DiseaseData], entries: Sequence[str]) -> dict[str
 # --------------------------------------------------------------------------------------------- gathering
 
 
-def _eval_meta(pred_csv: Path) -> dict:
-    from ctfm.evaluate.inference import eval_json
-
-    js = eval_json(pred_csv)
-    if not js.is_file():
-        raise DataError(f"{pred_csv}: no {js.name} beside it; produce results with `ctfm eval`")
-    try:
-        return json.loads(js.read_text())
-    except ValueError as exc:
-        raise DataError(f"{js}: unreadable ({exc}); rerun `ctfm eval` for it") from None
-
-
 def gather(
     results: Path, split: str | None = None, strategies: list[str] | None = None, task: str | None = None
 ) -> tuple[list[DiseaseData], list[str]]:
@@ -292,7 +280,13 @@ def gather(
     is scored as a failure for it (confident wrong class); an entry without any result for a disease gets NaN
     there (ranked last).
     """
-    from ctfm.evaluate.inference import PRED_SUFFIX, failure_outputs, read_predictions, recorded_classes
+    from ctfm.evaluate.inference import (
+        PRED_SUFFIX,
+        failure_outputs,
+        read_eval_meta,
+        read_predictions,
+        recorded_classes,
+    )
 
     results = Path(results)
     files = sorted(results.rglob(f"*{PRED_SUFFIX}"))
@@ -300,7 +294,7 @@ def gather(
         raise DataError(f"{results}: no *{PRED_SUFFIX} found; run `ctfm eval --out {results}` first")
     found, untasked = [], []
     for f in files:
-        meta = _eval_meta(f)
+        meta = read_eval_meta(f)
         if split and meta.get("split") != split:
             continue
         if strategies and meta.get("strategy") not in strategies:

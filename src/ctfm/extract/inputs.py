@@ -33,29 +33,24 @@ def select_cases(
     images = Path(images)
     volumes = list_volumes(images)
     refuse_duplicates(images, volumes)
-    found: dict[str, Path | None] = {case_id(p): p for p in volumes}
-    refused = {
-        case: f"{path} {why}" for case, (path, why) in odd_entries(images).items() if case not in found
-    }
-    found.update(dict.fromkeys(refused))
-    if not found:
+    paths = {case_id(p): p for p in volumes}
+    odd = {case: f"{path} {why}" for case, (path, why) in odd_entries(images).items() if case not in paths}
+    names = set(paths) | set(odd)
+    if not names:
         raise DataError(f"{images}: no {NII_SUFFIX} volumes")
     if cases is not None:
         wanted = {c.removesuffix(NII_SUFFIX).removesuffix(".nii") for c in cases}
-        missing = sorted(wanted - set(found))
+        missing = sorted(wanted - names)
         if missing:
             raise DataError(f"{images}: no image for case(s) {', '.join(missing[:5])}")
-        found = {c: found[c] for c in wanted}
-    selected = []
-    for case in sorted(found):
-        path = found[case]
-        if path is None:
-            continue
+        names = wanted
+    selected, refused = [], {case: odd[case] for case in names & set(odd)}
+    for case in sorted(names & set(paths)):
         try:
-            selected.append((check_case(case), path))
+            selected.append((check_case(case), paths[case]))
         except StoreError as exc:
-            refused[case] = f"{path}: {exc}; rename the file"
-    return selected, {c: why for c, why in sorted(refused.items()) if c in found}
+            refused[case] = f"{paths[case]}: {exc}; rename the file"
+    return selected, dict(sorted(refused.items()))
 
 
 def mask_of(mask_dir: Path, image: Path) -> tuple[Path, str | None]:

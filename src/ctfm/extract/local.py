@@ -178,7 +178,7 @@ class CaseWork:
     case: str
     image: Path
     parts: list[tuple[int, CaseItem]]  # (job index, item)
-    hashes: dict[Path, str] = field(default_factory=dict)  # its inputs' sha256 that planning already took
+    hashes: dict[Path, str] = field(default_factory=dict)  # input sha256s planning already took (the pass's)
 
 
 @dataclass
@@ -455,13 +455,12 @@ def _extract_pass(
         summary = ExtractSummary(view=label, failed=failed, skipped=skipped, changed=changed)
         jobs.append(_Job(cfg, view, summary))
         for item in items:
-            works.setdefault(item.case, CaseWork(item.case, item.image, [])).parts.append((index, item))
+            works.setdefault(item.case, CaseWork(item.case, item.image, [], hashes)).parts.append(
+                (index, item)
+            )
     summaries = [job.summary for job in jobs]
     if not works:
         return summaries
-    for work in works.values():
-        inputs = (work.image, *(item.mask for _, item in work.parts))
-        work.hashes = {path: hashes[path] for path in inputs if path in hashes}
     extractor.setup(device=device, weights=cfgs[0].weights, seed=cfgs[0].seed)
     runner = _Runner(jobs, extractor)
     todo = [works[case] for case in sorted(works)]
