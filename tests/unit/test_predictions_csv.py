@@ -71,7 +71,7 @@ def test_written_predictions_read_back(tmp_path, classes):
     assert back.classes == list(range(len(classes)))
     np.testing.assert_array_equal(back.labels, preds.labels)
     np.testing.assert_allclose(back.probs, preds.probs)
-    np.testing.assert_allclose(back.scores, preds.probs)  # softmax of the logits
+    np.testing.assert_allclose(back.scores, preds.probs, rtol=1e-6)  # the (float32) softmax of the logits
     (tmp_path / "val_eval.json").write_text(f'{{"meta": {{"classes": {classes}}}}}')
     back = read_predictions(path, recorded_classes(read_eval_meta(path)))
     assert back.classes == classes
@@ -183,3 +183,48 @@ def test_a_tie_names_no_column(tmp_path):
     path = tmp_path / "p.csv"
     frame.to_csv(path, index=False)
     assert read_predictions(path).classes == [0, 1]
+
+
+# A 3-class head on 12 test cases, the last two failures (logits +-10), and torchmetrics 1.9.0's AUROC of them
+# (the reference's metric collection on the float32 logits).
+TWELVE_LABELS = [1, 0, 2, 0, 0, 1, 1, 0, 1, 1, 0, 1]
+TWELVE_LOGITS = [
+    [11.983558654785156, 9.26083755493164, 7.836862087249756],
+    [10.862070083618164, 8.241766929626465, 7.838888168334961],
+    [11.650519371032715, 10.74310302734375, 5.920297145843506],
+    [8.186324119567871, 11.489681243896484, 8.24166488647461],
+    [8.653777122497559, 8.86630630493164, 5.397686958312988],
+    [8.77163028717041, 9.76341438293457, 6.006641387939453],
+    [8.531075477600098, 9.706253051757812, 5.310968399047852],
+    [8.160809516906738, 9.396157264709473, 5.893136024475098],
+    [10.418614387512207, 9.921381950378418, 8.09682846069336],
+    [8.374471664428711, 9.930207252502441, 6.239319801330566],
+    [-10.0, 10.0, -10.0],
+    [-10.0, -10.0, 10.0],
+]
+
+
+def _saturated() -> tuple[np.ndarray, np.ndarray]:
+    """200 binary cases with logits 40x apart: most probabilities saturate in float32."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    return y, ((rng.normal(size=(200, 2)) + 1.2 * np.eye(2)[y]) * 40).astype(np.float32)
+
+
+def test_scores_are_the_reference_float32_softmax():
+    """torchmetrics ranks float32 softmax probabilities: its ties (two failures' equal probabilities in a third
+    column, saturated cases) decide AUROC and AP. ctfm scores the same bits; a float64 softmax would not."""
+    from ctfm.evaluate.inference import reference_probs
+    from ctfm.evaluate.metrics import reference_metrics
+
+    y, logits = np.array(TWELVE_LABELS), np.array(TWELVE_LOGITS)
+    assert reference_metrics(y, reference_probs(logits), 3)["auroc"] == pytest.approx(0.269986, abs=1e-6)
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    assert reference_metrics(y, z / z.sum(axis=1, keepdims=True), 3)["auroc"] == pytest.approx(
+        0.265224, abs=1e-6
+    )
+    y, logits = _saturated()
+    got = reference_metrics(y, reference_probs(logits), 2)
+    assert (got["auroc"], got["ap"]) == (pytest.approx(0.897862, abs=1e-6), pytest.approx(0.861228, abs=1e-6))
+    scores = Predictions([str(i) for i in range(200)], y, logits.astype(float), np.zeros((200, 2))).scores
+    np.testing.assert_array_equal(scores, reference_probs(logits))  # what eval and the leaderboard score

@@ -4,7 +4,7 @@ A case of the split without a usable embedding (absent from the store, failed, t
 it is scored as a failure by the reference rule, a confident prediction of a wrong class (class
 ``(label + 1) mod C``: logits ``+FAIL_LOGIT`` there and ``-FAIL_LOGIT`` elsewhere, probability 1 there in the
 file), written last with ``missing = 1`` and counted in ``n_missing_failed``. Metrics are computed from the
-softmax of the logits, as the reference computes them.
+logits as the reference computes them (:func:`reference_probs`).
 
 Output per checkpoint, in ``<out>/<model>/<task>/<disease>/[<tag>/]<strategy>/``:
 ``<split>_per_sample_predictions.csv`` (exactly the reference's columns ``filename, label, prediction,
@@ -102,9 +102,9 @@ class Predictions:
 
     @property
     def scores(self) -> np.ndarray:
-        """The probabilities the metrics use: the softmax of the logits, as the reference scores its logits
-        (per-label probabilities for multilabel targets)."""
-        return self.probs if self.multilabel else softmax(self.logits)
+        """The probabilities the metrics use: :func:`reference_probs` of the logits, as the reference scores its
+        logits (per-label probabilities for multilabel targets)."""
+        return self.probs if self.multilabel else reference_probs(self.logits)
 
     @property
     def preds(self) -> np.ndarray:
@@ -196,6 +196,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def reference_probs(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities as the reference scores them: torchmetrics applies torch's softmax to float32
+    logits, so it ranks float32 probabilities, and the exact bits decide its ties (saturated cases at 1 - k ulp,
+    two failures' ``+-10`` logits in other columns), which move AUROC and AP. The same torch softmax on the
+    same float32 logits gives the same bits, so ctfm's numbers are the reference's."""
+    import torch
+
+    with torch.no_grad():
+        probs = torch.softmax(torch.as_tensor(np.asarray(logits, dtype=np.float32)), dim=-1)
+    return probs.numpy().astype(np.float64)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

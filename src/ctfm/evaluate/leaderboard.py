@@ -306,7 +306,8 @@ def gather(
     apart): results holding several must be narrowed with ``split`` / ``task``.
 
     An entry is a model, or ``model [strategy]`` when several strategies are present, plus ``(tag)`` for a
-    probe run tag (fold, seed). Every entry is scored from the softmax of its logits, as the reference scores.
+    probe run tag (fold, seed). Every entry is scored from its logits as the reference scores them
+    (:func:`~ctfm.evaluate.inference.reference_probs`).
     A case one entry lacks is scored as a failure for it (confident wrong class); an entry without any result
     for a disease gets NaN there (ranked last).
     """
