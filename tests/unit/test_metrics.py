@@ -210,6 +210,8 @@ def test_weighted_resample_path_equals_gathered_sets(n_classes: int, ties: bool,
     for key in M.CLASS_SET_METRICS:
         assert np.isnan(fast[key][:, 0]).all() and not np.isnan(fast[key][:, 1:]).all(), key
     assert not np.isnan(fast["acc"]).any()
+    alone = resample_metrics(y, probs, idx, ["auroc"])  # without AP: a mirrored column 0 copies column 1
+    np.testing.assert_allclose(alone["auroc"], slow["auroc"], atol=TOL, rtol=0, equal_nan=True)
 
 
 def test_stratified_resamples_keep_class_counts() -> None:

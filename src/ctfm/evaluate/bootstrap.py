@@ -72,15 +72,25 @@ def strata_of(y: np.ndarray, multilabel: bool = False) -> np.ndarray:
 def resample_indices(
     n: int, n_boot: int, seed: int | np.random.Generator, strata: np.ndarray | None = None
 ) -> np.ndarray:
-    """``[n_boot, n]`` case indices drawn with replacement from a seeded generator; with ``strata`` each
-    stratum's cases are drawn from that stratum only, as many as it has (columns grouped by stratum)."""
+    """``[n_boot, n]`` case indices (int32 below 2**31 cases: half the memory) drawn with replacement from a
+    seeded generator; with ``strata`` each stratum's cases are drawn from that stratum only, as many as it
+    has (columns grouped by stratum)."""
     rng = np.random.default_rng(seed)
+    dtype = np.int32 if n < 2**31 else np.int64
     if strata is None:
-        return rng.integers(0, n, size=(n_boot, n))
+        return rng.integers(0, n, size=(n_boot, n), dtype=dtype)
     strata = np.asarray(strata)
-    order = np.argsort(strata, kind="stable")
+    order = np.argsort(strata, kind="stable").astype(dtype)
     groups = np.split(order, np.flatnonzero(strata[order][1:] != strata[order][:-1]) + 1)
-    return np.concatenate([g[rng.integers(0, len(g), size=(n_boot, len(g)))] for g in groups], axis=1)
+    idx = np.empty((n_boot, n), dtype=dtype)
+    step = chunk_rows(n)  # rows at a time: the draws' temporaries stay small
+    for first in range(0, n_boot, step):
+        rows, start = slice(first, min(first + step, n_boot)), 0
+        for group in groups:
+            draw = rng.integers(0, len(group), size=(rows.stop - rows.start, len(group)), dtype=dtype)
+            idx[rows, start : start + len(group)] = group[draw]
+            start += len(group)
+    return idx
 
 
 def percentile_interval(
@@ -277,6 +287,9 @@ def _class_rank_metrics(
     last: tuple[np.ndarray, np.ndarray] | None = None
     for j in reversed(range(c)):  # binary: column 1 first, so a mirrored column 0 reuses its groups
         if j == 0 and cols.mirrored and last is not None:
+            if ap is None:  # mirrored rankings: class 0's AUROC is class 1's (ties count one half both ways)
+                auc[:, 0] = auc[:, 1]
+                break
             g_pos, g_neg = last[1][:, ::-1], last[0][:, ::-1]  # class 0's positives are class 1's negatives
         else:
             g_pos, g_neg = _group_counts(w, (y == j).astype(float), cols.ranks[j])
