@@ -276,9 +276,18 @@ def test_eval_predictions_counts_every_labelled_case_of_its_split(
     assert "scored split val: 24 case(s), 21 absent or flagged missing" in " ".join(proc.stderr.split())
     unnamed = tmp_path / "team.csv"
     right.to_csv(unnamed, index=False)
-    cli("eval", "--predictions", unnamed, "--labels", labels, "--bootstrap", "0", "--out", tmp_path / "b")
+    plain = ("--bootstrap", "20", "--resampling", "plain", "--out", tmp_path / "b")
+    cli("eval", "--predictions", unnamed, "--labels", labels, *plain)
     row = pd.read_csv(tmp_path / "b" / "all_metrics.csv").iloc[0]
-    assert (row["n_real"], row["n_missing_failed"]) == (3, len(bench["truth"]) - 3)
+    assert (row["n_real"], row["n_missing_failed"], row["resampling"]) == (
+        3,
+        len(bench["truth"]) - 3,
+        "plain",
+    )
+    typo = cli(
+        "eval", "--predictions", unnamed, "--resampling", "stratify", "--out", tmp_path / "c", check=False
+    )
+    assert typo.returncode == 2 and "--resampling must be stratified or plain, not 'stratify'" in typo.stderr
 
 
 def _eval_copy(bench: dict, tmp_path: Path, change) -> tuple[Path, Path]:

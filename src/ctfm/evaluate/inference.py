@@ -43,19 +43,6 @@ METRICS_SUFFIX = "_metrics.csv"
 JSON_SUFFIX = "_eval.json"
 ROC_SUFFIX, PR_SUFFIX = "_roc.png", "_pr.png"
 RESULT_SUFFIXES = (PRED_SUFFIX, METRICS_SUFFIX, JSON_SUFFIX, ROC_SUFFIX, PR_SUFFIX)  # one result's files
-# The reference inference's tag columns of <split>_metrics.csv, after its seven metrics.
-TAG_COLUMNS = (
-    "strategy",
-    "norm",
-    "betas",
-    "eps",
-    "fold",
-    "checkpoint",
-    "head_name",
-    "n_real",
-    "n_missing_failed",
-)
-SPLITS = ("train", "val", "test")
 # Scores on these splits flatter the heads: they were selected (val) or trained (train) on their cases.
 OPTIMISTIC_SPLITS = {
     "val": ("the selection split, optimistic", "the heads were selected on these cases"),
@@ -751,9 +738,10 @@ def _own_classes(pred_csv: Path) -> list[int] | None:
 def named_split(path: Path) -> str | None:
     """The split a predictions file's name starts with, as the reference names them
     (``val_per_sample_predictions.csv``, ``test_per_sample_predictions_val_loss.csv``); None otherwise."""
-    m = re.fullmatch(
-        r"(train|val|test)" + re.escape(PRED_SUFFIX.removesuffix(".csv")) + r"(_.+)?\.csv", Path(path).name
-    )
+    from ctfm.benchmark import load_benchmark
+
+    splits = "|".join(map(re.escape, load_benchmark().section("labels")["splits"]))
+    m = re.fullmatch(f"({splits}){re.escape(PRED_SUFFIX.removesuffix('.csv'))}(_.+)?\\.csv", Path(path).name)
     return m.group(1) if m else None
 
 
