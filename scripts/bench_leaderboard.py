@@ -1,9 +1,11 @@
 """Leaderboard bootstrap speed: ctfm's vectorised ranking vs a straightforward per-resample scikit-learn loop.
 
 20 models x 15 diseases x 300 val cases, 1,000 resamples (defaults). The loop computes, for every resample,
-disease and model, sklearn's balanced accuracy and AUROC, then ranks exactly as ctfm does. Both must agree on
-every resampled metric value and every final rank. With ``--loop-resamples K`` the loop runs only the first K
-resamples and its time is extrapolated linearly (printed as such).
+disease and model, the reference's balanced accuracy and AUROC from scikit-learn per class (recall and
+specificity per class; one-vs-rest AUROC per class column), then ranks exactly as ctfm does. Both must agree
+on every resampled metric value and every final rank. With ``--loop-resamples K`` the loop runs only the
+first K resamples and its time is extrapolated linearly (printed as such). The vectorised board is timed with
+stratified resampling (the default) and with plain resampling in the same run.
 
 With ``--rank-cases N`` it instead times one model's bootstrap AUROC and AP at N cases (``--rank-boot``
 resamples) with wall time and tracemalloc peak, plus the whole ``bootstrap_metrics`` call that ``ctfm eval
@@ -23,7 +25,7 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import multilabel_confusion_matrix, roc_auc_score
 
 from ctfm.evaluate.bootstrap import (
     _weighted_rank_metrics,
@@ -31,8 +33,9 @@ from ctfm.evaluate.bootstrap import (
     resample_counts,
     resample_indices,
     resample_metrics,
+    strata_of,
 )
-from ctfm.evaluate.leaderboard import DiseaseData, _disease_seed, aggregate, build_leaderboard
+from ctfm.evaluate.leaderboard import DiseaseData, aggregate, build_leaderboard, disease_resamples
 
 
 def synthetic(models: int, diseases: int, cases: int, seed: int) -> list[DiseaseData]:
@@ -49,14 +52,18 @@ def synthetic(models: int, diseases: int, cases: int, seed: int) -> list[Disease
     return out
 
 
+def reference_balanced_acc(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """The reference's balanced accuracy from scikit-learn's per-class confusion counts."""
+    mcm = multilabel_confusion_matrix(y, pred, labels=np.arange(n_classes))
+    tn, fp, fn, tp = mcm[:, 0, 0], mcm[:, 0, 1], mcm[:, 1, 0], mcm[:, 1, 1]
+    return float(np.mean((tp / (tp + fn + 1e-8) + tn / (tn + fp + 1e-8)) / 2))
+
+
 def sklearn_loop(data: list[DiseaseData], metrics: list[str], n_boot: int, seed: int, k: int) -> np.ndarray:
     """Resampled metric values ``[k, D, K, M]`` computed one resample at a time with scikit-learn."""
     m = data[0].probs.shape[0]
     out = np.full((k, len(data), len(metrics), m), np.nan)
-    idx = [
-        _disease_seed(seed, d).integers(0, len(dd.labels), size=(n_boot, len(dd.labels)))
-        for d, dd in enumerate(data)
-    ]
+    idx = [disease_resamples(dd, n_boot, seed, d) for d, dd in enumerate(data)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for b in range(k):
@@ -68,9 +75,9 @@ def sklearn_loop(data: list[DiseaseData], metrics: list[str], n_boot: int, seed:
                     pred = prob.argmax(axis=1)
                     for q, metric in enumerate(metrics):
                         if metric == "balanced_acc":
-                            out[b, d, q, j] = balanced_accuracy_score(y, pred)
-                        elif len(np.unique(y)) == 2:
-                            out[b, d, q, j] = roc_auc_score(y, prob[:, 1])
+                            out[b, d, q, j] = reference_balanced_acc(y, pred, prob.shape[1])
+                        else:  # stratified: both classes in every resample
+                            out[b, d, q, j] = np.mean([roc_auc_score(y == c, prob[:, c]) for c in (0, 1)])
             aggregate(out[b], metrics)  # the ranking of this resample, as the vectorised path does
     return out
 
@@ -101,6 +108,9 @@ def main() -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     board = build_leaderboard(data, entries, metrics, n_boot=args.boot, seed=args.seed)
     t_fast, c_fast = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    build_leaderboard(data, entries, metrics, n_boot=args.boot, seed=args.seed, stratified=False)
+    t_plain, c_plain = time.perf_counter() - t0, time.process_time() - c0
 
     k = args.loop_resamples or args.boot
     t0, c0 = time.perf_counter(), time.process_time()
@@ -119,6 +129,10 @@ def main() -> None:
         f"setting: {args.models} models x {args.diseases} diseases x {args.cases} cases, {args.boot} resamples"
     )
     print(f"ctfm vectorised : {t_fast:8.2f} s wall, {c_fast:.2f} s CPU (whole leaderboard incl. ranking)")
+    print(
+        f"  plain resamples: {t_plain:8.2f} s wall, {c_plain:.2f} s CPU: stratified/plain "
+        f"{t_fast / t_plain:.2f}x wall, {c_fast / c_plain:.2f}x CPU"
+    )
     extra = (
         ""
         if k == args.boot
@@ -177,20 +191,26 @@ def old_rank_metrics(target: np.ndarray, score: np.ndarray, w: np.ndarray) -> tu
 
 
 def _time_rank_only(y, prob, n_boot: int, seed: int, names: list[str]) -> tuple[float, float]:
-    """Seconds and peak MB of the resampled AUROC/AP, the ``[B, N]`` indices made beforehand."""
-    idx = resample_indices(len(y), n_boot, seed)
+    """Seconds and peak MB of the resampled AUROC/AP, the ``[B, N]`` stratified indices made beforehand."""
+    idx = resample_indices(len(y), n_boot, seed, strata_of(y))
     _, seconds, peak = measured(lambda: resample_metrics(y, prob[None], idx, names))
     return seconds, peak
 
 
 def rank_benchmark(cases: int, n_boot: int, old_cases: int, seed: int) -> None:
     """Sort-based AUROC/AP at ``cases``; old vs new on the same resamples at ``old_cases``."""
-    names = ["auroc", "average_precision"]
+    names = ["auroc", "ap"]
     y, prob = one_model(cases, seed)
     t_new, mb_new = _time_rank_only(y, prob, n_boot, seed, names)
     print(f"N={cases}, B={n_boot}, 1 model: AUROC+AP {t_new:.2f} s, peak {mb_new:.0f} MB (idx excluded)")
-    _, t_all, mb_all = measured(lambda: bootstrap_metrics(y, prob, n_boot=n_boot, seed=seed))
-    print(f"  bootstrap_metrics (ctfm eval path, all metrics): {t_all:.2f} s, peak {mb_all:.0f} MB")
+    for stratified in (True, False):
+        _, t_all, mb_all = measured(
+            lambda s=stratified: bootstrap_metrics(y, prob, n_boot=n_boot, seed=seed, stratified=s)
+        )
+        scheme = "stratified" if stratified else "plain"
+        print(
+            f"  bootstrap_metrics (ctfm eval path, all metrics, {scheme}): {t_all:.2f} s, peak {mb_all:.0f} MB"
+        )
     if old_cases <= 0:
         return
     y, prob = one_model(old_cases, seed)
@@ -215,7 +235,7 @@ def _resampled(board, data, metrics, seed, k) -> np.ndarray:
 
     out = np.empty((k, len(data), len(metrics), data[0].probs.shape[0]))
     for d, dd in enumerate(data):
-        idx = _disease_seed(seed, d).integers(0, len(dd.labels), size=(board.n_boot, len(dd.labels)))[:k]
+        idx = disease_resamples(dd, board.n_boot, seed, d)[:k]
         out[:, d] = np.moveaxis(_disease_metrics(dd, metrics, idx), 1, 0)
     return out
 

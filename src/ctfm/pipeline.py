@@ -15,6 +15,8 @@ Layout under the output root::
     store/        the embedding store (ctfm extract)
     probes/<task>/       probe runs (ctfm probe lp / eao)
     eval/<task>/         per-head metrics and per-sample predictions (ctfm eval)
+    reference/<task>/<model>/<disease>/results/   the same files as the reference's scorer and organizer
+                         scripts read them (their --csv_root: reference/<task>/<model>)
     leaderboard/<task>/  leaderboard.csv / .md / .html (ctfm leaderboard)
     config.resolved.yaml the configuration that produced all this
 """
@@ -479,13 +481,22 @@ class Pipeline:
         return options, eao_task(options, specs, log=self.log)
 
     def eval_stage(self, task: str, model: str, probe_key: str) -> Stage:
+        from ctfm.evaluate.inference import RESULT_FORMAT
+
         ev = self.cfg.eval
-        key = fingerprint(probe_key, ev)
+        key = fingerprint(probe_key, ev, RESULT_FORMAT)  # results of an older format are redone
         runs = self.out / "probes" / task
         out = self.out / "eval" / task
 
         def run() -> str:
-            from ctfm.evaluate.inference import drop_stale_results, evaluate_checkpoint, find_checkpoints
+            import shutil
+
+            from ctfm.evaluate.inference import (
+                drop_stale_results,
+                evaluate_checkpoint,
+                find_checkpoints,
+                split_warning,
+            )
             from ctfm.store import sanitize_name
 
             found = find_checkpoints(runs, ev.strategies, self.diseases, sanitize_name(model))
@@ -494,6 +505,8 @@ class Pipeline:
             heads = found.only(ev.strategies)
             if not heads:
                 raise DataError(f"{runs}: no checkpoint of {model} for strategies {', '.join(ev.strategies)}")
+            reference = self.out / "reference" / task
+            shutil.rmtree(reference / sanitize_name(model), ignore_errors=True)  # rewritten whole: none stale
             results = [
                 evaluate_checkpoint(
                     head.path,
@@ -505,10 +518,13 @@ class Pipeline:
                     self.cfg.seed,
                     head.tag,
                     head.split_column,
+                    reference_root=reference,
                 )
                 for head in heads
             ]
             drop_stale_results(out, ev.split, results, found)
+            if split_warning(ev.split):
+                self.log(f"[yellow]warning: {escape(split_warning(ev.split))}[/]")
             failed = sum(r.failed_cases for r in results)
             return f"eval {task} {model}: {len(heads)} head(s) on {ev.split}, {failed} case(s) scored as failures"
 
@@ -522,15 +538,18 @@ class Pipeline:
         self.result.leaderboards[task] = out
 
         def run() -> str:
+            from ctfm.evaluate.inference import split_note, split_warning
             from ctfm.evaluate.leaderboard import build_leaderboard, gather, write_leaderboard
 
-            data, entries = gather(self.out / "eval" / task, self.cfg.eval.split, [strategy])
+            split = self.cfg.eval.split
+            data, entries = gather(self.out / "eval" / task, split, [strategy])
             board = build_leaderboard(data, entries, lb.metrics, n_boot=lb.bootstrap, seed=self.cfg.seed)
             write_leaderboard(
-                board, out, f"ctfm leaderboard: task {task} ({strategy}, {self.cfg.eval.split})"
+                board, out, f"ctfm leaderboard: task {task} ({strategy}, {split_note(split) or split})"
             )
-            for line in board.missing_text.splitlines():
-                self.log(f"[yellow]warning: {escape(line)}[/]")
+            for line in [split_warning(split), *board.missing_text.splitlines()]:
+                if line:
+                    self.log(f"[yellow]warning: {escape(line)}[/]")
             return f"leaderboard {task}: {len(entries)} model(s) x {len(data)} disease(s) -> {out}"
 
         return Stage(f"leaderboard/{task}", key, run)

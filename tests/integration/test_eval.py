@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ctfm.evaluate.inference import JSON_SUFFIX, PRED_SUFFIX
-from ctfm.evaluate.metrics import METRICS
+from ctfm.evaluate.metrics import METRICS, REFERENCE_METRICS
 from eval_fixtures import DISEASE, write_labels, write_probe, write_store
 
 SKIPPED, FAILED = "synth_0011", "synth_0012"  # val cases: one never extracted, one failed extraction
@@ -54,6 +54,8 @@ def eval_run(bench: dict[str, Path]) -> tuple[Path, subprocess.CompletedProcess]
         "200",
         "--seed",
         "1",
+        "--reference-layout",
+        bench["root"] / "reference",
         "--out",
         out,
         env={"FORCE_COLOR": "", "TTY_COMPATIBLE": ""},  # a pipe, even where CI forces colour
@@ -67,15 +69,22 @@ def evaluated(eval_run: tuple[Path, subprocess.CompletedProcess]) -> Path:
 
 
 def _metric_cell(row: pd.Series, metric: str) -> str:
-    """A metric as the eval table shows it: value and 95 % interval."""
+    """A metric as the eval table shows it: value and 95 % interval (binary: every metric is defined)."""
     return f"{row[metric]:.3f} [{row[metric + '_ci_low']:.3f}, {row[metric + '_ci_high']:.3f}]"
 
 
 def test_piped_eval_table_is_one_complete_line_per_head(eval_run) -> None:
-    """Piped (CI logs, ``| grep``), each head is one plain line holding every metric with its interval."""
+    """Piped (CI logs, ``| grep``), each head is one plain line holding every metric with its interval; a
+    table of the split the heads were selected on says so in its title and in a warning."""
     out, proc = eval_run
     summary = pd.read_csv(out / "val_summary.csv")
     lines = proc.stdout.splitlines()
+    assert lines[0] == "val: the selection split, optimistic: 2 head(s)"
+    assert (
+        "warning: val: the selection split, optimistic (the heads were selected on these cases"
+        in " ".join(proc.stderr.split())
+    )
+    assert (summary["split_note"] == "val: the selection split, optimistic").all()
     assert lines[1].split()[:4] == ["model", "disease", "strategy", "failed"]
     for _, head in summary.iterrows():
         (line,) = [line for line in lines if line.startswith(f"{head['model']} ")]
@@ -105,49 +114,109 @@ def test_eval_table_on_a_narrow_terminal_cuts_no_number(evaluated: Path, tmp_pat
         )
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def test_eval_counts_missing_embeddings_as_failures(evaluated: Path, bench: dict) -> None:
+    """The reference's files: its per-sample columns (failures last, missing = 1, logits +-10) and its
+    metrics with its definitions (checked here with scikit-learn, class by class) and tag columns first."""
     res = evaluated / "model_a" / "lp" / DISEASE / "val_auroc"
     metrics = pd.read_csv(res / "val_metrics.csv")
-    assert metrics.loc[0, "failed_cases"] == 2
+    assert list(metrics.columns[:16]) == [
+        *REFERENCE_METRICS,
+        *(
+            "strategy",
+            "norm",
+            "betas",
+            "eps",
+            "fold",
+            "checkpoint",
+            "head_name",
+            "n_real",
+            "n_missing_failed",
+        ),
+    ]
+    assert not {"accuracy", "f1_macro", "average_precision", "failed_cases"} & set(metrics.columns)
+    row = metrics.iloc[0]
+    assert (row["n_missing_failed"], row["strategy"], row["checkpoint"]) == (2, "val_auroc", "val_auroc.pt")
     preds = pd.read_csv(res / "val_per_sample_predictions.csv")
     assert list(preds.columns) == [
         "filename",
         "label",
-        "pred",
+        "prediction",
+        "missing",
         "logit_class_0",
         "logit_class_1",
         "prob_class_0",
         "prob_class_1",
     ]
     val_cases = [c for c, _ in bench["truth"].items() if int(c[-4:]) >= 10]
-    assert len(preds) == len(val_cases) == metrics.loc[0, "n_cases"]  # nothing dropped
-    for case in (SKIPPED, FAILED):
-        row = preds[preds["filename"] == f"{case}.nii.gz"].iloc[0]
-        assert row["pred"] != row["label"]  # confident prediction of the wrong class
-        assert row[f"prob_class_{row['pred']}"] == 1.0
-    # The metrics are sklearn's on the written predictions (failures included).
+    assert len(preds) == len(val_cases) == row["n_real"] + row["n_missing_failed"]  # nothing dropped
+    assert sorted(preds["filename"].tail(2)) == [SKIPPED, FAILED]  # case names, failures last
+    assert preds["missing"].tolist() == [0] * (len(preds) - 2) + [1, 1]
+    for _, fail in preds.tail(2).iterrows():
+        assert fail["prediction"] != fail["label"]  # confident prediction of the wrong class
+        assert fail[f"prob_class_{fail['prediction']}"] == 1.0
+        assert (
+            fail[f"logit_class_{fail['prediction']}"] == 10.0
+            and fail[f"logit_class_{fail['label']}"] == -10.0
+        )
+    # The reference's definitions on the written predictions (failures included), scored from the logits.
+    y, pred = preds["label"].to_numpy(), preds["prediction"].to_numpy()
+    prob = _softmax(preds[["logit_class_0", "logit_class_1"]].to_numpy())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert metrics.loc[0, "balanced_acc"] == pytest.approx(
-            balanced_accuracy_score(preds["label"], preds["pred"]), abs=1e-9
-        )
-        assert metrics.loc[0, "auroc"] == pytest.approx(
-            roc_auc_score(preds["label"], preds["prob_class_1"]), abs=1e-9
-        )
-    assert metrics.loc[0, "auroc_ci_low"] <= metrics.loc[0, "auroc"] <= metrics.loc[0, "auroc_ci_high"]
+        want = {
+            "acc": np.mean(y == pred),
+            "f1": f1_score(y, pred, average="macro"),
+            "auroc": np.mean([roc_auc_score(y == c, prob[:, c]) for c in (0, 1)]),
+            "ap": np.mean([average_precision_score(y == c, prob[:, c]) for c in (0, 1)]),
+            "sensitivity": balanced_accuracy_score(y, pred),  # binary: macro recall
+            "specificity": balanced_accuracy_score(y, pred),
+            "balanced_acc": balanced_accuracy_score(y, pred),
+            "pos_sensitivity": np.mean(pred[y == 1] == 1),
+            "pos_specificity": np.mean(pred[y == 0] == 0),
+            "pos_ap": average_precision_score(y, prob[:, 1]),
+        }
+    for key, value in want.items():
+        assert row[key] == pytest.approx(value, abs=1e-7), key
+    assert row["auroc_ci_low"] <= row["auroc"] <= row["auroc_ci_high"]
+    assert row["resampling"] == "stratified" and row["balanced_acc_degenerate"] == 0
     info = json.loads((res / "val_eval.json").read_text())
     assert sorted(info["failed"]) == [SKIPPED, FAILED]
-    assert info["meta"]["store"]["model"] == "model_a"
+    assert (
+        info["meta"]["store"]["model"] == "model_a"
+        and info["split_note"] == "val: the selection split, optimistic"
+    )
     assert (res / "val_roc.png").stat().st_size > 1000 and (res / "val_pr.png").stat().st_size > 1000
     summary = pd.read_csv(evaluated / "val_summary.csv")
     assert sorted(summary["model"]) == ["model_a", "model_b"]
+
+
+def test_reference_layout_holds_the_reference_files(evaluated: Path, bench: dict) -> None:
+    """--reference-layout: <root>/<model>/<disease>/results/ with the strategy-suffixed names the reference
+    inference writes; the per-sample file is ctfm's, the metrics file holds the reference's columns only."""
+    results = bench["root"] / "reference" / "model_a" / DISEASE / "results"
+    assert sorted(p.name for p in results.iterdir()) == [
+        "val_metrics_val_auroc.csv",
+        "val_per_sample_predictions_val_auroc.csv",
+    ]
+    ours = evaluated / "model_a" / "lp" / DISEASE / "val_auroc"
+    same = (results / "val_per_sample_predictions_val_auroc.csv").read_text()
+    assert same == (ours / "val_per_sample_predictions.csv").read_text()
+    ref_metrics = pd.read_csv(results / "val_metrics_val_auroc.csv")
+    full = pd.read_csv(ours / "val_metrics.csv")
+    assert list(ref_metrics.columns) == list(full.columns[:16])
+    pd.testing.assert_frame_equal(ref_metrics, full[ref_metrics.columns])
 
 
 def test_eval_from_predictions_file_matches(evaluated: Path, bench: dict, tmp_path: Path, cli) -> None:
     res = evaluated / "model_a" / "lp" / DISEASE / "val_auroc"
     preds = pd.read_csv(res / "val_per_sample_predictions.csv")
     trimmed = tmp_path / "val_per_sample_predictions.csv"
-    preds[preds["filename"] != "synth_0013.nii.gz"].to_csv(trimmed, index=False)  # one more case missing
+    preds[preds["filename"] != "synth_0013"].to_csv(trimmed, index=False)  # one more case missing
     out = tmp_path / "again"
     cli(
         "eval",
@@ -163,9 +232,10 @@ def test_eval_from_predictions_file_matches(evaluated: Path, bench: dict, tmp_pa
         out,
     )
     again = pd.read_csv(out / "val_metrics.csv")
-    assert again.loc[0, "failed_cases"] == 1 and again.loc[0, "n_cases"] == len(preds)
+    # the two flagged missing, and the one absent
+    assert again.loc[0, "n_missing_failed"] == 3 and again.loc[0, "n_real"] + 3 == len(preds)
     with_train = tmp_path / "with_train.csv"
-    extra = preds.iloc[:1].assign(filename="synth_0000.nii.gz")  # a train case
+    extra = preds.iloc[:1].assign(filename="synth_0000")  # a train case
     pd.concat([preds, extra]).to_csv(with_train, index=False)
     proc = cli("eval", "--predictions", with_train, "--labels", bench["labels"] / f"{DISEASE}.csv",
                "--split", "val", "--out", tmp_path / "x", check=False)  # fmt: skip
@@ -174,12 +244,50 @@ def test_eval_from_predictions_file_matches(evaluated: Path, bench: dict, tmp_pa
     unboot = cli(
         "eval", "--predictions", res / "val_per_sample_predictions.csv", "--bootstrap", "0", "--out", full
     )
-    assert "nan" not in unboot.stdout and "0/" in unboot.stdout  # no intervals drawn: none shown
+    assert "nan" not in unboot.stdout and " 2/24 " in unboot.stdout  # no intervals drawn: none shown
+    assert "a case absent from it cannot be counted as a failure; pass --labels" in " ".join(
+        unboot.stderr.split()
+    )
     first = pd.read_csv(res / "val_metrics.csv")
-    for key in ("accuracy", "auroc", "balanced_acc", "f1_macro", "brier", "ece"):
+    for key in METRICS:
         assert pd.read_csv(full / "val_metrics.csv").loc[0, key] == pytest.approx(
             first.loc[0, key], abs=1e-12
         )
+
+
+def test_eval_predictions_counts_every_labelled_case_of_its_split(
+    evaluated: Path, bench: dict, tmp_path: Path, cli
+) -> None:
+    """Three right rows of a 24-case val split score as 3 of 24, never as a perfect 3 of 3: without --split
+    the file's name gives the split; a name that gives none scores every labelled case (train too)."""
+    res = evaluated / "model_a" / "lp" / DISEASE / "val_auroc"
+    preds = pd.read_csv(res / "val_per_sample_predictions.csv")
+    right = preds[(preds["prediction"] == preds["label"]) & (preds["missing"] == 0)].head(3)
+    labels = bench["labels"] / f"{DISEASE}.csv"
+    named = tmp_path / "team" / "val_per_sample_predictions_val_auroc.csv"  # the reference's name for it
+    named.parent.mkdir()
+    right.to_csv(named, index=False)
+    proc = cli(
+        "eval", "--predictions", named, "--labels", labels, "--bootstrap", "0", "--out", tmp_path / "a"
+    )
+    row = pd.read_csv(tmp_path / "a" / "val_metrics.csv").iloc[0]
+    assert (row["n_real"], row["n_missing_failed"], row["split"]) == (3, 21, "val")
+    assert row["acc"] == pytest.approx(3 / 24)
+    assert "scored split val: 24 case(s), 21 absent or flagged missing" in " ".join(proc.stderr.split())
+    unnamed = tmp_path / "team.csv"
+    right.to_csv(unnamed, index=False)
+    plain = ("--bootstrap", "20", "--resampling", "plain", "--out", tmp_path / "b")
+    cli("eval", "--predictions", unnamed, "--labels", labels, *plain)
+    row = pd.read_csv(tmp_path / "b" / "all_metrics.csv").iloc[0]
+    assert (row["n_real"], row["n_missing_failed"], row["resampling"]) == (
+        3,
+        len(bench["truth"]) - 3,
+        "plain",
+    )
+    typo = cli(
+        "eval", "--predictions", unnamed, "--resampling", "stratify", "--out", tmp_path / "c", check=False
+    )
+    assert typo.returncode == 2 and "--resampling must be stratified or plain, not 'stratify'" in typo.stderr
 
 
 def _eval_copy(bench: dict, tmp_path: Path, change) -> tuple[Path, Path]:
@@ -298,7 +406,8 @@ def test_eval_of_val_uses_the_column_the_head_was_trained_on(bench: dict, tmp_pa
     cli("eval", "--runs", runs, "--store", bench["store"], "--labels", labels, "--split", "val",
         "--bootstrap", "0", "--out", tmp_path / "o")  # fmt: skip
     preds = pd.read_csv(next((tmp_path / "o").rglob("val_per_sample_predictions.csv")))
-    assert sorted(preds["filename"]) == sorted(table.loc[table["fold0"] == "val", "case_id"])
+    want = table.loc[table["fold0"] == "val", "case_id"].str.removesuffix(".nii.gz")
+    assert sorted(preds["filename"]) == sorted(want)
 
 
 def test_a_second_eval_removes_its_stale_results_and_reports_broken_runs(
@@ -356,7 +465,11 @@ def test_a_second_eval_removes_its_stale_results_and_reports_broken_runs(
 
 def test_leaderboard_from_eval_outputs(evaluated: Path, tmp_path: Path, cli) -> None:
     out = tmp_path / "lb"
-    cli("leaderboard", "--results", evaluated, "--bootstrap", "100", "--seed", "3", "--out", out)
+    proc = cli("leaderboard", "--results", evaluated, "--bootstrap", "100", "--seed", "3", "--out", out)
+    assert "(val: the selection split, optimistic): 2 model(s) x 1 disease(s)" in proc.stdout
+    assert "warning: val: the selection split, optimistic (the heads were selected" in " ".join(
+        proc.stderr.split()
+    )
     table = pd.read_csv(out / "leaderboard.csv")
     assert table["model"].tolist() == ["model_a", "model_b"]
     assert table.loc[0, "rank"] == 1.0
@@ -441,8 +554,8 @@ def test_eval_predictions_multiclass_and_multilabel(kind: str, tmp_path: Path) -
     csv = tmp_path / "val_per_sample_predictions.csv"
     pd.DataFrame(cols).to_csv(csv, index=False)
     result = evaluate_predictions(csv, tmp_path / "out", n_boot=100, seed=0)
-    assert result.metrics["f1_macro"].value == pytest.approx(want_f1, abs=1e-9)
-    assert result.metrics["average_precision"].value == pytest.approx(want_ap, abs=1e-9)
+    assert result.metrics["f1"].value == pytest.approx(want_f1, abs=1e-9)
+    assert result.metrics["ap"].value == pytest.approx(want_ap, abs=1e-9)
     assert (tmp_path / "out" / "val_roc.png").is_file() and (tmp_path / "out" / "val_metrics.csv").is_file()
 
 
@@ -463,7 +576,7 @@ def test_eval_eao_checkpoint(tmp_path: Path, cli) -> None:
     """Task 2 heads are rebuilt from their checkpoints and read token maps from the packed eao view."""
     out = _eval_eao(tmp_path, cli)
     metrics = pd.read_csv(out / "tok" / "eao" / DISEASE / "val_auroc" / "val_metrics.csv")
-    assert metrics.loc[0, "failed_cases"] == 1 and metrics.loc[0, "n_cases"] == 12
+    assert metrics.loc[0, "n_missing_failed"] == 1 and metrics.loc[0, "n_real"] == 11
     assert metrics.loc[0, "balanced_acc"] > 0.8  # feature 0 separates the classes in every token
 
 

@@ -70,6 +70,11 @@ def test_interrupted_run_resumes_to_the_same_leaderboard(cli, tmp_path):
     board, preds = _results(clean.parent)
     assert board["model"].tolist() == ["hu-stats"]
     assert (clean.parent / "out" / "leaderboard" / "lp" / "leaderboard.html").is_file()
+    reference = clean.parent / "out" / "reference" / "lp" / "hu-stats"  # the reference scorer's --csv_root
+    assert sorted(
+        p.relative_to(reference).as_posix() for p in reference.rglob("*_per_sample_predictions_*")
+    ) == [f"{d}/results/test_per_sample_predictions_val_balanced_acc.csv" for d in sorted(SMALL["diseases"])]
+    assert "selection split" not in first  # a test board is not flagged
     assert (
         yaml.safe_load((clean.parent / "out" / "config.resolved.yaml").read_text())["diseases"]
         == SMALL["diseases"]

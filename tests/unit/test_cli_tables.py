@@ -18,8 +18,8 @@ BOX = set("│┃━─┏┓┗┛┡┩└┘╇┳┻┼")
 
 def _head(model: str, disease: str, value: float) -> dict:
     """One ``EvalResult.row()``-like dict: every metric ``value`` with a CI around it."""
-    row = {"model": model, "disease": disease, "strategy": "val_auroc", "tag": "", "failed_cases": 2}
-    row["n_cases"] = 24
+    row = {"model": model, "disease": disease, "strategy": "val_auroc", "tag": "", "n_missing_failed": 2}
+    row["n_real"] = 22
     for m in METRICS:
         row |= {m: value, f"{m}_ci_low": value - 0.111, f"{m}_ci_high": value + 0.093}
     return row

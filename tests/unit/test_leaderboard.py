@@ -126,3 +126,40 @@ def test_leaderboard_table_prints_bracketed_names_as_they_are() -> None:
     console.print(leaderboard_table(frame, "board"))
     text = console.export_text()
     assert "hu-stats [val_loss]" in text and "hu-stats [val_auroc]" in text and "[1, 2]" in text
+
+
+def _rare_disease(split: str) -> DiseaseData:
+    """40 cases, 3 positives: many plain resamples hold none."""
+    rng = np.random.default_rng(3)
+    y = np.array([1, 1, 1] + [0] * 37)
+    p = 1 / (1 + np.exp(-(np.array([[1.5], [0.5]]) * (2 * y - 1) + rng.normal(size=(2, 40)))))
+    return DiseaseData("d", [str(i) for i in range(40)], y, np.stack([1 - p, p], -1), split=split)
+
+
+def test_rank_resamples_are_stratified_unless_asked_otherwise() -> None:
+    """Stratified: every resample keeps the 3 positives, so no metric is ever undefined; plain: some lose them."""
+    from ctfm.evaluate.leaderboard import disease_resamples
+
+    data = _rare_disease("test")
+    idx = disease_resamples(data, 300, 0, 0)
+    assert (data.labels[idx].sum(axis=1) == 3).all()
+    stratified = build_leaderboard([data], ["a", "b"], METRICS, n_boot=300, seed=0)
+    plain = build_leaderboard([data], ["a", "b"], METRICS, n_boot=300, seed=0, stratified=False)
+    assert stratified.degenerate.sum() == 0 and plain.degenerate.min() > 0
+    assert (stratified.resampling, plain.resampling) == ("stratified", "plain")
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_a_board_of_the_selection_split_says_so_in_every_file(tmp_path, split: str) -> None:
+    import json
+
+    from ctfm.evaluate.leaderboard import write_leaderboard
+
+    lb = build_leaderboard([_rare_disease(split)], ["a", "b"], METRICS, n_boot=20, seed=0)
+    write_leaderboard(lb, tmp_path, "board")
+    note = "val: the selection split, optimistic"
+    summary = json.loads((tmp_path / "leaderboard.json").read_text())
+    assert (summary["split"], summary["split_note"]) == (split, note if split == "val" else "")
+    for name in ("leaderboard.md", "leaderboard.html"):
+        text = (tmp_path / name).read_text()
+        assert (f"{note} (the heads were selected on these cases" in text) == (split == "val"), name

@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
 
 
 def metrics_table(rows: list[dict], title: str) -> Table:
-    """One row per scored head: every metric with its 95 % interval."""
+    """One row per scored head: every metric with its 95 % interval ("-" where undefined, e.g. ``pos_*`` of a
+    multiclass head)."""
     from rich.table import Table
 
     from ctfm.evaluate.metrics import METRICS
@@ -43,12 +44,41 @@ def metrics_table(rows: list[dict], title: str) -> Table:
             plain(r["disease"]),
             plain(r["strategy"] + (f" ({r['tag']})" if r.get("tag") else "")),
         ]
-        cells.append(f"{r['failed_cases']}/{r['n_cases']}")
-        cells += [
-            plain(f"{r[m]:.3f}" + _interval(r[m + "_ci_low"], r[m + "_ci_high"], ".3f")) for m in METRICS
-        ]
+        cells.append(f"{r['n_missing_failed']}/{r['n_real'] + r['n_missing_failed']}")
+        cells += [_metric_cell(r, m) for m in METRICS]
         table.add_row(*cells)
     return table
+
+
+def _metric_cell(row: dict, metric: str) -> str:
+    value = row[metric]
+    if value != value:
+        return "-"
+    return plain(f"{value:.3f}" + _interval(row[metric + "_ci_low"], row[metric + "_ci_high"], ".3f"))
+
+
+def _resampling(value: str) -> bool:
+    """``--resampling``: whether the bootstrap is stratified."""
+    from ctfm.errors import ConfigError
+    from ctfm.evaluate.bootstrap import SCHEMES
+
+    if value not in SCHEMES:
+        raise ConfigError(f"--resampling must be {' or '.join(SCHEMES)}, not {value!r}")
+    return value == "stratified"
+
+
+def _warn_split(split: str) -> None:
+    """Say it when the scores are of a split the heads were selected (or trained) on."""
+    from ctfm.evaluate.inference import split_warning
+
+    if split_warning(split):
+        console.print(f"[yellow]warning:[/] {plain(split_warning(split))}", highlight=False, soft_wrap=True)
+
+
+def _table_title(split: str, what: str) -> str:
+    from ctfm.evaluate.inference import split_note
+
+    return f"{split_note(split) or split}: {what}"
 
 
 def eval_command(
@@ -65,8 +95,9 @@ def eval_command(
     split: str = typer.Option(
         None,
         "--split",
-        help=f"Split to score: val, test or train (default {default('evaluation', 'split')}; with "
-        "--predictions: all labelled cases).",
+        help=f"Split to score: val, test or train (default {default('evaluation', 'split')}, the split the "
+        "heads were selected on; with --predictions and --labels: the split its file name starts with, e.g. "
+        "val_per_sample_predictions.csv, else every labelled case). Every labelled case of it counts.",
     ),
     strategy: list[str] = typer.Option(
         None, "--strategy", help="Checkpoint strategies to score (default: all)."
@@ -89,16 +120,31 @@ def eval_command(
         help="Bootstrap resamples for the 95 % intervals (0: none).",
         min=0,
     ),
+    resampling: str = typer.Option(
+        default("evaluation", "resampling"),
+        "--resampling",
+        help="Bootstrap scheme: stratified (cases drawn within each class) or plain (from all cases).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    reference_layout: Path = typer.Option(
+        None,
+        "--reference-layout",
+        help="Also lay the results out as the reference's scorer and organizer scripts read them: "
+        "DIR/<model>/<disease>/results/<split>_per_sample_predictions_<strategy>.csv (their --csv_root is "
+        "DIR/<model>).",
+    ),
     out: Path = typer.Option(..., "--out", help="Output folder."),
 ) -> None:
     """Score probe heads on a split (every case counts; missing embeddings are failures) with 95 % CIs."""
     from ctfm.errors import ConfigError, CtfmError
     from ctfm.evaluate import inference
 
+    stratified = _resampling(resampling)
     if predictions is not None:
         if task not in (None, "lp", "eao"):
             raise ConfigError(f"--task must be lp or eao, not {task!r}")
+        if reference_layout is not None:
+            raise ConfigError("--reference-layout goes with checkpoints; a predictions file is in it already")
         result = inference.evaluate_predictions(
             predictions,
             out,
@@ -109,8 +155,26 @@ def eval_command(
             seed,
             model,
             task or "",
+            stratified,
         )
-        print_table(metrics_table([result.row()], f"{predictions.name}"), keys=METRIC_KEYS)
+        cases = "every labelled case" if result.split == "all" else f"split {result.split}"
+        print_table(
+            metrics_table([result.row()], _table_title(result.split, predictions.name)), keys=METRIC_KEYS
+        )
+        _warn_split(result.split)
+        if labels is None:
+            console.print(
+                "[yellow]warning:[/] labels taken from the file: a case absent from it cannot be counted as a "
+                "failure; pass --labels to score every labelled case",
+                highlight=False,
+                soft_wrap=True,
+            )
+        else:
+            console.print(
+                f"scored {cases}: {result.n_cases} case(s), {result.failed_cases} absent or flagged missing "
+                "(scored as failures)",
+                markup=False,
+            )
         console.print(f"wrote {out}", markup=False)
         return
     unused = [name for name, v in (("--disease", disease), ("--model", model), ("--task", task)) if v]
@@ -135,7 +199,17 @@ def eval_command(
             try:
                 results.append(
                     inference.evaluate_checkpoint(
-                        ref.path, store, labels, split, out, bootstrap, seed, ref.tag, ref.split_column
+                        ref.path,
+                        store,
+                        labels,
+                        split,
+                        out,
+                        bootstrap,
+                        seed,
+                        ref.tag,
+                        ref.split_column,
+                        stratified,
+                        reference_layout,
                     )
                 )
             except CtfmError as exc:  # recorded; the others are still scored
@@ -148,8 +222,10 @@ def eval_command(
             )
         inference.write_summary(results, out, split)
         print_table(
-            metrics_table([r.row() for r in results], f"{split}: {len(results)} head(s)"), keys=METRIC_KEYS
+            metrics_table([r.row() for r in results], _table_title(split, f"{len(results)} head(s)")),
+            keys=METRIC_KEYS,
         )
+        _warn_split(split)
         failed = sum(r.failed_cases for r in results)
         if failed:
             console.print(f"[yellow]{failed} case(s) without an embedding were scored as failures[/]")
@@ -218,6 +294,11 @@ def leaderboard_command(
         help="Case resamples per disease for rank stability (0: none).",
         min=0,
     ),
+    resampling: str = typer.Option(
+        default("evaluation", "resampling"),
+        "--resampling",
+        help="Bootstrap scheme: stratified (cases drawn within each class) or plain (from all cases).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     title: str = typer.Option("ctfm leaderboard", "--title", help="Page title."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
@@ -225,11 +306,18 @@ def leaderboard_command(
     """Rank models per disease, aggregate by mean rank, and measure ranking stability by bootstrap."""
     from ctfm.evaluate.leaderboard import build_leaderboard, gather, write_leaderboard
 
+    stratified = _resampling(resampling)
     data, entries = gather(results, split, _strategies(strategy), task)
-    lb = build_leaderboard(data, entries, split_list(metrics) or None, n_boot=bootstrap, seed=seed)
+    lb = build_leaderboard(
+        data, entries, split_list(metrics) or None, n_boot=bootstrap, seed=seed, stratified=stratified
+    )
     paths = write_leaderboard(lb, out, title)
+    _warn_split(lb.split)
     for line in lb.missing_text.splitlines():
         console.print(f"[yellow]warning:[/] {plain(line)}", highlight=False, soft_wrap=True)
-    title = f"{title}: {len(entries)} model(s) x {len(data)} disease(s), ranked on {', '.join(lb.metrics)}"
+    title = (
+        f"{title} ({lb.split_note or lb.split}): {len(entries)} model(s) x {len(data)} disease(s), ranked on "
+        f"{', '.join(lb.metrics)}"
+    )
     print_table(leaderboard_table(lb.table(), title), keys=LEADERBOARD_KEYS)
     console.print(f"wrote {', '.join(str(p) for p in paths)}", markup=False)

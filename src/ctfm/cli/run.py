@@ -22,6 +22,7 @@ def _execute(config: Path, out: Path | None) -> None:
     from rich.table import Table
 
     from ctfm.cli.evaluate import LEADERBOARD_KEYS, leaderboard_table
+    from ctfm.evaluate.inference import split_note, split_warning
     from ctfm.pipeline import run_pipeline
     from ctfm.runconfig import load_run_config
 
@@ -35,11 +36,17 @@ def _execute(config: Path, out: Path | None) -> None:
         stages.add_row(plain(o.name), o.status, f"{o.seconds:.1f}" if o.seconds else "")
     print_table(stages, console)
     out_console = new_console()
+    split = cfg.eval.split
     for task, folder in result.leaderboards.items():
         if not (folder / "leaderboard.csv").is_file():
             continue
         frame = pd.read_csv(folder / "leaderboard.csv")
-        print_table(leaderboard_table(frame, f"leaderboard, task {task}"), out_console, keys=LEADERBOARD_KEYS)
+        title = f"leaderboard, task {task} ({split_note(split) or split})"
+        print_table(leaderboard_table(frame, title), out_console, keys=LEADERBOARD_KEYS)
+        if split_warning(split):
+            console.print(
+                f"[yellow]warning:[/] {plain(split_warning(split))}", highlight=False, soft_wrap=True
+            )
         console.print(
             f"report: {folder / 'leaderboard.html'}   figures and per-head metrics: {cfg.output / 'eval'}",
             markup=False,

@@ -1,12 +1,21 @@
 """Seeded percentile bootstrap, vectorised: resamples become case counts ``[B, N]``, metrics run on chunks of rows.
 
+Scheme: stratified by default. Each resample draws, within every class, as many cases as the class has, with
+replacement (pROC's stratified bootstrap for AUROC; multilabel targets stratify on the whole label row), so
+every resample keeps the scored set's class counts and no resample lacks a class. ``stratified=False`` draws
+the N cases from the whole set; a resample that then lacks a class of the scored set is *degenerate* for every
+metric averaged over classes (:data:`~ctfm.evaluate.metrics.CLASS_SET_METRICS`; the reference's rules would
+give it 0 AUROC or about 0.5 balanced accuracy for the lost class): it gets NaN, is left out of the interval
+and counted (``Interval.degenerate``). ``pos_sensitivity`` / ``pos_specificity`` / ``pos_ap`` are NaN on a
+resample without the class they need under either scheme.
+
 Example:
     >>> import numpy as np
     >>> y = np.array([0, 1] * 20)
     >>> prob = np.stack([1 - y * 0.8, y * 0.8], axis=1)
     >>> cis = bootstrap_metrics(y, prob, n_boot=200, seed=0)
-    >>> cis["auroc"].value, cis["auroc"].low
-    (1.0, 1.0)
+    >>> cis["auroc"].value, cis["auroc"].low, cis["auroc"].degenerate
+    (1.0, 1.0, 0)
 """
 
 from __future__ import annotations
@@ -16,25 +25,30 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ctfm.evaluate.metrics import (
+    CLASS_SET_METRICS,
+    CONFUSION_METRICS,
     ECE_BINS,
     METRICS,
     compute_all,
     confusion_metric,
     counts_from_confusion,
     predict,
+    reference_rank_macro,
 )
 
 CI_LEVEL = 0.95
 CHUNK = 500  # resamples per batch: bounds memory at CHUNK x N x C floats
 CHUNK_FLOATS = 1 << 23  # ... and, for large N, a [rows, N] float64 batch at 64 MB
+SCHEMES = ("stratified", "plain")
 
 
 @dataclass(frozen=True)
 class Interval:
     """A point estimate with its percentile bootstrap interval.
 
-    ``degenerate`` counts resamples where the metric was undefined (NaN, e.g. AUROC on a one-class
-    resample); the interval is taken over the others (nan-aware percentiles).
+    ``degenerate`` counts resamples where the metric was undefined (NaN: a resample without a class the
+    metric needs, possible only with ``stratified=False`` or for ``pos_*``); the interval is taken over the
+    others (nan-aware percentiles).
     """
 
     value: float
@@ -47,9 +61,36 @@ class Interval:
         return asdict(self)
 
 
-def resample_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """``[n_boot, n]`` case indices drawn with replacement from a seeded generator."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+def strata_of(y: np.ndarray, multilabel: bool = False) -> np.ndarray:
+    """The stratum of each case: its class, or its whole label row for multilabel targets."""
+    y = np.asarray(y)
+    if multilabel:
+        return np.unique(y.reshape(len(y), -1), axis=0, return_inverse=True)[1].ravel()
+    return y
+
+
+def resample_indices(
+    n: int, n_boot: int, seed: int | np.random.Generator, strata: np.ndarray | None = None
+) -> np.ndarray:
+    """``[n_boot, n]`` case indices (int32 below 2**31 cases: half the memory) drawn with replacement from a
+    seeded generator; with ``strata`` each stratum's cases are drawn from that stratum only, as many as it
+    has (columns grouped by stratum)."""
+    rng = np.random.default_rng(seed)
+    dtype = np.int32 if n < 2**31 else np.int64
+    if strata is None:
+        return rng.integers(0, n, size=(n_boot, n), dtype=dtype)
+    strata = np.asarray(strata)
+    order = np.argsort(strata, kind="stable").astype(dtype)
+    groups = np.split(order, np.flatnonzero(strata[order][1:] != strata[order][:-1]) + 1)
+    idx = np.empty((n_boot, n), dtype=dtype)
+    step = chunk_rows(n)  # rows at a time: the draws' temporaries stay small
+    for first in range(0, n_boot, step):
+        rows, start = slice(first, min(first + step, n_boot)), 0
+        for group in groups:
+            draw = rng.integers(0, len(group), size=(rows.stop - rows.start, len(group)), dtype=dtype)
+            idx[rows, start : start + len(group)] = group[draw]
+            start += len(group)
+    return idx
 
 
 def percentile_interval(
@@ -161,21 +202,23 @@ def resample_metrics(
     """Metrics of several models ``probs [M, N, C]`` on every resample ``idx [B, N]`` -> ``{name: [M, B]}``.
 
     Binary and multiclass use case counts per resample (one matrix product for the thresholded metrics,
-    Brier and ECE; one sort per model for AUROC and AP), so nothing is sorted per resample, and resamples go
-    in chunks of :func:`chunk_rows` so memory stays O(chunk x N). Multilabel falls back to gathering the
-    resampled sets and calling :func:`compute_all` on them in chunks.
+    Brier and ECE; one sort per model and class column for AUROC and AP), so nothing is sorted per resample,
+    and resamples go in chunks of :func:`chunk_rows` so memory stays O(chunk x N). Multilabel falls back to
+    gathering the resampled sets and calling :func:`compute_all` on them in chunks. A resample lacking a class
+    of ``y`` gets NaN for :data:`CLASS_SET_METRICS` (module docstring).
     """
     y = np.asarray(y)
     probs = np.asarray(probs, dtype=float)
-    if multilabel:
-        return _gathered(y, probs, idx, names, multilabel, n_bins)
     n = probs.shape[1]
-    rankings = _rank_columns(probs) if {"auroc", "average_precision"} & set(names) else []
     step = chunk_rows(n)
-    parts = [
-        _count_metrics(y, probs, resample_counts(idx[s : s + step], n), names, n_bins, rankings)
-        for s in range(0, len(idx), step)
-    ]
+    if multilabel:
+        parts = [_gathered(y, probs, idx[s : s + step], names, n_bins) for s in range(0, len(idx), step)]
+    else:
+        ranks = _rank_columns(probs) if {"auroc", "ap", "pos_ap"} & set(names) else []
+        parts = [
+            _count_metrics(y, probs, resample_counts(idx[s : s + step], n), names, n_bins, ranks)
+            for s in range(0, len(idx), step)
+        ]
     if not parts:
         return {k: np.empty((probs.shape[0], 0)) for k in names}
     return {k: np.concatenate([p[k] for p in parts], axis=1) for k in names}
@@ -186,14 +229,75 @@ def chunk_rows(n: int) -> int:
     return max(1, min(CHUNK, CHUNK_FLOATS // max(n, 1)))
 
 
-def _score_columns(c: int) -> list[int]:
-    """Probability columns scored one-vs-rest: the positive class if binary, every class otherwise."""
-    return [1] if c == 2 else list(range(c))
+def _class_columns(y: np.ndarray, multilabel: bool) -> np.ndarray:
+    """``[N, K]`` indicators of every class value a case can lack: one column per class (single-label), or
+    per label its positives and its negatives (multilabel)."""
+    if multilabel:
+        yl = np.asarray(y).reshape(len(y), -1).astype(bool)
+        return np.concatenate([yl, ~yl], axis=1).astype(float)
+    return (np.asarray(y)[:, None] == np.arange(int(np.max(y, initial=0)) + 1)).astype(float)
 
 
-def _rank_columns(probs: np.ndarray) -> list[list[_Ranking]]:
-    """One sort per model and scored column, shared by every chunk of resamples."""
-    return [[_ranking(p) for p in probs[..., j]] for j in _score_columns(probs.shape[-1])]
+def _mark_lost_classes(out: dict[str, np.ndarray], w: np.ndarray, columns: np.ndarray) -> None:
+    """NaN, for the class-set metrics, on resamples (rows of case counts ``w``) lacking a class of the set."""
+    lost = ((w @ columns == 0) & (columns.sum(axis=0) > 0)).any(axis=1)
+    if lost.any():
+        for k in CLASS_SET_METRICS & set(out):
+            out[k][:, lost] = np.nan
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """One model's class columns, each sorted once; ``mirrored``: binary columns whose orders (tie groups
+    included) are each other's reverse, as ``p0 = 1 - p1`` gives, so column 0's groups are column 1's
+    flipped and cost nothing."""
+
+    ranks: list[_Ranking]
+    mirrored: bool
+
+
+def _group_ids(rank: _Ranking, n: int) -> np.ndarray:
+    gid = np.empty(n, dtype=np.int64)
+    gid[rank.order] = np.repeat(np.arange(len(rank.starts)), np.diff(np.r_[rank.starts, n]))
+    return gid
+
+
+def _rank_columns(probs: np.ndarray) -> list[_Columns]:
+    """Per model, every class column sorted once, shared by every chunk of resamples."""
+    out = []
+    n, c = probs.shape[1:]
+    for p in probs:
+        ranks = [_ranking(p[:, j]) for j in range(c)]
+        mirrored = (
+            c == 2
+            and len(ranks[0].starts) == len(ranks[1].starts)
+            and np.array_equal(_group_ids(ranks[0], n), len(ranks[1].starts) - 1 - _group_ids(ranks[1], n))
+        )
+        out.append(_Columns(ranks, bool(mirrored)))
+    return out
+
+
+def _class_rank_metrics(
+    y: np.ndarray, w: np.ndarray, cols: _Columns, want_ap: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One model's one-vs-rest AUROC and AP of every class column on every resample: two ``[B, C]``."""
+    c = len(cols.ranks)
+    auc = np.empty((w.shape[0], c))
+    ap = np.empty((w.shape[0], c)) if want_ap else None
+    last: tuple[np.ndarray, np.ndarray] | None = None
+    for j in reversed(range(c)):  # binary: column 1 first, so a mirrored column 0 reuses its groups
+        if j == 0 and cols.mirrored and last is not None:
+            if ap is None:  # mirrored rankings: class 0's AUROC is class 1's (ties count one half both ways)
+                auc[:, 0] = auc[:, 1]
+                break
+            g_pos, g_neg = last[1][:, ::-1], last[0][:, ::-1]  # class 0's positives are class 1's negatives
+        else:
+            g_pos, g_neg = _group_counts(w, (y == j).astype(float), cols.ranks[j])
+        last = (g_pos, g_neg)
+        auc[:, j], ap_j = _auc_ap_from_groups(g_pos, g_neg, want_ap)
+        if ap is not None:
+            ap[:, j] = ap_j
+    return auc, ap
 
 
 def _count_metrics(
@@ -202,32 +306,31 @@ def _count_metrics(
     w: np.ndarray,
     names: tuple[str, ...] | list[str],
     n_bins: int,
-    rankings: list[list[_Ranking]],
+    ranks: list[_Columns],
 ) -> dict[str, np.ndarray]:
     """Metrics ``{name: [M, B]}`` of the resamples given by case counts ``w [B, N]`` (binary/multiclass)."""
     m, n, c = probs.shape
     pred = predict(probs)  # [M, N]
     out: dict[str, np.ndarray] = {}
-    thresholded = [
-        k for k in names if k in ("accuracy", "f1_macro", "sensitivity", "specificity", "balanced_acc")
-    ]
-    if thresholded:
+    confusion = [k for k in names if k in CONFUSION_METRICS]
+    if confusion:
         onehot = np.zeros((n, m, c * c))
         onehot[np.arange(n)[:, None], np.arange(m)[None, :], (y[:, None] * c + pred.T)] = 1.0
         cm = (w @ onehot.reshape(n, m * c * c)).reshape(-1, m, c, c)  # [B, M, C, C]
         counts = counts_from_confusion(cm, w.sum(axis=1)[:, None])
-        for k in thresholded:
+        for k in confusion:
             out[k] = confusion_metric(k, *counts).T
-    if "auroc" in names or "average_precision" in names:
-        cols = _score_columns(c)
-        want_ap = "average_precision" in names
-        parts = [
-            _weighted_rank_metrics(y == (j if c > 2 else 1), probs[..., j], w, want_ap, r)
-            for j, r in zip(cols, rankings, strict=True)
-        ]
-        out["auroc"] = np.mean([p[0] for p in parts], axis=0)
-        if want_ap:
-            out["average_precision"] = np.mean([p[1] for p in parts], axis=0)
+    if ranks:
+        want_ap = bool({"ap", "pos_ap"} & set(names))
+        parts = [_class_rank_metrics(y, w, cols, want_ap) for cols in ranks]
+        auc = np.stack([p[0] for p in parts])  # [M, B, C]
+        ap = np.stack([p[1] for p in parts]) if want_ap else np.zeros_like(auc)
+        n_pos = (w @ (y[:, None] == np.arange(c)))[None]  # [1, B, C]
+        n_neg = w.sum(axis=1)[None, :, None] - n_pos
+        out["auroc"], out["ap"] = reference_rank_macro(
+            auc, ap, n_pos, n_neg, n_pos[..., 1:].sum(axis=-1) == 0
+        )
+        out["pos_ap"] = ap[..., 1] if c == 2 else np.full(auc.shape[:2], np.nan)
     if "brier" in names:
         onehot_y = y[:, None] == np.arange(c)
         loss = ((probs - onehot_y) ** 2).sum(axis=-1)  # [M, N]
@@ -241,22 +344,22 @@ def _count_metrics(
         per_bin = np.zeros((n, m, n_bins))
         per_bin[np.arange(n)[:, None], np.arange(m)[None, :], bins.T] = gap.T
         out["ece"] = np.abs((w @ per_bin.reshape(n, m * n_bins)).reshape(-1, m, n_bins)).sum(axis=-1).T / n
-    return {k: out[k] for k in names}
+    out = {k: out[k] for k in names}
+    _mark_lost_classes(out, w, _class_columns(y, False))
+    return out
 
 
 def _gathered(
-    y: np.ndarray, probs: np.ndarray, idx: np.ndarray, names, multilabel: bool, n_bins: int
+    y: np.ndarray, probs: np.ndarray, idx: np.ndarray, names, n_bins: int, multilabel: bool = True
 ) -> dict[str, np.ndarray]:
-    m = probs.shape[0]
-    parts: list[dict[str, np.ndarray]] = []
-    for start in range(0, len(idx), CHUNK):
-        rows = idx[start : start + CHUNK]
-        b = len(rows)
-        yy = np.broadcast_to(y[rows][None], (m, *y[rows].shape)).reshape(m * b, *y.shape)
-        pp = probs[:, rows].reshape(m * b, *probs.shape[1:])
-        res = compute_all(yy, pp, multilabel=multilabel, n_bins=n_bins, names=names)
-        parts.append({k: np.asarray(v).reshape(m, b) for k, v in res.items()})
-    return {k: np.concatenate([p[k] for p in parts], axis=1) for k in names}
+    """Metrics ``{name: [M, B]}`` of the resampled sets themselves (multilabel; the tests' reference path)."""
+    m, b = probs.shape[0], len(idx)
+    yy = np.broadcast_to(y[idx][None], (m, *y[idx].shape)).reshape(m * b, *y.shape)
+    pp = probs[:, idx].reshape(m * b, *probs.shape[1:])
+    res = compute_all(yy, pp, multilabel=multilabel, n_bins=n_bins, names=names)
+    out = {k: np.asarray(v, dtype=float).reshape(m, b) for k, v in res.items()}
+    _mark_lost_classes(out, resample_counts(idx, len(y)), _class_columns(y, multilabel))
+    return out
 
 
 def bootstrap_metrics(
@@ -266,12 +369,13 @@ def bootstrap_metrics(
     seed: int = 0,
     multilabel: bool = False,
     level: float = CI_LEVEL,
+    stratified: bool = True,
 ) -> dict[str, Interval]:
-    """Point estimates of every metric with seeded percentile bootstrap intervals."""
+    """Point estimates of every metric with seeded percentile bootstrap intervals (module docstring)."""
     point = compute_all(y, prob, multilabel=multilabel)
     if n_boot <= 0:
         return {k: Interval(float(v), float("nan"), float("nan"), 0, 0) for k, v in point.items()}
-    idx = resample_indices(len(y), n_boot, seed)
+    idx = resample_indices(len(y), n_boot, seed, strata_of(y, multilabel) if stratified else None)
     samples = {
         k: v[0] for k, v in resample_metrics(y, np.asarray(prob)[None], idx, METRICS, multilabel).items()
     }

@@ -1,14 +1,21 @@
 """Score trained heads: rebuild each checkpoint, predict every case of a split, write the reference files.
 
 A case of the split without a usable embedding (absent from the store, failed, timed out) is never dropped:
-it is scored as a failure by the reference rule, a confident prediction of a wrong class (probability 1 for
-class ``(label + 1) mod C``, logits ``+FAIL_LOGIT`` / ``-FAIL_LOGIT``), and counted in ``failed_cases``.
+it is scored as a failure by the reference rule, a confident prediction of a wrong class (class
+``(label + 1) mod C``: logits ``+FAIL_LOGIT`` there and ``-FAIL_LOGIT`` elsewhere, probability 1 there in the
+file), written last with ``missing = 1`` and counted in ``n_missing_failed``. Metrics are computed from the
+logits as the reference computes them (:func:`reference_probs`).
 
-Output per checkpoint, in ``<out>/<model>/<task>/<disease>/<strategy>/``:
-``<split>_metrics.csv`` (one row: every metric, its 95 % CI, ``failed_cases``, ``n_cases``),
-``<split>_per_sample_predictions.csv`` (``filename, label, pred, logit_class_<i>, prob_class_<i>``),
+Output per checkpoint, in ``<out>/<model>/<task>/<disease>/[<tag>/]<strategy>/``:
+``<split>_per_sample_predictions.csv`` (exactly the reference's columns ``filename, label, prediction,
+missing, logit_class_<i>, prob_class_<i>``; ``label`` and ``prediction`` are class indices, the class values
+are in the JSON), ``<split>_metrics.csv`` (the reference's metric and tag columns, then ctfm's: identity,
+the additions of :data:`~ctfm.evaluate.metrics.EXTRA_METRICS` and every metric's 95 % interval),
 ``<split>_eval.json`` (everything, including checkpoint metadata and the failed case names),
 ``<split>_roc.png`` and ``<split>_pr.png``. ``<out>/<split>_summary.csv`` has one row per checkpoint.
+With a reference root, :func:`write_reference_layout` also lays the files out as the reference's scorer and
+organizer scripts read them: ``<root>/<model>/<disease>/results/<split>_per_sample_predictions_<strategy>.csv``
+and ``<split>_metrics_<strategy>.csv``, as the reference inference names them.
 """
 
 from __future__ import annotations
@@ -25,23 +32,43 @@ import pandas as pd
 
 from ctfm.errors import DataError, StoreError
 from ctfm.evaluate.bootstrap import Interval, bootstrap_metrics
-from ctfm.evaluate.metrics import METRICS, predict
+from ctfm.evaluate.metrics import METRICS, REFERENCE_METRICS, predict
 from ctfm.fsutil import write_text_atomic
 from ctfm.store import sanitize_name
 
-FAIL_LOGIT = 30.0
+FAIL_LOGIT = 10.0  # the reference's failure logits
+RESULT_FORMAT = 2  # of the files written here; 2: the reference's columns and metric definitions
 PRED_SUFFIX = "_per_sample_predictions.csv"
 METRICS_SUFFIX = "_metrics.csv"
 JSON_SUFFIX = "_eval.json"
 ROC_SUFFIX, PR_SUFFIX = "_roc.png", "_pr.png"
 RESULT_SUFFIXES = (PRED_SUFFIX, METRICS_SUFFIX, JSON_SUFFIX, ROC_SUFFIX, PR_SUFFIX)  # one result's files
+# Scores on these splits flatter the heads: they were selected (val) or trained (train) on their cases.
+OPTIMISTIC_SPLITS = {
+    "val": ("the selection split, optimistic", "the heads were selected on these cases"),
+    "train": ("the training split, optimistic", "the heads were trained on these cases"),
+}
+
+
+def split_note(split: str) -> str:
+    """``"val: the selection split, optimistic"`` for a split the heads were selected or trained on; else ``""``."""
+    return f"{split}: {OPTIMISTIC_SPLITS[split][0]}" if split in OPTIMISTIC_SPLITS else ""
+
+
+def split_warning(split: str) -> str:
+    """The sentence every table and board of an optimistic split carries (console, csv, md, html, json)."""
+    if split not in OPTIMISTIC_SPLITS:
+        return ""
+    return f"{split_note(split)} ({OPTIMISTIC_SPLITS[split][1]}, so every score flatters its model; rank on test)"
 
 
 @dataclass
 class Predictions:
     """Per-case outputs of one head on one split, in the reference per-sample format.
 
-    ``labels`` is ``[N]`` (binary/multiclass: class index into ``classes``) or ``[N, L]`` (multilabel).
+    ``files`` are the reference's ``filename`` values (case names); ``labels`` is ``[N]`` (class index into
+    ``classes``) or ``[N, L]`` (multilabel); ``probs`` are the probabilities as written (a failure's are
+    one-hot); ``failed`` names the cases scored as failures.
     """
 
     files: list[str]
@@ -53,25 +80,38 @@ class Predictions:
     multilabel: bool = False
 
     @property
+    def missing(self) -> np.ndarray:
+        """``[N]`` bool: the failures."""
+        from ctfm.nifti import case_id
+
+        failed = set(self.failed)
+        return np.array([case_id(f) in failed for f in self.files], dtype=bool)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """The probabilities the metrics use: :func:`reference_probs` of the logits, as the reference scores its
+        logits (per-label probabilities for multilabel targets)."""
+        return self.probs if self.multilabel else reference_probs(self.logits)
+
+    @property
     def preds(self) -> np.ndarray:
-        return predict(self.probs, self.multilabel)
+        """The reference's ``prediction``: the arg-max logit (per label: probability >= 0.5)."""
+        return predict(self.probs, True) if self.multilabel else self.logits.argmax(axis=-1)
 
     def to_frame(self) -> pd.DataFrame:
+        """The reference's per-sample table, failures last (in the order they came)."""
         cols: dict[str, Any] = {"filename": self.files}
         if self.multilabel:
-            for j in range(self.labels.shape[1]):
-                cols[f"label_{j}"] = self.labels[:, j]
-            for j in range(self.labels.shape[1]):
-                cols[f"pred_{j}"] = self.preds[:, j]
+            cols |= {f"label_{j}": self.labels[:, j] for j in range(self.labels.shape[1])}
+            cols |= {f"pred_{j}": self.preds[:, j] for j in range(self.labels.shape[1])}
         else:
-            names = np.asarray(self.classes or range(self.probs.shape[1]))
-            cols["label"] = names[self.labels]
-            cols["pred"] = names[self.preds]
-        for i in range(self.logits.shape[1]):
-            cols[f"logit_class_{i}"] = self.logits[:, i]
-        for i in range(self.probs.shape[1]):
-            cols[f"prob_class_{i}"] = self.probs[:, i]
-        return pd.DataFrame(cols)
+            cols |= {"label": self.labels, "prediction": self.preds}
+        missing = self.missing
+        cols["missing"] = missing.astype(int)
+        cols |= {f"logit_class_{i}": self.logits[:, i] for i in range(self.logits.shape[1])}
+        cols |= {f"prob_class_{i}": self.probs[:, i] for i in range(self.probs.shape[1])}
+        order = np.argsort(missing, kind="stable")
+        return pd.DataFrame(cols).iloc[order].reset_index(drop=True)
 
 
 @dataclass
@@ -90,21 +130,40 @@ class EvalResult:
     checkpoint: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     tag: str = ""  # probe run tag (fold, seed, few-shot try); "" for a single run
+    tags: dict[str, Any] = field(default_factory=dict)  # the reference's norm, betas, eps, fold, head_name
+    resampling: str = "stratified"
+
+    def reference_row(self) -> dict[str, Any]:
+        """The reference inference's ``<split>_metrics_<strategy>.csv`` row: its metrics and tag columns."""
+        out: dict[str, Any] = {k: self.metrics[k].value for k in REFERENCE_METRICS}
+        out |= {
+            "strategy": self.strategy,
+            "norm": self.tags.get("norm"),
+            "betas": self.tags.get("betas"),
+            "eps": self.tags.get("eps"),
+            "fold": self.tags.get("fold"),
+            "checkpoint": Path(self.checkpoint).name,
+            "head_name": self.tags.get("head_name"),
+            "n_real": self.n_cases - self.failed_cases,
+            "n_missing_failed": self.failed_cases,
+        }
+        return out
 
     def row(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+        """The reference row, then ctfm's columns: identity, the additions, every metric's interval."""
+        out = self.reference_row()
+        out |= {
             "model": self.model,
             "task": self.task,
             "disease": self.disease,
-            "strategy": self.strategy,
             "tag": self.tag,
             "split": self.split,
-            "n_cases": self.n_cases,
-            "failed_cases": self.failed_cases,
+            "split_note": split_note(self.split),
+            "resampling": self.resampling,
         }
+        out |= {k: self.metrics[k].value for k in METRICS if k not in REFERENCE_METRICS}
         for key in METRICS:
             ci = self.metrics[key]
-            out[key] = ci.value
             out[f"{key}_ci_low"] = ci.low
             out[f"{key}_ci_high"] = ci.high
             out[f"{key}_degenerate"] = ci.degenerate
@@ -113,6 +172,7 @@ class EvalResult:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["metrics"] = {k: v.as_dict() for k, v in self.metrics.items()}
+        data["split_note"] = split_note(self.split)
         return data
 
 
@@ -125,12 +185,25 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def reference_probs(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities as the reference scores them: torchmetrics applies torch's softmax to float32
+    logits, so it ranks float32 probabilities, and the exact bits decide its ties (saturated cases at 1 - k ulp,
+    two failures' ``+-10`` logits in other columns), which move AUROC and AP. The same torch softmax on the
+    same float32 logits gives the same bits, so ctfm's numbers are the reference's."""
+    import torch
+
+    with torch.no_grad():
+        probs = torch.softmax(torch.as_tensor(np.asarray(logits, dtype=np.float32)), dim=-1)
+    return probs.numpy().astype(np.float64)
+
+
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
 
 def to_probs(logits: np.ndarray, multilabel: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities from head logits; a single binary logit becomes two columns ``[-z/2, z/2]``."""
+    """Class probabilities from head logits; a single binary logit becomes two columns ``[-z/2, z/2]``
+    (their softmax is the sigmoid of ``z``), so every single-label head has C >= 2 logit columns."""
     logits = np.asarray(logits, dtype=np.float64)
     if multilabel:
         return logits, sigmoid(logits)
@@ -149,8 +222,33 @@ def failure_outputs(labels: np.ndarray, n_classes: int, multilabel: bool) -> tup
     return np.where(probs > 0, FAIL_LOGIT, -FAIL_LOGIT), probs
 
 
-def score(preds: Predictions, n_boot: int, seed: int) -> dict[str, Interval]:
-    return bootstrap_metrics(preds.labels, preds.probs, n_boot=n_boot, seed=seed, multilabel=preds.multilabel)
+def score(preds: Predictions, n_boot: int, seed: int, stratified: bool = True) -> dict[str, Interval]:
+    return bootstrap_metrics(
+        preds.labels,
+        preds.scores,
+        n_boot=n_boot,
+        seed=seed,
+        multilabel=preds.multilabel,
+        stratified=stratified,
+    )
+
+
+def reference_tags(meta: dict[str, Any], split_column: str = "split") -> dict[str, Any]:
+    """The reference inference's tag values from a ctfm checkpoint's metadata: ``norm`` (raw, std, ...),
+    ``betas`` (written as the reference writes its tuple), ``eps``, ``head_name`` (``clf_lr_...``) and
+    ``fold`` (the fold of a ``fold<k>`` split column; empty for the ``split`` column)."""
+    point = meta.get("grid_point") or {}
+    norm = meta.get("norm")
+    norm = norm.get("type") if isinstance(norm, dict) else norm
+    betas = point.get("betas")
+    fold = split_column.removeprefix("fold")
+    return {
+        "norm": norm or point.get("norm"),
+        "betas": str(tuple(betas)) if betas is not None else None,
+        "eps": point.get("eps"),
+        "fold": int(fold) if split_column.startswith("fold") and fold.isdigit() else None,
+        "head_name": point.get("name"),
+    }
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -314,7 +412,7 @@ def predict_checkpoint(
         logits = logits.astype(float)
         logits[rows], probs[rows] = lg, pr
     preds = Predictions(
-        files=table["file"].tolist(),
+        files=cases,  # the reference's filename: the case name
         labels=labels,
         logits=logits,
         probs=probs,
@@ -345,13 +443,33 @@ def write_outputs(out_dir: Path, split: str, preds: Predictions, result: EvalRes
     write_text_atomic(js, json.dumps(result.to_json(), indent=2, default=str, allow_nan=True) + "\n")
     figs = save_roc_pr(
         preds.labels,
-        preds.probs,
+        preds.scores,
         out_dir / f"{split}{ROC_SUFFIX}",
         out_dir / f"{split}{PR_SUFFIX}",
         multilabel=preds.multilabel,
         title=" · ".join(p for p in (result.model, result.disease, split) if p),
     )
     return [pred_csv, metrics_csv, js, *figs]
+
+
+def reference_dir(root: Path, model: str, disease: str, tag: str = "") -> Path:
+    """``<root>/<model>/<disease>/results[/<tag>]``: ``<root>/<model>`` is the reference scorer's
+    ``--csv_root`` (a tag, e.g. a fold, gets its own folder as the reference's per-fold checkpoint folders)."""
+    base = Path(root) / model / disease / "results"
+    return base / tag if tag else base
+
+
+def write_reference_layout(root: Path, preds: Predictions, result: EvalResult) -> list[Path]:
+    """The per-sample and metrics files under the names the reference inference gives them (suffixed with
+    the strategy) in the folder the reference scorer and organizer script read (:func:`reference_dir`)."""
+    folder = reference_dir(root, sanitize_name(result.model), result.disease, result.tag)
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = f"_{result.strategy}"
+    pred_csv = folder / f"{result.split}{PRED_SUFFIX.removesuffix('.csv')}{suffix}.csv"
+    metrics_csv = folder / f"{result.split}{METRICS_SUFFIX.removesuffix('.csv')}{suffix}.csv"
+    write_text_atomic(pred_csv, preds.to_frame().to_csv(index=False))
+    write_text_atomic(metrics_csv, pd.DataFrame([result.reference_row()]).to_csv(index=False))
+    return [pred_csv, metrics_csv]
 
 
 def evaluate_checkpoint(
@@ -364,8 +482,11 @@ def evaluate_checkpoint(
     seed: int = 0,
     tag: str = "",
     split_column: str = "split",
+    stratified: bool = True,
+    reference_root: Path | None = None,
 ) -> EvalResult:
-    """Predict, score with bootstrap intervals, and write every file for one checkpoint."""
+    """Predict, score with bootstrap intervals, and write every file for one checkpoint (also in the
+    reference's layout under ``reference_root`` when given)."""
     preds, meta = predict_checkpoint(checkpoint, store_root, labels_dir, split, split_column)
     src = meta.get("store") or {}
     result = EvalResult(
@@ -376,15 +497,23 @@ def evaluate_checkpoint(
         split=split,
         n_cases=len(preds.files),
         failed_cases=len(preds.failed),
-        metrics=score(preds, n_boot, seed),
+        metrics=score(preds, n_boot, seed, stratified),
         failed=preds.failed,
         checkpoint=str(checkpoint),
         meta={k: v for k, v in meta.items() if k != "state_dict"},
         tag=tag,
+        tags=reference_tags(meta, split_column),
+        resampling=_scheme(stratified),
     )
     out_dir = result_dir(out, sanitize_name(result.model), result.task, result.disease, result.strategy, tag)
     write_outputs(out_dir, split, preds, result)
+    if reference_root is not None:
+        write_reference_layout(reference_root, preds, result)
     return result
+
+
+def _scheme(stratified: bool) -> str:
+    return "stratified" if stratified else "plain"
 
 
 # ------------------------------------------------------------------------------ from a predictions file
@@ -398,13 +527,11 @@ def _indexed(frame: pd.DataFrame, prefix: str) -> list[str]:
 
 
 def _column_classes(frame: pd.DataFrame, probs: np.ndarray, where: str) -> list[int]:
-    """The class value of each probability column. ``ctfm eval`` writes class values (not column indices) in
-    ``label`` / ``pred``, so a head trained on classes {1, 2} is read back from which column each ``pred``
-    is the argmax of; without a ``pred`` column, or when every prediction names its own column, classes are
-    the column indices."""
+    """The class value of each probability column of a file ``ctfm eval`` wrote before it wrote the
+    reference's columns: it held class values (not column indices) in ``label`` / ``pred``, so a head trained
+    on classes {1, 2} is read back from which column each ``pred`` is the argmax of; when every prediction
+    names its own column, classes are the column indices."""
     n = probs.shape[1]
-    if "pred" not in frame.columns:
-        return list(range(n))
     seen: dict[int, int] = {}
     preds = _numbers(frame, ["pred"], Path(where), integers=True)[:, 0].astype(int)
     clear = (probs == probs.max(axis=1, keepdims=True)).sum(axis=1) == 1  # a tie names no column
@@ -464,7 +591,9 @@ def recorded_classes(meta: dict) -> list[int] | None:
 
 
 def read_predictions(path: Path, classes: list[int] | None = None) -> Predictions:
-    """A per-sample predictions CSV (reference format; multilabel: ``label_<j>`` columns) -> Predictions.
+    """A per-sample predictions CSV -> Predictions: the reference's format (``label`` and ``prediction`` are
+    class indices; rows with ``missing = 1`` are failures, rescored by the reference rule whatever they
+    hold), ctfm's earlier format (class values in ``label`` / ``pred``), or multilabel ``label_<j>`` columns.
 
     ``classes``: the class value of each probability column when known (:func:`recorded_classes`), so a head
     that predicted one class only is read back without guessing from ``pred``."""
@@ -477,6 +606,10 @@ def read_predictions(path: Path, classes: list[int] | None = None) -> Prediction
     label_cols = _indexed(frame, "label_")
     if "filename" not in frame.columns or not (prob_cols or logit_cols):
         raise DataError(f"{path}: needs columns filename and prob_class_<i> (or logit_class_<i>)")
+    if prob_cols and logit_cols and len(prob_cols) != len(logit_cols):
+        raise DataError(
+            f"{path}: {len(logit_cols)} logit_class_<i> but {len(prob_cols)} prob_class_<i> columns"
+        )
     multilabel = bool(label_cols)
     if not multilabel and "label" not in frame.columns:
         raise DataError(f"{path}: needs a label column (or label_<j> columns for multilabel targets)")
@@ -488,26 +621,58 @@ def read_predictions(path: Path, classes: list[int] | None = None) -> Prediction
         logits = _numbers(frame, logit_cols, path) if logit_cols else np.log(np.clip(probs, 1e-300, None))
     else:
         logits, probs = to_probs(_numbers(frame, logit_cols, path), multilabel)
-    if not np.isfinite(probs).all():
-        raise DataError(f"{path}: non-finite probabilities")
+    if not (np.isfinite(probs).all() and np.isfinite(logits).all()):
+        raise DataError(f"{path}: non-finite logits or probabilities")
     _check_probabilities(frame, probs, multilabel, path)
+    n_classes = probs.shape[1]
     if multilabel:
         labels = _numbers(frame, label_cols, path, integers=True).astype(int)
-        classes: list[int] = []
-    else:
-        if classes is None or len(classes) != probs.shape[1]:
+        classes = []
+    elif "pred" in frame.columns and "prediction" not in frame.columns:  # written by an earlier ctfm eval
+        if classes is None or len(classes) != n_classes:
             classes = _column_classes(frame, probs, str(path))
         labels = _class_index(
             _numbers(frame, ["label"], path, integers=True)[:, 0].astype(int), classes, str(path)
         )
+    else:
+        labels = _numbers(frame, ["label"], path, integers=True)[:, 0].astype(int)
+        outside = (labels < 0) | (labels >= n_classes)
+        if outside.any():
+            case = frame["filename"].astype(str).to_numpy()[outside][0]
+            raise DataError(
+                f"{path}: label must be a class index 0..{n_classes - 1} (its logit_class_<i> / prob_class_<i> "
+                f"column), not {labels[outside][0]} (e.g. {case})"
+            )
+        classes = classes if classes is not None and len(classes) == n_classes else list(range(n_classes))
+    missing = _missing_flags(frame, path)
+    if missing.any():  # the reference's failures: scored as a confident wrong class, whatever the row holds
+        logits, probs = logits.copy(), probs.copy()
+        logits[missing], probs[missing] = failure_outputs(labels[missing], n_classes, multilabel)
+    from ctfm.nifti import case_id
+
+    files = frame["filename"].astype(str).tolist()
     return Predictions(
-        files=frame["filename"].astype(str).tolist(),
+        files=files,
         labels=labels,
         logits=logits,
         probs=probs,
+        failed=[case_id(f) for f, m in zip(files, missing, strict=True) if m],
         classes=classes,
         multilabel=multilabel,
     )
+
+
+def _missing_flags(frame: pd.DataFrame, path: Path) -> np.ndarray:
+    """The reference's ``missing`` column as booleans (all False without one); values other than 0 and 1 are
+    one error naming a case."""
+    if "missing" not in frame.columns:
+        return np.zeros(len(frame), dtype=bool)
+    values = frame["missing"].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isin(values, (0.0, 1.0))
+    if bad.any():
+        case = frame["filename"].astype(str).to_numpy()[bad][0]
+        raise DataError(f"{path}: {int(bad.sum())} row(s) whose missing is not 0 or 1, e.g. {case}")
+    return values == 1.0
 
 
 def _numbers(frame: pd.DataFrame, columns: list[str], path: Path, integers: bool = False) -> np.ndarray:
@@ -526,7 +691,8 @@ def _numbers(frame: pd.DataFrame, columns: list[str], path: Path, integers: bool
 
 
 def align_to_labels(preds: Predictions, table: pd.DataFrame, where: str) -> Predictions:
-    """Re-order predictions to the label table's cases, taking labels from it; absent cases become failures."""
+    """Re-order predictions to the label table's cases, taking labels from it; a case absent from the
+    predictions or flagged ``missing`` there is a failure (the reference rule, on the table's label)."""
     from ctfm.nifti import case_id
 
     if preds.multilabel:
@@ -539,13 +705,14 @@ def align_to_labels(preds: Predictions, table: pd.DataFrame, where: str) -> Pred
     labels = _class_index(table["label"], preds.classes or list(range(n_classes)), where)
     logits, probs = failure_outputs(labels, n_classes, False)
     logits = logits.astype(float)
+    flagged = set(preds.failed)
     failed: list[str] = []
     for row, case in enumerate(table["case"]):
-        if case in pos:
+        if case in pos and case not in flagged:
             logits[row], probs[row] = preds.logits[pos[case]], preds.probs[pos[case]]
         else:
             failed.append(case)
-    return Predictions(table["file"].tolist(), labels, logits, probs, failed, preds.classes)
+    return Predictions(table["case"].tolist(), labels, logits, probs, failed, preds.classes)
 
 
 def _refuse_other_splits(preds: Predictions, table: pd.DataFrame, split: str, where: Path) -> None:
@@ -568,6 +735,16 @@ def _own_classes(pred_csv: Path) -> list[int] | None:
         return None
 
 
+def named_split(path: Path) -> str | None:
+    """The split a predictions file's name starts with, as the reference names them
+    (``val_per_sample_predictions.csv``, ``test_per_sample_predictions_val_loss.csv``); None otherwise."""
+    from ctfm.benchmark import load_benchmark
+
+    splits = "|".join(map(re.escape, load_benchmark().section("labels")["splits"]))
+    m = re.fullmatch(f"({splits}){re.escape(PRED_SUFFIX.removesuffix('.csv'))}(_.+)?\\.csv", Path(path).name)
+    return m.group(1) if m else None
+
+
 def evaluate_predictions(
     predictions: Path,
     out: Path,
@@ -578,6 +755,7 @@ def evaluate_predictions(
     seed: int = 0,
     model: str | None = None,
     task: str = "",
+    stratified: bool = True,
 ) -> EvalResult:
     """Recompute every metric from a per-sample predictions file (for organizers who receive predictions).
 
@@ -585,13 +763,16 @@ def evaluate_predictions(
     the board it is ranked on beside checkpoint-scored models.
 
     ``labels`` is a label CSV or the labels folder (then ``disease`` picks ``<disease>.csv``); its labels are
-    the truth, and a case of the chosen ``split`` missing from the file is scored as a failure.
+    the truth and every labelled case of the scored split counts: ``split``, else the split the file's name
+    starts with (:func:`named_split`), else every labelled case. A case absent from the file or flagged
+    ``missing`` is a failure. Without ``labels`` the file's rows are the set (flagged rows are failures; an
+    absent case cannot be known).
     """
     from ctfm.labels import labels_path, read_labels
 
     predictions = Path(predictions)
     preds = read_predictions(predictions, _own_classes(predictions))
-    split_name = split or predictions.name.removesuffix(PRED_SUFFIX).removesuffix(".csv")
+    scored = split or named_split(predictions)
     if labels is not None:
         labels = Path(labels)
         if labels.is_dir():
@@ -599,17 +780,13 @@ def evaluate_predictions(
                 raise DataError(f"{labels}: is a folder; pass --disease to pick <disease>.csv")
             labels = labels_path(labels, disease)
         table = read_labels(labels, disease or labels.stem)
-        if split:
-            _refuse_other_splits(preds, table, split, predictions)
-            table = table[table["split"] == split].reset_index(drop=True)
-        else:
-            from ctfm.nifti import case_id
-
-            have = {case_id(f) for f in preds.files}
-            table = table[table["case"].isin(have)].reset_index(drop=True)
+        if scored:
+            _refuse_other_splits(preds, table, scored, predictions)
+            table = table[table["split"] == scored].reset_index(drop=True)
         if table.empty:
-            raise DataError(f"{labels}: no labelled case for these predictions (split {split or 'any'})")
+            raise DataError(f"{labels}: no labelled case in split {scored!r}")
         preds = align_to_labels(preds, table, str(predictions))
+    split_name = scored or "all"
     result = EvalResult(
         model=model or predictions.parent.name,
         task=task,
@@ -618,9 +795,10 @@ def evaluate_predictions(
         split=split_name,
         n_cases=len(preds.files),
         failed_cases=len(preds.failed),
-        metrics=score(preds, n_boot, seed),
+        metrics=score(preds, n_boot, seed, stratified),
         failed=preds.failed,
         checkpoint=str(predictions),
+        resampling=_scheme(stratified),
     )
     write_outputs(Path(out), split_name, preds, result)
     return result

@@ -10,8 +10,13 @@ final rank). A missing value (a model without results for a disease, or an undef
 a one-class resample) ranks below every defined value, tied with the other missing ones. Higher is better
 except for ``brier`` and ``ece``.
 
-Stability: each disease's cases are resampled with replacement (``n_boot`` times, the same indices for every
-model, seeded per disease); set-level metrics and the whole ranking are recomputed per resample, vectorised over
+Metrics are the reference's (:mod:`ctfm.evaluate.metrics`); the challenge ranks on ``balanced_acc`` and
+``auroc``. A board of the split the heads were selected on says so (``val: the selection split, optimistic``)
+in every file it writes.
+
+Stability: each disease's cases are resampled with replacement, within each class (stratified, as the eval
+intervals; ``stratified=False`` draws from all cases), ``n_boot`` times, the same indices for every model,
+seeded per disease; set-level metrics and the whole ranking are recomputed per resample, vectorised over
 resamples and models. Reported per model: the 95 % percentile interval of its final rank, the share of resamples
 it wins (its mean rank is the lowest; a shared first place counts as a win for each), and the pairwise share of
 resamples in which model A's mean rank is strictly lower than B's. Kendall's tau-b between the full-data mean
@@ -30,7 +35,13 @@ import pandas as pd
 
 from ctfm.benchmark import load_benchmark
 from ctfm.errors import DataError
-from ctfm.evaluate.bootstrap import CI_LEVEL, percentile_interval, resample_metrics
+from ctfm.evaluate.bootstrap import (
+    CI_LEVEL,
+    percentile_interval,
+    resample_indices,
+    resample_metrics,
+    strata_of,
+)
 from ctfm.evaluate.metrics import LOWER_IS_BETTER, METRICS, compute_all
 
 CHUNK = 1000  # resamples per batch (bounds memory near 0.1 GB at 20 models x 300 cases)
@@ -46,6 +57,7 @@ class DiseaseData:
     probs: np.ndarray
     multilabel: bool = False
     present: np.ndarray | None = None  # [M] bool: entries with results for this disease (None: all)
+    split: str = ""  # the split the cases come from ("" unknown)
 
 
 @dataclass
@@ -70,6 +82,15 @@ class Leaderboard:
     n_boot: int = 0
     seed: int = 0
     missing: dict[str, list[str]] = field(default_factory=dict)  # entry -> diseases it has no result for
+    split: str = ""
+    resampling: str = "stratified"
+
+    @property
+    def split_note(self) -> str:
+        """``val: the selection split, optimistic`` when the board ranks a split the heads were selected on."""
+        from ctfm.evaluate.inference import split_note
+
+        return split_note(self.split)
 
     @property
     def missing_text(self) -> str:
@@ -193,6 +214,7 @@ def build_leaderboard(
     metrics: Sequence[str] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    stratified: bool = True,
 ) -> Leaderboard:
     """Rank ``entries`` on every disease of ``data`` and measure the ranking's stability by bootstrap.
 
@@ -211,7 +233,7 @@ def build_leaderboard(
     for d, dd in enumerate(data):
         if n_boot <= 0:
             break
-        idx = _disease_seed(seed, d).integers(0, len(dd.labels), size=(n_boot, len(dd.labels)))
+        idx = disease_resamples(dd, n_boot, seed, d, stratified)
         for start in range(0, n_boot, CHUNK):
             chunk = idx[start : start + CHUNK]
             boot[start : start + len(chunk), d] = np.moveaxis(_disease_metrics(dd, metrics, chunk), 1, 0)
@@ -250,7 +272,15 @@ def build_leaderboard(
         n_boot=max(n_boot, 0),
         seed=seed,
         missing=missing_results(data, entries),
+        split=data[0].split,
+        resampling="stratified" if stratified else "plain",
     )
+
+
+def disease_resamples(dd: DiseaseData, n_boot: int, seed: int, d: int, stratified: bool = True) -> np.ndarray:
+    """The ``[n_boot, N]`` case indices of disease number ``d``, seeded per disease."""
+    strata = strata_of(dd.labels, dd.multilabel) if stratified else None
+    return resample_indices(len(dd.labels), n_boot, _disease_seed(seed, d), strata)
 
 
 def missing_results(data: list[DiseaseData], entries: Sequence[str]) -> dict[str, list[str]]:
@@ -276,17 +306,20 @@ def gather(
     apart): results holding several must be narrowed with ``split`` / ``task``.
 
     An entry is a model, or ``model [strategy]`` when several strategies are present, plus ``(tag)`` for a
-    probe run tag (fold, seed). A case one entry lacks
-    is scored as a failure for it (confident wrong class); an entry without any result for a disease gets NaN
-    there (ranked last).
+    probe run tag (fold, seed). Every entry is scored from its logits as the reference scores them
+    (:func:`~ctfm.evaluate.inference.reference_probs`).
+    A case one entry lacks is scored as a failure for it (confident wrong class); an entry without any result
+    for a disease gets NaN there (ranked last).
     """
     from ctfm.evaluate.inference import (
         PRED_SUFFIX,
+        Predictions,
         failure_outputs,
         read_eval_meta,
         read_predictions,
         recorded_classes,
     )
+    from ctfm.nifti import case_id
 
     results = Path(results)
     files = sorted(results.rglob(f"*{PRED_SUFFIX}"))
@@ -335,13 +368,14 @@ def gather(
         preds = {
             e: read_predictions(f, recorded_classes(meta)) for e, (f, meta) in by_disease[disease].items()
         }
-        files_all = sorted({f for p in preds.values() for f in p.files})
+        cases = {e: [case_id(f) for f in p.files] for e, p in preds.items()}  # older files named x.nii.gz
+        files_all = sorted({c for names in cases.values() for c in names})
         pos = {f: i for i, f in enumerate(files_all)}
         first = next(iter(preds.values()))
         shape = (len(files_all), *first.probs.shape[1:])
         labels = np.full((len(files_all), *first.labels.shape[1:]), -1, dtype=int)
         for e, p in preds.items():
-            rows = [pos[f] for f in p.files]
+            rows = [pos[c] for c in cases[e]]
             if p.probs.shape[1:] != first.probs.shape[1:] or p.multilabel != first.multilabel:
                 raise DataError(
                     f"{by_disease[disease][e][0]}: class columns differ from other models on {disease}"
@@ -352,13 +386,19 @@ def gather(
                     f"{by_disease[disease][e][0]}: labels disagree with another model's on {disease}"
                 )
             labels[rows] = p.labels
-        _, fail = failure_outputs(labels, shape[-1], first.multilabel)
-        probs = np.broadcast_to(fail, (len(entries), *shape)).copy()
+        # an entry lacking a case fails it (the reference rule, scored from its logits as every case is)
+        fail = Predictions(
+            files_all,
+            labels,
+            *failure_outputs(labels, shape[-1], first.multilabel),
+            multilabel=first.multilabel,
+        )
+        probs = np.broadcast_to(fail.scores, (len(entries), *shape)).copy()
         present = np.array([e in preds for e in entries])
         for m, e in enumerate(entries):
             if e in preds:
-                probs[m, [pos[f] for f in preds[e].files]] = preds[e].probs
-        out.append(DiseaseData(disease, files_all, labels, probs, first.multilabel, present))
+                probs[m, [pos[c] for c in cases[e]]] = preds[e].scores
+        out.append(DiseaseData(disease, files_all, labels, probs, first.multilabel, present, splits[0]))
     return out, entries
 
 
@@ -381,6 +421,7 @@ def to_markdown(frame: pd.DataFrame) -> str:
 
 def write_leaderboard(lb: Leaderboard, out: Path, title: str = "ctfm leaderboard") -> list[Path]:
     """leaderboard.csv (every column), leaderboard.md, pairwise.csv, leaderboard.json and leaderboard.html."""
+    from ctfm.evaluate.inference import split_warning
     from ctfm.evaluate.report import leaderboard_html
     from ctfm.fsutil import write_text_atomic
 
@@ -400,7 +441,10 @@ def write_leaderboard(lb: Leaderboard, out: Path, title: str = "ctfm leaderboard
         + [f"mean_{m}" for m in lb.metrics]
     ]
     tau = lb.tau[~np.isnan(lb.tau)] if lb.tau.size else lb.tau
-    md = f"# {title}\n\n{to_markdown(short)}\n"
+    md = f"# {title}\n\n"
+    if lb.split_note:
+        md += f"**Warning:** {split_warning(lb.split)}\n\n"
+    md += f"{to_markdown(short)}\n"
     if tau.size:
         md += f"Kendall's tau-b (full vs resampled ranking): median {np.median(tau):.3f} over {tau.size} resamples.\n"
     if lb.missing:
@@ -411,7 +455,10 @@ def write_leaderboard(lb: Leaderboard, out: Path, title: str = "ctfm leaderboard
         "entries": lb.entries,
         "diseases": lb.diseases,
         "metrics": lb.metrics,
+        "split": lb.split,
+        "split_note": lb.split_note,
         "n_boot": lb.n_boot,
+        "resampling": lb.resampling,
         "seed": lb.seed,
         "missing": lb.missing,
         "table": json.loads(table.to_json(orient="records")),

@@ -1,23 +1,32 @@
 """Classification metrics in numpy, batched over a leading axis (bootstrap resamples, heads, models).
 
 Every function accepts one set (``y [N]``) or a batch of sets (``y [B, N]``) and returns a float or an
-array ``[B]``. They match scikit-learn's definitions to floating-point precision (the tests check 1e-9):
+array ``[B]``.
 
-* ``accuracy``: share of exact matches (subset accuracy for multilabel), like ``accuracy_score``.
-* ``macro_f1`` / ``sensitivity`` / ``specificity``: per-class F1, recall (TP/(TP+FN)) and specificity
-  (TN/(TN+FP)), unweighted mean over sklearn's label set: the classes present in ``y`` or ``pred``
-  (multiclass) or every label column (multilabel); a zero denominator counts as 0 (sklearn's
-  ``zero_division`` default). ``specificity`` is computed from the same per-class confusion counts as
-  ``multilabel_confusion_matrix``. Binary tasks report the clinical pair instead of macro averages (which
-  would both equal balanced accuracy): sensitivity is class 1's recall (``recall_score``), specificity class
-  0's (``recall_score(pos_label=0)``), each NaN when the set has no case of that class.
-* ``balanced_accuracy``: mean recall over the classes present in ``y`` (``balanced_accuracy_score``);
-  multilabel: mean over labels of each label's binary balanced accuracy.
-* ``auroc``: rank statistic with average ranks for tied scores, which equals sklearn's trapezoidal ROC area
-  (a tie counts one half). Binary, one-vs-rest macro for multiclass (``multi_class="ovr"``), macro over
-  label columns for multilabel.
-* ``average_precision``: sklearn's step definition ``AP = sum_n (R_n - R_{n-1}) P_n`` with one threshold per
-  distinct score (all tied cases enter together). Same averaging as ``auroc``.
+**The reference's metrics** (:data:`REFERENCE_METRICS`, :func:`reference_metrics`) carry the reference's names
+and mean what the benchmark's reference scorer computes with torchmetrics: task "multiclass" with
+``num_classes`` = the number of logit columns, binary tasks included, predictions the arg-max class. The rules
+were read off torchmetrics 1.9 on crafted sets (``tests/unit/test_reference_metrics.py``):
+
+* ``acc``: share of cases whose arg-max class is the label.
+* ``f1`` / ``sensitivity`` / ``specificity``: per-class F1, recall and specificity (0 where a denominator is
+  0), averaged over the classes present in the labels or the predictions (torchmetrics gives a class with
+  TP + FP + FN = 0 weight 0), which is scikit-learn's macro average. Binary: both classes, so sensitivity =
+  specificity = balanced accuracy.
+* ``balanced_acc``: mean over all ``n_classes`` classes of ``(TP/(TP+FN+1e-8) + TN/(TN+FP+1e-8)) / 2``; a
+  class absent from labels and predictions adds about 0.5. Binary: scikit-learn's balanced accuracy (to
+  1e-8); 3+ classes: not scikit-learn's.
+* ``auroc``: one-vs-rest AUROC of each class's probability column (ties count one half), plain mean over all
+  classes; a class without positives or without negatives counts 0 (torchmetrics' zero ROC curve).
+* ``ap``: step average precision of each class's column (one threshold per distinct score, as
+  scikit-learn), mean over the classes with a positive; a class without positives is left out, except when
+  every label is class 0, where it counts 0 (torchmetrics sets recall to 1 only then).
+
+**ctfm's additions** (:data:`EXTRA_METRICS`, names the reference never uses):
+
+* ``pos_sensitivity`` / ``pos_specificity`` / ``pos_ap`` (binary tasks; NaN otherwise): class 1's recall
+  (``recall_score``), class 0's recall (``recall_score(pos_label=0)``) and class 1's average precision
+  (``average_precision_score(y, p1)``), each NaN when the set has no case of the class it needs.
 * ``brier``: mean squared error of the probabilities: the positive-class probability for binary
   (``brier_score_loss``), the sum over classes for multiclass (sklearn >= 1.7), the mean of the per-label
   binary scores for multilabel.
@@ -26,11 +35,15 @@ array ``[B]``. They match scikit-learn's definitions to floating-point precision
   ``ECE = sum_k (n_k / N) |accuracy_k - mean confidence_k|``. Binary is treated as two classes; multilabel
   averages the per-label binary ECE. sklearn has no ECE; the tests compare it with a plain loop.
 
-Undefined values: AUROC needs both classes; AP needs at least one positive. When a set (for example a
-bootstrap resample) lacks them, the value is NaN instead of sklearn's exception (AUROC) or warning and 0
-(AP); for multiclass and multilabel the macro value is NaN as soon as one class is undefined, because sklearn
-refuses those sets too. Callers summarise with nan-aware statistics and report how many sets were
-degenerate (see :mod:`ctfm.evaluate.bootstrap`).
+**Multilabel targets** (a ctfm extension; the reference scorer has none): ``acc`` is subset accuracy; ``f1``,
+``sensitivity``, ``specificity`` the unweighted means over labels of each label's binary score;
+``balanced_acc`` the mean over labels of ``(recall + specificity) / 2`` with the same 1e-8 (the reference's
+``MultiLabelBalancedAccuracy``); ``auroc`` and ``ap`` the means of the per-label values, NaN as soon as a label
+lacks a class (scikit-learn refuses such sets); ``pos_*`` NaN.
+
+The building blocks :func:`auroc` and :func:`average_precision` follow scikit-learn (AUROC is the rank
+statistic with average ranks for ties; AP uses one threshold per distinct score) and return NaN where
+scikit-learn raises or warns (no positive, or one class only) so that batched callers can count undefined sets.
 
 Shapes: ``score`` with the shape of ``y`` is a binary score (or a multilabel score when
 ``multilabel=True``); ``score`` with one more trailing axis ``C`` holds class probabilities (``C == 2`` is
@@ -42,6 +55,10 @@ Example:
     0.75
     >>> auroc(np.array([[0, 0, 1, 1], [1, 1, 1, 1]]), np.array([[0.1, 0.4, 0.35, 0.8]] * 2)).tolist()
     [0.75, nan]
+    >>> probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])  # predicts 0, 1, 1, 1
+    >>> m = reference_metrics(np.array([0, 0, 1, 1]), probs, 2)
+    >>> round(m["f1"], 4), m["sensitivity"], m["specificity"], round(m["balanced_acc"], 6)
+    (0.7333, 0.75, 0.75, 0.75)
 """
 
 from __future__ import annotations
@@ -51,18 +68,31 @@ from collections.abc import Callable
 import numpy as np
 
 ECE_BINS = 15
-METRICS: tuple[str, ...] = (
-    "accuracy",
-    "f1_macro",
+REFERENCE_METRICS: tuple[str, ...] = (
+    "acc",
+    "f1",
     "auroc",
-    "average_precision",
+    "ap",
     "sensitivity",
     "specificity",
     "balanced_acc",
-    "brier",
-    "ece",
 )
+EXTRA_METRICS: tuple[str, ...] = ("pos_sensitivity", "pos_specificity", "pos_ap", "brier", "ece")
+METRICS: tuple[str, ...] = REFERENCE_METRICS + EXTRA_METRICS
 LOWER_IS_BETTER: frozenset[str] = frozenset({"brier", "ece"})
+CONFUSION_METRICS: tuple[str, ...] = (
+    "acc",
+    "f1",
+    "sensitivity",
+    "specificity",
+    "balanced_acc",
+    "pos_sensitivity",
+    "pos_specificity",
+)
+CLASS_SET_METRICS: frozenset[str] = frozenset(
+    {"f1", "auroc", "ap", "sensitivity", "specificity", "balanced_acc"}
+)
+REFERENCE_EPS = 1e-8  # in the reference's balanced-accuracy denominators
 
 
 def _batched(*arrays: np.ndarray, core_ndim: int) -> tuple[list[np.ndarray], bool]:
@@ -114,7 +144,7 @@ def _n_classes(y: np.ndarray, pred: np.ndarray, n_classes: int | None) -> int:
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den with 0 where den == 0 (sklearn's zero_division)."""
+    """num / den with 0 where den == 0 (sklearn's and torchmetrics' zero_division)."""
     return np.divide(num, den, out=np.zeros(num.shape, dtype=float), where=den > 0)
 
 
@@ -122,26 +152,51 @@ def _macro(per_class: np.ndarray, present: np.ndarray) -> np.ndarray:
     return np.sum(np.where(present, per_class, 0.0), axis=-1) / np.maximum(present.sum(axis=-1), 1)
 
 
-def confusion_metric(name: str, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> np.ndarray:
-    """A thresholded macro metric from per-class confusion counts ``[..., C]`` (multiclass label sets).
+def _class_recall(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """One class's recall ``[...]`` from its counts; NaN without a case of that class."""
+    return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
 
-    Shared by the direct functions and the weighted bootstrap path, so both use one formula.
+
+def confusion_metric(name: str, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> np.ndarray:
+    """A :data:`CONFUSION_METRICS` value from per-class counts ``[..., C]`` (single-label sets, module docstring).
+
+    Counts may be weighted (bootstrap resamples): the direct functions and the resampling path share this one
+    formula.
     """
-    seen = (tp + fp + fn) > 0  # sklearn's label set: classes present in y or pred
-    if name in ("sensitivity", "specificity") and tp.shape[-1] == 2:  # binary: class 1's and class 0's recall
-        num, den = (tp, tp + fn) if name == "sensitivity" else (tn, tn + fp)
-        return np.divide(num[..., 1], den[..., 1], out=np.full(num.shape[:-1], np.nan), where=den[..., 1] > 0)
-    if name == "accuracy":
+    if name == "acc":
         return tp.sum(axis=-1) / (tp + fn).sum(axis=-1)
-    if name == "f1_macro":
+    if name == "balanced_acc":
+        return ((tp / (tp + fn + REFERENCE_EPS) + tn / (tn + fp + REFERENCE_EPS)) / 2.0).mean(axis=-1)
+    if name in ("pos_sensitivity", "pos_specificity"):
+        if tp.shape[-1] != 2:
+            return np.full(tp.shape[:-1], np.nan)
+        if name == "pos_sensitivity":
+            return _class_recall(tp[..., 1], tp[..., 1] + fn[..., 1])
+        return _class_recall(tp[..., 0], tp[..., 0] + fn[..., 0])
+    seen = (tp + fp + fn) > 0  # the classes in the labels or the predictions
+    if name == "f1":
         return _macro(_ratio(2 * tp, 2 * tp + fp + fn), seen)
     if name == "sensitivity":
         return _macro(_ratio(tp, tp + fn), seen)
     if name == "specificity":
         return _macro(_ratio(tn, tn + fp), seen)
-    if name == "balanced_acc":
-        return _macro(_ratio(tp, tp + fn), (tp + fn) > 0)
     raise ValueError(f"{name!r} is not a confusion-count metric")
+
+
+def _multilabel_confusion(
+    name: str, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray
+) -> np.ndarray:
+    """Per-label binary scores ``[..., L]`` averaged over labels (module docstring, multilabel targets)."""
+    if name == "balanced_acc":
+        return confusion_metric(name, tp, fp, fn, tn)
+    if name in ("pos_sensitivity", "pos_specificity"):
+        return np.full(tp.shape[:-1], np.nan)
+    per_label = {
+        "f1": lambda: _ratio(2 * tp, 2 * tp + fp + fn),
+        "sensitivity": lambda: _ratio(tp, tp + fn),
+        "specificity": lambda: _ratio(tn, tn + fp),
+    }[name]()
+    return per_label.mean(axis=-1)
 
 
 def _thresholded(
@@ -149,12 +204,7 @@ def _thresholded(
 ) -> float | np.ndarray:
     (y, pred), single = _batched(y, pred, core_ndim=2 if multilabel else 1)
     if multilabel:
-        tp, fp, fn, tn = _ml_counts(y, pred)
-        if name == "f1_macro":
-            return _out(_ratio(2 * tp, 2 * tp + fp + fn).mean(axis=-1), single)
-        if name == "sensitivity":
-            return _out(_ratio(tp, tp + fn).mean(axis=-1), single)
-        return _out(_ratio(tn, tn + fp).mean(axis=-1), single)
+        return _out(_multilabel_confusion(name, *_ml_counts(y, pred)), single)
     return _out(confusion_metric(name, *_counts(y, pred, _n_classes(y, pred, n_classes))), single)
 
 
@@ -170,37 +220,22 @@ def accuracy(y: np.ndarray, pred: np.ndarray, multilabel: bool = False) -> float
 def macro_f1(
     y: np.ndarray, pred: np.ndarray, n_classes: int | None = None, multilabel: bool = False
 ) -> float | np.ndarray:
-    """Unweighted mean of per-class F1 = 2TP / (2TP + FP + FN)."""
-    return _thresholded("f1_macro", y, pred, n_classes, multilabel)
+    """Macro F1 = 2TP / (2TP + FP + FN) over the classes in the labels or predictions (``f1``)."""
+    return _thresholded("f1", y, pred, n_classes, multilabel)
 
 
 def sensitivity(
     y: np.ndarray, pred: np.ndarray, n_classes: int | None = None, multilabel: bool = False
 ) -> float | np.ndarray:
-    """Macro recall TP / (TP + FN) (``recall_score(average="macro")``); binary: class 1's recall."""
+    """Macro recall TP / (TP + FN) (``recall_score(average="macro")``, the reference's ``sensitivity``)."""
     return _thresholded("sensitivity", y, pred, n_classes, multilabel)
 
 
 def specificity(
     y: np.ndarray, pred: np.ndarray, n_classes: int | None = None, multilabel: bool = False
 ) -> float | np.ndarray:
-    """Macro specificity TN / (TN + FP), over the same label set as :func:`sensitivity`; binary: class 0's
-    recall."""
+    """Macro specificity TN / (TN + FP) over the same classes as :func:`sensitivity`."""
     return _thresholded("specificity", y, pred, n_classes, multilabel)
-
-
-def balanced_accuracy(
-    y: np.ndarray, pred: np.ndarray, n_classes: int | None = None, multilabel: bool = False
-) -> float | np.ndarray:
-    """Mean recall over the classes present in ``y`` (multilabel: mean per-label binary balanced accuracy)."""
-    if multilabel:
-        (y, pred), single = _batched(y, pred, core_ndim=2)
-        b, n, n_labels = y.shape
-        flat_y = np.moveaxis(y, 2, 1).reshape(b * n_labels, n).astype(int)
-        flat_p = np.moveaxis(pred, 2, 1).reshape(b * n_labels, n).astype(int)
-        per_label = balanced_accuracy(flat_y, flat_p, n_classes=2).reshape(b, n_labels)
-        return _out(per_label.mean(axis=1), single)
-    return _thresholded("balanced_acc", y, pred, n_classes, multilabel)
 
 
 # ----------------------------------------------------------------------------------------------- scores
@@ -338,6 +373,45 @@ def ece(
     return _out(_top_label_ece((pred == y).astype(float), conf, n_bins), single)
 
 
+# ------------------------------------------------------------------------------------------- reference
+
+
+def reference_rank_macro(
+    auc: np.ndarray, ap: np.ndarray, n_pos: np.ndarray, n_neg: np.ndarray, all_class0: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's macro AUROC and AP from per-class one-vs-rest values ``[..., C]`` (NaN where
+    undefined), each class's positive and negative counts ``[..., C]`` and whether every label is class 0
+    ``[...]``."""
+    auc = np.where((n_pos > 0) & (n_neg > 0), auc, 0.0).mean(axis=-1)
+    fill = np.where(np.asarray(all_class0)[..., None], 0.0, np.nan)
+    ap = np.where(n_pos > 0, ap, fill)
+    counted = ~np.isnan(ap)
+    with np.errstate(invalid="ignore"):
+        ap = np.where(counted, ap, 0.0).sum(axis=-1) / counted.sum(axis=-1)
+    return auc, ap
+
+
+def reference_metrics(y: np.ndarray, probs: np.ndarray, n_classes: int) -> dict[str, float | np.ndarray]:
+    """The reference scorer's seven metrics (:data:`REFERENCE_METRICS`) of labels ``y [N]`` (class indices)
+    and class probabilities ``probs [N, n_classes]``, or batched ``y [B, N]``, ``probs [B, N, n_classes]``
+    (then every value is an array ``[B]``). Predictions are the arg-max class (first on ties)."""
+    y = np.asarray(y)
+    probs = np.asarray(probs, dtype=float)
+    if probs.shape != (*y.shape, n_classes):
+        raise ValueError(f"probabilities {probs.shape} do not fit labels {y.shape} and {n_classes} classes")
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(f"labels must be class indices 0..{n_classes - 1}")
+    (y, probs), single = _batched(y, probs, core_ndim=1)
+    counts = _counts(y, probs.argmax(axis=-1), n_classes)
+    out = {k: confusion_metric(k, *counts) for k in REFERENCE_METRICS if k not in ("auroc", "ap")}
+    targets = [(y == c).astype(int) for c in range(n_classes)]
+    auc = np.stack([_binary_auroc(t, probs[..., c]) for c, t in enumerate(targets)], axis=-1)
+    ap = np.stack([_binary_ap(t, probs[..., c]) for c, t in enumerate(targets)], axis=-1)
+    n_pos = np.stack([t.sum(axis=1) for t in targets], axis=-1)
+    out["auroc"], out["ap"] = reference_rank_macro(auc, ap, n_pos, y.shape[1] - n_pos, (y == 0).all(axis=1))
+    return {k: _out(out[k], single) for k in REFERENCE_METRICS}
+
+
 # ------------------------------------------------------------------------------------------------- all
 
 
@@ -347,6 +421,13 @@ def predict(prob: np.ndarray, multilabel: bool = False) -> np.ndarray:
     if multilabel:
         return (prob >= 0.5).astype(int)
     return prob.argmax(axis=-1)
+
+
+def _pos_ap(y: np.ndarray, prob: np.ndarray) -> float | np.ndarray:
+    """Class 1's average precision of binary sets; NaN for other tasks."""
+    if prob.shape[-1] == 2:
+        return average_precision(y, prob[..., 1])
+    return np.full(y.shape[:-1], np.nan) if y.ndim > 1 else float("nan")
 
 
 def compute_all(
@@ -368,16 +449,34 @@ def compute_all(
     y = np.asarray(y)
     prob = np.asarray(prob, dtype=float)
     pred = predict(prob, multilabel)
-    n_classes = None if multilabel else prob.shape[-1]
     funcs: dict[str, Callable[[], float | np.ndarray]] = {
-        "accuracy": lambda: accuracy(y, pred, multilabel=multilabel),
-        "f1_macro": lambda: macro_f1(y, pred, n_classes, multilabel),
-        "auroc": lambda: auroc(y, prob, multilabel),
-        "average_precision": lambda: average_precision(y, prob, multilabel),
-        "sensitivity": lambda: sensitivity(y, pred, n_classes, multilabel),
-        "specificity": lambda: specificity(y, pred, n_classes, multilabel),
-        "balanced_acc": lambda: balanced_accuracy(y, pred, n_classes, multilabel),
         "brier": lambda: brier(y, prob, multilabel),
         "ece": lambda: ece(y, prob, n_bins, multilabel),
     }
+    if multilabel:
+        nan = np.full(y.shape[:-2], np.nan) if y.ndim > 2 else float("nan")
+        funcs |= {
+            "acc": lambda: accuracy(y, pred, multilabel=True),
+            "auroc": lambda: auroc(y, prob, multilabel=True),
+            "ap": lambda: average_precision(y, prob, multilabel=True),
+            "pos_ap": lambda: nan,
+        }
+        funcs |= {
+            k: (lambda k=k: _thresholded(k, y, pred, None, True)) for k in CONFUSION_METRICS if k != "acc"
+        }
+    else:
+        flat_y, flat_p = y.reshape(-1, y.shape[-1]), prob.reshape(-1, *prob.shape[-2:])
+        ref = reference_metrics(flat_y, flat_p, prob.shape[-1]) if set(names) & set(REFERENCE_METRICS) else {}
+        funcs |= {k: (lambda k=k: _shaped(ref[k], y)) for k in ref}
+        counts = _counts(flat_y, flat_p.argmax(axis=-1), prob.shape[-1])
+        funcs |= {
+            k: (lambda k=k: _shaped(confusion_metric(k, *counts), y))
+            for k in ("pos_sensitivity", "pos_specificity")
+        }
+        funcs["pos_ap"] = lambda: _pos_ap(y, prob)
     return {name: funcs[name]() for name in names}
+
+
+def _shaped(values: np.ndarray, y: np.ndarray) -> float | np.ndarray:
+    """Values of flattened sets back in the batch shape of ``y [..., N]`` (a float for one set)."""
+    return float(values[0]) if y.ndim == 1 else np.asarray(values).reshape(y.shape[:-1])

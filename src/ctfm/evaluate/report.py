@@ -235,9 +235,13 @@ def leaderboard_html(lb: Leaderboard, title: str = "ctfm leaderboard") -> str:
         f"Per disease, models are ranked on {', '.join(lb.metrics)} (ties share their average rank; a missing "
         "result ranks last); the final rank orders the mean rank over diseases and metrics. "
         "rank_aggregate_then_rank averages each metric over diseases first. Rank intervals, win shares and "
-        f"pairwise shares come from {lb.n_boot} case resamples per disease (seed {lb.seed})."
+        f"pairwise shares come from {lb.n_boot} case resamples per disease ({lb.resampling}"
+        f"{' within each class' if lb.resampling == 'stratified' else ''}, seed {lb.seed})."
     )
-    warnings = "".join(f"<p class='warning'>{html.escape(line)}</p>" for line in lb.missing_text.splitlines())
+    from ctfm.evaluate.inference import split_warning
+
+    lines = ([split_warning(lb.split)] if lb.split_note else []) + lb.missing_text.splitlines()
+    warnings = "".join(f"<p class='warning'>{html.escape(line)}</p>" for line in lines)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
