@@ -64,7 +64,7 @@ def write_cases(folder: Path, n: int) -> Path:
 
 
 def run_ctfm(images: Path, store: Path, **settings) -> float:
-    from ctfm.extract.docker import RunSettings, run_containers
+    from ctfm.extract.containers import RunSettings, run_containers
 
     t0 = time.perf_counter()
     (report,) = run_containers(store, images, RunSettings(memory="1g", **settings), tags=[TAG])

@@ -8,7 +8,7 @@ from typer.main import get_command
 
 from ctfm.benchmark import load_benchmark
 from ctfm.cli.main import app
-from ctfm.extract.docker import RunSettings
+from ctfm.extract.containers import RunSettings
 from ctfm.runconfig import ContainerSpec, EvalSection, LeaderboardSection
 
 
