@@ -358,7 +358,7 @@ def test_deadlines_scratch_sizes_and_engine_notes():
     overlay = Engine("overlay2", "xfs", quota=True, userns=True, mount_outputs=True)
     btrfs = Engine("btrfs", "", quota=True, userns=False, mount_outputs=False)
     assert overlay.storage_size(s, 500) == 1 << 30 and btrfs.storage_size(s, 500) == (1 << 30) + 500
-    assert overlay.notes(s) == []
+    assert overlay.notes(s) == [] and "btrfs quota rescan" in btrfs.notes(s)[0]
     notes = " ".join(Engine("overlay2", "extfs", False, False, False).notes(s))
     assert "overlay2 on extfs cannot cap" in notes and "1g tmpfs scratch at /tmp and $HOME" in notes
     assert "not root" in notes and "user-namespace" in notes

@@ -74,12 +74,14 @@ def extract_with_containers(
     console.print(team_table(reports))
     failed = False
     for r in reports:
-        if r.error:
+        if r.error:  # not run at all, or stopped part-way (its store could not be written)
             failed = True
+            label = "stopped" if r.outcomes else "not run"
             console.print(
-                f"[red]not run[/] {plain(r.team)}: {plain(r.error)}", highlight=False, soft_wrap=True
+                f"[red]{label}[/] {plain(r.team)}: {plain(r.error)}", highlight=False, soft_wrap=True
             )
-            continue
+            if not r.outcomes:
+                continue
         for case, o in sorted(r.outcomes.items()):
             if o.status != "ok":
                 failed = True

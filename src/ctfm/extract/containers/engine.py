@@ -160,6 +160,11 @@ class Engine:
     def notes(self, settings: RunSettings) -> list[str]:
         """One line per fallback this engine forces, with what would lift it."""
         notes = []
+        if self.quota and self.driver == "btrfs":
+            notes.append(
+                "engine storage btrfs caps scratch with qgroups, which stop enforcing limits once "
+                "inconsistent (after subvolume deletions): run `btrfs quota rescan -w` on its data root"
+            )
         if not self.quota:
             where = f"{self.driver} on {self.backing_fs}" if self.backing_fs else self.driver
             notes.append(

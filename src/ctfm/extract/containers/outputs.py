@@ -104,17 +104,21 @@ def stage_output(path: Path, staging: Path, max_bytes: int) -> Path:
             raise OutputInvalid(f"output is {st.st_size} bytes, over the limit of {max_bytes}")
         staging.mkdir(parents=True, exist_ok=True)
         dest = staging / Path(path).name
-        try:
-            with dest.open("wb") as out:
-                copied = 0
-                while block := src.read(1 << 20):
-                    copied += len(block)
-                    if copied > max_bytes:
-                        raise OutputInvalid(f"output grew over the limit of {max_bytes} bytes")
-                    out.write(block)
-        except OSError as exc:
-            raise OutputInvalid(f"output could not be read ({exc.strerror})") from None
+        with dest.open("wb") as out:  # the runner's own disk: its errors are the runner's, raised as such
+            copied = 0
+            while block := _read_block(src):
+                copied += len(block)
+                if copied > max_bytes:
+                    raise OutputInvalid(f"output grew over the limit of {max_bytes} bytes")
+                out.write(block)
     return dest
+
+
+def _read_block(src: Any) -> bytes:
+    try:
+        return src.read(1 << 20)
+    except OSError as exc:
+        raise OutputInvalid(f"output could not be read ({exc.strerror})") from None
 
 
 def check_output(path: Path, staging: Path, task: str, reader: OutputReader, max_bytes: int) -> np.ndarray:
@@ -165,8 +169,9 @@ class OutputReader:
         ours, theirs = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         with ours, theirs:
+            code = f"import sys; from {__name__} import serve_fd; serve_fd(int(sys.argv[1]))"
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(theirs.fileno())],
+                [sys.executable, "-c", code, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -188,8 +193,13 @@ class OutputReader:
             self._stop()
 
 
+def serve_fd(fd: int) -> None:
+    """The reader process's entry: serve requests on the socket it inherited as ``fd``."""
+    serve(Connection(fd))
+
+
 def serve(conn: Connection) -> None:
-    """The reader process: answer ``(path, task)`` with ``("ok", array)`` or ``("invalid", reason)``."""
+    """Answer ``(path, task)`` with ``("ok", array)`` or ``("invalid", reason)`` until the runner hangs up."""
     import resource
 
     import h5py  # noqa: F401  (imported before the address-space limit is set)
@@ -293,7 +303,3 @@ def embedding_problems(arrays: dict[str, np.ndarray]) -> list[str]:
     if len(items) >= 2 and all(a.shape == items[0].shape and np.array_equal(a, items[0]) for a in items[1:]):
         problems.append(f"collapsed: all {len(items)} cases have the identical embedding")
     return problems
-
-
-if __name__ == "__main__":
-    serve(Connection(int(sys.argv[1])))

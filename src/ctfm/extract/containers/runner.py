@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import signal
@@ -65,6 +66,7 @@ from ctfm.extract.containers.tarballs import TeamImage
 from ctfm.fsutil import exclusive_use, sha256_file
 
 LOG_TAIL_BYTES = 4096
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 OnOutput = Callable[[str, np.ndarray, float], bool]
 
 
@@ -351,8 +353,12 @@ class ContainerRunner:
             self._final_outputs(folders, result, on_output)
         except EngineSetupError:
             raise
-        except (docker.errors.DockerException, RequestException, ContainerError, OSError) as exc:
+        except (docker.errors.DockerException, RequestException, ContainerError) as exc:
             result.error = result.error or (str(exc) if isinstance(exc, ContainerError) else _one_line(exc))
+        except OSError as exc:
+            if exc.errno in DISK_FULL:  # the store's disk (work folders live there): the team stops
+                raise
+            result.error = result.error or _one_line(exc)
         finally:
             if container is not None:
                 self._forget(container)
@@ -584,7 +590,9 @@ class _TeamState:
             except StoreError as exc:
                 self.fail(case, "failed", str(exc), seconds)
                 return False
-            except OSError as exc:  # the store's disk: recording the failure may fail too (then the team)
+            except OSError as exc:
+                if exc.errno in DISK_FULL:  # nothing more can be stored: the team stops with one line
+                    raise
                 self.fail(case, "failed", f"could not store it ({exc.strerror or exc})", seconds)
                 return False
             if self.dim is None:
