@@ -25,6 +25,7 @@ def test_container_limits_are_the_same_from_the_cli_and_a_run_config() -> None:
         timeout = option_default(command, "timeout_per_case")
         assert timeout == RunSettings().timeout_per_case == ContainerSpec().timeout_per_case
         assert timeout == limits["timeout_per_case_s"]
+        assert option_default(command, "scratch") == RunSettings().scratch == limits["scratch"]
 
 
 def test_scoring_defaults_are_the_same_from_the_cli_and_a_run_config() -> None:

@@ -421,13 +421,14 @@ class ContainerRunner:
             from ctfm.extract.containers.memory import sample_peak
 
             threading.Thread(target=sample_peak, args=(container, done, result), daemon=True).start()
-        seen: dict[str, tuple[int, int]] = {}
+        last: dict[str, tuple[int, int]] = {}  # the stamp of each output at the previous poll
+        tried: dict[str, tuple[int, int]] = {}  # the version of each output already read
         try:
             while not done.wait(s.poll_s):
                 if self._stop.is_set():
                     raise KeyboardInterrupt("runner stopping")
                 if len(result.cases) > 1:
-                    self._early_outputs(folders, result, on_output, seen, t0)
+                    self._early_outputs(folders, result, on_output, last, tried, t0)
         finally:
             killer.cancel()
         t_exit = time.monotonic()
@@ -440,17 +441,18 @@ class ContainerRunner:
         folders: RunFolders,
         result: ContainerResult,
         on_output: OnOutput,
-        seen: dict[str, tuple[int, int]],
+        last: dict[str, tuple[int, int]],
+        tried: dict[str, tuple[int, int]],
         t0: float,
     ) -> None:
         """Take the outputs that are complete while a batch still runs: a file whose size and time did not
-        change since the last poll, read once per version (``seen``: the last stamp, then the one tried)."""
+        change since the last poll, read once per version."""
         waiting = [c for c in result.cases if c not in result.taken]
         for case, stamp in present_outputs(folders.outputs, waiting).items():
-            previous, seen[case] = seen.get(case), stamp
-            if previous != stamp or result.taken.get(case) == stamp or seen.get(f"tried:{case}") == stamp:
+            previous, last[case] = last.get(case), stamp
+            if previous != stamp or tried.get(case) == stamp:
                 continue
-            seen[f"tried:{case}"] = stamp
+            tried[case] = stamp
             try:
                 arr = self._read(folders, case)
             except OutputInvalid:
