@@ -49,12 +49,13 @@ def base_image(docker_client) -> str:
 
 
 @pytest.fixture(scope="session")
-def engine(docker_client, base_image):
+def engine(docker_client, base_image, tmp_path_factory):
     """What this engine enforces: a capped writable image (storage quota) or the read-only fallback."""
     from ctfm.extract.containers.engine import Engine
 
     image = docker_client.images.get(base_image)
-    return Engine.detect(docker_client, image.id, int(image.attrs["Size"]) + (1 << 30))
+    size = int(image.attrs["Size"]) + (1 << 30)
+    return Engine.detect(docker_client, image.id, size, tmp_path_factory.mktemp("engine"))
 
 
 @pytest.fixture

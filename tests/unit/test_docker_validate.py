@@ -27,7 +27,13 @@ from ctfm.extract.containers.engine import (
     parse_bytes,
     split_cpus,
 )
-from ctfm.extract.containers.folders import RunFolders, mounts_under, place_input, remove_tree
+from ctfm.extract.containers.folders import (
+    RunFolders,
+    can_mount,
+    mounts_under,
+    place_input,
+    remove_tree,
+)
 from ctfm.extract.containers.memory import cgroup_peak_file
 from ctfm.extract.containers.outputs import (
     OutputInvalid,
@@ -239,6 +245,7 @@ def test_output_folder_is_a_size_capped_mount_removed_by_unmounting(tmp_path):
     (images / "c.nii.gz").write_bytes(b"x")
     from ctfm.extract.containers.folders import CaseInput
 
+    assert can_mount(tmp_path) and not list(tmp_path.glob(".mount-probe"))
     folders = RunFolders.prepare(tmp_path / "run", [CaseInput("c", images / "c.nii.gz")], True, 1 << 20, 64)
     assert folders.mounted and mounts_under(tmp_path / "run") == [folders.outputs]
     assert folders.outputs.stat().st_mode & 0o777 == 0o777
@@ -361,7 +368,7 @@ def test_deadlines_scratch_sizes_and_engine_notes():
     assert overlay.notes(s) == [] and "btrfs quota rescan" in btrfs.notes(s)[0]
     notes = " ".join(Engine("overlay2", "extfs", False, False, False).notes(s))
     assert "overlay2 on extfs cannot cap" in notes and "1g tmpfs scratch at /tmp and $HOME" in notes
-    assert "not root" in notes and "user-namespace" in notes
+    assert "cannot mount here" in notes and "user-namespace" in notes
     passwd = "root:x:0:0:root:/root:/bin/bash\napp:x:1000:1000::/home/app:/bin/sh\n"
     assert _passwd_home(passwd, "") == "/root" and _passwd_home(passwd, "app") == "/home/app"
     assert _passwd_home(passwd, "1000:1000") == "/home/app" and _passwd_home(passwd, "4242") == "/"

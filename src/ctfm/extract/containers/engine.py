@@ -145,7 +145,10 @@ class Engine:
     mount_outputs: bool  # this process may mount a size-limited tmpfs as a container's output folder
 
     @classmethod
-    def detect(cls, client: Any, image_id: str, size: int) -> Engine:
+    def detect(cls, client: Any, image_id: str, size: int, work: Path) -> Engine:
+        """Ask the engine (and try ``--storage-opt size`` on ``image_id``), and try a mount in ``work``."""
+        from ctfm.extract.containers.folders import can_mount
+
         info = client.info()
         status = dict(info.get("DriverStatus") or [])
         security = " ".join(info.get("SecurityOptions") or [])
@@ -154,7 +157,7 @@ class Engine:
             backing_fs=str(status.get("Backing Filesystem", "")),
             quota=_quota_works(client, image_id, size),
             userns="name=userns" in security or "name=rootless" in security,
-            mount_outputs=os.geteuid() == 0,
+            mount_outputs=can_mount(work),
         )
 
     def notes(self, settings: RunSettings) -> list[str]:
@@ -174,8 +177,8 @@ class Engine:
             )
         if not self.mount_outputs:
             notes.append(
-                "not root: each container's output folder is a plain folder the kernel does not cap "
-                "(as root ctfm mounts a size-limited one)"
+                "ctfm cannot mount here (not root, or root without the capability): each container's output "
+                "folder is a plain folder the kernel does not cap (as root ctfm mounts a size-limited one)"
             )
         if not self.userns:
             notes.append(

@@ -48,6 +48,24 @@ def mount_tmpfs(path: Path, size: int, inodes: int) -> None:
         raise OSError(err, f"mount tmpfs on {path}: {os.strerror(err)}")
 
 
+def can_mount(work: Path) -> bool:
+    """Whether this process may mount (root with the capability to, not e.g. root in a container)."""
+    if os.geteuid() != 0:
+        return False
+    probe = Path(work) / ".mount-probe"
+    probe.mkdir(parents=True, exist_ok=True)
+    try:
+        mount_tmpfs(probe, 1 << 20, 16)
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            unmount(probe)
+        with contextlib.suppress(OSError):
+            probe.rmdir()
+    return True
+
+
 def unmount(path: Path) -> None:
     """Detach a mount at once (the container is gone; nothing keeps it busy for long)."""
     if _libc.umount2(os.fsencode(path), MNT_DETACH) != 0:

@@ -273,7 +273,7 @@ class ContainerRunner:
         with self._lock:
             if self._engine is None:
                 size = image.size + (1 << 30)
-                self._engine = Engine.detect(self.client, image.image_id, size)
+                self._engine = Engine.detect(self.client, image.image_id, size, self.work)
                 for note in self._engine.notes(self.settings):
                     self.log(note)
             return self._engine
