@@ -3,7 +3,8 @@
 The container does no work (a shell loop copying a ready-made ``y_hat`` file per input), so wall time per
 case is the runner's own overhead: container start-ups, mounts, watching, validation, store writes. The
 reference approach is what the challenge's runner does per case: copy the case into an input folder,
-``chmod``, then ``docker run`` through a shell.
+``chmod``, then its exact ``docker container run ... /bin/bash -c "sh extract_feat_LP.sh"`` through a shell
+(without ``--gpus``).
 
     .venv/bin/python scripts/bench_runner.py [--cases 50] [--batch-cases 16]
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -26,9 +28,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 TAG = "ctfm-bench-trivial:1"
 ENTRY = """#!/bin/sh
-for f in "$INPUT_DIR"/*.nii.gz; do
+for f in /workspace/inputs/*.nii.gz; do
   c=$(basename "$f" .nii.gz)
-  cp /app/emb.h5 "$OUTPUT_DIR/$c.h5"
+  cp /app/emb.h5 "/workspace/outputs/$c.h5"
 done
 """
 
@@ -54,6 +56,10 @@ def build_trivial(client, base: str, tmp: Path) -> str:
     return TAG
 
 
+def remove_trivial(client) -> None:
+    client.images.remove(TAG, force=True)
+
+
 def write_cases(folder: Path, n: int) -> Path:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -63,20 +69,24 @@ def write_cases(folder: Path, n: int) -> Path:
     return folder
 
 
-def run_ctfm(images: Path, store: Path, **settings) -> float:
-    from ctfm.extract.docker import RunSettings, run_containers
+def run_ctfm(images: Path, store: Path, **settings) -> tuple[float, list[float]]:
+    """Wall time of a whole ctfm run, and the RunningTime it recorded per case."""
+    import pandas as pd
+
+    from ctfm.extract.containers import RunSettings, run_containers
 
     t0 = time.perf_counter()
     (report,) = run_containers(store, images, RunSettings(memory="1g", **settings), tags=[TAG])
     wall = time.perf_counter() - t0
     assert report.all_ok and len(report.outcomes) == len(list(images.glob("*.nii.gz"))), report.outcomes
-    return wall
+    return wall, list(pd.read_csv(report.timing_csv).RunningTime)
 
 
-def run_reference(images: Path, work: Path) -> float:
-    """Per case: copy into inputs/, chmod, `docker run` through a shell, time it, write the timing CSV."""
+def run_reference(images: Path, work: Path) -> tuple[float, list[float]]:
+    """Per case: copy into inputs/, chmod, `docker run` through a shell, time it (the reference's
+    RunningTime)."""
     t0 = time.perf_counter()
-    rows = []
+    rows, times = [], []
     for image in sorted(images.glob("*.nii.gz")):
         inputs, outputs = work / "inputs", work / "outputs"
         shutil.rmtree(inputs, ignore_errors=True)
@@ -86,16 +96,16 @@ def run_reference(images: Path, work: Path) -> float:
         subprocess.run(f"chmod -R 777 {inputs} {outputs}", shell=True, check=True)
         start = time.perf_counter()
         cmd = (
-            f"docker container run -m 32G --name ctfm-bench-ref --rm -v {inputs}:/workspace/inputs/ "
-            f"-v {outputs}:/workspace/outputs/ -e INPUT_DIR=/workspace/inputs -e OUTPUT_DIR=/workspace/outputs "
-            f'{TAG} /bin/sh -c "sh extract_feat_LP.sh"'
+            f"docker container run -m 32G --name ctfm-bench-ref --rm -v {inputs}/:/workspace/inputs/ "
+            f'-v {outputs}/:/workspace/outputs/ {TAG} /bin/bash -c "sh extract_feat_LP.sh"'
         )
         subprocess.run(cmd, shell=True, check=True, capture_output=True)
-        rows.append(f"{image.name[:-7]},{time.perf_counter() - start:.4f}")
+        times.append(time.perf_counter() - start)
+        rows.append(f"{image.name},{times[-1]:.4f}")
     (work / "ref_feature_extraction_time.csv").write_text("CaseName,RunningTime\n" + "\n".join(rows) + "\n")
     wall = time.perf_counter() - t0
     assert len(list(outputs.glob("*.h5"))) == len(rows)
-    return wall
+    return wall, times
 
 
 def main() -> None:
@@ -110,18 +120,24 @@ def main() -> None:
         tmp = Path(tmp_str)
         build_trivial(client, base_tag(), tmp)
         images = write_cases(tmp / "images", args.cases)
-        results = {
-            f"ctfm batched (--batch-cases {args.batch_cases})": run_ctfm(
-                images, tmp / "s1", batch_cases=args.batch_cases
-            ),
-            "ctfm --per-case": run_ctfm(images, tmp / "s2", per_case=True),
-            "reference (copy, chmod, docker run via shell)": run_reference(images, tmp / "ref"),
-        }
-    ref = results["reference (copy, chmod, docker run via shell)"]
+        try:
+            results = {
+                f"ctfm batched (--batch-cases {args.batch_cases})": run_ctfm(
+                    images, tmp / "s1", batch_cases=args.batch_cases
+                ),
+                "ctfm --per-case": run_ctfm(images, tmp / "s2", per_case=True),
+                "reference (copy, chmod, docker run via shell)": run_reference(images, tmp / "ref"),
+            }
+        finally:
+            remove_trivial(client)
+    ref = results["reference (copy, chmod, docker run via shell)"][0]
     print(f"trivial container, {args.cases} cases, same run")
-    print(f"{'mode':48s} {'wall s':>8s} {'s/case':>8s} {'vs reference':>13s}")
-    for name, wall in results.items():
-        print(f"{name:48s} {wall:8.2f} {wall / args.cases:8.3f} {ref / wall:12.1f}x")
+    print(
+        f"{'mode':48s} {'wall s':>8s} {'s/case':>8s} {'vs reference':>13s} {'RunningTime min-median-max':>28s}"
+    )
+    for name, (wall, times) in results.items():
+        spread = f"{min(times):.3f}-{statistics.median(times):.3f}-{max(times):.3f}"
+        print(f"{name:48s} {wall:8.2f} {wall / args.cases:8.3f} {ref / wall:12.1f}x {spread:>28s}")
 
 
 if __name__ == "__main__":

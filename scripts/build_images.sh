@@ -4,7 +4,8 @@
 #      Debian's own packages), made with mmdebstrap and `docker import`;
 #   2. the baseline extractor image (docker/Dockerfile.baseline, the hu-stats extractor behind
 #      extract_feat_LP.sh / extract_feat_EAO.sh), built FROM that base;
-#   3. OUT/baseline_lp.tar.gz and OUT/baseline_eao.tar.gz, written with `docker save | gzip`.
+#   3. OUT/baseline_lp.tar.gz and OUT/baseline_eao.tar.gz, written with `docker save | gzip`, their image named
+#      baseline_lp:latest and baseline_eao:latest as the reference runner expects of those file names.
 # Idempotent and cached: each step is skipped when its result (image tag, tarball) already exists, unless
 # FORCE=1. Usage: scripts/build_images.sh [--base-only | --no-save] [OUT]   (OUT defaults to build/images;
 # --no-save builds the images but writes no tarballs, for running the baseline from this machine's engine)
@@ -75,23 +76,27 @@ build_baseline() {
   fi
   [ "$SAVE" = 1 ] || return 0
   mkdir -p "$OUT"
-  local task
+  local task image_id
+  image_id=$(docker image inspect -f '{{.Id}}' "$BASELINE_TAG")
   for task in lp eao; do
-    local tarball="$OUT/baseline_${task}.tar.gz"
-    local image_id
-    image_id=$(docker image inspect -f '{{.Id}}' "$BASELINE_TAG")
-    if [ "$FORCE" != 1 ] && [ -s "$tarball" ] && [ "$(cat "$tarball.id" 2>/dev/null)" = "$image_id" ]; then
+    # The reference runner loads baseline_lp.tar.gz and starts baseline_lp:latest: the tarball names its
+    # image so. The tag exists in the engine only while it is saved, unless it was there before.
+    local tarball="$OUT/baseline_${task}.tar.gz" ref="baseline_${task}:latest" stamp prior
+    stamp="$image_id $ref"
+    if [ "$FORCE" != 1 ] && [ -s "$tarball" ] && [ "$(cat "$tarball.id" 2>/dev/null)" = "$stamp" ]; then
       echo "build_images: $tarball exists, skipped"
       continue
     fi
-    # Both tasks ship the same image (it holds both entry scripts): save once, copy for the second task.
-    if [ "$task" = eao ] && [ "$(cat "$OUT/baseline_lp.tar.gz.id" 2>/dev/null)" = "$image_id" ]; then
-      cp "$OUT/baseline_lp.tar.gz" "$tarball.part"
-    else
-      docker save "$BASELINE_TAG" | gzip -1 >"$tarball.part"
+    prior=$(docker image inspect -f '{{.Id}}' "$ref" 2>/dev/null || true)
+    if [ -n "$prior" ] && [ "$prior" != "$image_id" ]; then
+      echo "build_images: $ref names another image ($prior); remove that tag first" >&2
+      exit 1
     fi
+    docker tag "$BASELINE_TAG" "$ref"
+    docker save "$ref" | gzip -1 >"$tarball.part"
+    [ -n "$prior" ] || docker rmi "$ref" >/dev/null
     mv "$tarball.part" "$tarball"
-    echo "$image_id" >"$tarball.id"
+    echo "$stamp" >"$tarball.id"
     echo "build_images: wrote $tarball ($(stat -c %s "$tarball") bytes)"
   done
 }

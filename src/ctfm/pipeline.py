@@ -362,7 +362,7 @@ class Pipeline:
 
     def _container_source(self, spec: ContainerSpec, task: str) -> tuple[list[str], str]:
         """(team names, fingerprint of the images) of one container spec for one task."""
-        from ctfm.extract.docker import discover_tarballs, team_from_tag
+        from ctfm.extract.containers import discover_tarballs, team_from_tag
 
         if spec.folder is not None:
             tarballs = discover_tarballs(spec.folder, task)
@@ -381,7 +381,7 @@ class Pipeline:
 
     def _container_runner(self, spec: ContainerSpec, task: str, view: str) -> Callable[[], str]:
         def run() -> str:
-            from ctfm.extract.docker import RunSettings, run_containers
+            from ctfm.extract.containers import RunSettings, run_containers
 
             reports = run_containers(
                 self.store_root,

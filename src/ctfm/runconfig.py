@@ -241,7 +241,7 @@ def _check_semantics(cfg: RunConfig, problems: _Problems) -> None:
                 problems.add(
                     f"diseases[{i}]", f"unknown disease {disease!r} (known: {', '.join(bench.diseases)})"
                 )
-    from ctfm.extract.docker import RunSettings
+    from ctfm.extract.containers import RunSettings
     from ctfm.extract.extractors import available as available_extractors
 
     known = available_extractors()

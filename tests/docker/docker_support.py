@@ -33,3 +33,55 @@ def ctfm_containers(client, pid: int | None = None) -> list[str]:
     """
     found = client.api.containers(all=True, filters={"label": "ctfm.runner"})
     return [c["Id"] for c in found if pid is None or c["Labels"].get("ctfm.pid") == str(pid)]
+
+
+def run_tag(store: Path, tag: str, images: Path, **settings) -> object:
+    """One team, given by tag, through the library's whole-run entry point."""
+    from ctfm.extract.containers import RunSettings, run_containers
+
+    settings.setdefault("memory", "1g")
+    (report,) = run_containers(store, images, RunSettings(**settings), tags=[tag])
+    return report
+
+
+def statuses(report) -> dict[str, str]:
+    return {c: o.status for c, o in sorted(report.outcomes.items())}
+
+
+def save_tarball(client, image_id: str, tarball: Path, tags: list[str], gz: bool = True) -> Path:
+    """``docker save`` an image by id into a team tarball whose manifest names it ``tags`` (set in the file,
+    so no tag moves in the engine while the test prepares it)."""
+    import io
+    import json
+    import tarfile
+
+    from ctfm.extract.containers.engine import _GeneratorReader
+
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    stream = _GeneratorReader(client.api.get_image(image_id))
+    with (
+        tarfile.open(fileobj=stream, mode="r|") as src,
+        tarfile.open(tarball, "w:gz" if gz else "w", **({"compresslevel": 1} if gz else {})) as dst,
+    ):
+        for member in src:
+            if member.name == "manifest.json":
+                manifest = json.loads(src.extractfile(member).read())
+                manifest[0]["RepoTags"] = tags
+                data = json.dumps(manifest).encode()
+                member.size = len(data)
+                dst.addfile(member, io.BytesIO(data))
+            else:
+                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    return tarball
+
+
+def nonce_image(client, base_tag: str) -> str:
+    """A new image id (one label more) sharing ``base_tag``'s layers: removing it leaves the others alone."""
+    import time
+
+    container = client.containers.create(base_tag, labels={"ctfm.test": "nonce"})
+    try:
+        image = container.commit(changes=[f"LABEL ctfm.test.nonce={time.time_ns()}"])
+    finally:
+        container.remove(force=True)
+    return image.id

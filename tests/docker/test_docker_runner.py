@@ -1,4 +1,4 @@
-"""The container runner against the real Docker engine: isolation, failures, timing, resumability."""
+"""The container runner against the real Docker engine: contract, isolation, failures, timing, resumability."""
 
 from __future__ import annotations
 
@@ -6,48 +6,55 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from docker_support import BAD_CASE, ctfm_containers, write_cases
+from docker_support import (
+    BAD_CASE,
+    ctfm_containers,
+    nonce_image,
+    run_tag,
+    save_tarball,
+    statuses,
+    write_cases,
+)
 
 from ctfm.errors import ContainerError
-from ctfm.extract.docker import ContainerRunner, RunSettings, run_containers
+from ctfm.extract.containers import ContainerRunner, RunSettings, run_containers
 from ctfm.store import Store
 
 pytestmark = pytest.mark.docker
-
-
-def run_tag(store: Path, tag: str, images: Path, **settings) -> object:
-    settings.setdefault("memory", "1g")
-    (report,) = run_containers(store, images, RunSettings(**settings), tags=[tag])
-    return report
-
-
-def statuses(report) -> dict[str, str]:
-    return {c: o.status for c, o in sorted(report.outcomes.items())}
+CASES4 = [f"case_{i:04d}" for i in range(4)]
 
 
 def test_good_container_batched_and_per_case_agree(tmp_path, cases4, test_image, docker_client, no_leftovers):
+    """Both modes store the same arrays; a batch's wall time is shared over its cases (never 0), one case per
+    container records that container's wall time, start-up included; the timing file has the reference
+    name and columns."""
     tag = test_image("good")
     image_id = docker_client.images.get(tag).id
     batched = run_tag(tmp_path / "a", tag, cases4, batch_cases=3)
     per_case = run_tag(tmp_path / "b", tag, cases4, per_case=True)
-    assert statuses(batched) == dict.fromkeys([f"case_{i:04d}" for i in range(4)], "ok")
+    assert statuses(batched) == dict.fromkeys(CASES4, "ok")
     assert statuses(per_case) == statuses(batched)
-    assert len(batched.startups) == 1  # one chunk of 3 cases (the single-case chunk has no start-up split)
     va = Store(tmp_path / "a").view("ctfm-test", "lp", "full")
     vb = Store(tmp_path / "b").view("ctfm-test", "lp", "full")
     for case in va.cases():
         np.testing.assert_array_equal(va.read_case(case), vb.read_case(case))
         assert va.record(case).image_id == image_id
+    assert batched.timing_csv.name == "ctfm-test_feature_extraction_time.csv"
     timing = pd.read_csv(batched.timing_csv)
     assert list(timing.columns) == ["CaseName", "RunningTime"]
-    assert sorted(name.removesuffix(".nii.gz") for name in timing.CaseName) == va.cases()
-    assert (pd.read_csv(per_case.timing_csv).RunningTime > 0).all()  # per case: whole container wall time
+    assert list(timing.CaseName) == [f"{c}.nii.gz" for c in CASES4]
+    first_batch = timing.RunningTime[:3]
+    assert (first_batch > 0).all() and first_batch.nunique() == 1  # the batch's wall time, shared
+    assert timing.RunningTime[3] > first_batch[0]  # alone in its container: the whole start-up is its own
+    assert (pd.read_csv(per_case.timing_csv).RunningTime > 0).all()
     assert "tool mode=good" in batched.log_path.read_text()
     # rerun: everything already ok for this image id is skipped, nothing new starts
     again = run_tag(tmp_path / "a", tag, cases4)
@@ -65,7 +72,7 @@ def test_eao_with_masks_through_the_cli(tmp_path, test_image, cli, no_leftovers)
     view = Store(store).view("ctfm-test", "eao", "liver_cyst")
     assert view.cases() == ["case_0000", "case_0001", "case_0002"]
     arr = view.read_case("case_0000")
-    assert arr.shape == (6, 2, 2, 2)
+    assert arr.shape == (8, 2, 2, 2)
     assert "masks=True" in (view.dir / "container.log").read_text()
     # the masked mean differs from the unmasked one: the container really read MASKS_DIR
     full = run_tag(tmp_path / "full", test_image("good"), images, task="eao")
@@ -89,31 +96,13 @@ def test_eao_with_masks_through_the_cli(tmp_path, test_image, cli, no_leftovers)
 
 def test_hanging_container_times_out_and_others_continue(tmp_path, cases4, test_image, no_leftovers):
     report = run_tag(tmp_path / "s", test_image("hang"), cases4, batch_cases=2, timeout_per_case=6)
-    expected = dict.fromkeys([f"case_{i:04d}" for i in range(4)], "ok")
+    expected = dict.fromkeys(CASES4, "ok")
     expected[BAD_CASE] = "timeout"
     assert statuses(report) == expected
     assert "container killed" in report.outcomes[BAD_CASE].error
     rec = Store(tmp_path / "s").view("ctfm-test", "lp", "full").record(BAD_CASE)
     assert rec.status == "timeout"
     assert rec.seconds >= 6  # the timing CSV lists the seconds a timed-out case used, not 0
-
-
-def test_a_container_filling_the_disk_is_stopped(tmp_path, cases4, test_image, no_leftovers):
-    """The output folder is on the host's disk: a container writing more than its cases may is killed long
-    before its time limit, and only its bad case fails."""
-    mib = 1 << 20
-    report = run_tag(
-        tmp_path / "s",
-        test_image("fill"),
-        cases4,
-        batch_cases=4,
-        timeout_per_case=600,
-        max_output_bytes=16 * mib,
-    )
-    expected = dict.fromkeys([f"case_{i:04d}" for i in range(4)], "ok")
-    expected[BAD_CASE] = "failed"
-    assert statuses(report) == expected
-    assert f"wrote over {16 * mib} bytes into its output folder" in report.outcomes[BAD_CASE].error
 
 
 def test_crash_on_one_case_is_retried_alone(tmp_path, cases4, test_image, no_leftovers):
@@ -132,22 +121,22 @@ def test_out_of_memory_is_named_as_such(tmp_path, cases4, test_image, no_leftove
 
 
 def test_nan_output_fails_that_case_only(tmp_path, cases4, test_image, no_leftovers):
-    # one batch of 4 cases, their outputs 1 s apart
+    # one batch of 4 cases, their outputs 1 s apart: the rejected case still gets its share of the time
     report = run_tag(tmp_path / "s", test_image("nan", DELAY="1"), cases4)
     assert statuses(report)[BAD_CASE] == "failed"
     assert "NaN" in report.outcomes[BAD_CASE].error
     view = Store(tmp_path / "s").view("ctfm-test", "lp", "full")
     assert BAD_CASE not in view.cases()
     assert len(view.cases()) == 3
-    # the timing CSV gives the rejected case the time it took in its batch, as the others, not 0
-    assert view.record(BAD_CASE).seconds >= 0.8
+    seconds = {c: view.record(c).seconds for c in CASES4}
+    assert len(set(seconds.values())) == 1 and seconds[BAD_CASE] >= 1.0  # 4 cases x 1 s, shared
 
 
-def test_unexpected_files_and_wrong_shapes(tmp_path, cases4, test_image, no_leftovers):
+def test_wrong_shapes_stray_files_and_symlinks(tmp_path, cases4, test_image, no_leftovers):
     report = run_tag(tmp_path / "s", test_image("junk"), cases4)
     assert statuses(report)[BAD_CASE] == "failed"
     assert "expects 1-D" in report.outcomes[BAD_CASE].error
-    assert sorted(set(report.unexpected)) == ["extra.txt", "zz_symlink.h5"]
+    assert sorted(set(report.stray)) == ["extra.txt", "zz_symlink.h5"]
     stored = {p.name for p in (tmp_path / "s").rglob("*") if p.is_file()}
     assert "extra.txt" not in stored and "zz_symlink.h5" not in stored
     assert not any("passwd" in p for p in stored)
@@ -161,8 +150,9 @@ def test_network_is_unreachable_inside(tmp_path, cases4, test_image, no_leftover
     assert "NETWORK REACHABLE" not in log
 
 
-def test_isolation_settings(tmp_path, cases4, test_image, docker_client):
-    """The container as the engine sees it: every hardening flag set, labels for cleanup."""
+def test_the_engine_runs_the_reference_command_confined(tmp_path, cases4, test_image, engine):
+    """The container as the engine sees it: the reference's command, variables, user and mounts, plus every
+    confinement flag, a kernel-capped scratch that depends on the engine, and the labels for cleanup."""
     seen = {}
 
     class Spy(ContainerRunner):
@@ -173,20 +163,28 @@ def test_isolation_settings(tmp_path, cases4, test_image, docker_client):
             seen["Mounts"] = container.attrs["Mounts"]
             super()._forget(container)
 
-    settings = RunSettings(memory="1g", pids_limit=256, shm_size="64m")
+    settings = RunSettings(memory="1g", pids_limit=256, shm_size="64m", scratch="256m")
     with Spy(tmp_path / "s", settings) as runner:
         runner.run_team(runner.resolve_tag(test_image("good")), cases4)
+    config = seen["Config"]
+    assert config["Cmd"] == ["/bin/bash", "-c", "sh extract_feat_LP.sh"]  # what the wrapper execs
+    assert config["Entrypoint"][:2] == ["/bin/bash", "-c"] and "kill -KILL -1" in config["Entrypoint"][2]
+    assert config["User"] == "" and config["WorkingDir"] == "/app"  # the image's own
+    assert not any(e.startswith(("INPUT_DIR=", "OUTPUT_DIR=", "HOME=")) for e in config["Env"])
     assert seen["NetworkMode"] == "none"
-    assert seen["ReadonlyRootfs"] is True
     assert seen["CapDrop"] == ["ALL"]
     assert any("no-new-privileges" in o for o in seen["SecurityOpt"])
     assert seen["PidsLimit"] == 256
     assert seen["Memory"] == seen["MemorySwap"] == 1 << 30
     assert seen["ShmSize"] == 64 << 20
-    assert seen["CpusetCpus"]
-    assert "/tmp" in seen["Tmpfs"]
-    assert seen["Config"]["User"] not in ("", "0", "root", "0:0")
-    assert seen["Config"]["Labels"]["ctfm.pid"] == str(os.getpid())
+    assert seen["CpusetCpus"] and seen["Init"] is True
+    if engine.quota:  # a writable image, as the reference gives, capped by the engine's storage
+        assert seen["ReadonlyRootfs"] is False and int(seen["StorageOpt"]["size"]) >= 256 << 20
+    else:  # read-only image, capped tmpfs scratch where caches go
+        assert seen["ReadonlyRootfs"] is True
+        assert set(seen["Tmpfs"]) == {"/tmp", "/root"} and "size=268435456" in seen["Tmpfs"]["/tmp"]
+    assert config["Labels"]["ctfm.pid"] == str(os.getpid())
+    assert float(config["Labels"]["ctfm.deadline"]) > time.time()
     modes = {m["Destination"]: m["RW"] for m in seen["Mounts"]}
     assert modes == {"/workspace/inputs": False, "/workspace/outputs": True}
 
@@ -200,95 +198,87 @@ def test_gpus_without_nvidia_runtime_is_a_clear_error(
         run_tag(tmp_path / "s", test_image("good"), cases4, gpus=("0",))
 
 
-def _team_tarball(docker_client, base_id: str, tag: str, tarball: Path, saved_as: str | None = None):
-    """A distinct image (new id, shared layers, so removing it leaves the test images alone) built as ``tag``
-    and saved as a team tarball naming it ``saved_as`` (default: ``tag``), then removed from the engine."""
-    img, _ = docker_client.images.build(
-        path=str(Path(__file__).parent / "images"),
-        tag=tag,
-        buildargs={"BASE": base_id, "MODE": "good"},
-        labels={"ctfm.test.nonce": str(time.time_ns())},
-        network_mode="none",
-        rm=True,
-    )
-    if saved_as is not None:
-        img.tag(*saved_as.rsplit(":", 1))
-        img.reload()
-    tarball.parent.mkdir(parents=True, exist_ok=True)
-    with tarball.open("wb") as fh:
-        for chunk in img.save(named=saved_as or True):
-            fh.write(chunk)
-    docker_client.images.remove(img.id, force=True)
-    return img
-
-
-def test_tarball_with_unusual_tag_is_loaded_recorded_and_removed(
+def test_tarball_with_unusual_tag_is_loaded_untagged_recorded_and_removed(
     tmp_path, cases4, test_image, docker_client, no_leftovers
 ):
-    """The team's tarball holds `registry.local/acme-sub:v7`, not `acme:latest`; its id is what counts."""
-    base = docker_client.images.get(test_image("good"))
+    """The team's tarball names its image `registry.local/acme-sub:v7`, not `acme_lp:latest`: the reference
+    runner would not start it, and ctfm says so; ctfm itself runs it by id and leaves no tag behind."""
+    image_id = nonce_image(docker_client, test_image("good"))
     teams = tmp_path / "teams"
-    img = _team_tarball(docker_client, base.id, "registry.local/acme-sub:v7", teams / "acme_lp.tar.gz")
-    (report,) = run_containers(tmp_path / "s", cases4, RunSettings(memory="1g"), tarballs_dir=teams)
-    assert report.team == "acme" and report.all_ok
-    assert report.image_id == img.id
+    save_tarball(docker_client, image_id, teams / "acme_lp.tar.gz", ["registry.local/acme-sub:v7"])
+    docker_client.images.remove(image_id)
+    said: list[str] = []
+    (report,) = run_containers(
+        tmp_path / "s", cases4, RunSettings(memory="1g"), tarballs_dir=teams, log=said.append
+    )
+    assert report.team == "acme" and report.all_ok and report.image_id == image_id
     view = Store(tmp_path / "s").view("acme", "lp", "full")
-    assert {view.record(c).image_id for c in view.cases()} == {img.id}
+    assert {view.record(c).image_id for c in view.cases()} == {image_id}
     assert view.record("case_0000").extractor_version == "registry.local/acme-sub:v7"
-    assert img.id not in {i.id for i in docker_client.images.list(all=True)}  # removed after the run
+    assert report.timing_csv.name == "acme_lp_feature_extraction_time.csv"  # the reference's image name
+    assert any("the reference runner would not run it" in s and "acme_lp:latest" in s for s in said)
+    assert image_id not in {i.id for i in docker_client.images.list(all=True)}  # removed after the run
+    assert not docker_client.images.list(name="registry.local/acme-sub")  # the tag never existed
 
 
-def test_a_tarball_cannot_take_over_another_images_tag(
+def test_a_tarball_never_moves_a_tag_even_when_the_runner_is_killed_mid_load(
     tmp_path, cases4, test_image, docker_client, no_leftovers, monkeypatch
 ):
-    """`docker load` moves a tag onto the loaded image: a team whose tarball carries the organizer's tag
-    must not be run, recorded or removed in that image's place. Also: a relative --store works."""
+    """`docker load` moves the tags a tarball names onto its image. A team tarball naming the organizer's
+    tag must never take it over, at any moment: ctfm loads it untagged. Sampled throughout a run, and
+    throughout a load killed with SIGKILL; also: a relative --store works."""
     organizer = docker_client.images.get(test_image("good"))
     organizer.tag("ctfm-victim", "1")
+    thief_id = nonce_image(docker_client, test_image("good"))
     teams = tmp_path / "teams"
-    img = _team_tarball(
-        docker_client, organizer.id, "ctfm-thief:1", teams / "thief_lp.tar.gz", "ctfm-victim:1"
-    )
-    organizer.tag("ctfm-victim", "1")
-    monkeypatch.chdir(tmp_path)
-    settings = RunSettings(memory="1g")
-    thief, victim = run_containers(Path("s"), cases4, settings, tarballs_dir=teams, tags=["ctfm-victim:1"])
-    assert thief.all_ok and victim.all_ok
-    assert (thief.image_id, victim.image_id) == (img.id, organizer.id)
-    for team, image_id in (("thief", img.id), ("ctfm-victim", organizer.id)):
-        view = Store(tmp_path / "s").view(team, "lp", "full")
-        assert {view.record(c).image_id for c in view.cases()} == {image_id}
-    tag_owner = docker_client.images.get("ctfm-victim:1").id
-    assert tag_owner == organizer.id  # the tag survived the thief's removal
-    assert img.id not in {i.id for i in docker_client.images.list(all=True)}
+    save_tarball(docker_client, thief_id, teams / "thief_lp.tar.gz", ["ctfm-victim:1", "thief_lp:latest"])
+    docker_client.images.remove(thief_id)
+    owners: set[str] = set()
+    stop = threading.Event()
 
-    # A second image in the same tarball, claiming the tag: never run, its tag goes back, it is removed.
-    first = _team_tarball(docker_client, organizer.id, "ctfm-first:1", tmp_path / "first.tar")
-    second = _team_tarball(
-        docker_client, organizer.id, "ctfm-second:1", tmp_path / "second.tar", "ctfm-victim:1"
-    )
-    docker_client.images.load((tmp_path / "first.tar").read_bytes())
-    docker_client.images.load((tmp_path / "second.tar").read_bytes())  # takes ctfm-victim:1 for the save
-    both = tmp_path / "two" / "pair_lp.tar.gz"
-    both.parent.mkdir()
-    subprocess.run(["docker", "save", "-o", str(both), "ctfm-first:1", "ctfm-victim:1"], check=True)
-    for image in (first, second):
-        docker_client.images.remove(image.id, force=True)
-    organizer.tag("ctfm-victim", "1")
-    with ContainerRunner(tmp_path / "s2", settings) as runner:
-        loaded = runner.load_tarball(both)
-        assert loaded.image_id in (first.id, second.id)
-        assert docker_client.images.get("ctfm-victim:1").id == organizer.id
-        others = {first.id, second.id} - {loaded.image_id}
-        assert not others & {i.id for i in docker_client.images.list(all=True)}  # the unused one is gone
-        runner.release(loaded)
+    def sample() -> None:
+        while not stop.is_set():
+            owners.add(docker_client.images.get("ctfm-victim:1").id)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        monkeypatch.chdir(tmp_path)
+        thief, victim = run_containers(
+            Path("s"), cases4, RunSettings(memory="1g"), tarballs_dir=teams, tags=["ctfm-victim:1"]
+        )
+        assert thief.all_ok and victim.all_ok
+        assert (thief.image_id, victim.image_id) == (thief_id, organizer.id)
+        for team, image_id in (("thief", thief_id), ("ctfm-victim", organizer.id)):
+            view = Store(tmp_path / "s").view(team, "lp", "full")
+            assert {view.record(c).image_id for c in view.cases()} == {image_id}
+        killed = subprocess.Popen(
+            [sys.executable, "-m", "ctfm.cli.main", "extract", "--containers", str(teams), "--images",
+             str(cases4), "--store", str(tmp_path / "k"), "--memory", "1g"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(1.0)  # within the load of a 400 MB image
+        killed.kill()
+        killed.wait()
+    finally:
+        stop.set()
+        sampler.join()
+    assert owners == {organizer.id}
+    assert docker_client.images.get("ctfm-victim:1").id == organizer.id
+    assert not docker_client.images.list(name="thief_lp")
+    subprocess.run(  # the next runner's sweep removes what the killed one loaded (and its folders)
+        [sys.executable, "-m", "ctfm.cli.main", "extract", "--image", "ctfm-victim:1", "--images",
+         str(cases4), "--store", str(tmp_path / "k"), "--memory", "1g"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert thief_id not in {i.id for i in docker_client.images.list(all=True)}
     docker_client.images.remove("ctfm-victim:1")
 
 
-def _extract_cmd(tag: str, images: Path, store: Path) -> list[str]:
+def _extract_cmd(tag: str, images: Path, store: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "ctfm.cli.main", "extract", "--image", tag, "--images", str(images),
-        "--store", str(store), "--batch-cases", "3", "--memory", "1g",
+        "--store", str(store), "--batch-cases", "3", "--memory", "1g", *extra,
     ]  # fmt: skip
 
 
@@ -333,6 +323,54 @@ def test_kill_runner_and_resume(tmp_path, test_image, docker_client):
         assert ref.record(case).checksum == view.record(case).checksum
 
 
+def _watchdog_of(pid: int) -> int:
+    """The watchdog process a runner started (its command line names the runner's pid)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(b"watch_runner" in a for a in argv) and str(pid).encode() in argv:
+                return int(entry.name)
+    raise AssertionError(f"no watchdog for runner {pid}")
+
+
+def test_a_container_ends_at_its_deadline_when_runner_and_watchdog_are_killed(
+    tmp_path, test_image, docker_client
+):
+    """SIGKILL the runner and its watchdog together while a container hangs: the container's own deadline
+    (its limit plus a grace) ends it anyway, and the next runner's sweep removes it."""
+    images = write_cases(tmp_path / "images", 2)
+    (images / "case_0000.nii.gz").unlink()  # left: the case the image hangs on
+    cmd = _extract_cmd(test_image("hang"), images, tmp_path / "s", "--timeout-per-case", "3")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def running() -> list[str]:  # the team's container (not the runner's short-lived inspection ones)
+        found = docker_client.api.containers(filters={"label": ["ctfm.deadline", f"ctfm.pid={proc.pid}"]})
+        return [c["Id"] for c in found]
+
+    deadline = time.monotonic() + 60
+    while not running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (cid,) = running()
+    watchdog = _watchdog_of(proc.pid)
+    os.kill(watchdog, signal.SIGKILL)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    container = docker_client.containers.get(cid)
+    limit = float(container.labels["ctfm.deadline"])
+    assert limit - time.time() < 30  # 3 s limit + grace
+    while container.status in ("created", "running") and time.time() < limit + 30:
+        time.sleep(0.5)
+        container.reload()
+    assert container.status == "exited", container.status
+    assert container.attrs["State"]["ExitCode"] == 137  # SIGKILLed by its own deadline
+    subprocess.run(_extract_cmd(test_image("good"), images, tmp_path / "s"), check=True, capture_output=True)
+    assert cid not in ctfm_containers(docker_client)  # swept at the next runner's start, with the dead
+    assert not list((tmp_path / "s" / ".ctfm-work").iterdir())  # runner's (mounted) folders
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_runner_removes_its_containers(sig, tmp_path, test_image, docker_client):
     """Ctrl-C (SIGINT) or SIGTERM mid-run: the runner removes its running container and work folder."""
@@ -352,22 +390,62 @@ def test_interrupted_runner_removes_its_containers(sig, tmp_path, test_image, do
     assert not list((store / ".ctfm-work").iterdir())
 
 
-def test_broken_tarball_and_image_without_shell_do_not_stop_the_others(
-    tmp_path, cases4, test_image, docker_client, cli, no_leftovers
+def test_broken_tarball_and_image_without_sh_do_not_stop_the_others(
+    tmp_path, cases4, test_image, image_builder, cli, no_leftovers
 ):
     teams = tmp_path / "teams"
     teams.mkdir()
     (teams / "broken_lp.tar.gz").write_bytes(b"this is not a docker save tarball")
-    # An image whose entry cannot start: `sh` is shadowed by a directory on PATH (/usr/local/bin).
-    (tmp_path / "ctx").mkdir()
-    (tmp_path / "ctx" / "Dockerfile").write_text(f"FROM {test_image('good')}\nENV PATH=/nosh\n")
-    docker_client.images.build(path=str(tmp_path / "ctx"), tag="ctfm-nosh:1", network_mode="none", rm=True)
+    # `sh` shadowed by a PATH without it: the reference command starts, its `sh extract_feat_LP.sh` cannot
+    nosh = image_builder("ctfm-nosh:1", f"FROM {test_image('good')}\nENV PATH=/nosh\n")
     proc = cli(
-        "extract", "--containers", teams, "--image", "ctfm-nosh:1", "--image", test_image("good"),
+        "extract", "--containers", teams, "--image", nosh, "--image", test_image("good"),
         "--images", cases4, "--store", tmp_path / "s", "--memory", "1g", check=False,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "not run" in proc.stdout and "broken" in proc.stdout
-    assert "ctfm-nosh case_0000: no output (container exited with code 127)" in proc.stdout
+    flat = " ".join(proc.stdout.split())
+    assert "not run broken" in flat and "docker load failed" in flat
+    assert "ctfm-nosh case_0000: no output (container exited with code 127)" in flat
     good = Store(tmp_path / "s").view("ctfm-test", "lp", "full")
     assert len(good.cases()) == 4
+
+
+def test_reference_and_ctfm_give_a_reference_contract_container_equal_outputs(
+    tmp_path, test_image, docker_client, no_leftovers
+):
+    """A container written to the reference contract (fixed paths, MASKS_DIR, scratch in /tmp and $HOME):
+    the reference runner's exact command, one case at a time, and ctfm, batched and per case, store
+    bit-equal arrays. (The reference's `--gpus "device=0"` is left out: no GPU here.)"""
+    masks = tmp_path / "fg_masks"
+    images = write_cases(tmp_path / "images", 3, mask_dir=masks)
+    tag = test_image("scratch", SCRATCH_APP="0")
+    work = tmp_path / "ref"
+    (work / "inputs" / "fg_masks").mkdir(parents=True)
+    (work / "outputs").mkdir()
+    os.chmod(work / "outputs", 0o777)
+    name = f"ctfm-ref-{os.getpid()}"
+    for image in sorted(images.glob("*.nii.gz")):
+        for src, dest in (
+            (image, work / "inputs" / image.name),
+            (masks / image.name, work / "inputs" / "fg_masks" / image.name),
+        ):
+            dest.write_bytes(src.read_bytes())
+            os.chmod(dest, 0o644)
+        subprocess.run(
+            f'docker container run -m 32G --name {name} --rm -e MASKS_DIR=/workspace/inputs/fg_masks '
+            f'-v $PWD/inputs/:/workspace/inputs/ -v $PWD/outputs/:/workspace/outputs/ {tag} '
+            f'/bin/bash -c "sh extract_feat_LP.sh"',
+            shell=True, cwd=work, check=True, capture_output=True,
+        )  # fmt: skip
+        (work / "inputs" / image.name).unlink()
+    for mode in ({"batch_cases": 3}, {"per_case": True}):
+        store = tmp_path / f"s{len(mode)}{next(iter(mode))}"
+        (report,) = run_containers(
+            store, images, RunSettings(memory="1g", **mode), tags=[tag], masks_dir=masks, view="liver_cyst"
+        )
+        assert report.all_ok
+        view = Store(store).view("ctfm-test", "lp", "liver_cyst")
+        for case in view.cases():
+            with h5py.File(work / "outputs" / f"{case}.h5", "r") as fh:
+                np.testing.assert_array_equal(view.read_case(case), fh["y_hat"][()])
+        assert len(view.cases()) == 3

@@ -8,7 +8,7 @@ from typer.main import get_command
 
 from ctfm.benchmark import load_benchmark
 from ctfm.cli.main import app
-from ctfm.extract.docker import RunSettings
+from ctfm.extract.containers import RunSettings
 from ctfm.runconfig import ContainerSpec, EvalSection, LeaderboardSection
 
 
@@ -25,6 +25,7 @@ def test_container_limits_are_the_same_from_the_cli_and_a_run_config() -> None:
         timeout = option_default(command, "timeout_per_case")
         assert timeout == RunSettings().timeout_per_case == ContainerSpec().timeout_per_case
         assert timeout == limits["timeout_per_case_s"]
+        assert option_default(command, "scratch") == RunSettings().scratch == limits["scratch"]
 
 
 def test_scoring_defaults_are_the_same_from_the_cli_and_a_run_config() -> None:

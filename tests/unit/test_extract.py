@@ -263,7 +263,7 @@ def test_tiny_organ_survives_coarse_resampling(tmp_path: Path) -> None:
 
 
 def test_local_and_container_runs_select_cases_alike(tmp_path: Path) -> None:
-    from ctfm.extract.docker import collect_inputs
+    from ctfm.extract.containers import collect_inputs
     from ctfm.extract.inputs import read_case_list, select_cases
 
     for case in ("case_0", "case_1", "case_2"):

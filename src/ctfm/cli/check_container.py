@@ -1,6 +1,6 @@
 """``ctfm check-container``: the participants' dry run of a team image, and the container branch of extract.
 
-Both run the image exactly as the organizers do (:mod:`ctfm.extract.docker`); this module only parses
+Both run the image exactly as the organizers do (:mod:`ctfm.extract.containers`); this module only parses
 options and prints.
 """
 
@@ -15,7 +15,7 @@ from ctfm.cli import default, new_console, one_value, plain
 
 
 def _settings(**kwargs: Any) -> Any:
-    from ctfm.extract.docker import RunSettings
+    from ctfm.extract.containers import RunSettings
 
     gpus = kwargs.pop("gpus", "") or ""
     return RunSettings(gpus=tuple(g.strip() for g in gpus.split(",") if g.strip()), **kwargs)
@@ -33,6 +33,7 @@ def extract_with_containers(
     force: bool,
     gpus: str,
     memory: str,
+    scratch: str,
     timeout_per_case: float,
     per_case: bool,
     batch_cases: int,
@@ -40,7 +41,7 @@ def extract_with_containers(
     cpuset: str | None,
 ) -> None:
     """``ctfm extract --containers DIR | --image TAG``: run, print the team table, exit 1 on any failure."""
-    from ctfm.extract.docker import run_containers, team_table
+    from ctfm.extract.containers import run_containers, team_table
     from ctfm.extract.inputs import read_case_list
     from ctfm.extract.local import resolve_view
 
@@ -50,6 +51,7 @@ def extract_with_containers(
         task=task,
         gpus=gpus,
         memory=memory,
+        scratch=scratch,
         timeout_per_case=timeout_per_case,
         per_case=per_case,
         batch_cases=batch_cases,
@@ -72,12 +74,14 @@ def extract_with_containers(
     console.print(team_table(reports))
     failed = False
     for r in reports:
-        if r.error:
+        if r.error:  # not run at all, or stopped part-way (its store could not be written)
             failed = True
+            label = "stopped" if r.outcomes else "not run"
             console.print(
-                f"[red]not run[/] {plain(r.team)}: {plain(r.error)}", highlight=False, soft_wrap=True
+                f"[red]{label}[/] {plain(r.team)}: {plain(r.error)}", highlight=False, soft_wrap=True
             )
-            continue
+            if not r.outcomes:
+                continue
         for case, o in sorted(r.outcomes.items()):
             if o.status != "ok":
                 failed = True
@@ -86,9 +90,12 @@ def extract_with_containers(
                     highlight=False,
                     soft_wrap=True,
                 )
-        if r.unexpected:
+        if r.stray:
             console.print(
-                f"[yellow]{plain(r.team)}: unexpected files (not copied): {plain(', '.join(sorted(set(r.unexpected))))}"
+                f"[yellow]{plain(r.team)}: stray files (reported, not stored): "
+                f"{plain(', '.join(sorted(set(r.stray))[:20]))}[/]",
+                highlight=False,
+                soft_wrap=True,
             )
         console.print(
             f"{r.team}: container log {r.log_path}; timing {r.timing_csv or '-'}",
@@ -136,6 +143,11 @@ def check_container_cmd(
     memory: str = typer.Option(
         default("container_limits", "memory"), "--memory", help="Memory limit (swap equal)."
     ),
+    scratch: str = typer.Option(
+        default("container_limits", "scratch"),
+        "--scratch",
+        help="What the container may write in its own file system (kernel-enforced).",
+    ),
     timeout_per_case: float = typer.Option(
         default("container_limits", "timeout_per_case_s"), "--timeout-per-case", help="Seconds per case."
     ),
@@ -144,12 +156,14 @@ def check_container_cmd(
     """Dry-run a team image under the production settings; prints pass/fail per check, exit 1 on fail."""
     from rich.table import Table
 
-    from ctfm.extract.docker import check_container, temporary_folder
+    from ctfm.extract.containers import check_container, temporary_folder
 
     disease = one_value(diseases, "--disease")
 
     console = new_console()
-    settings = _settings(task=task, gpus=gpus, memory=memory, timeout_per_case=timeout_per_case)
+    settings = _settings(
+        task=task, gpus=gpus, memory=memory, scratch=scratch, timeout_per_case=timeout_per_case
+    )
     with temporary_folder("ctfm-demo-") as tmp:
         img_dir, masks = _demo_inputs(images, disease, tmp)
         report = check_container(

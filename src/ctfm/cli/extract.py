@@ -50,6 +50,11 @@ def extract_cmd(
     memory: str = typer.Option(
         default("container_limits", "memory"), "--memory", help="Containers: memory limit (swap equal)."
     ),
+    scratch: str = typer.Option(
+        default("container_limits", "scratch"),
+        "--scratch",
+        help="Containers: what each may write in its own file system (kernel-enforced).",
+    ),
     timeout_per_case: float = typer.Option(
         default("container_limits", "timeout_per_case_s"),
         "--timeout-per-case",
@@ -80,6 +85,7 @@ def extract_cmd(
             force,
             gpus,
             memory,
+            scratch,
             timeout_per_case,
             per_case,
             batch_cases,
