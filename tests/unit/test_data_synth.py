@@ -65,8 +65,11 @@ def test_layout_has_every_public_folder(synth_bench):
     assert len(list((synth_bench / "images").glob("*.nii.gz"))) == 40
     assert len(list((synth_bench / "totalseg").glob("*.nii.gz"))) == 40
     assert sorted(p.stem for p in (synth_bench / "labels").glob("*.csv")) == sorted(BENCH.diseases)
-    demo = sorted(p.name for p in (synth_bench / "test_demo" / "images").glob("*.nii.gz"))
-    assert len(demo) == 5
+    demo = sorted(p.name for p in (synth_bench / "test_demo").glob("*.nii.gz"))  # flat, as published
+    assert len(demo) == 5 and sorted(p.name for p in (synth_bench / "test_demo").iterdir() if p.is_dir()) in (
+        ["fg_masks"],
+        [],  # without the masks library
+    )
     test_cases = set(read_labels(synth_bench / "labels" / "gallstone.csv").query("split == 'test'")["file"])
     assert set(demo) <= test_cases
 
@@ -277,6 +280,17 @@ def test_rerun_deletes_only_what_the_generator_wrote(tmp_path):
     ]
     assert not (root / "totalseg_folders" / "synth_0000").exists()
     assert [p.name for p in (root / "totalseg_folders").rglob("*")] == ["synth_0002", "my_notes.txt"]
+
+
+def test_rerun_moves_an_older_nested_test_demo_to_the_flat_layout(tmp_path):
+    root = generate_benchmark(tmp_path / "b", cases=6, seed=0)
+    demo = root / "test_demo"
+    old = demo / "images"
+    old.mkdir()
+    for volume in demo.glob("*.nii.gz"):  # how versions before the public layout wrote it
+        volume.rename(old / volume.name)
+    generate_benchmark(root, cases=6, seed=0)
+    assert not old.exists() and len(list(demo.glob("*.nii.gz"))) == 1
 
 
 def test_an_interrupted_run_is_flagged_and_a_rerun_finishes_it_byte_identically(tmp_path, monkeypatch):
