@@ -6,7 +6,10 @@ Layout (nothing else in ctfm builds these paths)::
         embeddings/<case>.h5      dataset ``y_hat`` exactly as the reference tools read it
         manifest.jsonl            append-only, one JSON CaseRecord per line; the last line of a case wins
         packed/                   contiguous memory-mapped arrays rebuilt only when the manifest changes
-        <team>_feature_extraction_time.csv   reference timing file (on request)
+        <image>_feature_extraction_time.csv   reference timing file (image: the team tarball's name, acme_lp)
+
+:func:`export_reference` lays a model out as the reference trainers read it, ``<out>/<disease>/embeddings/
+<case>.h5`` (hard links to these files), and :func:`import_folder` brings such a folder in.
 
 The manifest is append-only so a process killed mid-write leaves at most a torn last line, which is ignored
 (and fenced off by a newline before the next append). Embeddings are written to a temporary file and renamed,
@@ -39,7 +42,15 @@ from typing import Any
 import numpy as np
 
 from ctfm.errors import StoreError
-from ctfm.fsutil import ABANDONED_S, atomic_path, remove_partials, sha256_file, write_text_atomic
+from ctfm.fsutil import (
+    ABANDONED_S,
+    atomic_path,
+    exclusive_use,
+    link_or_copy,
+    remove_partials,
+    sha256_file,
+    write_text_atomic,
+)
 
 TASKS = ("lp", "eao")
 STATUSES = ("ok", "failed", "timeout")
@@ -870,9 +881,8 @@ class DiseaseExport:
     exported: int = 0  # ok cases now in the folder
     placed: int = 0  # of those, linked or copied by this run (the rest were there already)
     removed: int = 0  # files of cases no longer ok, removed
-    skipped: dict[str, list[str]] = field(
-        default_factory=dict
-    )  # why (failed, timeout, file missing) -> cases
+    # why not exported (failed, timeout, file missing) -> cases
+    skipped: dict[str, list[str]] = field(default_factory=dict)
     timing_csv: Path | None = None
 
 
@@ -914,7 +924,7 @@ def export_reference(
     out = Path(out)
     report = ExportReport(root=out)
     sources: list[tuple[str, View]] = []
-    for disease in bench.diseases if diseases is None else list(diseases):
+    for disease in bench.diseases if diseases is None else dict.fromkeys(diseases):
         view = store.view(model, task, bench.view_of(bench.check_disease(disease)))
         if view.manifest_path.is_file():
             sources.append((disease, view))
@@ -924,20 +934,21 @@ def export_reference(
             raise StoreError(f"{store.root}: model {model!r} has no {task} view {view.view!r} for {disease}")
     if not sources:
         raise StoreError(f"{store.root}: model {model!r} has no {task} view of any AMOS disease; name them")
-    owned = _read_export_manifest(out, sources[0][1])
-    plans = [_plan_disease(out, disease, view, image) for disease, view in sources]
-    _refuse_foreign_files(out, plans, owned)
-    planned = {rel: checksum for plan in plans for rel, (_, checksum) in plan.files.items()}
-    # intent first, so a killed run's files count as its own; content is known only once placed
-    _write_export_manifest(out, sources[0][1], {**dict.fromkeys(planned, ""), **owned})
-    for plan in plans:
-        report.diseases.append(_place_disease(out, plan, owned, report))
-        for rel in [r for r in owned if r.startswith(f"{plan.disease}/") and r not in plan.files]:
-            with contextlib.suppress(FileNotFoundError):
-                (out / rel).unlink()
-                report.diseases[-1].removed += int(rel.endswith(".h5"))
-            del owned[rel]
-    _write_export_manifest(out, sources[0][1], {**owned, **planned})
+    with exclusive_use(out):  # a second export into the same folder is refused
+        owned = _read_export_manifest(out, sources[0][1])
+        plans = [_plan_disease(disease, view, image) for disease, view in sources]
+        _refuse_foreign_files(out, plans, owned)
+        planned = {rel: checksum for plan in plans for rel, (_, checksum) in plan.files.items()}
+        # intent first, so a killed run's files count as its own; content is known only once placed
+        _write_export_manifest(out, sources[0][1], {**dict.fromkeys(planned, ""), **owned})
+        for plan in plans:
+            report.diseases.append(_place_disease(out, plan, owned, report))
+            for rel in [r for r in owned if r.startswith(f"{plan.disease}/") and r not in plan.files]:
+                with contextlib.suppress(FileNotFoundError):
+                    (out / rel).unlink()
+                    report.diseases[-1].removed += int(rel.endswith(".h5"))
+                del owned[rel]
+        _write_export_manifest(out, sources[0][1], {**owned, **planned})
     if report.copied:
         report.copy_reason = _copy_reason(store.root, out)
     return report
@@ -948,13 +959,12 @@ class _DiseasePlan:
     disease: str
     view: View
     image: str
-    files: dict[
-        str, tuple[Path | None, str]
-    ]  # path under the root -> (store file, checksum); None: timing CSV
+    # path under the export root -> (store file, its checksum); no store file: the timing CSV
+    files: dict[str, tuple[Path | None, str]]
     skipped: dict[str, list[str]]
 
 
-def _plan_disease(out: Path, disease: str, view: View, image: str | None) -> _DiseasePlan:
+def _plan_disease(disease: str, view: View, image: str | None) -> _DiseasePlan:
     folder = f"{disease}/{EMBEDDINGS}"
     files: dict[str, tuple[Path | None, str]] = {}
     skipped: dict[str, list[str]] = {}
@@ -1016,8 +1026,6 @@ def _place_disease(
     out: Path, plan: _DiseasePlan, owned: dict[str, str], report: ExportReport
 ) -> DiseaseExport:
     """Link (or copy) a disease's files into place and write its timing CSV."""
-    from ctfm.fsutil import link_or_copy
-
     done = DiseaseExport(plan.disease, plan.view.view, out / plan.disease / EMBEDDINGS, skipped=plan.skipped)
     for rel, (src, checksum) in plan.files.items():
         dest = out / rel

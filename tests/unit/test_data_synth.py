@@ -45,6 +45,7 @@ def _stats(root):
                 "kidney_water": ((kidney > -20) & (kidney < 20)).mean(),
                 "gb_bright": (organ("gallbladder") > 200).sum(),
                 "aorta_bright": (organ("aorta") > 300).sum(),
+                "free_water": ((img > -5) & (img < 30))[(seg == 0) & (img > -500)].mean(),  # outside organs
                 "cyst_voxels": np.isin(
                     seg, [V2.id_of("kidney_cyst_left"), V2.id_of("kidney_cyst_right")]
                 ).sum(),
@@ -96,8 +97,9 @@ def test_images_are_ct_like_with_real_affines(synth_bench):
         assert not np.allclose(img.affine, np.eye(4))
         assert seg.shape == img.shape and np.allclose(seg.affine, img.affine)
         sx, sy, sz = img.header.get_zooms()
-        assert 0.6 <= sx <= 0.9 and sx == sy and 1.5 <= sz <= 5.0
-        assert all(40 <= n <= 200 for n in data.shape[:2])
+        assert 2.6 <= sx <= 3.4 and sx == sy and 4.5 <= sz <= 6.0  # the demo shape's coarse grid
+        assert all(50 <= n <= 200 for n in data.shape[:2]) and 40 <= data.shape[2] <= 100
+        assert 280 <= data.shape[0] * sx <= 450  # an adult's width in mm, at any spacing
         orientations.add(nib.aff2axcodes(img.affine))
         spacings.append((sx, sz))
         labels = set(np.unique(np.asarray(seg.dataobj)).tolist()) - {0}
@@ -160,7 +162,13 @@ def test_fatty_liver_is_darker_than_the_spleen(stats):
 
 def test_splenomegaly_spleen_is_larger(stats):
     g = stats.groupby("splenomegaly")["spleen_ml"].mean()
-    assert g[1] > 1.4 * g[0]
+    assert g[1] > 2 * g[0]
+    assert 100 < g[0] < 400  # an adult's spleen in ml: the demo shape is a real-size patient on a coarse grid
+
+
+def test_ascites_is_free_water_density_fluid_outside_the_organs(stats):
+    g = stats.groupby("ascites")["free_water"]
+    assert g.min()[1] > 3 * g.max()[0]  # every positive above every negative
 
 
 @pytest.mark.parametrize(
@@ -180,8 +188,8 @@ def test_dense_findings_only_in_positives(stats, disease, column):
 
 
 def test_liver_cysts_add_water_density_voxels(stats):
-    g = stats.groupby("liver_cyst")["liver_water"].mean()
-    assert g[1] > 5 * g[0]
+    g = stats[stats["fatty_liver"] == 0].groupby("liver_cyst")["liver_water"].mean()  # a fatty liver is darker
+    assert g[1] > 3 * g[0]  # 1-3 real-size cysts (1-3 cm) in an adult liver
 
 
 def test_hydronephrosis_adds_urine_in_enhanced_kidneys(stats):

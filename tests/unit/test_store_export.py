@@ -152,7 +152,7 @@ def test_export_refuses_unrelated_files_and_another_model(tmp_path: Path) -> Non
     mine.write_bytes(b"a file the user made")
     with pytest.raises(StoreError, match=r"fatty_liver/embeddings/c1.h5 already exist.*nothing was changed"):
         export_reference(store, "acme", "lp", out)
-    assert sorted(p.name for p in out.rglob("*")) == ["c1.h5", "embeddings", "fatty_liver"]
+    assert sorted(p.name for p in out.rglob("*")) == [".ctfm.lock", "c1.h5", "embeddings", "fatty_liver"]
     assert mine.read_bytes() == b"a file the user made"
     mine.unlink()
     export_reference(store, "acme", "lp", out)

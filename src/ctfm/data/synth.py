@@ -36,9 +36,9 @@ from ctfm.errors import ConfigError
 from ctfm.fsutil import link_or_copy, write_text_atomic
 from ctfm.nifti import NII_SUFFIX, read_array, write
 
-SYNTH_VERSION = "1.0"
+SYNTH_VERSION = "2.0"  # 2.0: adult-size demo shape on a coarse grid, larger findings, prevalence 0.2-0.4
 CASE_PREFIX = "synth_"
-PREVALENCE_RANGE = (0.12, 0.35)
+PREVALENCE_RANGE = (0.2, 0.4)
 TEST_FRACTION = 0.2
 N_FOLDS = 5
 TEST_DEMO = "test_demo"
