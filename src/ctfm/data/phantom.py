@@ -2,7 +2,7 @@
 
 The anatomy is described in "anatomy millimetres" of an adult abdomen in patient RAS coordinates (+x towards the
 patient's right, +y anterior, +z superior, origin at the body centre, L1 at z = 0). Every shape is an adult-size
-patient: the demo shape scans it on a coarse grid (about 3 mm in-plane, 5 mm slices, as a thick-slice
+patient: the demo shape scans it on a coarse grid (about 3 mm in-plane, 5-6.5 mm slices, as a thick-slice
 reconstruction), so volumes stay small while organs and findings keep their real size in mm, which is what
 extractors resampling to a few mm see.
 Everything is painted with vectorised ellipsoids and capsules inside their bounding boxes: no per-voxel Python.
