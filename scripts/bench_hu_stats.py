@@ -1,4 +1,5 @@
-"""hu-stats on one real-size CT volume: time and extra memory of ``features`` against plain float64 numpy.
+"""hu-stats on one real-size CT volume: time and extra memory of ``features`` (lp) and ``grid_features``
+(eao tokens) against plain float64 numpy.
 
 The baseline is the direct formulation (one float64 copy of the region, numpy's ``np.percentile`` and one
 temporary per formula), measured in the same run on the same volume; the two outputs must agree. Memory is
@@ -17,7 +18,14 @@ from collections.abc import Callable
 import numpy as np
 
 from ctfm.extract.extractors import hu_stats
-from ctfm.extract.extractors.hu_stats import HIST_EDGES, HU_WINDOW, PERCENTILES, SOFT_TISSUE_HU
+from ctfm.extract.extractors.hu_stats import (
+    GRID,
+    GRID_PERCENTILES,
+    HIST_EDGES,
+    HU_WINDOW,
+    PERCENTILES,
+    SOFT_TISSUE_HU,
+)
 
 SPACING = (0.7, 0.7, 1.5)
 
@@ -58,6 +66,25 @@ def plain_features(vol: np.ndarray) -> np.ndarray:
     return np.concatenate([hist, first, pct, context]).astype(np.float32)
 
 
+def plain_grid(vol: np.ndarray) -> np.ndarray:
+    """The baseline of the eao tokens: per block of the body's bounding box, a float64 copy of its voxels."""
+    roi = vol > hu_stats.BODY_HU
+    lo, hi = hu_stats._bbox(roi)
+    splits = [np.array_split(np.arange(lo[a], hi[a]), GRID[a]) for a in range(3)]
+    out = np.zeros((len(hu_stats.GRID_FEATURE_NAMES), *GRID))
+    voxel_ml = float(np.prod(SPACING)) / 1000.0
+    for i, xs in enumerate(splits[0]):
+        for j, ys in enumerate(splits[1]):
+            for k, zs in enumerate(splits[2]):
+                block = np.ix_(xs, ys, zs)
+                sub = roi[block]
+                vals = np.clip(vol[block][sub].astype(np.float64), *HU_WINDOW)
+                pct = np.percentile(vals, GRID_PERCENTILES)
+                stats = [vals.mean(), vals.std(), vals.min(), vals.max(), *pct, (vals < 0).mean()]
+                out[:, i, j, k] = [sub.mean(), np.log1p(vals.size * voxel_ml), *stats]
+    return out.astype(np.float32)
+
+
 def measure(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, int, np.ndarray]:
     """Best wall seconds over ``repeats`` and the peak traced bytes of one call."""
     best = float("inf")
@@ -82,16 +109,23 @@ def main() -> None:
     vol = phantom(tuple(args.shape))
     n = vol.size
     print(f"volume {tuple(args.shape)}: {n / 1e6:.1f} M voxels, body {np.mean(vol > hu_stats.BODY_HU):.0%}")
-    base_s, base_peak, base = measure(lambda: plain_features(vol), args.repeats)
-    ours_s, ours_peak, ours = measure(lambda: hu_stats.features(vol, None, SPACING), args.repeats)
-    ours = ours[: base.size]  # the shape features have no baseline counterpart
-    for name, s, peak in (("plain numpy", base_s, base_peak), ("ctfm hu-stats", ours_s, ours_peak)):
-        print(f"{name:>14}: {s:6.2f} s   extra memory {peak / 2**20:7.0f} MiB = {peak / n:5.1f} B/voxel")
-    print(f"ratio: {base_s / ours_s:.2f}x faster, {base_peak / ours_peak:.2f}x less memory")
-    print(
-        f"outputs differ in {int(np.sum(base != ours))} of {base.size} features, max |diff| "
-        f"{float(np.max(np.abs(base - ours))):.3g}"
-    )
+    for what, plain, ours_fn in (
+        ("lp features", plain_features, lambda: hu_stats.features(vol, None, SPACING)),
+        ("eao tokens", plain_grid, lambda: hu_stats.grid_features(vol, None, SPACING)),
+    ):
+        base_s, base_peak, base = measure(lambda plain=plain: plain(vol), args.repeats)
+        ours_s, ours_peak, ours = measure(ours_fn, args.repeats)
+        ours = (
+            ours.reshape(-1)[: base.size] if what == "lp features" else ours
+        )  # lp shape features: no baseline
+        print(what)
+        for name, s, peak in (("plain numpy", base_s, base_peak), ("ctfm hu-stats", ours_s, ours_peak)):
+            print(f"{name:>14}: {s:6.2f} s   extra memory {peak / 2**20:7.0f} MiB = {peak / n:5.1f} B/voxel")
+        print(f"ratio: {base_s / ours_s:.2f}x faster, {base_peak / ours_peak:.2f}x less memory")
+        print(
+            f"outputs differ in {int(np.sum(base != ours))} of {base.size} values, max |diff| "
+            f"{float(np.max(np.abs(base.astype(np.float64) - ours))):.3g}"
+        )
 
 
 if __name__ == "__main__":

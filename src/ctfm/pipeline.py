@@ -232,15 +232,15 @@ class Pipeline:
 
             return Stage("data", fingerprint("path", str(path), _content_stamps(path)), check)
 
-        def generate() -> str:
-            from ctfm.data.synth import generate_benchmark
+        from ctfm.data.synth import SYNTH_VERSION, generate_benchmark
 
+        def generate() -> str:
             generate_benchmark(
                 self.data_root, synth.cases, synth.seed, synth.shape, workers=2, progress=self.progress
             )
             return f"synthetic benchmark: {synth.cases} cases (seed {synth.seed}) in {self.data_root}"
 
-        return Stage("data", fingerprint("synth", synth), generate)
+        return Stage("data", fingerprint("synth", synth, SYNTH_VERSION), generate)  # new generator: new cases
 
     def masks_stage(self, data_key: str) -> Stage:
         margin = self.cfg.masks.margin_mm

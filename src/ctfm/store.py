@@ -6,7 +6,10 @@ Layout (nothing else in ctfm builds these paths)::
         embeddings/<case>.h5      dataset ``y_hat`` exactly as the reference tools read it
         manifest.jsonl            append-only, one JSON CaseRecord per line; the last line of a case wins
         packed/                   contiguous memory-mapped arrays rebuilt only when the manifest changes
-        <team>_feature_extraction_time.csv   reference timing file (on request)
+        <image>_feature_extraction_time.csv   reference timing file (image: the team tarball's name, acme_lp)
+
+:func:`export_reference` lays a model out as the reference trainers read it, ``<out>/<disease>/embeddings/
+<case>.h5`` (hard links to these files), and :func:`import_folder` brings such a folder in.
 
 The manifest is append-only so a process killed mid-write leaves at most a torn last line, which is ignored
 (and fenced off by a newline before the next append). Embeddings are written to a temporary file and renamed,
@@ -39,7 +42,15 @@ from typing import Any
 import numpy as np
 
 from ctfm.errors import StoreError
-from ctfm.fsutil import ABANDONED_S, atomic_path, remove_partials, sha256_file, write_text_atomic
+from ctfm.fsutil import (
+    ABANDONED_S,
+    atomic_path,
+    exclusive_use,
+    link_or_copy,
+    remove_partials,
+    sha256_file,
+    write_text_atomic,
+)
 
 TASKS = ("lp", "eao")
 STATUSES = ("ok", "failed", "timeout")
@@ -686,25 +697,88 @@ class View:
         )
 
     # -- reference files --------------------------------------------------------------------------------
-    def write_timing_csv(self, team: str, out_dir: Path | None = None) -> Path:
-        """The reference ``<team>_feature_extraction_time.csv``: one row per attempted case, in case order.
+    @property
+    def image_name(self) -> str:
+        """The reference image name of this model and task: a ``<model>_<task>.tar.gz`` tarball's name."""
+        return f"{self.model}_{self.task}".lower()
 
-        Like the reference runner, ``CaseName`` is the image file name (``<case>.nii.gz``) and every attempted
-        case is listed (failed and timed-out ones with the seconds they used).
+    def write_timing_csv(self, image: str | None = None, out_dir: Path | None = None) -> Path:
+        """The reference ``<image>_feature_extraction_time.csv`` (``image`` is the team image's name, the
+        tarball's name without ``.tar.gz``; default :attr:`image_name`), written in ``out_dir`` (default: the
+        view folder). One row per attempted case in case order: like the reference runner, ``CaseName`` is the
+        image file name (``<case>.nii.gz``) and failed and timed-out cases are listed with the seconds they used.
         """
         import pandas as pd
 
-        from ctfm.benchmark import load_benchmark
-
-        bench = load_benchmark()
-        name = bench.section("container")["timing_csv"].format(team=sanitize_name(team))
-        suffix = bench.raw.get("image_suffix", ".nii.gz")
-        path = Path(out_dir or self.dir) / name
+        path = Path(out_dir or self.dir) / timing_csv_name(image or self.image_name)
+        suffix = _image_suffix()
         recs = self.records()
         rows = [{"CaseName": f"{c}{suffix}", "RunningTime": round(recs[c].seconds, 4)} for c in sorted(recs)]
         with atomic_path(path) as tmp:
-            pd.DataFrame(rows, columns=["CaseName", "RunningTime"]).to_csv(tmp, index=False)
+            pd.DataFrame(rows, columns=list(TIMING_COLUMNS)).to_csv(tmp, index=False)
         return path
+
+
+TIMING_COLUMNS = ("CaseName", "RunningTime")
+
+
+def _image_suffix() -> str:
+    from ctfm.benchmark import load_benchmark
+
+    return str(load_benchmark().raw.get("image_suffix", ".nii.gz"))
+
+
+def _timing_template() -> str:
+    from ctfm.benchmark import load_benchmark
+
+    return str(load_benchmark().section("container")["timing_csv"])
+
+
+def timing_csv_name(image: str) -> str:
+    """``acme_lp`` -> ``acme_lp_feature_extraction_time.csv``, the reference runner's timing file name."""
+    return _timing_template().format(image=sanitize_name(image))
+
+
+def read_timing_csv(path: Path) -> dict[str, float]:
+    """Seconds per case of a reference timing CSV (columns ``CaseName`` = ``<case>.nii.gz``, ``RunningTime``).
+
+    A malformed file raises :class:`StoreError` naming it and the row, before anything is imported.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)  # the text as written, for messages
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise StoreError(f"{path}: not a readable timing CSV ({type(exc).__name__}: {exc})") from None
+    missing = [c for c in TIMING_COLUMNS if c not in table.columns]
+    if missing:
+        raise StoreError(
+            f"{path}: no column {', '.join(missing)} (a reference timing CSV has CaseName, RunningTime)"
+        )
+    suffix = _image_suffix()
+    seconds: dict[str, float] = {}
+    for line, (name, value) in enumerate(zip(table["CaseName"], table["RunningTime"], strict=True), start=2):
+        secs = pd.to_numeric(value, errors="coerce")
+        if not isinstance(name, str) or not name.strip() or not np.isfinite(secs) or secs < 0:
+            raise StoreError(f"{path}, line {line}: {name!r}, {value!r} is not a case name and seconds >= 0")
+        name = name.strip()
+        seconds[name.removesuffix(suffix).removesuffix(".nii")] = float(secs)  # a rerun's later row wins
+    return seconds
+
+
+def find_timing_csv(h5_dir: Path, view: View) -> Path | None:
+    """The reference timing CSV beside imported ``.h5`` files: the only one there, or the one named after the
+    view's image (``<model>_<task>``) when there are several."""
+    found = sorted(p for p in Path(h5_dir).glob(_timing_template().format(image="*")) if p.is_file())
+    if len(found) <= 1:
+        return found[0] if found else None
+    named = Path(h5_dir) / timing_csv_name(view.image_name)
+    if named in found:
+        return named
+    raise StoreError(
+        f"{h5_dir}: {len(found)} timing CSVs ({', '.join(p.name for p in found)}); pick one with --timing"
+    )
 
 
 class Store:
@@ -746,17 +820,22 @@ class Store:
 
 @dataclass
 class ImportReport:
-    """What ``import_folder`` did: number of ok cases and (case, reason) of every rejected file."""
+    """What ``import_folder`` did: number of ok cases, (case, reason) of every rejected file, and the timing
+    CSV read (if any) with the imported cases it has no row for."""
 
     ok: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    timing: Path | None = None
+    untimed: list[str] = field(default_factory=list)
 
 
-def import_folder(view: View, h5_dir: Path) -> ImportReport:
+def import_folder(view: View, h5_dir: Path, timing: Path | None = None) -> ImportReport:
     """Import every ``<case>.h5`` in ``h5_dir`` into ``view``; bad files are recorded failed, not fatal
     (a case already stored keeps its embedding).
 
-    For lp the first good file fixes D (or the view's existing D); files of another D are rejected.
+    Each case's seconds come from the reference timing CSV ``timing``, or the one beside the files
+    (:func:`find_timing_csv`). For lp the first good file fixes D (or the view's existing D); files of another
+    D are rejected.
     """
     h5_dir = Path(h5_dir)
     if not h5_dir.is_dir():
@@ -764,7 +843,8 @@ def import_folder(view: View, h5_dir: Path) -> ImportReport:
     files = sorted(p for p in h5_dir.glob("*.h5") if p.is_file() and not p.name.startswith("."))
     if not files:
         raise StoreError(f"{h5_dir}: no <case>.h5 files found")
-    report = ImportReport()
+    report = ImportReport(timing=Path(timing) if timing is not None else find_timing_csv(h5_dir, view))
+    seconds = read_timing_csv(report.timing) if report.timing is not None else {}
     for path in files:
         case = path.stem
         try:
@@ -772,13 +852,210 @@ def import_folder(view: View, h5_dir: Path) -> ImportReport:
         except StoreError as exc:
             report.failed.append((case, str(exc)))
             continue
+        if report.timing is not None and case not in seconds:
+            report.untimed.append(case)
+        record = CaseRecord(case=case, status="ok", extractor="import", seconds=seconds.get(case, 0.0))
         try:
-            view.import_file(case, path, CaseRecord(case=case, status="ok", extractor="import"))
+            view.import_file(case, path, record)
             report.ok += 1
         except StoreError as exc:
             if view.is_done(case):  # a bad new file never costs the embedding already stored
                 report.failed.append((case, f"{exc} (kept the embedding already stored)"))
                 continue
-            view.record_failure(case, "failed", str(exc), extractor="import")
+            view.record_failure(case, "failed", str(exc), extractor="import", seconds=record.seconds)
             report.failed.append((case, str(exc)))
     return report
+
+
+# -- the reference layout ------------------------------------------------------------------------------------
+EXPORT_MANIFEST = ".ctfm-export.json"  # in an export root: which model it holds and the files ctfm put there
+
+
+@dataclass
+class DiseaseExport:
+    """One disease folder of an export: ``<root>/<disease>/embeddings``."""
+
+    disease: str
+    view: str
+    folder: Path
+    exported: int = 0  # ok cases now in the folder
+    placed: int = 0  # of those, linked or copied by this run (the rest were there already)
+    removed: int = 0  # files of cases no longer ok, removed
+    # why not exported (failed, timeout, file missing) -> cases
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    timing_csv: Path | None = None
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_reference` did; ``copied`` files are copies because hard links were impossible."""
+
+    root: Path
+    diseases: list[DiseaseExport] = field(default_factory=list)
+    linked: int = 0
+    copied: int = 0
+    copied_bytes: int = 0
+    copy_reason: str = ""
+    absent: list[str] = field(default_factory=list)  # diseases the store has no view for
+
+
+def export_reference(
+    store: Store,
+    model: str,
+    task: str,
+    out: Path,
+    diseases: Iterable[str] | None = None,
+    image: str | None = None,
+) -> ExportReport:
+    """Lay ``model``'s ``task`` embeddings out as the reference trainers and inference scripts read them.
+
+    ``<out>/<disease>/embeddings/<case>.h5`` for every disease, whole-scan ones from the ``full`` view, as hard
+    links to the store's files (copies where the file system refuses links: see ``copy_reason``), and the
+    reference timing CSV ``<image>_feature_extraction_time.csv`` beside them. Only ok cases are exported; the
+    others are counted in ``skipped``. Rerunning brings the folder up to date: files already in place are kept,
+    files of cases no longer ok are removed. Files that an export did not put there are never overwritten:
+    they are refused before anything changes. ``diseases`` defaults to every AMOS disease with a view.
+    """
+    from ctfm.benchmark import load_benchmark
+
+    check_task(task)
+    store.check_model(model, task)
+    bench = load_benchmark()
+    out = Path(out)
+    report = ExportReport(root=out)
+    sources: list[tuple[str, View]] = []
+    for disease in bench.diseases if diseases is None else dict.fromkeys(diseases):
+        view = store.view(model, task, bench.view_of(bench.check_disease(disease)))
+        if view.manifest_path.is_file():
+            sources.append((disease, view))
+        elif diseases is None:
+            report.absent.append(disease)
+        else:
+            raise StoreError(f"{store.root}: model {model!r} has no {task} view {view.view!r} for {disease}")
+    if not sources:
+        raise StoreError(f"{store.root}: model {model!r} has no {task} view of any AMOS disease; name them")
+    with exclusive_use(out):  # a second export into the same folder is refused
+        owned = _read_export_manifest(out, sources[0][1])
+        plans = [_plan_disease(disease, view, image) for disease, view in sources]
+        _refuse_foreign_files(out, plans, owned)
+        planned = {rel: checksum for plan in plans for rel, (_, checksum) in plan.files.items()}
+        # intent first, so a killed run's files count as its own; content is known only once placed
+        _write_export_manifest(out, sources[0][1], {**dict.fromkeys(planned, ""), **owned})
+        for plan in plans:
+            report.diseases.append(_place_disease(out, plan, owned, report))
+            for rel in [r for r in owned if r.startswith(f"{plan.disease}/") and r not in plan.files]:
+                with contextlib.suppress(FileNotFoundError):
+                    (out / rel).unlink()
+                    report.diseases[-1].removed += int(rel.endswith(".h5"))
+                del owned[rel]
+        _write_export_manifest(out, sources[0][1], {**owned, **planned})
+    if report.copied:
+        report.copy_reason = _copy_reason(store.root, out)
+    return report
+
+
+@dataclass
+class _DiseasePlan:
+    disease: str
+    view: View
+    image: str
+    # path under the export root -> (store file, its checksum); no store file: the timing CSV
+    files: dict[str, tuple[Path | None, str]]
+    skipped: dict[str, list[str]]
+
+
+def _plan_disease(disease: str, view: View, image: str | None) -> _DiseasePlan:
+    folder = f"{disease}/{EMBEDDINGS}"
+    files: dict[str, tuple[Path | None, str]] = {}
+    skipped: dict[str, list[str]] = {}
+    for case, rec in sorted(view.records().items()):
+        if rec.status != "ok":
+            skipped.setdefault(rec.status, []).append(case)
+        elif not (view.dir / rec.file).is_file():
+            skipped.setdefault("file missing", []).append(case)
+        else:
+            files[f"{folder}/{case}.h5"] = (view.dir / rec.file, rec.checksum)
+    name = image or view.image_name
+    files[f"{folder}/{timing_csv_name(name)}"] = (None, "")
+    return _DiseasePlan(disease, view, name, files, skipped)
+
+
+def _read_export_manifest(out: Path, view: View) -> dict[str, str]:
+    """Files an earlier export of the same model and task put under ``out`` (path -> checksum)."""
+    path = out / EXPORT_MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+        owner, task, files = meta["model"], meta["task"], dict(meta["files"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoreError(
+            f"{path}: unreadable export record ({exc}); remove it or choose another --out"
+        ) from None
+    if (sanitize_name(owner), task) != (view.model, view.task):
+        raise StoreError(
+            f"{out} holds the {task} export of model {owner!r}; export {view.name!r} into another folder"
+        )
+    return {str(k): str(v) for k, v in files.items()}
+
+
+def _write_export_manifest(out: Path, view: View, files: dict[str, str]) -> None:
+    meta = {"model": view.name, "task": view.task, "files": dict(sorted(files.items()))}
+    write_text_atomic(out / EXPORT_MANIFEST, json.dumps(meta, indent=1) + "\n")
+
+
+def _refuse_foreign_files(out: Path, plans: list[_DiseasePlan], owned: dict[str, str]) -> None:
+    """Refuse, before changing anything, to overwrite a file that no export of this model put there."""
+    foreign = []
+    for plan in plans:
+        for rel, (src, _) in plan.files.items():
+            dest = out / rel
+            if rel in owned or not (dest.exists() or dest.is_symlink()):
+                continue
+            if src is None or not dest.is_file() or not os.path.samefile(src, dest):
+                foreign.append(rel)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise StoreError(
+            f"{out}: {', '.join(foreign[:3])}{more} already exist and were not exported by ctfm; "
+            "move them away or choose another --out (nothing was changed)"
+        )
+
+
+def _place_disease(
+    out: Path, plan: _DiseasePlan, owned: dict[str, str], report: ExportReport
+) -> DiseaseExport:
+    """Link (or copy) a disease's files into place and write its timing CSV."""
+    done = DiseaseExport(plan.disease, plan.view.view, out / plan.disease / EMBEDDINGS, skipped=plan.skipped)
+    for rel, (src, checksum) in plan.files.items():
+        dest = out / rel
+        if src is None:
+            done.timing_csv = plan.view.write_timing_csv(plan.image, dest.parent)
+            continue
+        done.exported += 1
+        if _in_place(src, dest, checksum, owned.get(rel)):
+            continue
+        done.placed += 1
+        if link_or_copy(src, dest):
+            report.linked += 1
+        else:
+            report.copied += 1
+            report.copied_bytes += dest.stat().st_size
+    return done
+
+
+def _in_place(src: Path, dest: Path, checksum: str, exported: str | None) -> bool:
+    """Whether ``dest`` already holds the stored file: the same file (a hard link), or a copy an earlier
+    export made of a file with the same checksum and size."""
+    try:
+        if os.path.samefile(src, dest):
+            return True
+        return exported == checksum != "" and dest.stat().st_size == src.stat().st_size
+    except FileNotFoundError:
+        return False
+
+
+def _copy_reason(store_root: Path, out: Path) -> str:
+    if os.stat(store_root).st_dev != os.stat(out).st_dev:
+        return f"{out} is on another file system than the store {store_root}, where hard links cannot reach"
+    return f"the file system of {out} refused hard links"

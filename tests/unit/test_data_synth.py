@@ -45,6 +45,7 @@ def _stats(root):
                 "kidney_water": ((kidney > -20) & (kidney < 20)).mean(),
                 "gb_bright": (organ("gallbladder") > 200).sum(),
                 "aorta_bright": (organ("aorta") > 300).sum(),
+                "free_water": ((img > -5) & (img < 30))[(seg == 0) & (img > -500)].mean(),  # outside organs
                 "cyst_voxels": np.isin(
                     seg, [V2.id_of("kidney_cyst_left"), V2.id_of("kidney_cyst_right")]
                 ).sum(),
@@ -65,8 +66,11 @@ def test_layout_has_every_public_folder(synth_bench):
     assert len(list((synth_bench / "images").glob("*.nii.gz"))) == 40
     assert len(list((synth_bench / "totalseg").glob("*.nii.gz"))) == 40
     assert sorted(p.stem for p in (synth_bench / "labels").glob("*.csv")) == sorted(BENCH.diseases)
-    demo = sorted(p.name for p in (synth_bench / "test_demo" / "images").glob("*.nii.gz"))
-    assert len(demo) == 5
+    demo = sorted(p.name for p in (synth_bench / "test_demo").glob("*.nii.gz"))  # flat, as published
+    assert len(demo) == 5 and sorted(p.name for p in (synth_bench / "test_demo").iterdir() if p.is_dir()) in (
+        ["fg_masks"],
+        [],  # without the masks library
+    )
     test_cases = set(read_labels(synth_bench / "labels" / "gallstone.csv").query("split == 'test'")["file"])
     assert set(demo) <= test_cases
 
@@ -93,8 +97,10 @@ def test_images_are_ct_like_with_real_affines(synth_bench):
         assert not np.allclose(img.affine, np.eye(4))
         assert seg.shape == img.shape and np.allclose(seg.affine, img.affine)
         sx, sy, sz = img.header.get_zooms()
-        assert 0.6 <= sx <= 0.9 and sx == sy and 1.5 <= sz <= 5.0
-        assert all(40 <= n <= 200 for n in data.shape[:2])
+        (xy_lo, xy_hi), (z_lo, z_hi) = SHAPES["demo"].inplane_mm, SHAPES["demo"].slice_mm  # a coarse grid
+        assert xy_lo <= sx <= xy_hi and sx == sy and z_lo <= sz <= z_hi and sx >= 2.5 and sz >= 5
+        assert all(50 <= n <= 200 for n in data.shape[:2]) and 40 <= data.shape[2] <= 100
+        assert 280 <= data.shape[0] * sx <= 450  # an adult's width in mm, at any spacing
         orientations.add(nib.aff2axcodes(img.affine))
         spacings.append((sx, sz))
         labels = set(np.unique(np.asarray(seg.dataobj)).tolist()) - {0}
@@ -157,7 +163,13 @@ def test_fatty_liver_is_darker_than_the_spleen(stats):
 
 def test_splenomegaly_spleen_is_larger(stats):
     g = stats.groupby("splenomegaly")["spleen_ml"].mean()
-    assert g[1] > 1.4 * g[0]
+    assert g[1] > 2 * g[0]
+    assert 100 < g[0] < 400  # an adult's spleen in ml: the demo shape is a real-size patient on a coarse grid
+
+
+def test_ascites_is_free_water_density_fluid_outside_the_organs(stats):
+    g = stats.groupby("ascites")["free_water"]
+    assert g.min()[1] > 3 * g.max()[0]  # every positive above every negative
 
 
 @pytest.mark.parametrize(
@@ -177,8 +189,9 @@ def test_dense_findings_only_in_positives(stats, disease, column):
 
 
 def test_liver_cysts_add_water_density_voxels(stats):
-    g = stats.groupby("liver_cyst")["liver_water"].mean()
-    assert g[1] > 5 * g[0]
+    clear = stats[stats["fatty_liver"] == 0]  # a fatty liver is itself near water density
+    g = clear.groupby("liver_cyst")["liver_water"].mean()
+    assert g[1] > 3 * g[0]  # 1-3 real-size cysts (1-3 cm) in an adult liver
 
 
 def test_hydronephrosis_adds_urine_in_enhanced_kidneys(stats):
@@ -277,6 +290,17 @@ def test_rerun_deletes_only_what_the_generator_wrote(tmp_path):
     ]
     assert not (root / "totalseg_folders" / "synth_0000").exists()
     assert [p.name for p in (root / "totalseg_folders").rglob("*")] == ["synth_0002", "my_notes.txt"]
+
+
+def test_rerun_moves_an_older_nested_test_demo_to_the_flat_layout(tmp_path):
+    root = generate_benchmark(tmp_path / "b", cases=6, seed=0)
+    demo = root / "test_demo"
+    old = demo / "images"
+    old.mkdir()
+    for volume in demo.glob("*.nii.gz"):  # how versions before the public layout wrote it
+        volume.rename(old / volume.name)
+    generate_benchmark(root, cases=6, seed=0)
+    assert not old.exists() and len(list(demo.glob("*.nii.gz"))) == 1
 
 
 def test_an_interrupted_run_is_flagged_and_a_rerun_finishes_it_byte_identically(tmp_path, monkeypatch):

@@ -156,6 +156,38 @@ def test_hu_stats_low_memory_statistics_equal_plain_numpy(monkeypatch: pytest.Mo
         )
 
 
+def test_hu_stats_eao_tokens_fit_the_reference_head_and_mean_what_they_say() -> None:
+    """D divisible by the reference EAO head's 4 attention heads; each block's values are numpy's on its voxels."""
+    assert len(hu_stats.GRID_FEATURE_NAMES) % 4 == 0
+    rng = np.random.default_rng(5)
+    vol = rng.normal(30, 400, (12, 10, 9)).astype(np.float32)
+    mask = np.zeros(vol.shape, bool)
+    mask[2:10, 1:9, 3:9] = rng.random((8, 8, 6)) < 0.7
+    grid = hu_stats.grid_features(vol, mask, (1.0, 1.0, 2.0), grid=(2, 2, 3))
+    names = list(hu_stats.GRID_FEATURE_NAMES)
+    spans = [
+        np.flatnonzero(mask.any(axis=tuple({0, 1, 2} - {a}))) for a in range(3)
+    ]  # the mask's bounding box
+    edges = [np.array_split(np.arange(ix[0], ix[-1] + 1), n) for ix, n in zip(spans, (2, 2, 3), strict=True)]
+    for i, xs in enumerate(edges[0]):
+        for j, ys in enumerate(edges[1]):
+            for k, zs in enumerate(edges[2]):
+                sub = mask[np.ix_(xs, ys, zs)]
+                vals = np.clip(vol[np.ix_(xs, ys, zs)][sub].astype(np.float64), -1000, 1000)
+                want = {
+                    "mask_frac": sub.mean(),
+                    "log_volume_ml": np.log1p(vals.size * 2.0 / 1000),
+                    "mean": vals.mean(),
+                    "std": vals.std(),
+                    "min": vals.min(),
+                    "max": vals.max(),
+                    "fat_frac": (vals < 0).mean(),
+                    **{f"p{q}": np.percentile(vals, q) for q in (10, 25, 50, 75, 90)},
+                }
+                got = {name: grid[names.index(name), i, j, k] for name in want}
+                assert got == pytest.approx(want, rel=1e-5, abs=1e-3), (i, j, k)
+
+
 def test_cnn3d_seeded_weights_and_outputs(tmp_path: Path) -> None:
     x = np.random.default_rng(0).random((2, 32, 32, 32), dtype=np.float32)
     a, b = get_extractor("cnn3d"), get_extractor("cnn3d")

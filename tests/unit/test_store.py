@@ -376,8 +376,9 @@ def test_timing_csv_reference_format(tmp_path: Path) -> None:
     view.write_case("a", np.zeros(4, np.float32), _rec("a", seconds=1.25))
     view.write_case("b", np.zeros(4, np.float32), _rec("b", seconds=2.5))
     view.record_failure("c", "timeout", "x", seconds=30.0)
-    path = view.write_timing_csv("team one")
-    assert path.name == "team_one_feature_extraction_time.csv"
+    assert view.write_timing_csv().name == "m_lp_feature_extraction_time.csv"  # the image of m_lp.tar.gz
+    path = view.write_timing_csv("acme_lp", tmp_path / "out")
+    assert path == tmp_path / "out" / "acme_lp_feature_extraction_time.csv"
     table = pd.read_csv(path)
     assert list(table.columns) == ["CaseName", "RunningTime"]
     assert table.to_dict("records") == [

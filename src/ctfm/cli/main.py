@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Commands that skip finished work when run again; the others start over (every file they write is atomic).
-RESUMING = {"masks", "extract", "probe", "run", "demo", "data synth", "data download"}
+RESUMING = {"masks", "extract", "probe", "run", "demo", "data synth", "data download", "store export"}
 
 
 def _interrupted_line(argv: list[str]) -> str:

@@ -217,13 +217,14 @@ def _volume_folders(root: Path) -> list[tuple[Path, str, Path | None]]:
         return [(sub, "mask", images) for sub in subs]
 
     images, demo = root / "images", root / "test_demo"
+    demo_images = demo / "images" if (demo / "images").is_dir() else demo  # flat as published, or older
     folders = [
         (images, "image", None),
         (root / "totalseg", "totalseg", images),
         *masks(root / "fg_masks", images),
+        (demo_images, "image", None),
+        *masks(demo / "fg_masks", demo_images),
     ]
-    if (demo / "images").is_dir():
-        folders += [(demo / "images", "image", None), *masks(demo / "fg_masks", demo / "images")]
     return [f for f in folders if f[0].is_dir()]
 
 

@@ -1,8 +1,10 @@
 """One synthetic abdominal CT case: anatomy, planted findings, noise.
 
 The anatomy is described in "anatomy millimetres" of an adult abdomen in patient RAS coordinates (+x towards the
-patient's right, +y anterior, +z superior, origin at the body centre, L1 at z = 0). A shape's ``scale`` shrinks the
-whole patient (the demo shape is a quarter-size patient scanned at real CT spacings, so volumes stay small).
+patient's right, +y anterior, +z superior, origin at the body centre, L1 at z = 0). Every shape is an adult-size
+patient: the demo shape scans it on a coarse grid (about 3 mm in-plane, 5-6.5 mm slices, as a thick-slice
+reconstruction), so volumes stay small while organs and findings keep their real size in mm, which is what
+extractors resampling to a few mm see.
 Everything is painted with vectorised ellipsoids and capsules inside their bounding boxes: no per-voxel Python.
 
 Example:
@@ -26,18 +28,17 @@ Region = tuple[tuple[slice, slice, slice], np.ndarray]
 
 @dataclass(frozen=True)
 class ShapeSpec:
-    """How big a case is: patient scale, spacing ranges (mm) and optionally a fixed in-plane matrix."""
+    """How a case is scanned: spacing ranges (mm) and optionally a fixed in-plane matrix."""
 
     name: str
-    scale: float
     inplane_mm: tuple[float, float]
     slice_mm: tuple[float, float]
     matrix: int | None = None
 
 
 SHAPES: dict[str, ShapeSpec] = {
-    "demo": ShapeSpec("demo", scale=0.25, inplane_mm=(0.6, 0.9), slice_mm=(1.5, 3.0)),
-    "full": ShapeSpec("full", scale=1.0, inplane_mm=(0.6, 0.9), slice_mm=(1.5, 5.0), matrix=512),
+    "demo": ShapeSpec("demo", inplane_mm=(2.6, 3.2), slice_mm=(5.0, 6.5)),
+    "full": ShapeSpec("full", inplane_mm=(0.6, 0.9), slice_mm=(1.5, 5.0), matrix=512),
 }
 
 VERTEBRA_LEVELS = ("T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1")
@@ -88,17 +89,16 @@ def case_geometry(rng: np.random.Generator, spec: ShapeSpec) -> CaseGeometry:
     }
     half_w = body["cav_a"] + muscle + fat
     half_d = body["cav_b"] + muscle + fat
-    s = spec.scale
     if spec.matrix:
-        sxy = max(rng.uniform(*spec.inplane_mm), 2 * half_w * s * 1.08 / spec.matrix)
+        sxy = max(rng.uniform(*spec.inplane_mm), 2 * half_w * 1.08 / spec.matrix)
         sx = sy = sxy
         nx = ny = spec.matrix
     else:
         sx = sy = rng.uniform(*spec.inplane_mm)
-        nx = int(np.ceil(2 * half_w * s * rng.uniform(1.04, 1.15) / sx))
-        ny = int(np.ceil(2 * half_d * s * rng.uniform(1.08, 1.3) / sy))
+        nx = int(np.ceil(2 * half_w * rng.uniform(1.04, 1.15) / sx))
+        ny = int(np.ceil(2 * half_d * rng.uniform(1.08, 1.3) / sy))
     sz = rng.uniform(*spec.slice_mm)
-    nz = int(np.ceil((body["z_top"] - body["z_bot"]) * s / sz))
+    nz = int(np.ceil((body["z_top"] - body["z_bot"]) / sz))
     # Storage orientation: mostly LPS-like (x, y flipped in RAS), sometimes RAS, sometimes inferior-first.
     signs = np.array(
         [
@@ -110,7 +110,7 @@ def case_geometry(rng: np.random.Generator, spec: ShapeSpec) -> CaseGeometry:
     spacing = np.array([sx, sy, sz])
     shape = (nx, ny, nz)
     centre_mm = np.array(
-        [rng.uniform(-6, 6), rng.uniform(-4, 10), (body["z_top"] + body["z_bot"]) / 2 * s]
+        [rng.uniform(-6, 6), rng.uniform(-4, 10), (body["z_top"] + body["z_bot"]) / 2]
     )  # FOV centre in patient mm
     table = np.array([rng.uniform(-40, 40), rng.uniform(-260, -120), rng.uniform(-900, 200)])
     steps = signs * spacing
@@ -118,7 +118,7 @@ def case_geometry(rng: np.random.Generator, spec: ShapeSpec) -> CaseGeometry:
     affine = np.eye(4)
     affine[:3, :3] = np.diag(steps)
     affine[:3, 3] = first + table
-    axes = tuple(((first[a] + steps[a] * np.arange(shape[a])) / s).astype(np.float32) for a in range(3))
+    axes = tuple((first[a] + steps[a] * np.arange(shape[a])).astype(np.float32) for a in range(3))
     return CaseGeometry(
         shape=shape,
         spacing=(float(sx), float(sy), float(sz)),
@@ -501,8 +501,8 @@ class _Builder:
         # liver: right lobe under the right dome + left lobe across the midline
         fatty = "fatty_liver" in self.pos
         liver_hu = H["liver"]
-        if fatty:
-            drop = self.frng.uniform(22, 45)
+        if fatty:  # severe steatosis: an unenhanced liver of about -5 to 20 HU, well below the spleen
+            drop = self.frng.uniform(40, 65)
             liver_hu -= drop
             self.findings["fatty_liver"] = f"liver attenuation -{drop:.0f} HU"
         self.liver_hu = liver_hu
@@ -529,8 +529,8 @@ class _Builder:
         cv.paint(self.ell(gb, shrink_mm=wall), H["bile"], gid, inside=(gid,))
         # spleen (left posterior), enlarged when positive
         sp_scale = 1.0
-        if "splenomegaly" in self.pos:
-            sp_scale = self.frng.uniform(1.18, 1.4)
+        if "splenomegaly" in self.pos:  # moderate to massive: 16-20 cm long instead of about 10
+            sp_scale = self.frng.uniform(1.5, 1.9)
             self.findings["splenomegaly"] = f"spleen x{sp_scale:.2f} linear"
         sp = self.organ("spleen", (-92, -35, 65 - 12 * (sp_scale - 1)), (30, 50, 52), -0.55, scale=sp_scale)
         cv.paint(
@@ -627,6 +627,17 @@ class _Builder:
         bid = self.id("urinary_bladder")
         self.cv.paint(self.ell(o), self.HU["wall"], bid, inside=(0, self.id("small_bowel"), self.id("colon")))
         self.cv.paint(self.ell(o, shrink_mm=2.5), self.HU["urine"], bid, inside=(bid,))
+
+    def peritoneal_band(self, depth: float) -> Region | None:
+        """The outer ``depth`` mm of the abdominal cavity in front of the spine, diaphragm to pelvis: where free
+        fluid collects (paracolic gutters, anterior abdomen)."""
+        a, b = self.b["cav_a"], self.b["cav_b"]
+        sl = self.cv.box(np.array([-a, -b, -215.0]), np.array([a, b, self.dome[0] - 20]))
+        if sl is None:
+            return None
+        x, y, _ = self.cv.grid(sl)
+        r = np.sqrt((x / a) ** 2 + (y / b) ** 2)  # 1 on the cavity wall
+        return sl, (r <= 1.0) & (r >= 1.0 - 2 * depth / (a + b)) & (y > -0.35 * b)
 
     def lymph_nodes(self, n: int, short: tuple[float, float]) -> int:
         cv = self.cv
@@ -744,19 +755,16 @@ class _Builder:
                 cv.ellipsoid(c, (r, r, r * 1.6)), H["wall"] + 8, self.id("colon"), inside=(self.id("colon"),)
             )
             self.findings["colorectal_cancer"] = f"colon wall mass r={r:.0f} mm, {v} voxels"
-        if "ascites" in pos:
-            amount = fr.uniform(5, 14)
-            lv_o = self.organs["liver"]
-            v = cv.paint(self.ell(lv_o, grow=1.0, shrink_mm=-amount), H["fluid"], None, free_only=True)
-            for side in (1, -1):
-                gutter = cv.capsule(
-                    (side * 118 * self.b["bx"], 0, 20), (side * 110 * self.b["bx"], 10, -160), amount + 4
-                )
-                v += cv.paint(gutter, H["fluid"], None, free_only=True)
-            v += cv.paint(
-                cv.ellipsoid((0, 20, -200), (60, 45, 25 + amount)), H["fluid"], None, free_only=True
+        if "ascites" in pos:  # large: around liver and spleen, down the gutters, into the pelvis
+            depth = fr.uniform(30, 60)
+            v = sum(
+                cv.paint(self.ell(self.organs[o], shrink_mm=-depth), H["fluid"], None, free_only=True)
+                for o in ("liver", "spleen")
             )
-            self.findings["ascites"] = f"free fluid rim {amount:.0f} mm, {v} voxels"
+            v += cv.paint(self.peritoneal_band(depth), H["fluid"], None, free_only=True)
+            pelvis = cv.ellipsoid((0, 20, -200), (60 + depth, 45, 25 + depth))
+            v += cv.paint(pelvis, H["fluid"], None, free_only=True)
+            self.findings["ascites"] = f"free fluid {depth:.0f} mm deep, {v} voxels"
         if "lymphadenopathy" in pos:
             n = int(fr.integers(2, 6))
             v = self.lymph_nodes(n, (12, 22))

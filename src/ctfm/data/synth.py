@@ -6,7 +6,8 @@ find it. The folder has exactly the public layout, so every later stage runs on 
     out/images/synth_0000.nii.gz      int16 HU, non-identity affine, anisotropic spacing
     out/totalseg/synth_0000.nii.gz    TotalSegmentator v2 multilabel map
     out/labels/<disease>.csv          case_id, split, <disease>, fold0..fold4 (all 15 AMOS diseases)
-    out/test_demo/images, fg_masks/<disease>/   a few test cases for trying containers
+    out/test_demo/synth_0003.nii.gz   a few test cases for trying containers, flat as the public test_demo,
+    out/test_demo/fg_masks/<disease>/ with their ROI masks
     out/manifest.json                 generator version, seed, arguments, per-case findings
 
 Example:
@@ -35,11 +36,12 @@ from ctfm.errors import ConfigError
 from ctfm.fsutil import link_or_copy, write_text_atomic
 from ctfm.nifti import NII_SUFFIX, read_array, write
 
-SYNTH_VERSION = "1.0"
+SYNTH_VERSION = "2.0"  # 2.0: adult-size demo shape on a coarse grid, larger findings, prevalence 0.2-0.4
 CASE_PREFIX = "synth_"
-PREVALENCE_RANGE = (0.12, 0.35)
+PREVALENCE_RANGE = (0.2, 0.4)
 TEST_FRACTION = 0.2
 N_FOLDS = 5
+TEST_DEMO = "test_demo"
 TEST_DEMO_CASES = 5
 LABEL_SEED_OFFSET = 1_000_003  # label/split stream, independent of every per-case stream
 GENERATOR = "ctfm.data.synth"
@@ -160,14 +162,14 @@ def _write_labels(out: Path, table: pd.DataFrame, diseases: tuple[str, ...]) -> 
 
 
 def write_test_demo(out: Path, cases: list[str]) -> bool:
-    """Copy a few cases to ``test_demo/images`` and build their ROI masks with :mod:`ctfm.masks`.
+    """Link a few cases into ``test_demo/`` and build their ROI masks in ``test_demo/fg_masks/<disease>/`` with
+    :mod:`ctfm.masks`: the public test_demo's flat layout, which the reference README mounts as a container's
+    inputs (``-v $PWD/test_demo/:/workspace/inputs/``, ``MASKS_DIR=/workspace/inputs/fg_masks/<disease>``).
 
     Returns whether masks were written: without the masks library only the images are written (never fake masks).
     """
     for case in cases:
-        link_or_copy(
-            out / "images" / f"{case}{NII_SUFFIX}", out / "test_demo" / "images" / f"{case}{NII_SUFFIX}"
-        )
+        link_or_copy(out / "images" / f"{case}{NII_SUFFIX}", out / TEST_DEMO / f"{case}{NII_SUFFIX}")
     try:
         from ctfm.masks import disease_masks
     except ImportError:
@@ -179,7 +181,7 @@ def write_test_demo(out: Path, cases: list[str]) -> bool:
         labelmap, img = read_array(out / "totalseg" / f"{case}{NII_SUFFIX}")
         masks = disease_masks(labelmap, img.affine, diseases, cmap)
         for disease, mask in masks.items():
-            dest = out / "test_demo" / "fg_masks" / disease / f"{case}{NII_SUFFIX}"
+            dest = out / TEST_DEMO / "fg_masks" / disease / f"{case}{NII_SUFFIX}"
             write(dest, np.asarray(mask).astype(np.uint8), img.affine)
     return True
 
@@ -205,8 +207,10 @@ def _prepare_out(out: Path, arguments: dict[str, object], keep: set[str]) -> Non
     write_text_atomic(out / "manifest.json", json.dumps({**started, "arguments": arguments}, indent=1) + "\n")
     for folder in (out / "images", out / "totalseg"):
         _drop_owned(folder, keep)
-    for folder in (out / "test_demo" / "images", *(out / "test_demo" / "fg_masks").glob("*/")):
+    demo = out / TEST_DEMO
+    for folder in (demo, demo / "images", *(demo / "fg_masks").glob("*/")):
         _drop_owned(folder, set())  # derived: rebuilt from the new cases
+    _remove_if_empty(demo / "images")  # where versions before the flat public layout put them
     classes = set(load_benchmark().class_map("v2").names.values())
     by_class = out / "totalseg_folders"
     for folder in by_class.glob(f"{CASE_PREFIX}*/"):

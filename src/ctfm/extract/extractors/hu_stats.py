@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 NAME = "hu-stats"
-VERSION = "1.0"
+VERSION = "1.1"  # 1.1: eao tokens D = 12 (divisible by the reference head count)
 HU_WINDOW = (-1000.0, 1000.0)
 BODY_HU = -500.0
 GRID = (4, 4, 4)
@@ -84,7 +84,19 @@ FEATURE_NAMES = (
     *(f"context_p{p}" for p in CONTEXT_PERCENTILES),
     *SHAPE,
 )
-GRID_FEATURE_NAMES = ("mask_frac", "log_volume_ml", "mean", "std", "p10", "p50", "p90", "min", "max")
+# Per block of the grid, the LP vector's features of the same names, plus the block's share of region voxels.
+# 12 of them: the reference EAO head splits D over 4 attention heads, so D must be divisible by 4.
+GRID_PERCENTILES = (10, 25, 50, 75, 90)
+GRID_FEATURE_NAMES = (
+    "mask_frac",
+    "log_volume_ml",
+    "mean",
+    "std",
+    "min",
+    "max",
+    *(f"p{p}" for p in GRID_PERCENTILES),
+    "fat_frac",
+)
 
 
 def region(volume_hu: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -214,7 +226,8 @@ def grid_features(
     spacing: tuple[float, ...],
     grid: tuple[int, int, int] = GRID,
 ) -> np.ndarray:
-    """Local stats on a ``grid`` of sub-blocks of the region's bounding box: ``[D, h, w, l]`` (float32)."""
+    """Local stats on a ``grid`` of sub-blocks of the region's bounding box: ``[D, h, w, l]`` (float32), with
+    ``D = len(GRID_FEATURE_NAMES)``; a block without region voxels is all zeros."""
     roi = region(volume_hu, mask)
     if not roi.any():
         raise ValueError("empty mask: no voxel to describe")
@@ -229,13 +242,21 @@ def grid_features(
                     continue
                 block = (slice(xs[0], xs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(zs[0], zs[-1] + 1))
                 sub = roi[block]
-                vals = np.clip(volume_hu[block][sub].astype(np.float64), *HU_WINDOW)
+                vals = np.asarray(volume_hu[block][sub], dtype=np.float32)
                 out[0, i, j, k] = sub.mean()
                 out[1, i, j, k] = np.log1p(vals.size * voxel_ml)
                 if vals.size:
-                    p10, p50, p90 = np.percentile(vals, (10, 50, 90))
-                    out[2:, i, j, k] = (vals.mean(), vals.std(), p10, p50, p90, vals.min(), vals.max())
+                    out[2:, i, j, k] = _block_stats(vals)
     return out.astype(np.float32)
+
+
+def _block_stats(vals: np.ndarray) -> list[float]:
+    """mean, std, min, max, the grid percentiles and fat_frac of one block's voxels (reordered in place)."""
+    np.clip(vals, *HU_WINDOW, out=vals)
+    mean = float(vals.mean(dtype=np.float64))
+    std = float(np.sqrt(np.mean(np.square(vals - mean, dtype=np.float64))))
+    fat = np.count_nonzero(vals < 0) / vals.size
+    return [mean, std, float(vals.min()), float(vals.max()), *_percentiles(vals, GRID_PERCENTILES), fat]
 
 
 def compute(
