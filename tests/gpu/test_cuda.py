@@ -171,4 +171,4 @@ def test_probe_eao_cli_on_cuda_records_the_device_and_its_checkpoint_scores_on_c
     summary = json.loads(DiseaseLayout.of(out, "tiny", DISEASE, "eao").summary.read_text())
     assert summary["runs"][0]["device"].startswith("cuda"), summary["runs"][0]
     scored = eval_val(cli, out, store, labels, tmp_path / "eval")
-    assert int(scored["failed_cases"]) == 0 and 0.0 <= scored["balanced_acc"] <= 1.0
+    assert int(scored["n_missing_failed"]) == 0 and 0.0 <= scored["balanced_acc"] <= 1.0

@@ -62,7 +62,7 @@ def test_probe_eao_trains_saves_and_resumes(cli, tmp_path: Path) -> None:
     # `ctfm eval` rebuilds the head from the checkpoint and scores the val split the same way.
     scored = eval_val(cli, out, store, labels, tmp_path / "eval")
     assert scored["balanced_acc"] == pytest.approx(bacc, abs=1e-9)
-    assert int(scored["failed_cases"]) == 0
+    assert int(scored["n_missing_failed"]) == 0
 
     again = cli(*args)
     assert "skipped" in again.stdout
