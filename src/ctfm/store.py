@@ -116,13 +116,7 @@ def read_y_hat(path: Path) -> np.ndarray:
             return np.asarray(inspect_y_hat(fh)[()])
     except InvalidEmbedding as exc:
         raise StoreError(f"{path}: {exc}") from None
-    except (
-        OSError,
-        RuntimeError,
-        ValueError,
-        KeyError,
-        TypeError,
-    ) as exc:  # what h5py raises for broken files
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:  # h5py on a broken file
         raise StoreError(f"{path}: not a readable HDF5 file ({type(exc).__name__}: {exc})") from exc
 
 

@@ -76,10 +76,11 @@ class Scratch:
 def plan_scratch(client: Any, engine: Engine, image: TeamImage, settings: RunSettings, work: Path) -> Scratch:
     """The scratch ``image`` gets from this engine; in the overlay case its folders are copied into ``work``."""
     size = parse_bytes(settings.scratch, "--scratch")
-    outputs = load_benchmark().section("container")["output_dir"]
+    contract = load_benchmark().section("container")
+    outputs = contract["output_dir"]
     if engine.quota:
         storage = {"size": str(engine.storage_size(settings, image.size))}
-        return Scratch({"read_only": False, "storage_opt": storage}, f"anywhere but {_inputs()}")
+        return Scratch({"read_only": False, "storage_opt": storage}, f"anywhere but {contract['input_dir']}")
     home, populated = image_home(client, image.image_id, image.env, image.user)
     if engine.overlay:
         folders, refused = writable_folders(image.workdir, home)
@@ -161,10 +162,6 @@ def _within(path: str, folder: str) -> bool:
 
 def _listing(folders: list[str]) -> str:
     return ", ".join(folders) or "nothing"
-
-
-def _inputs() -> str:
-    return load_benchmark().section("container")["input_dir"]
 
 
 def _short(image: TeamImage) -> str:
