@@ -47,7 +47,7 @@ from ctfm.probe.data import load_disease
 from ctfm.probe.linear import build_grid, fit_linear_grid
 from ctfm.probe.runner import ProbeOptions, linear_task, run_disease
 from ctfm.probe.training import STRATEGIES, TrainConfig
-from ctfm.store import Store
+from ctfm.store import Store, import_folder
 
 DISEASE = "fatty_liver"
 MODEL = "bench-model"
@@ -351,8 +351,7 @@ def main() -> None:
         root = Path(tmp)
         h5_dir, labels = make_data(root, *sizes, signal=args.signal, seed=0)
         view = Store(root / "store").view(MODEL, "lp", load_benchmark().view_of(DISEASE))
-        for path in sorted(h5_dir.glob("*.h5")):
-            view.import_file(path.stem, path)
+        import_folder(view, h5_dir)
 
         ctfm_first: dict = {}
         with measure(ctfm_first):

@@ -25,7 +25,8 @@ import h5py
 import nibabel as nib
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from benchlib import base_tag
+
 TAG = "ctfm-bench-trivial:1"
 ENTRY = """#!/bin/sh
 for f in /workspace/inputs/*.nii.gz; do
@@ -33,16 +34,6 @@ for f in /workspace/inputs/*.nii.gz; do
   cp /app/emb.h5 "/workspace/outputs/$c.h5"
 done
 """
-
-
-def base_tag() -> str:
-    out = subprocess.run(
-        ["bash", str(REPO / "scripts" / "build_images.sh"), "--base-only"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return next(line.split("=", 1)[1] for line in out.splitlines() if line.startswith("BASE_TAG="))
 
 
 def build_trivial(client, base: str, tmp: Path) -> str:

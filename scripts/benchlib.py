@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import resource
+import subprocess
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def peak_rss_mib() -> float:
@@ -18,3 +21,14 @@ def peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere (kB on Linux)
+
+
+def base_tag() -> str:
+    """The offline base image's tag, built by ``scripts/build_images.sh --base-only`` when missing."""
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build_images.sh"), "--base-only"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return next(line.split("=", 1)[1] for line in out.splitlines() if line.startswith("BASE_TAG="))

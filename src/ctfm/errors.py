@@ -19,6 +19,10 @@ class StoreError(CtfmError):
     """The embedding store is inconsistent or does not hold what was asked for."""
 
 
+class InvalidEmbedding(StoreError):
+    """An embedding file or array breaks the ``y_hat`` format; the message is the reason recorded for its case."""
+
+
 class ContainerError(CtfmError):
     """A team container could not be loaded or run."""
 

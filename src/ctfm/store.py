@@ -9,7 +9,8 @@ Layout (nothing else in ctfm builds these paths)::
         <image>_feature_extraction_time.csv   reference timing file (image: the team tarball's name, acme_lp)
 
 :func:`export_reference` lays a model out as the reference trainers read it, ``<out>/<disease>/embeddings/
-<case>.h5`` (hard links to these files), and :func:`import_folder` brings such a folder in.
+<case>.h5`` (hard links to these files), and :func:`import_folder` brings such a folder in, each file read as
+untrusted (:mod:`ctfm.untrusted_h5`) and stored in the store's own file.
 
 The manifest is append-only so a process killed mid-write leaves at most a torn last line, which is ignored
 (and fenced off by a newline before the next append). Embeddings are written to a temporary file and renamed,
@@ -31,7 +32,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ctfm.errors import StoreError
+from ctfm.errors import InvalidEmbedding, StoreError
 from ctfm.fsutil import (
     ABANDONED_S,
     atomic_path,
@@ -51,16 +51,15 @@ from ctfm.fsutil import (
     sha256_file,
     write_text_atomic,
 )
+from ctfm.untrusted_h5 import DATASET, H5Reader, inspect_y_hat, validate_y_hat
 
 TASKS = ("lp", "eao")
 STATUSES = ("ok", "failed", "timeout")
 FULL_VIEW = "full"
-DATASET = "y_hat"
 MANIFEST = "manifest.jsonl"
 EMBEDDINGS = "embeddings"
 PACKED = "packed"
 MODEL_NAME = "model.json"  # in the model folder: the name that owns it
-MAX_Y_HAT_BYTES = 1 << 30  # one case's embedding in memory: far above any [D, h, w, l] token map
 PACK_DTYPES = ("float32", "float16", "bfloat16")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _CASE_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -103,57 +102,22 @@ def check_view(view: str) -> str:
     )
 
 
-def validate_y_hat(arr: np.ndarray, task: str) -> None:
-    """Raise :class:`StoreError` unless ``arr`` is what the reference tools accept for ``task``.
-
-    lp: a finite float vector ``[D]``; eao: a finite float map ``[D, h, w, l]``.
-    """
-    check_task(task)
-    arr = np.asarray(arr)
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise StoreError(f"y_hat has dtype {arr.dtype}; expected a float array")
-    want = 1 if task == "lp" else 4
-    if arr.ndim != want:
-        layout = "[D]" if task == "lp" else "[D, h, w, l]"
-        raise StoreError(f"y_hat has shape {arr.shape}; task {task} expects {want}-D {layout}")
-    if arr.size == 0:
-        raise StoreError(f"y_hat is empty (shape {arr.shape})")
-    if not np.isfinite(arr).all():
-        raise StoreError(f"y_hat holds {int((~np.isfinite(arr)).sum())} NaN/inf value(s)")
-
-
 def read_y_hat(path: Path) -> np.ndarray:
-    """Read dataset ``y_hat`` of a reference-format file; unreadable files raise :class:`StoreError`."""
+    """Read dataset ``y_hat`` of a file this store wrote; an unreadable file raises :class:`StoreError`.
+
+    Files from elsewhere go through :class:`ctfm.untrusted_h5.H5Reader` (:meth:`View.import_file`); the same
+    layout checks guard the store's own files in case one was replaced.
+    """
     import h5py
 
     path = Path(path)
     try:
         with h5py.File(path, "r") as fh:
-            link = fh.get(DATASET, getlink=True)  # looked at without following it
-            if link is None:
-                raise StoreError(f"{path}: no dataset {DATASET!r} (found: {', '.join(fh.keys()) or 'none'})")
-            if not isinstance(link, h5py.HardLink):
-                raise StoreError(f"{path}: {DATASET!r} is a link; store the array in the file itself")
-            ds = fh[DATASET]
-            if not isinstance(ds, h5py.Dataset):
-                raise StoreError(f"{path}: {DATASET!r} is a group, not a dataset")
-            _check_self_contained(path, ds)
-            return np.asarray(ds[()])
-    except StoreError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # what h5py raises for broken files
+            return np.asarray(inspect_y_hat(fh)[()])
+    except InvalidEmbedding as exc:
+        raise StoreError(f"{path}: {exc}") from None
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:  # h5py on a broken file
         raise StoreError(f"{path}: not a readable HDF5 file ({type(exc).__name__}: {exc})") from exc
-
-
-def _check_self_contained(path: Path, ds: Any) -> None:
-    """Refuse datasets whose data lives in other files (virtual or external storage: reading them would copy
-    any file the reader can open, e.g. another team's embeddings) or that would not fit in memory (a tiny
-    compressed file can declare terabytes)."""
-    if ds.is_virtual or ds.external:
-        raise StoreError(f"{path}: {DATASET!r} reads its data from other files; store the array itself")
-    nbytes = int(np.prod(ds.shape, dtype=np.float64)) * ds.dtype.itemsize
-    if nbytes > MAX_Y_HAT_BYTES:
-        raise StoreError(f"{path}: {DATASET!r} of shape {ds.shape} is {nbytes} bytes, over {MAX_Y_HAT_BYTES}")
 
 
 def write_y_hat(path: Path, arr: np.ndarray) -> None:
@@ -537,22 +501,24 @@ class View:
         self._append(rec)
         return rec
 
-    def import_file(self, case: str, h5_path: Path, record: CaseRecord | None = None) -> CaseRecord:
-        """Validate a reference-format ``<case>.h5`` and copy it into the view (atomic), status ok.
+    def import_file(
+        self, case: str, h5_path: Path, record: CaseRecord | None = None, reader: H5Reader | None = None
+    ) -> CaseRecord:
+        """Store the ``y_hat`` of a reference-format ``<case>.h5`` from elsewhere, status ok, in the store's own
+        file (never the file's layout). The file is read as untrusted: staged, layout-checked and read in a
+        child process with a deadline (``reader``, else one for this file alone).
 
-        A bad file raises :class:`StoreError`; callers record it with :meth:`record_failure`.
+        A bad file raises :class:`StoreError` naming it; callers record it with :meth:`record_failure`.
         """
         check_case(case)
-        arr = read_y_hat(Path(h5_path))
-        try:
-            validate_y_hat(arr, self.task)
-        except StoreError as exc:
-            raise StoreError(f"{h5_path}: {exc}") from None
-        self._check_consistent(case, arr)
-        path = self._writable_path(case)
-        with atomic_path(path, durable=True) as tmp:
-            shutil.copyfile(h5_path, tmp)
-        return self._record_ok(case, path, arr, record)
+        with contextlib.ExitStack() as stack:
+            if reader is None:
+                reader = stack.enter_context(H5Reader())
+            try:
+                arr = reader.read_file(Path(h5_path), self.task)
+            except InvalidEmbedding as exc:
+                raise InvalidEmbedding(f"{h5_path}: {exc}") from None
+        return self.write_case(case, arr, record)
 
     def read_case(self, case: str) -> np.ndarray:
         rec = self.record(case)
@@ -840,31 +806,39 @@ def import_folder(view: View, h5_dir: Path, timing: Path | None = None) -> Impor
     h5_dir = Path(h5_dir)
     if not h5_dir.is_dir():
         raise StoreError(f"{h5_dir}: not a folder of <case>.h5 files")
-    files = sorted(p for p in h5_dir.glob("*.h5") if p.is_file() and not p.name.startswith("."))
+    files = sorted(p for p in h5_dir.glob("*.h5") if not p.name.startswith("."))  # links and folders too
     if not files:
         raise StoreError(f"{h5_dir}: no <case>.h5 files found")
     report = ImportReport(timing=Path(timing) if timing is not None else find_timing_csv(h5_dir, view))
     seconds = read_timing_csv(report.timing) if report.timing is not None else {}
-    for path in files:
-        case = path.stem
-        try:
-            check_case(case)
-        except StoreError as exc:
-            report.failed.append((case, str(exc)))
-            continue
-        if report.timing is not None and case not in seconds:
-            report.untimed.append(case)
-        record = CaseRecord(case=case, status="ok", extractor="import", seconds=seconds.get(case, 0.0))
-        try:
-            view.import_file(case, path, record)
-            report.ok += 1
-        except StoreError as exc:
-            if view.is_done(case):  # a bad new file never costs the embedding already stored
-                report.failed.append((case, f"{exc} (kept the embedding already stored)"))
-                continue
-            view.record_failure(case, "failed", str(exc), extractor="import", seconds=record.seconds)
-            report.failed.append((case, str(exc)))
+    with H5Reader() as reader:
+        for path in files:
+            _import_one(view, path, seconds, report, reader)
     return report
+
+
+def _import_one(
+    view: View, path: Path, seconds: dict[str, float], report: ImportReport, reader: H5Reader
+) -> None:
+    """One file of :func:`import_folder`: stored, or recorded failed with one line."""
+    case = path.stem
+    try:
+        check_case(case)
+    except StoreError as exc:
+        report.failed.append((case, str(exc)))
+        return
+    if report.timing is not None and case not in seconds:
+        report.untimed.append(case)
+    record = CaseRecord(case=case, status="ok", extractor="import", seconds=seconds.get(case, 0.0))
+    try:
+        view.import_file(case, path, record, reader)
+        report.ok += 1
+    except StoreError as exc:
+        if view.is_done(case):  # a bad new file never costs the embedding already stored
+            report.failed.append((case, f"{exc} (kept the embedding already stored)"))
+            return
+        view.record_failure(case, "failed", str(exc), extractor="import", seconds=record.seconds)
+        report.failed.append((case, str(exc)))
 
 
 # -- the reference layout ------------------------------------------------------------------------------------

@@ -55,10 +55,10 @@ def save_tarball(client, image_id: str, tarball: Path, tags: list[str], gz: bool
     import json
     import tarfile
 
-    from ctfm.extract.containers.engine import _GeneratorReader
+    from ctfm.extract.containers.imagefs import ChunkReader
 
     tarball.parent.mkdir(parents=True, exist_ok=True)
-    stream = _GeneratorReader(client.api.get_image(image_id))
+    stream = ChunkReader(client.api.get_image(image_id))
     with (
         tarfile.open(fileobj=stream, mode="r|") as src,
         tarfile.open(tarball, "w:gz" if gz else "w", **({"compresslevel": 1} if gz else {})) as dst,

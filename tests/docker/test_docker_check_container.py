@@ -41,12 +41,16 @@ def test_the_baseline_tarballs_follow_the_reference_naming_rule(baseline):
         assert [m["RepoTags"] for m in manifest] == [[f"baseline_{task}:latest"]]
 
 
-def test_baseline_tarball_passes_on_synthetic_test_demo(baseline, cli):
-    """The participants' dry run on the shipped baseline: synthetic test_demo, ROI masks, both runs agree."""
-    proc = cli("check-container", baseline["lp"], "--task", "lp", "--disease", "liver_cyst", "--memory", "2g")
+@pytest.mark.parametrize(("task", "dim"), [("lp", None), ("eao", "D = 12")])
+def test_baseline_tarball_passes_on_synthetic_test_demo(baseline, cli, task, dim):
+    """The participants' dry run on the shipped baselines: synthetic test_demo, ROI masks, both runs agree;
+    the EAO tokens' D = 12 suits the reference EAO head (4 attention heads)."""
+    proc = cli("check-container", baseline[task], "--task", task, "--disease", "liver_cyst", "--memory", "2g")
     assert "PASS: the container respects the contract" in proc.stdout
     for check in ("image name", "reference command", "outputs valid", "deterministic", "peak memory"):
         assert _result(proc.stdout, check) == "pass", check
+    status, detail = _row(proc.stdout, "one feature size")
+    assert status == "pass" and (dim is None or detail == dim), detail
 
 
 def test_baseline_eao_matches_the_in_process_extractor(baseline, tmp_path, cli):

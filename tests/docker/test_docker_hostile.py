@@ -30,20 +30,50 @@ def _unlinked_mib(log: str) -> tuple[int, str]:
 
 
 def test_a_container_may_write_scratch_where_real_models_do(
-    tmp_path, cases4, test_image, engine, no_leftovers
+    tmp_path, cases4, test_image, image_builder, engine, root_only, no_leftovers
 ):
-    """Caches in $HOME and /tmp work on any engine. A cache beside its code (its app folder) works where the
-    engine caps a writable image; elsewhere the image is read-only and the case fails, saying so."""
-    report = run_tag(tmp_path / "a", test_image("scratch", SCRATCH_APP="0"), cases4)
+    """A cache beside its code (its working directory), in /tmp and under $HOME works, as under the
+    reference: the whole image is writable where the engine caps it, else (as root) those folders are
+    overlays of the image's own files. Each container starts from the image (no earlier cache), and a
+    non-root user writes its own $HOME, which holds files in the image."""
+    assert engine.quota or engine.overlay
+    report = run_tag(tmp_path / "a", test_image("scratch", SCRATCH_APP="1"), cases4, per_case=True)
+    log = report.log_path.read_text()
     assert (
-        report.all_ok and "scratch: wrote /tmp/ctfm-cache, /root/.cache/model" in report.log_path.read_text()
+        report.all_ok
+        and log.count("scratch: wrote /app/cache, /tmp/ctfm-cache, /root/.cache/model; fresh") == 4
     )
-    beside_code = run_tag(tmp_path / "b", test_image("scratch", SCRATCH_APP="1"), cases4)
-    log = beside_code.log_path.read_text()
-    if engine.quota:
-        assert beside_code.all_ok and "scratch: wrote /app/cache" in log
-    else:
-        assert set(statuses(beside_code).values()) == {"failed"} and "Read-only file system" in log
+    user = image_builder(
+        "ctfm-user:1",
+        f"FROM {test_image('scratch', SCRATCH_APP='0')}\nRUN useradd -m -u 1000 app\nUSER app\n",
+    )
+    as_user = run_tag(tmp_path / "b", user, cases4)
+    log = as_user.log_path.read_text()
+    assert as_user.all_ok and "scratch: wrote /tmp/ctfm-cache, /home/app/.cache/model; fresh" in log, log
+
+
+def test_writes_over_the_scratch_cap_fail_that_case_with_the_reason_and_the_run_goes_on(
+    tmp_path, cases4, test_image, docker_client, no_leftovers
+):
+    """100 MiB beside its code against 32 MiB of scratch: the kernel refuses the rest, the container dies on
+    that case, which fails saying why; the other cases and the next team are stored."""
+    docker_client.images.get(test_image("fill", FILL_DIR=".", FILL_MIB="100")).tag("ctfm-fill", "1")
+    try:
+        filled, after = run_containers(
+            tmp_path / "s",
+            cases4,
+            RunSettings(memory="1g", scratch="32m"),
+            tags=["ctfm-fill:1", test_image("good")],
+        )
+    finally:
+        docker_client.images.remove("ctfm-fill:1")
+    expected = dict.fromkeys(CASES4, "ok")
+    expected[BAD_CASE] = "failed"
+    assert statuses(filled) == expected
+    error = filled.outcomes[BAD_CASE].error
+    assert "container exited with code 1; it ran out of space: its own file system is capped at 32m" in error
+    assert "\n" not in error
+    assert after.all_ok and len(after.outcomes) == 4
 
 
 def test_scratch_is_capped_by_the_kernel_even_in_unlinked_files(tmp_path, cases4, test_image, no_leftovers):

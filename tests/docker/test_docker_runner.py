@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from docker_support import (
 )
 
 from ctfm.errors import ContainerError
-from ctfm.extract.containers import ContainerRunner, RunSettings, run_containers
+from ctfm.extract.containers import ContainerRunner, RunSettings, run_containers, run_team
 from ctfm.store import Store
 
 pytestmark = pytest.mark.docker
@@ -152,7 +153,8 @@ def test_network_is_unreachable_inside(tmp_path, cases4, test_image, no_leftover
 
 def test_the_engine_runs_the_reference_command_confined(tmp_path, cases4, test_image, engine):
     """The container as the engine sees it: the reference's command, variables, user and mounts, plus every
-    confinement flag, a kernel-capped scratch that depends on the engine, and the labels for cleanup."""
+    confinement flag, a kernel-capped scratch that depends on the engine, and the labels for cleanup. (Its
+    writes in those folders are tested in test_docker_hostile.)"""
     seen = {}
 
     class Spy(ContainerRunner):
@@ -165,7 +167,7 @@ def test_the_engine_runs_the_reference_command_confined(tmp_path, cases4, test_i
 
     settings = RunSettings(memory="1g", pids_limit=256, shm_size="64m", scratch="256m")
     with Spy(tmp_path / "s", settings) as runner:
-        runner.run_team(runner.resolve_tag(test_image("good")), cases4)
+        run_team(runner, runner.resolve_tag(test_image("good")), cases4)
     config = seen["Config"]
     assert config["Cmd"] == ["/bin/bash", "-c", "sh extract_feat_LP.sh"]  # what the wrapper execs
     assert config["Entrypoint"][:2] == ["/bin/bash", "-c"] and "kill -KILL -1" in config["Entrypoint"][2]
@@ -178,15 +180,19 @@ def test_the_engine_runs_the_reference_command_confined(tmp_path, cases4, test_i
     assert seen["Memory"] == seen["MemorySwap"] == 1 << 30
     assert seen["ShmSize"] == 64 << 20
     assert seen["CpusetCpus"] and seen["Init"] is True
+    modes = {m["Destination"]: m["RW"] for m in seen["Mounts"]}
     if engine.quota:  # a writable image, as the reference gives, capped by the engine's storage
         assert seen["ReadonlyRootfs"] is False and int(seen["StorageOpt"]["size"]) >= 256 << 20
+        assert modes == {"/workspace/inputs": False, "/workspace/outputs": True}
+    elif engine.overlay:  # read-only image; its working directory, $HOME and temp folders are overlays
+        assert seen["ReadonlyRootfs"] is True and not seen.get("Tmpfs")
+        scratch = dict.fromkeys(["/app", "/root", "/tmp", "/var/tmp"], True)
+        assert modes == {"/workspace/inputs": False, "/workspace/outputs": True, **scratch}
     else:  # read-only image, capped tmpfs scratch where caches go
         assert seen["ReadonlyRootfs"] is True
         assert set(seen["Tmpfs"]) == {"/tmp", "/root"} and "size=268435456" in seen["Tmpfs"]["/tmp"]
     assert config["Labels"]["ctfm.pid"] == str(os.getpid())
     assert float(config["Labels"]["ctfm.deadline"]) > time.time()
-    modes = {m["Destination"]: m["RW"] for m in seen["Mounts"]}
-    assert modes == {"/workspace/inputs": False, "/workspace/outputs": True}
 
 
 def test_gpus_without_nvidia_runtime_is_a_clear_error(
@@ -371,6 +377,28 @@ def test_a_container_ends_at_its_deadline_when_runner_and_watchdog_are_killed(
     assert not list((tmp_path / "s" / ".ctfm-work").iterdir())  # runner's (mounted) folders
 
 
+def test_a_sweep_removes_the_volumes_of_runners_that_are_gone(docker_client):
+    """A runner killed while the engine copies an image's folders leaves labelled volumes: the next runner's
+    sweep removes them, and leaves those of live runners alone."""
+    from ctfm.extract.containers.cleanup import sweep
+    from ctfm.extract.containers.engine import LABEL_PID, labels
+
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    dead = docker_client.volumes.create(
+        f"ctfm-test-dead-{os.getpid()}", labels=labels("copy", **{LABEL_PID: str(gone.pid)})
+    )
+    live = docker_client.volumes.create(f"ctfm-test-live-{os.getpid()}", labels=labels("copy"))
+    try:
+        sweep(docker_client)
+        names = {v.name for v in docker_client.volumes.list()}
+        assert dead.name not in names and live.name in names
+    finally:
+        for volume in (dead, live):
+            with contextlib.suppress(Exception):
+                volume.remove(force=True)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_runner_removes_its_containers(sig, tmp_path, test_image, docker_client):
     """Ctrl-C (SIGINT) or SIGTERM mid-run: the runner removes its running container and work folder."""
@@ -413,12 +441,13 @@ def test_broken_tarball_and_image_without_sh_do_not_stop_the_others(
 def test_reference_and_ctfm_give_a_reference_contract_container_equal_outputs(
     tmp_path, test_image, docker_client, no_leftovers
 ):
-    """A container written to the reference contract (fixed paths, MASKS_DIR, scratch in /tmp and $HOME):
-    the reference runner's exact command, one case at a time, and ctfm, batched and per case, store
-    bit-equal arrays. (The reference's `--gpus "device=0"` is left out: no GPU here.)"""
+    """A container written to the reference contract (fixed paths, MASKS_DIR, a cache beside its code, in
+    /tmp and under $HOME): the reference runner's exact command, one case at a time, and ctfm, batched and
+    per case, run all 8 cases and store bit-equal arrays. (The reference's `--gpus "device=0"` is left out:
+    no GPU here.)"""
     masks = tmp_path / "fg_masks"
-    images = write_cases(tmp_path / "images", 3, mask_dir=masks)
-    tag = test_image("scratch", SCRATCH_APP="0")
+    images = write_cases(tmp_path / "images", 8, mask_dir=masks)
+    tag = test_image("scratch", SCRATCH_APP="1")
     work = tmp_path / "ref"
     (work / "inputs" / "fg_masks").mkdir(parents=True)
     (work / "outputs").mkdir()
@@ -443,9 +472,13 @@ def test_reference_and_ctfm_give_a_reference_contract_container_equal_outputs(
         (report,) = run_containers(
             store, images, RunSettings(memory="1g", **mode), tags=[tag], masks_dir=masks, view="liver_cyst"
         )
-        assert report.all_ok
+        assert report.all_ok and len(report.outcomes) == 8, report.outcomes
+        assert (
+            "scratch: wrote /app/cache, /tmp/ctfm-cache, /root/.cache/model; fresh"
+            in report.log_path.read_text()
+        )
         view = Store(store).view("ctfm-test", "lp", "liver_cyst")
         for case in view.cases():
             with h5py.File(work / "outputs" / f"{case}.h5", "r") as fh:
                 np.testing.assert_array_equal(view.read_case(case), fh["y_hat"][()])
-        assert len(view.cases()) == 3
+        assert len(view.cases()) == 8

@@ -1,5 +1,5 @@
-"""The container runner's parts that need no Docker engine: output checks (and their fuzz test), host
-folders, tarball rewriting, the container's settings, timing and small helpers."""
+"""The container runner's parts that need no Docker engine: the outputs fuzz test, host folders and mounts,
+scratch rules, tarball rewriting, the container's settings, timing and small helpers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import gzip
 import io
 import json
 import os
-import signal
 import sys
 import tarfile
 import threading
@@ -17,33 +16,27 @@ import h5py
 import numpy as np
 import pytest
 
-from ctfm.errors import ConfigError, DataError
+from ctfm.errors import ConfigError, DataError, InvalidEmbedding
 from ctfm.extract.containers.engine import (
     DEADLINE_SH,
     Engine,
     RunSettings,
-    _passwd_home,
     container_config,
     parse_bytes,
     split_cpus,
 )
 from ctfm.extract.containers.folders import (
     RunFolders,
-    can_mount,
     mounts_under,
     place_input,
+    probe_mounts,
     remove_tree,
 )
+from ctfm.extract.containers.imagefs import passwd_home
 from ctfm.extract.containers.memory import cgroup_peak_file
-from ctfm.extract.containers.outputs import (
-    OutputInvalid,
-    OutputReader,
-    check_output,
-    embedding_problems,
-    present_outputs,
-    stray_entries,
-)
-from ctfm.extract.containers.runner import ContainerResult, ContainerRunner, _chunks, _run_parallel
+from ctfm.extract.containers.outputs import embedding_problems, present_outputs, stray_entries
+from ctfm.extract.containers.runner import ContainerResult, ContainerRunner
+from ctfm.extract.containers.scratch import Scratch, writable_folders
 from ctfm.extract.containers.tarballs import (
     TeamImage,
     discover_tarballs,
@@ -52,130 +45,20 @@ from ctfm.extract.containers.tarballs import (
     team_from_tag,
     untagged_stream,
 )
+from ctfm.extract.containers.teams import _chunks, _run_parallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docker" / "images"))
 from fuzz import KINDS, mutate  # the same mutations the fuzz test image applies
+
+from ctfm.untrusted_h5 import H5Reader
 
 ROOT = os.geteuid() == 0
 
 
 @pytest.fixture(scope="module")
 def reader():
-    with OutputReader(timeout_s=20) as r:
+    with H5Reader(timeout_s=20) as r:
         yield r
-
-
-def h5(path: Path, data=None, name: str = "y_hat", **kwargs) -> Path:
-    if data is None and "shape" not in kwargs:
-        data = np.arange(4, dtype=np.float32)
-    with h5py.File(path, "w") as fh:
-        fh.create_dataset(name, data=data, **kwargs)
-    return path
-
-
-def check(path: Path, tmp_path: Path, reader, task: str = "lp", max_bytes: int = 1 << 30) -> np.ndarray:
-    return check_output(path, tmp_path / "stage", task, reader, max_bytes)
-
-
-def test_valid_output_is_read_and_its_staged_copy_removed(tmp_path, reader):
-    arr = check(h5(tmp_path / "c1.h5"), tmp_path, reader)
-    np.testing.assert_array_equal(arr, np.arange(4, dtype=np.float32))
-    assert not list((tmp_path / "stage").iterdir())
-
-
-@pytest.mark.parametrize(
-    ("data", "task", "reason"),
-    [
-        (np.array([1.0, np.nan], np.float32), "lp", "NaN"),
-        (np.arange(4, dtype=np.int32), "lp", "float"),
-        (np.zeros((2, 2), np.float32), "lp", "1-D"),
-        (np.zeros((2, 2, 2), np.float32), "eao", "4-D"),
-    ],
-)
-def test_bad_arrays_are_rejected(tmp_path, reader, data, task, reason):
-    with pytest.raises(OutputInvalid, match=reason):
-        check(h5(tmp_path / "c.h5", data), tmp_path, reader, task)
-
-
-def test_links_special_files_junk_and_size(tmp_path, reader):
-    secret = h5(tmp_path / "secret.h5")
-    (tmp_path / "out").mkdir()
-    os.symlink(secret, tmp_path / "out" / "c.h5")
-    with pytest.raises(OutputInvalid, match="regular file"):
-        check(tmp_path / "out" / "c.h5", tmp_path, reader)
-    os.mkfifo(tmp_path / "out" / "fifo.h5")  # opened without blocking, then refused
-    with pytest.raises(OutputInvalid, match="regular file"):
-        check(tmp_path / "out" / "fifo.h5", tmp_path, reader)
-    with pytest.raises(OutputInvalid, match="no dataset"):
-        check(h5(tmp_path / "d.h5", name="features"), tmp_path, reader)
-    (tmp_path / "e.h5").write_bytes(b"not hdf5")
-    with pytest.raises(OutputInvalid, match="not a readable HDF5 file"):
-        check(tmp_path / "e.h5", tmp_path, reader)
-    with pytest.raises(OutputInvalid, match="over the limit"):
-        check(h5(tmp_path / "f.h5"), tmp_path, reader, max_bytes=100)
-
-
-def test_outputs_that_read_other_files_or_declare_huge_arrays_are_rejected(tmp_path, reader):
-    """A container could point y_hat at any file the runner can read (another team's embeddings, a host
-    secret) through HDF5 virtual datasets, external storage or external links, or declare a huge array in a
-    tiny compressed file, or millions of one-value chunks that take minutes to read: each fails its case
-    without the data being read."""
-    victim = h5(tmp_path / "victim.h5", np.full(4, 7.0, np.float32))
-    (tmp_path / "secret.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
-    out = tmp_path / "out"
-    out.mkdir()
-    with h5py.File(out / "virtual.h5", "w") as fh:
-        layout = h5py.VirtualLayout(shape=(4,), dtype=np.float32)
-        layout[:] = h5py.VirtualSource(str(victim), "y_hat", shape=(4,))
-        fh.create_virtual_dataset("y_hat", layout)
-    h5(
-        out / "external.h5",
-        None,
-        shape=(4,),
-        dtype=np.float32,
-        external=[(str(tmp_path / "secret.bin"), 0, 16)],
-    )
-    with h5py.File(out / "linked.h5", "w") as fh:
-        fh["y_hat"] = h5py.ExternalLink(str(victim), "y_hat")
-    big = {"shape": (1 << 27, 2, 2, 1), "chunks": (1 << 20, 2, 2, 1), "compression": "gzip"}
-    h5(out / "bomb.h5", None, dtype=np.float32, **big)  # 2 GiB declared in a tiny file
-    h5(out / "chunks.h5", np.zeros(4096, np.float32), chunks=(1,))  # one-value chunks (the issue's had 2^21)
-    (out / "folder.h5").mkdir()
-    reasons = {
-        "virtual": "other files",
-        "external": "other files",
-        "linked": "is a link",
-        "bomb": "over 1073741824",
-        "chunks": "4096 chunks of shape",
-        "folder": "not a regular file",
-    }
-    for case, reason in reasons.items():
-        with pytest.raises(OutputInvalid, match=reason):
-            check(out / f"{case}.h5", tmp_path, reader, task="eao" if case == "bomb" else "lp")
-    # chunked within bounds (h5py's automatic chunking of a compressed map) is fine
-    arr = np.random.default_rng(0).random((8, 16, 16, 16), dtype=np.float32)
-    ok = check(h5(out / "gz.h5", arr, compression="gzip", chunks=True), tmp_path, reader, task="eao")
-    np.testing.assert_array_equal(ok, arr)
-
-
-def test_a_hanging_or_crashing_read_fails_alone_and_the_next_read_works(tmp_path):
-    """The HDF5 library may hang or crash on a hostile file: the read is bounded by a deadline, a crash is
-    that file's failure, and a fresh reader serves the next file. (A FIFO never opens: a natural hang.)"""
-    fifo = tmp_path / "hang.h5"
-    os.mkfifo(fifo)
-    good = h5(tmp_path / "good.h5")
-    with OutputReader(timeout_s=1) as reader:
-        with pytest.raises(OutputInvalid, match="took over 1 s; reader stopped"):
-            reader.read(fifo, "lp")
-        np.testing.assert_array_equal(reader.read(good, "lp"), np.arange(4, dtype=np.float32))
-    with OutputReader(timeout_s=30) as reader:
-        reader.read(good, "lp")  # started
-        killer = threading.Timer(0.5, lambda: os.kill(reader._proc.pid, signal.SIGSEGV))
-        killer.start()
-        with pytest.raises(OutputInvalid, match=r"crashed the HDF5 reader \(exit code -11\)"):
-            reader.read(fifo, "lp")
-        killer.join()
-        np.testing.assert_array_equal(reader.read(good, "lp"), np.arange(4, dtype=np.float32))
 
 
 def test_fuzzed_outputs_end_as_a_valid_case_or_a_case_failure(tmp_path, reader):
@@ -187,15 +70,16 @@ def test_fuzzed_outputs_end_as_a_valid_case_or_a_case_failure(tmp_path, reader):
     rng = np.random.default_rng(0)
     n = 220
     for i in range(n):
-        h5(out / f"case_{i:04d}.h5", rng.random(16, dtype=np.float32))
+        with h5py.File(out / f"case_{i:04d}.h5", "w") as fh:
+            fh.create_dataset("y_hat", data=rng.random(16, dtype=np.float32))
         mutate(out / f"case_{i:04d}.h5", i)
     cases = [f"case_{i:04d}" for i in range(n)]
     outcomes: dict[str, str] = {}
     for case in cases:
         try:
-            check(out / f"{case}.h5", tmp_path, reader)
+            reader.read_file(out / f"{case}.h5", "lp", tmp_path / "stage")
             outcomes[case] = "ok"
-        except OutputInvalid as exc:
+        except InvalidEmbedding as exc:
             outcomes[case] = str(exc)
     assert set(outcomes) == set(cases)
     kinds = {case: KINDS[i % len(KINDS)] for i, case in enumerate(cases)}
@@ -245,9 +129,9 @@ def test_output_folder_is_a_size_capped_mount_removed_by_unmounting(tmp_path):
     (images / "c.nii.gz").write_bytes(b"x")
     from ctfm.extract.containers.folders import CaseInput
 
-    assert can_mount(tmp_path) and not list(tmp_path.glob(".mount-probe"))
+    assert probe_mounts(tmp_path) == (True, True) and not list(tmp_path.glob(".mount-probe"))
     folders = RunFolders.prepare(tmp_path / "run", [CaseInput("c", images / "c.nii.gz")], True, 1 << 20, 64)
-    assert folders.mounted and mounts_under(tmp_path / "run") == [folders.outputs]
+    assert mounts_under(tmp_path / "run") == [folders.outputs]
     assert folders.outputs.stat().st_mode & 0o777 == 0o777
     with pytest.raises(OSError, match="No space left"), (folders.outputs / "big").open("wb") as fh:
         fh.write(b"\1" * (2 << 20))
@@ -256,6 +140,64 @@ def test_output_folder_is_a_size_capped_mount_removed_by_unmounting(tmp_path):
             (folders.outputs / f"f{i}").write_bytes(b"")
     folders.remove()
     assert not (tmp_path / "run").exists() and not mounts_under(tmp_path)
+
+
+@pytest.mark.skipif(not ROOT, reason="mounting scratch overlays needs root")
+def test_scratch_overlays_show_the_image_files_cap_writes_and_never_touch_the_copy(tmp_path):
+    """Each container's view of an image folder: the copy's files with its owner and mode, writes on a capped
+    tmpfs (ENOSPC past it), the copy unchanged, a fresh view per container, all gone after removal; host
+    paths holding the characters overlay options split on work too."""
+    lower = tmp_path / "image, copy:0"
+    lower.mkdir()
+    (lower / "weights.bin").write_bytes(b"w" * 1000)
+    os.chown(lower, 1000, 1000)
+    os.chmod(lower, 0o750)
+    for _ in range(2):
+        folders = RunFolders.prepare(tmp_path / "run", [], False, 0, 0)
+        folders.overlay([("/home/app", lower)], 1 << 20)
+        ((merged, target),) = folders.binds
+        assert target == "/home/app" and (merged / "weights.bin").read_bytes() == b"w" * 1000
+        st = merged.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1000, 1000, 0o750)
+        assert not (merged / "cache").exists()  # fresh: the last container's writes are gone
+        (merged / "weights.bin").write_bytes(b"changed")
+        with pytest.raises(OSError, match="No space left"), (merged / "cache").open("wb") as fh:
+            fh.write(b"\1" * (2 << 20))
+        folders.remove()
+        assert not (tmp_path / "run").exists() and not mounts_under(tmp_path)
+        assert sorted(p.name for p in lower.iterdir()) == ["weights.bin"]
+        assert (lower / "weights.bin").read_bytes() == b"w" * 1000
+
+
+def test_the_folders_a_read_only_image_may_write():
+    """Its working directory, $HOME, /tmp and /var/tmp; a folder inside another is covered by it; the root and
+    ctfm's own mounts are not overlaid, and a root working directory is said."""
+    assert writable_folders("/app", "/root") == (["/app", "/root", "/tmp", "/var/tmp"], [])
+    assert writable_folders("/root/app", "/root")[0] == ["/root", "/tmp", "/var/tmp"]
+    assert writable_folders("/tmp", "/tmp/")[0] == ["/tmp", "/var/tmp"]
+    assert writable_folders("/workspace", "/root")[0] == ["/root", "/tmp", "/var/tmp", "/workspace"]
+    assert writable_folders("/workspace/outputs", "/root") == (["/root", "/tmp", "/var/tmp"], [])
+    folders, refused = writable_folders("/", "/")
+    assert folders == ["/tmp", "/var/tmp"]
+    assert refused == [
+        "its working directory is /, which cannot be overlaid: it stays read-only",
+        "its $HOME is /, which cannot be overlaid: it stays read-only",
+    ]
+
+
+def test_a_container_that_failed_on_its_file_system_is_told_why():
+    s = RunSettings(scratch="64m", max_output_bytes=16 << 20)
+    scratch = Scratch({"read_only": True}, "/app, /root, /tmp, /var/tmp and /workspace/outputs")
+    hint = scratch.hint("OSError: [Errno 30] Read-only file system: '/opt/cache'", s)
+    assert hint == (
+        "it wrote where it may not (Read-only file system): here it may write /app, /root, /tmp, /var/tmp "
+        "and /workspace/outputs"
+    )
+    full = scratch.hint("OSError: [Errno 28] No space left on device", s)
+    assert full == "it ran out of space: its own file system is capped at 64m, its outputs at 16 MiB a case"
+    assert scratch.hint("Traceback ... KeyError: 'x'", s) == ""
+    result = ContainerResult(name="c", cases=["a"], exit_code=1, hint=full)
+    assert result.exit_reason("1g") == f"container exited with code 1; {full}"
 
 
 def test_inputs_are_linked_when_readable_and_copied_readable_when_private(tmp_path):
@@ -345,10 +287,11 @@ def test_the_container_gets_the_reference_command_mounts_and_variables_only(tmp_
     assert config["command"] == ["/opt/nvidia/entrypoint.sh", "/bin/bash", "-c", "sh extract_feat_LP.sh"]
     assert config["environment"] == {"MASKS_DIR": "/workspace/inputs/fg_masks"}
     assert "user" not in config  # the image's own user, as under the reference
-    assert config["volumes"] == {
-        str(tmp_path / "i"): {"bind": "/workspace/inputs", "mode": "ro"},
-        str(tmp_path / "o"): {"bind": "/workspace/outputs", "mode": "rw"},
-    }
+    mounts = [(m["Target"], m["Source"], m["Type"], m["ReadOnly"]) for m in config["mounts"]]
+    assert mounts == [
+        ("/workspace/inputs", str(tmp_path / "i"), "bind", True),
+        ("/workspace/outputs", str(tmp_path / "o"), "bind", False),
+    ]
     assert config["labels"]["ctfm.deadline"] == "123" and config["init"] is True
     assert (config["network_mode"], config["cap_drop"], config["read_only"]) == ("none", ["ALL"], True)
     plain = container_config(
@@ -362,16 +305,18 @@ def test_deadlines_scratch_sizes_and_engine_notes():
     s = RunSettings(timeout_per_case=10, scratch="1g")
     assert s.limit_s(3) == 30 and s.deadline_s(3) == 36  # limit + a grace of at least 5 s
     assert RunSettings(timeout_per_case=900).deadline_s(16) == 900 * 16 + 61  # grace at most 60 s
-    overlay = Engine("overlay2", "xfs", quota=True, userns=True, mount_outputs=True)
+    xfs = Engine("overlay2", "xfs", quota=True, userns=True, mount_outputs=True, overlay=True)
     btrfs = Engine("btrfs", "", quota=True, userns=False, mount_outputs=False)
-    assert overlay.storage_size(s, 500) == 1 << 30 and btrfs.storage_size(s, 500) == (1 << 30) + 500
-    assert overlay.notes(s) == [] and "btrfs quota rescan" in btrfs.notes(s)[0]
+    assert xfs.storage_size(s, 500) == 1 << 30 and btrfs.storage_size(s, 500) == (1 << 30) + 500
+    assert xfs.notes(s) == [] and "btrfs quota rescan" in btrfs.notes(s)[0]
     notes = " ".join(Engine("overlay2", "extfs", False, False, False).notes(s))
     assert "overlay2 on extfs cannot cap" in notes and "1g tmpfs scratch at /tmp and $HOME" in notes
     assert "cannot mount here" in notes and "user-namespace" in notes
+    (root,) = Engine("overlay2", "extfs", False, True, True, overlay=True).notes(s)[:1]
+    assert "working directory, $HOME, /tmp and /var/tmp are writable" in root and "capped at 1g" in root
     passwd = "root:x:0:0:root:/root:/bin/bash\napp:x:1000:1000::/home/app:/bin/sh\n"
-    assert _passwd_home(passwd, "") == "/root" and _passwd_home(passwd, "app") == "/home/app"
-    assert _passwd_home(passwd, "1000:1000") == "/home/app" and _passwd_home(passwd, "4242") == "/"
+    assert passwd_home(passwd, "") == "/root" and passwd_home(passwd, "app") == "/home/app"
+    assert passwd_home(passwd, "1000:1000") == "/home/app" and passwd_home(passwd, "4242") == "/"
 
 
 def test_helpers(tmp_path):

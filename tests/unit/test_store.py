@@ -342,6 +342,43 @@ def test_import_reference_files_validates_each(tmp_path: Path) -> None:
     assert view.packed().X.shape == (3, 16)
 
 
+def test_import_reads_each_file_as_untrusted_and_stores_its_own_layout(tmp_path: Path) -> None:
+    """A team's outputs handed over as a folder: a corrupted heap (plain h5py raises RuntimeError on it), a
+    tiny file declaring a chunk per value, a symlink to another file and a folder named like an output each
+    fail their case with one line; the good files around them are stored, in the store's own contiguous
+    layout even when the team's file was chunked and compressed."""
+    src = tmp_path / "team_outputs"
+    src.mkdir()
+    good = {f"case_{i}": RNG.normal(size=4096).astype(np.float32) for i in range(3)}
+    for case, arr in good.items():
+        _h5(src / f"{case}.h5", y_hat=arr)
+    with h5py.File(src / "case_0.h5", "w") as fh:  # good, but chunked and compressed
+        fh.create_dataset("y_hat", data=good["case_0"], chunks=(1024,), compression="gzip")
+    heap = bytearray((src / "case_1.h5").read_bytes())
+    at = heap.find(b"HEAP")
+    (src / "heap.h5").write_bytes(bytes(heap[:at] + b"HEAX" + heap[at + 4 :]))
+    with pytest.raises(RuntimeError, match="bad local heap signature"), h5py.File(src / "heap.h5", "r") as fh:
+        fh.get("y_hat", getlink=True)  # what stopped `store import` before
+    with h5py.File(src / "chunks.h5", "w") as fh:
+        fh.create_dataset("y_hat", data=np.zeros(4096, np.float32), chunks=(1,))
+    os.symlink(src / "case_2.h5", src / "link.h5")
+    (src / "folder.h5").mkdir()
+    view = Store(tmp_path / "store").view("team-x", "lp", "full")
+    report = import_folder(view, src)
+    assert report.ok == 3 and view.cases("ok") == sorted(good)
+    reasons = dict(report.failed)
+    assert set(reasons) == {"heap", "chunks", "link", "folder"}
+    assert "not a readable HDF5 file" in reasons["heap"] and "bad local heap signature" in reasons["heap"]
+    assert "4096 chunks of shape (1,)" in reasons["chunks"]
+    assert "not a regular file" in reasons["link"] and "not a regular file" in reasons["folder"]
+    assert all(str(src) in why and "\n" not in why for why in reasons.values())  # one line naming the file
+    assert view.cases("failed") == sorted(reasons)
+    for case, arr in good.items():
+        np.testing.assert_array_equal(view.read_case(case), arr)
+        with h5py.File(view.case_path(case), "r") as fh:
+            assert fh["y_hat"].chunks is None and fh["y_hat"].compression is None
+
+
 def test_a_rejected_import_keeps_the_embedding_already_stored(tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir(), second.mkdir()

@@ -3,12 +3,13 @@
 It follows the reference contract: fixed paths (/workspace/inputs, /workspace/outputs), MASKS_DIR when set,
 every <case>.nii.gz of the inputs. MODE (baked into each test image) picks on BAD_CASE (default: none):
 good, hang, crash, nan, junk (wrong shape, a stray file, a symlink), net (tries the network), hog (touches
-HOG_MIB MiB), slow (SLOW seconds per case), scratch (writes a cache in its app folder, /tmp and $HOME; with
-SCRATCH_APP=0 not in its app folder), unlinked (writes FILL_MIB MiB into an unlinked file under FILL_DIR and
-prints how much the kernel let it write), stray (a log file beside its outputs), deep (a DEPTH-deep folder
-chain in the outputs), chunks (y_hat in CHUNKS one-value chunks), envdirs (reads INPUT_DIR and OUTPUT_DIR, which
-only ctfm once set), fuzz (each case's valid output mutated by fuzz.mutate, seeded by the case). DELAY
-seconds are spent on every case in any mode, so outputs arrive apart.
+HOG_MIB MiB), slow (SLOW seconds per case), scratch (writes a cache in its app folder, /tmp and $HOME, and
+says whether an earlier container's cache was there; with SCRATCH_APP=0 not in its app folder), unlinked
+(writes FILL_MIB MiB into an unlinked file under FILL_DIR and prints how much the kernel let it write), fill
+(writes FILL_MIB MiB into FILL_DIR/fill.bin and dies if it cannot), stray (a log file beside its outputs),
+deep (a DEPTH-deep folder chain in the outputs), chunks (y_hat in CHUNKS one-value chunks), envdirs (reads
+INPUT_DIR and OUTPUT_DIR, which only ctfm once set), fuzz (each case's valid output mutated by fuzz.mutate,
+seeded by the case). DELAY seconds are spent on every case in any mode, so outputs arrive apart.
 """
 
 import os
@@ -71,14 +72,17 @@ def fill_unlinked(folder: Path, mib: int) -> None:
 
 
 def scratch() -> None:
-    """Caches as real models write them: beside the code, in /tmp and under $HOME."""
+    """Caches as real models write them: beside the code, in /tmp and under $HOME. Each container starts from
+    the image, as under `docker run --rm`: an earlier container's cache found there is reported."""
     targets = [Path("/tmp/ctfm-cache"), Path(os.environ.get("HOME", "/root")) / ".cache" / "model"]
     if os.environ.get("SCRATCH_APP", "1") == "1":
         targets.insert(0, Path.cwd() / "cache")
+    earlier = [str(f) for f in targets if (f / "kernel.so").exists()]
     for folder in targets:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "kernel.so").write_bytes(b"\0" * 4096)
-    print(f"scratch: wrote {', '.join(map(str, targets))}", flush=True)
+    found = f"found an earlier cache in {', '.join(earlier)}" if earlier else "fresh"
+    print(f"scratch: wrote {', '.join(map(str, targets))}; {found}", flush=True)
 
 
 if MODE == "net":
@@ -100,6 +104,10 @@ for path in cases:
         size = int(os.environ.get("HOG_MIB", "1024")) << 20
         hog = bytearray(size)
         hog[:: 1 << 12] = b"\1" * (size >> 12)
+    if MODE == "fill" and is_bad:
+        with open(Path(os.environ.get("FILL_DIR", str(out))) / "fill.bin", "wb") as fh:
+            for _ in range(int(os.environ.get("FILL_MIB", "200"))):
+                fh.write(b"\1" * (1 << 20))
     if MODE == "unlinked" and is_bad:
         fill_unlinked(Path(os.environ.get("FILL_DIR", str(out))), int(os.environ.get("FILL_MIB", "200")))
     if MODE == "crash" and is_bad:

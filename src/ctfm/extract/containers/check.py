@@ -22,15 +22,12 @@ from typing import Any
 import numpy as np
 
 from ctfm.benchmark import load_benchmark
-from ctfm.extract.containers.engine import RunSettings, parse_bytes, paths_present
+from ctfm.extract.containers.engine import RunSettings, parse_bytes
+from ctfm.extract.containers.imagefs import paths_present
 from ctfm.extract.containers.outputs import embedding_problems
-from ctfm.extract.containers.runner import (
-    ContainerResult,
-    ContainerRunner,
-    collect_inputs,
-    human_bytes,
-)
-from ctfm.extract.containers.tarballs import TeamImage, naming_problems
+from ctfm.extract.containers.runner import ContainerResult, ContainerRunner
+from ctfm.extract.containers.tarballs import TeamImage, naming_problems, reference_name
+from ctfm.extract.containers.teams import collect_inputs, human_bytes
 
 CTFM_ONLY_VARIABLES = re.compile(r"\b(INPUT_DIR|OUTPUT_DIR)\b")
 EAO_HEADS = 4  # the reference EAO head's attention heads: D must be a multiple
@@ -122,8 +119,6 @@ def check_container(
 
 
 def tarball_image(tarball: Path) -> str:
-    from ctfm.extract.containers.tarballs import reference_name
-
     return f"{reference_name(tarball)}:latest, the image the reference runner starts"
 
 

@@ -2,9 +2,9 @@
 
 Three layers, each enough alone for containers: a container's own deadline (see ``DEADLINE_SH``) ends it at
 its limit plus a grace even when no ctfm process is left; a watchdog process removes a dead runner's
-containers, folders and images at once; and every runner starts with :func:`sweep`, which removes ctfm
-containers whose deadline passed or whose runner on this host is gone, and the folders and loaded images of
-runners that are gone.
+containers, volumes, folders (mounts included) and images at once; and every runner starts with
+:func:`sweep`, which removes ctfm containers whose deadline passed or whose runner on this host is gone, and
+the volumes, folders and loaded images of runners that are gone.
 """
 
 from __future__ import annotations
@@ -37,26 +37,45 @@ def pid_alive(pid: int) -> bool:
 
 def sweep(client: Any, store_root: Path | None = None) -> list[str]:
     """Remove ctfm containers over their deadline (any host) or left by runners of this host that are gone,
-    then (with ``store_root``) the work folders and loaded images of runners that are gone. Returns the
-    removed containers' names. Containers of live runners within their limit are left alone."""
+    the volumes of such runners, then (with ``store_root``) the work folders and loaded images of runners
+    that are gone. Returns the removed containers' names. What live runners hold is left alone."""
     removed = []
-    host, now = socket.gethostname(), time.time()
+    now = time.time()
     for c in client.api.containers(all=True, filters={"label": LABEL}):
         labels = c.get("Labels") or {}
-        pid = labels.get(LABEL_PID, "")
-        orphan = labels.get(LABEL_HOST) == host and pid.isdigit() and not pid_alive(int(pid))
         try:
             overdue = now > float(labels.get(LABEL_DEADLINE, "inf"))
         except ValueError:
             overdue = False
-        if not (orphan or overdue):
+        if not (_orphan(labels) or overdue):
             continue
         with contextlib.suppress(Exception):
             client.api.remove_container(c["Id"], force=True)
             removed.append(",".join(n.lstrip("/") for n in c.get("Names") or []) or c["Id"][:12])
+    for v in client.api.volumes(filters={"label": LABEL}).get("Volumes") or []:
+        if _orphan(v.get("Labels") or {}):
+            with contextlib.suppress(Exception):
+                client.api.remove_volume(v["Name"], force=True)
     if store_root is not None:
         sweep_work(client, Path(store_root))
     return removed
+
+
+def remove_own(client: Any) -> None:
+    """Remove the containers, then the volumes, labelled with this process (its id, on this host)."""
+    mine = {"label": [LABEL, f"{LABEL_PID}={os.getpid()}", f"{LABEL_HOST}={socket.gethostname()}"]}
+    for c in client.api.containers(all=True, filters=mine):
+        with contextlib.suppress(Exception):
+            client.api.remove_container(c["Id"], force=True)
+    for v in client.api.volumes(filters=mine).get("Volumes") or []:
+        with contextlib.suppress(Exception):
+            client.api.remove_volume(v["Name"], force=True)
+
+
+def _orphan(labels: dict[str, str]) -> bool:
+    """Whether the labels name a runner of this host that is gone."""
+    pid = labels.get(LABEL_PID, "")
+    return labels.get(LABEL_HOST) == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
 
 
 def sweep_work(client: Any, root: Path) -> None:
@@ -91,8 +110,8 @@ def _loaded(work: Path) -> list[str]:
 
 def watch_runner(pid: int, store_root: str, poll_s: float = 1.0) -> None:
     """The watchdog, in a process of its own: once runner ``pid`` is gone without cleaning up (SIGKILL, the
-    OOM killer), remove its containers, folders and images. The engine keeps a container running after its
-    client dies; this removes it before its own deadline does."""
+    OOM killer), remove its containers, volumes, folders and images. The engine keeps a container running
+    after its client dies; this removes it before its own deadline does."""
     while pid_alive(pid):
         time.sleep(poll_s)
     sweep(docker_client(), Path(store_root))

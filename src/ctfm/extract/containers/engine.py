@@ -6,28 +6,22 @@ directory and user, ``/workspace/inputs`` and ``/workspace/outputs`` mounted, ``
 and nothing else in its environment, a writable file system. ctfm adds confinement that a valid container
 does not notice: no network, no capabilities, no new privileges, read-only inputs, pid, memory (swap equal)
 and CPU limits, a wall-clock limit enforced inside the container too, and a kernel-enforced size for what it
-writes. How that size is enforced depends on the engine (:class:`Engine`):
-
-- engines whose storage can cap a container's writable layer (``--storage-opt size``: overlay2 on xfs with
-  ``pquota``, btrfs, zfs) give it a writable image, exactly as the reference does, capped at ``scratch``;
-- other engines give it a read-only image with size-limited tmpfs scratch at ``/tmp`` and ``$HOME`` (exec
-  allowed, mode 1777), and say so once at start.
+writes. How that size is enforced depends on what :class:`Engine` finds (see
+:mod:`~ctfm.extract.containers.scratch`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import socket
-import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ctfm.benchmark import configured, load_benchmark
 from ctfm.errors import ConfigError, ContainerError
+from ctfm.untrusted_h5 import MAX_FILE_BYTES, READ_TIMEOUT_S
 
 if TYPE_CHECKING:
     from ctfm.extract.containers.tarballs import TeamImage
@@ -44,9 +38,12 @@ GPU_DRIVER_HINT = "could not select device driver"
 # even when no ctfm process is left to stop it.
 DEADLINE_SH = 'd=$1; shift; (read -t "$d" <> <(:); kill -KILL -1) & exec "$@"'
 QUOTA_DRIVERS = ("btrfs", "zfs")  # their size counts the image's own files too
-PASSWD_MAX_BYTES = 1 << 20
-# Shadowing these with an empty $HOME changes nothing for `bash -c` (non-interactive, no login).
-SHELL_DOTFILES = frozenset({".bashrc", ".profile", ".bash_logout", ".bash_profile", ".cshrc", ".tcshrc"})
+
+
+def labels(kind: str, **extra: str) -> dict[str, str]:
+    """Labels of everything a runner creates in the engine (``kind``: ``1`` for a team container), so a
+    sweep can tell whose it is and remove it once its runner is gone."""
+    return {LABEL: kind, LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname(), **extra}
 
 
 @dataclass
@@ -65,9 +62,9 @@ class RunSettings:
     )
     batch_cases: int = 16
     per_case: bool = False
-    max_output_bytes: int = 1 << 30  # one case's output file; the output folder holds this per case
+    max_output_bytes: int = MAX_FILE_BYTES  # one case's output file; the output folder holds this per case
     max_output_files: int = 100_000  # inodes of the output folder
-    read_timeout_s: float = 60.0  # reading one output file, whatever its HDF5 layout
+    read_timeout_s: float = READ_TIMEOUT_S  # reading one output file, whatever its HDF5 layout
     keep_images: bool = False
     force: bool = False
     poll_s: float = 0.05
@@ -143,21 +140,24 @@ class Engine:
     quota: bool  # `--storage-opt size` caps a container's writable layer
     userns: bool  # root in a container is not root here (userns-remap or a rootless engine)
     mount_outputs: bool  # this process may mount a size-limited tmpfs as a container's output folder
+    overlay: bool = False  # ... and overlays of image folders with their writes on such a tmpfs
 
     @classmethod
     def detect(cls, client: Any, image_id: str, size: int, work: Path) -> Engine:
-        """Ask the engine (and try ``--storage-opt size`` on ``image_id``), and try a mount in ``work``."""
-        from ctfm.extract.containers.folders import can_mount
+        """Ask the engine (and try ``--storage-opt size`` on ``image_id``), and try mounts in ``work``."""
+        from ctfm.extract.containers.folders import probe_mounts
 
         info = client.info()
         status = dict(info.get("DriverStatus") or [])
         security = " ".join(info.get("SecurityOptions") or [])
+        tmpfs, overlay = probe_mounts(work)
         return cls(
             driver=str(info.get("Driver", "")),
             backing_fs=str(status.get("Backing Filesystem", "")),
             quota=_quota_works(client, image_id, size),
             userns="name=userns" in security or "name=rootless" in security,
-            mount_outputs=can_mount(work),
+            mount_outputs=tmpfs,
+            overlay=overlay,
         )
 
     def notes(self, settings: RunSettings) -> list[str]:
@@ -170,11 +170,21 @@ class Engine:
             )
         if not self.quota:
             where = f"{self.driver} on {self.backing_fs}" if self.backing_fs else self.driver
-            notes.append(
-                f"engine storage {where} cannot cap a container's own file system (--storage-opt size needs "
-                f"overlay2 on xfs with pquota, btrfs or zfs): containers get a read-only image with "
-                f"{settings.scratch} tmpfs scratch at /tmp and $HOME; see docs/container-contract.md"
+            cannot = (
+                f"engine storage {where} cannot cap a container's writable layer (--storage-opt size needs "
+                "overlay2 on xfs with pquota, btrfs or zfs): containers get a read-only image"
             )
+            if self.overlay:
+                notes.append(
+                    f"{cannot} whose working directory, $HOME, /tmp and /var/tmp are writable (the image's "
+                    f"files there, fresh for each container), their writes capped at {settings.scratch} in "
+                    "memory; see docs/container-contract.md"
+                )
+            else:
+                notes.append(
+                    f"{cannot} with {settings.scratch} tmpfs scratch at /tmp and $HOME (as root, ctfm also "
+                    "makes its working directory writable); see docs/container-contract.md"
+                )
         if not self.mount_outputs:
             notes.append(
                 "ctfm cannot mount here (not root, or root without the capability): each container's output "
@@ -202,7 +212,7 @@ def _quota_works(client: Any, image_id: str, size: int) -> bool:
             image_id,
             command=["true"],
             network_disabled=True,
-            labels={LABEL: "probe", LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname()},
+            labels=labels("probe"),
             host_config=client.api.create_host_config(storage_opt={"size": str(size)}, network_mode="none"),
         )
     except docker.errors.APIError:
@@ -210,132 +220,6 @@ def _quota_works(client: Any, image_id: str, size: int) -> bool:
     with contextlib.suppress(docker.errors.APIError):
         client.api.remove_container(created["Id"], force=True)
     return True
-
-
-def scratch_config(client: Any, engine: Engine, image: TeamImage, settings: RunSettings) -> tuple[dict, str]:
-    """The container options giving ``image`` its kernel-capped scratch, and a note when it is narrower than
-    the reference's writable image."""
-    if engine.quota:
-        size = engine.storage_size(settings, image.size)
-        return {"read_only": False, "storage_opt": {"size": str(size)}}, ""
-    opts = f"rw,exec,nosuid,nodev,size={parse_bytes(settings.scratch, '--scratch')},mode=1777"
-    tmpfs = {"/tmp": opts}
-    note = ""
-    home, populated = image_home(client, image)
-    if populated:
-        note = f"{image.team}: $HOME {home} holds files in the image; on this engine it stays read-only"
-    elif home not in ("/", "/tmp"):
-        tmpfs[home] = opts
-    return {"read_only": True, "tmpfs": tmpfs}, note
-
-
-def image_home(client: Any, image: TeamImage) -> tuple[str, bool]:
-    """(``$HOME`` the image's user gets, whether the image has files there), read from a created container:
-    the image's ``HOME`` variable, else its user's ``/etc/passwd`` entry (``/`` without one, as runc does)."""
-    env = dict(e.split("=", 1) for e in image.env if "=" in e)
-    with _created(client, image.image_id) as cid:
-        home = env.get("HOME") or _passwd_home(_read_file(client, cid, "/etc/passwd"), image.user)
-        return home, _has_entries(client, cid, home)
-
-
-@contextlib.contextmanager
-def _created(client: Any, image_id: str) -> Iterator[str]:
-    import docker
-
-    created = client.api.create_container(
-        image_id,
-        entrypoint=["/bin/true"],
-        network_disabled=True,
-        labels={LABEL: "inspect", LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname()},
-        host_config=client.api.create_host_config(network_mode="none"),
-    )
-    try:
-        yield created["Id"]
-    finally:
-        with contextlib.suppress(docker.errors.APIError):
-            client.api.remove_container(created["Id"], force=True)
-
-
-def _archive_members(client: Any, cid: str, path: str) -> Iterator[tuple[tarfile.TarInfo, Any]]:
-    """Members of the engine's tar of ``path`` in a container, streamed (nothing beyond what is read)."""
-    import docker
-
-    try:
-        stream, _ = client.api.get_archive(cid, path, chunk_size=1 << 16)
-    except docker.errors.NotFound:
-        return
-    with tarfile.open(fileobj=_GeneratorReader(stream), mode="r|") as tar:
-        for member in tar:
-            yield member, tar
-
-
-def _read_file(client: Any, cid: str, path: str) -> str:
-    for member, tar in _archive_members(client, cid, path):
-        if member.isfile() and member.size <= PASSWD_MAX_BYTES:
-            return tar.extractfile(member).read().decode("utf-8", "replace")
-        return ""
-    return ""
-
-
-def paths_present(client: Any, image_id: str, paths: list[str]) -> dict[str, bool]:
-    """Which of ``paths`` exist in the image (parent symlinks such as ``/bin`` -> ``usr/bin`` resolved)."""
-    import docker
-
-    found = {}
-    with _created(client, image_id) as cid:
-        for path in paths:
-            try:
-                stream, _ = client.api.get_archive(cid, path, chunk_size=1 << 16)
-            except docker.errors.NotFound:
-                found[path] = False
-                continue
-            with contextlib.suppress(Exception):
-                stream.close()
-            found[path] = True
-    return found
-
-
-def _has_entries(client: Any, cid: str, path: str) -> bool:
-    """Whether the folder holds more than shell start-up files (stops at the first other entry's header)."""
-    members = _archive_members(client, cid, path)
-    try:
-        for member, _ in members:
-            below = member.name.rstrip("/").split("/")[1:]  # the path below the folder itself
-            if below and not (len(below) == 1 and below[0] in SHELL_DOTFILES):
-                return True
-        return False
-    finally:
-        members.close()
-
-
-def _passwd_home(passwd: str, user: str) -> str:
-    name = (user or "root").split(":", 1)[0]
-    for line in passwd.splitlines():
-        parts = line.split(":")
-        if len(parts) >= 6 and name in (parts[0], parts[2]):
-            return parts[5] or "/"
-    return "/root" if name in ("root", "0") else "/"
-
-
-class _GeneratorReader(io.RawIOBase):
-    """A file-like view of the SDK's chunk generator, for :mod:`tarfile` in stream mode."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = iter(chunks)
-        self._buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while not self._buf:
-            self._buf = next(self._chunks, b"")
-            if not self._buf:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
 
 
 def reference_command(image: TeamImage, task: str) -> list[str]:
@@ -358,9 +242,11 @@ def container_config(
     scratch: dict[str, Any],
     gpu: str | None,
     cpuset: str,
+    binds: list[tuple[Path, str]] = (),
 ) -> dict[str, Any]:
-    """Keyword arguments of ``containers.create`` for one container over ``cases`` cases."""
-    from docker.types import DeviceRequest, LogConfig
+    """Keyword arguments of ``containers.create`` for one container over ``cases`` cases; ``scratch`` holds
+    the image's scratch options and ``binds`` its scratch folders (host folder, container folder)."""
+    from docker.types import DeviceRequest, LogConfig, Mount
 
     contract = load_benchmark().section("container")
     mem = parse_bytes(settings.memory)
@@ -371,18 +257,14 @@ def container_config(
         "entrypoint": [shell, "-c", DEADLINE_SH, "ctfm-deadline", str(settings.deadline_s(cases))],
         "command": reference_command(image, settings.task),
         "name": name,
-        "labels": {
-            LABEL: "1",
-            LABEL_PID: str(os.getpid()),
-            LABEL_HOST: socket.gethostname(),
-            LABEL_TEAM: image.team,
-            LABEL_DEADLINE: str(int(deadline_at)),
-        },
+        "labels": labels("1", **{LABEL_TEAM: image.team, LABEL_DEADLINE: str(int(deadline_at))}),
         "environment": {"MASKS_DIR": contract["masks_dir"]} if masks else {},
-        "volumes": {
-            str(in_dir): {"bind": contract["input_dir"], "mode": "ro"},
-            str(out_dir): {"bind": contract["output_dir"], "mode": "rw"},
-        },
+        # structured mounts, not "src:dst:mode" strings, so a host path may hold a colon
+        "mounts": [
+            Mount(contract["input_dir"], str(in_dir), type="bind", read_only=True),
+            Mount(contract["output_dir"], str(out_dir), type="bind"),
+            *(Mount(target, str(source), type="bind") for source, target in binds),
+        ],
         "network_mode": "none",
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],

@@ -1,9 +1,11 @@
-"""The host folders of one container run: its inputs (read-only for it) and a size-capped output folder.
+"""The host folders of one container run: its inputs (read-only for it), a size-capped output folder and, where
+the engine cannot cap a container's writable layer, its scratch: overlays of image folders with capped writes.
 
 Run as root, ctfm mounts a tmpfs with a size and an inode limit on each container's output folder: the
 kernel refuses whatever goes over it (files, folders, data in unlinked files alike), nothing of it reaches
 the organizers' disk, and removing it is one unmount whatever the container built there (deep folder chains,
-a million files, FIFOs). Without root the output folder is a plain folder; it is then removed by
+a million files, FIFOs). The scratch overlays (see :mod:`~ctfm.extract.containers.scratch`) keep their
+writes on one more such tmpfs. Without root the output folder is a plain folder; it is then removed by
 :func:`remove_tree`, which walks iteratively through directory descriptors (never by path, never recursing,
 never following links), so no depth or name length can stop it.
 """
@@ -16,12 +18,13 @@ import ctypes.util
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctfm.fsutil import link_or_copy
 
 MNT_DETACH = 2
+SCRATCH_BYTES_PER_INODE = 4096  # scratch holds one entry per page it may hold
 MS_NOSUID, MS_NODEV = 2, 4
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -39,31 +42,55 @@ class CaseInput:
         return case_inputs(self.image, self.mask, image_id)
 
 
-def mount_tmpfs(path: Path, size: int, inodes: int) -> None:
-    """Mount a tmpfs of ``size`` bytes and ``inodes`` entries on ``path`` (root only), writable by anyone
-    (mode 0777, as the reference runner's ``chmod -R 777`` leaves its output folder)."""
-    options = f"size={size},nr_inodes={inodes},mode=0777".encode()
-    if _libc.mount(b"ctfm-outputs", os.fsencode(path), b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0:
+def mount_tmpfs(path: Path, size: int, inodes: int, mode: int = 0o777, name: bytes = b"ctfm-outputs") -> None:
+    """Mount a tmpfs of ``size`` bytes and ``inodes`` entries on ``path`` (root only); the default mode 0777 is
+    how the reference runner's ``chmod -R 777`` leaves its output folder."""
+    _mount(name, path, b"tmpfs", f"size={size},nr_inodes={inodes},mode={mode:o}")
+
+
+def mount_overlay(path: Path, lower: Path, upper: Path, work: Path) -> None:
+    """Mount an overlay on ``path``: ``lower``'s files, read-only, under the writable ``upper`` (root only)."""
+    dirs = {"lowerdir": lower, "upperdir": upper, "workdir": work}
+    _mount(b"ctfm-scratch", path, b"overlay", ",".join(f"{k}={_escape(v)}" for k, v in dirs.items()))
+
+
+def _escape(path: Path) -> str:
+    """A path inside overlay options, where ``,`` separates options and ``:`` lower folders."""
+    return str(path).replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def _mount(source: bytes, path: Path, fstype: bytes, options: str) -> None:
+    flags = MS_NOSUID | MS_NODEV
+    if _libc.mount(source, os.fsencode(path), fstype, flags, options.encode()) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"mount tmpfs on {path}: {os.strerror(err)}")
+        raise OSError(err, f"mount {fstype.decode()} on {path}: {os.strerror(err)}")
 
 
-def can_mount(work: Path) -> bool:
-    """Whether this process may mount (root with the capability to, not e.g. root in a container)."""
+def probe_mounts(work: Path) -> tuple[bool, bool]:
+    """Whether this process may mount a tmpfs, and an overlay of a folder in ``work`` (where image copies go)
+    with its writes on a tmpfs (root with the capability to, not e.g. root in a container; a kernel with
+    overlayfs; a file system overlayfs can read)."""
     if os.geteuid() != 0:
-        return False
-    probe = Path(work) / ".mount-probe"
+        return False, False
+    probe, lower = Path(work) / ".mount-probe", Path(work) / ".mount-probe-lower"
     probe.mkdir(parents=True, exist_ok=True)
     try:
         mount_tmpfs(probe, 1 << 20, 16)
     except OSError:
-        return False
+        probe.rmdir()
+        return False, False
+    try:
+        lower.mkdir(exist_ok=True)
+        dirs = [probe / d for d in ("upper", "work", "merged")]
+        for d in dirs:
+            d.mkdir()
+        mount_overlay(dirs[2], lower, *dirs[:2])
+        return True, True
+    except OSError:
+        return True, False
     finally:
-        with contextlib.suppress(OSError):
-            unmount(probe)
-        with contextlib.suppress(OSError):
-            probe.rmdir()
-    return True
+        remove_tree(probe)
+        remove_tree(lower)
 
 
 def unmount(path: Path) -> None:
@@ -156,10 +183,11 @@ def place_input(src: Path, dest: Path) -> None:
 
 @dataclass
 class RunFolders:
-    """``base/inputs`` (the chunk's images, ``fg_masks/`` for an ROI disease) and ``base/outputs``."""
+    """``base/inputs`` (the chunk's images, ``fg_masks/`` for an ROI disease), ``base/outputs`` and, with
+    scratch overlays, ``base/scratch`` (their upper folders and merged views, on one tmpfs)."""
 
     base: Path
-    mounted: bool = False
+    binds: list[tuple[Path, str]] = field(default_factory=list)  # (host folder, container folder) of scratch
 
     @property
     def inputs(self) -> Path:
@@ -172,6 +200,10 @@ class RunFolders:
     @property
     def staging(self) -> Path:
         return self.base / "staging"
+
+    @property
+    def scratch(self) -> Path:
+        return self.base / "scratch"
 
     @classmethod
     def prepare(
@@ -193,10 +225,27 @@ class RunFolders:
         folders.outputs.mkdir()
         if bounded:
             mount_tmpfs(folders.outputs, size, inodes)
-            folders.mounted = True
         else:
             os.chmod(folders.outputs, 0o777)
         return folders
+
+    def overlay(self, folders: Sequence[tuple[str, Path]], size: int) -> None:
+        """Give each ``(container folder, image copy)`` a fresh writable view of the copy: an overlay whose
+        writes land on one tmpfs of ``size`` bytes (root only). The copy itself is never written."""
+        if not folders:
+            return
+        self.scratch.mkdir(mode=0o700)  # only root may reach the merged views from the host
+        inodes = max(size // SCRATCH_BYTES_PER_INODE, 1024)
+        mount_tmpfs(self.scratch, size, inodes, mode=0o700, name=b"ctfm-scratch")
+        for i, (target, lower) in enumerate(folders):
+            upper, work, merged = (self.scratch / f"{kind}{i}" for kind in ("upper", "work", "merged"))
+            for d in (upper, work, merged):
+                d.mkdir()
+            st = os.stat(lower)  # the overlay's top folder takes its owner and mode from the upper one
+            os.chown(upper, st.st_uid, st.st_gid)
+            os.chmod(upper, stat.S_IMODE(st.st_mode))
+            mount_overlay(merged, lower, upper, work)
+            self.binds.append((merged, target))
 
     def remove(self) -> None:
         remove_tree(self.base)

@@ -3,7 +3,7 @@
 This module imports numpy only (nibabel and h5py lazily, for the standalone path) and nothing from ctfm, so
 the baseline container (Debian python3 + numpy + nibabel + h5py) can run it as a single file::
 
-    python3 hu_stats.py --task lp          # reads INPUT_DIR, MASKS_DIR (optional), writes OUTPUT_DIR/<case>.h5
+    python3 hu_stats.py --task lp   # /workspace/inputs/<case>.nii.gz (+ $MASKS_DIR) -> /workspace/outputs/<case>.h5
 
 Its features do not depend on resampling or cropping: they are computed at the image's own voxel grid, in RAS
 orientation, with HU clipped to the window, over the mask (or the body, HU > -500, without a mask). The
@@ -321,16 +321,18 @@ def from_files(image: Path, mask: Path | None, task: str) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Container entry: every ``<case>.nii.gz`` in INPUT_DIR -> OUTPUT_DIR/<case>.h5 (dataset y_hat)."""
+    """Container entry, the reference contract's fixed paths: every ``/workspace/inputs/<case>.nii.gz`` (with
+    ``$MASKS_DIR/<case>.nii.gz`` when the runner sets it, for an ROI disease) -> ``/workspace/outputs/<case>.h5``
+    (dataset y_hat). ``--input``/``--output``/``--masks`` are for running it outside a container."""
     import argparse
 
     import h5py
 
     parser = argparse.ArgumentParser(description="hu-stats baseline extractor (numpy only)")
     parser.add_argument("--task", choices=("lp", "eao"), default="lp")
-    parser.add_argument("--input", default=os.environ.get("INPUT_DIR", "/workspace/inputs"))
-    parser.add_argument("--output", default=os.environ.get("OUTPUT_DIR", "/workspace/outputs"))
-    parser.add_argument("--masks", default=os.environ.get("MASKS_DIR", ""))
+    parser.add_argument("--input", default="/workspace/inputs")
+    parser.add_argument("--output", default="/workspace/outputs")
+    parser.add_argument("--masks", default=os.environ.get("MASKS_DIR", ""), help="default: $MASKS_DIR")
     args = parser.parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
