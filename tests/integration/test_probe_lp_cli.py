@@ -157,9 +157,10 @@ def test_lp_wandb_offline_without_key_logs_the_history_and_selections(cli, bench
     history = pd.read_csv(disease / "history.csv").groupby("epoch")
     logged = wandb_logged(records, "history")
     assert [row["epoch"] for row in logged] == list(history.groups)
+    assert logged[0]["heads_training"] == 4
     for row in logged:
         epoch = history.get_group(row["epoch"])
-        assert row["heads_training"] == len(epoch) == 4
+        assert row["heads_training"] == len(epoch) <= 4
         assert row["val/loss_best"] == pytest.approx(epoch["val_loss"].min())
         assert row["val/balanced_acc_best"] == pytest.approx(epoch["val_balanced_acc"].max())
         assert row["val/auroc_best"] == pytest.approx(epoch["val_auroc"].max())

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ctfm.fsutil import atomic_path
 from ctfm.probe.layout import RunLayout
-from ctfm.probe.training import STRATEGIES, FitResult
+from ctfm.probe.training import STRATEGIES, FitResult, Selection
 
 METRIC_COLUMNS = ("val_loss", "val_balanced_acc", "val_auroc")
 
@@ -25,15 +25,20 @@ def _write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> None:
         frame.to_csv(tmp, index=index)
 
 
+def selected_train_loss(fit: FitResult, sel: Selection) -> float:
+    """The train loss of a selection's head over its selected epoch (NaN when the history has none)."""
+    hist = fit.history
+    at = hist[(hist["head"] == sel.head) & (hist["epoch"] == sel.epoch)]
+    return float(at["train_loss"].iloc[0]) if len(at) else float("nan")
+
+
 def val_report(fit: FitResult, layout: RunLayout) -> pd.DataFrame:
     """One row per strategy: its selected head's val metrics and identity (reference columns first)."""
     rows = {}
     for name, sel in fit.selections.items():
         head = fit.heads[sel.head]
-        hist = fit.history
-        at = hist[(hist["head"] == sel.head) & (hist["epoch"] == sel.epoch)]
         row = dict(sel.metrics)
-        row["train_loss"] = float(at["train_loss"].iloc[0]) if len(at) else float("nan")
+        row["train_loss"] = selected_train_loss(fit, sel)
         row.update(
             {
                 "head": head["name"],

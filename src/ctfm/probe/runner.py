@@ -30,7 +30,8 @@ from ctfm.errors import ConfigError, CtfmError, DataError
 from ctfm.fsutil import exclusive_use, remove_partials, write_text_atomic
 from ctfm.probe.data import DiseaseData, current_input_key, few_shot, fold_columns, load_disease
 from ctfm.probe.layout import DiseaseLayout, RunLayout
-from ctfm.probe.report import write_reports
+from ctfm.probe.reference import save_lp
+from ctfm.probe.report import selected_train_loss, write_reports
 from ctfm.probe.training import FitResult, Selection, TrainConfig, mean_std, seed_everything
 
 SUMMARY_METRICS = ("balanced_acc", "auroc", "acc", "f1", "ap", "sensitivity", "specificity", "loss")
@@ -391,7 +392,14 @@ def _swap_in(staged: DiseaseLayout, final: DiseaseLayout) -> None:
         stale = (
             [run.dir]
             if tag
-            else [run.checkpoints_dir, run.val_report, run.grid_report, run.history, run.progress]
+            else [
+                run.checkpoints_dir,
+                run.reference_dir,
+                run.val_report,
+                run.grid_report,
+                run.history,
+                run.progress,
+            ]
         )
         for path in stale:
             _remove(path)
@@ -490,12 +498,32 @@ def save_selection(
 
 
 def save_linear_checkpoints(
-    fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig
+    fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig, reference: bool = True
 ) -> None:
-    """One checkpoint per strategy: the selected head's weights, its norm statistics and provenance."""
+    """One checkpoint per strategy: the selected head's weights, its norm statistics and provenance; with
+    ``reference``, the same heads in the reference LP trainer's format too (grid heads only: the reference
+    names its heads ``clf_lr_...``)."""
+    shutil.rmtree(
+        layout.reference_dir, ignore_errors=True
+    )  # an older run's files would be picked up with these
     for name, sel in fit.selections.items():
         head = fit.heads[sel.head]
         weight, bias = sel.state["weight"], sel.state["bias"]
+        norm = fit.extra["norms"][head["norm"]]
+        if reference:
+            save_lp(
+                layout.reference_dir,
+                strategy=name,
+                score=sel.score,
+                epoch=sel.epoch,
+                head=head["name"],
+                weight=weight,
+                bias=bias,
+                norm=norm,
+                betas=tuple(head["betas"]),
+                eps=head["eps"],
+                val_metrics={**sel.metrics, "train_loss": selected_train_loss(fit, sel)},
+            )
         save_selection(
             layout,
             name,
@@ -507,7 +535,7 @@ def save_linear_checkpoints(
             head_name="linear",
             head_kwargs={"in_dim": int(weight.shape[1]), "out_dim": int(weight.shape[0])},
             state_dict={"linear.weight": weight, "linear.bias": bias},
-            norm=fit.extra["norms"][head["norm"]].to_dict(),
+            norm=norm.to_dict(),
         )
 
 
@@ -527,4 +555,7 @@ def linear_task(options: ProbeOptions, log: Log | None = None) -> ProbeTask:
             return fit_logreg(x_tr, y_tr, x_va, y_va, options.norms, config, options.logreg_cs or LOGREG_CS)
         return fit_linear_grid(x_tr, y_tr, x_va, y_va, grid, config)
 
-    return ProbeTask("lp", load, fit, save_linear_checkpoints)
+    def save(fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig) -> None:
+        save_linear_checkpoints(fit, layout, data, config, reference=options.probe == "grid")
+
+    return ProbeTask("lp", load, fit, save)

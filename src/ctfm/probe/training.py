@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import rankdata
 
 from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError
@@ -191,7 +190,8 @@ class BatchSampler:
     """The train batches of one epoch, shared by every head.
 
     ``weighted``: ``len(y)`` draws with replacement, probability inverse to class frequency (uniform draws with
-    replacement when the classes are balanced), like the reference's ``WeightedRandomSampler``.
+    replacement when the classes are balanced): the very batches of the reference's ``DataLoader`` over a
+    ``WeightedRandomSampler`` (``RandomSampler``) with a generator seeded with ``seed``.
     ``weighted-scaled``: the same, with the weights min-max scaled to ``SCALED_WEIGHT_RANGE`` as the reference
     EAO trainer does (the rarest class is drawn 10x as often per case as the commonest, whatever the imbalance).
     ``loss-weight`` and ``none``: a fresh permutation each epoch (the loss carries the class weights for
@@ -208,7 +208,8 @@ class BatchSampler:
         if sampling == "weighted-scaled" and weights.max() > weights.min():
             low, high = SCALED_WEIGHT_RANGE
             weights = low + (high - low) * (weights - weights.min()) / (weights.max() - weights.min())
-        self.sample_weights = torch.as_tensor(weights, dtype=torch.float64)
+        # float32 first, as the reference hands its weights to WeightedRandomSampler: the draws then match its
+        self.sample_weights = torch.as_tensor(weights, dtype=torch.float32).double()
         self.uniform = bool(np.isclose(weights.max(), weights.min()))
 
     @property
@@ -360,25 +361,34 @@ class StrategyTracker:
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:
-    """Class probabilities ``[..., C]`` from logits; a single logit is the positive class of a binary head."""
-    logits = np.asarray(logits, dtype=np.float64)
-    if logits.shape[-1] == 1:
-        p = 1.0 / (1.0 + np.exp(-logits[..., 0]))
-        return np.stack([1.0 - p, p], axis=-1)
-    z = logits - logits.max(axis=-1, keepdims=True)
+    """Class probabilities ``[..., C]`` from logits ``[..., C]`` (softmax)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
 
 
 def loss_per_head(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean BCE (single logit) or cross-entropy per head: logits ``[H, N, O]``, targets ``[N]`` -> ``[H]``."""
-    if logits.shape[-1] == 1:
-        target = y.to(logits.dtype).expand(logits.shape[0], -1)
-        return torch.nn.functional.binary_cross_entropy_with_logits(
-            logits[..., 0], target, reduction="none"
-        ).mean(1)
+    """Mean cross-entropy per head: logits ``[H, N, C]``, targets ``[N]`` -> ``[H]``."""
     logp = torch.log_softmax(logits, dim=-1)
     return -logp.gather(2, y.view(1, -1, 1).expand(logits.shape[0], -1, 1))[..., 0].mean(1)
+
+
+def _average_ranks(scores: np.ndarray) -> np.ndarray:
+    """Ranks 1..N of each row of ``[H, N]``, tied scores sharing their mean rank (scipy's ``rankdata``)."""
+    order = np.argsort(scores, axis=1, kind="stable")
+    ordered = np.take_along_axis(scores, order, axis=1)
+    n = ordered.shape[1]
+    at = np.arange(n)
+    starts = np.ones(ordered.shape, dtype=bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = np.ones(ordered.shape, dtype=bool)
+    ends[:, :-1] = starts[:, 1:]
+    first = np.maximum.accumulate(np.where(starts, at, 0), axis=1)  # where each position's run of ties starts
+    last = np.minimum.accumulate(np.where(ends, at, n - 1)[:, ::-1], axis=1)[:, ::-1]  # ... and ends
+    ranks = np.empty(ordered.shape)
+    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=1)
+    return ranks
 
 
 def batched_auroc(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -387,28 +397,35 @@ def batched_auroc(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if n_pos == 0 or n_neg == 0:
         return np.full(scores.shape[0], np.nan)
-    ranks = rankdata(scores, axis=1)
+    ranks = _average_ranks(scores)
     return (ranks[:, pos].sum(1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
 def batched_metrics(y: np.ndarray, logits: np.ndarray, loss: np.ndarray) -> dict[str, np.ndarray]:
-    """Val metrics per head for monitoring: loss, balanced accuracy and (macro one-vs-rest) AUROC.
+    """The reference's selection metrics per head: loss, balanced accuracy and AUROC.
 
-    ``logits`` ``[H, N, O]``; ``y`` holds class indices ``0..C-1``.
+    ``logits`` ``[H, N, C]``; ``y`` holds class indices ``0..C-1``. Balanced accuracy is the reference's:
+    the mean over the C classes of (recall + specificity) / 2 (for two classes: the mean recall); AUROC is
+    the macro one-vs-rest AUROC of the softmax probabilities over the classes present (for two classes: the
+    binary AUROC). :func:`full_metrics` gives every metric of one head.
     """
-    if logits.shape[-1] == 1:
-        pred = (logits[..., 0] > 0).astype(np.int64)
-        auroc = batched_auroc(y, logits[..., 0])
-    else:
-        pred = logits.argmax(-1)
-        probs = probabilities(logits)
-        per_class = [batched_auroc((y == c).astype(np.int64), probs[..., c]) for c in range(logits.shape[-1])]
-        auroc = np.nanmean(np.stack(per_class), axis=0)
-    present = np.unique(y)
-    recalls = [(pred[:, y == c] == c).mean(1) for c in present]
+    n_classes = logits.shape[-1]
+    pred = logits.argmax(-1)
+    probs = probabilities(logits)
+    per_class_auroc = [batched_auroc((y == c).astype(np.int64), probs[..., c]) for c in range(n_classes)]
+    halves = []
+    for c in range(n_classes):
+        truth, said = y == c, pred == c
+        tp = (said & truth).sum(1)
+        tn = (~said & ~truth).sum(1)
+        recall = tp / max(int(truth.sum()), 1)
+        specificity = tn / max(int((~truth).sum()), 1)
+        halves.append((recall + specificity) / 2)
+    with np.errstate(invalid="ignore"):
+        auroc = np.nanmean(np.stack(per_class_auroc), axis=0) if n_classes > 2 else per_class_auroc[1]
     return {
         "val_loss": np.asarray(loss, dtype=np.float64),
-        "val_balanced_acc": np.mean(recalls, axis=0),
+        "val_balanced_acc": np.mean(halves, axis=0),
         "val_auroc": auroc,
     }
 
@@ -425,7 +442,7 @@ def full_metrics(y: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     y = np.asarray(y)
     probs = probabilities(logits)
     n_classes = probs.shape[1]
-    pred = (logits[:, 0] > 0).astype(np.int64) if logits.shape[-1] == 1 else probs.argmax(1)
+    pred = probs.argmax(1)
     cm = np.zeros((n_classes, n_classes))
     np.add.at(cm, (y, pred), 1)
     tp = np.diag(cm)
