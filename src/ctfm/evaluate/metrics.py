@@ -26,9 +26,27 @@ array ``[B]``. They match scikit-learn's definitions to floating-point precision
   ``ECE = sum_k (n_k / N) |accuracy_k - mean confidence_k|``. Binary is treated as two classes; multilabel
   averages the per-label binary ECE. sklearn has no ECE; the tests compare it with a plain loop.
 
-Undefined values: AUROC needs both classes; AP needs at least one positive. When a set (for example a
-bootstrap resample) lacks them, the value is NaN instead of sklearn's exception (AUROC) or warning and 0
-(AP); for multiclass and multilabel the macro value is NaN as soon as one class is undefined, because sklearn
+The reference's metrics (:func:`reference_metrics`) are what the benchmark's reference scorer computes with
+torchmetrics, task "multiclass" with ``num_classes`` = the number of logit columns, binary tasks included;
+the rules below were read off torchmetrics 1.9 on crafted sets (tests/unit/test_reference_metrics.py):
+
+* ``acc``: share of cases whose arg-max class is the label.
+* ``f1`` / ``sensitivity`` / ``specificity``: per-class F1, recall and specificity (0 where a denominator is
+  0), averaged over the classes present in the labels or the predictions (torchmetrics gives a class with
+  TP + FP + FN = 0 weight 0), which is scikit-learn's macro average. Binary: both classes, so sensitivity =
+  specificity = balanced accuracy.
+* ``balanced_acc``: mean over all ``n_classes`` classes of ``(TP/(TP+FN+1e-8) + TN/(TN+FP+1e-8)) / 2``; a
+  class absent from labels and predictions adds about 0.5. Binary: scikit-learn's balanced accuracy (to
+  1e-8); 3+ classes: not scikit-learn's.
+* ``auroc``: one-vs-rest AUROC of each class's probability column (ties count one half), plain mean over all
+  classes; a class without positives or without negatives counts 0 (torchmetrics' zero ROC curve).
+* ``ap``: step average precision of each class's column (one threshold per distinct score, as
+  scikit-learn), mean over the classes with a positive; a class without positives is left out, except when
+  every label is class 0, where it counts 0 (torchmetrics sets recall to 1 only then).
+
+Undefined values (the scikit-learn-style functions): AUROC needs both classes; AP needs at least one
+positive. When a set (for example a bootstrap resample) lacks them, the value is NaN instead of sklearn's
+exception (AUROC) or warning and 0 (AP); for multiclass and multilabel the macro value is NaN as soon as one class is undefined, because sklearn
 refuses those sets too. Callers summarise with nan-aware statistics and report how many sets were
 degenerate (see :mod:`ctfm.evaluate.bootstrap`).
 
@@ -63,6 +81,16 @@ METRICS: tuple[str, ...] = (
     "ece",
 )
 LOWER_IS_BETTER: frozenset[str] = frozenset({"brier", "ece"})
+REFERENCE_METRICS: tuple[str, ...] = (
+    "acc",
+    "f1",
+    "auroc",
+    "ap",
+    "sensitivity",
+    "specificity",
+    "balanced_acc",
+)
+REFERENCE_EPS = 1e-8  # in the reference's balanced-accuracy denominators
 
 
 def _batched(*arrays: np.ndarray, core_ndim: int) -> tuple[list[np.ndarray], bool]:
@@ -381,3 +409,61 @@ def compute_all(
         "ece": lambda: ece(y, prob, n_bins, multilabel),
     }
     return {name: funcs[name]() for name in names}
+
+
+# ------------------------------------------------------------------------------------------- reference
+
+
+def reference_confusion(
+    name: str, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray
+) -> np.ndarray:
+    """``acc``, ``f1``, ``sensitivity``, ``specificity`` or ``balanced_acc`` from per-class counts ``[..., C]``
+    by the reference's rules (module docstring); counts may be weighted (bootstrap resamples)."""
+    if name == "acc":
+        return tp.sum(axis=-1) / (tp + fn).sum(axis=-1)
+    if name == "balanced_acc":
+        return ((tp / (tp + fn + REFERENCE_EPS) + tn / (tn + fp + REFERENCE_EPS)) / 2.0).mean(axis=-1)
+    seen = (tp + fp + fn) > 0
+    if name == "f1":
+        return _macro(_ratio(2 * tp, 2 * tp + fp + fn), seen)
+    if name == "sensitivity":
+        return _macro(_ratio(tp, tp + fn), seen)
+    if name == "specificity":
+        return _macro(_ratio(tn, tn + fp), seen)
+    raise ValueError(f"{name!r} is not a reference confusion-count metric")
+
+
+def reference_rank_macro(
+    auc: np.ndarray, ap: np.ndarray, n_pos: np.ndarray, n_neg: np.ndarray, all_class0: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's macro AUROC and AP from per-class one-vs-rest values ``[..., C]`` (NaN where
+    undefined), each class's positive and negative counts ``[..., C]`` and whether every label is class 0
+    ``[...]``."""
+    auc = np.where((n_pos > 0) & (n_neg > 0), auc, 0.0).mean(axis=-1)
+    fill = np.where(np.asarray(all_class0)[..., None], 0.0, np.nan)
+    ap = np.where(n_pos > 0, ap, fill)
+    counted = ~np.isnan(ap)
+    with np.errstate(invalid="ignore"):
+        ap = np.where(counted, ap, 0.0).sum(axis=-1) / counted.sum(axis=-1)
+    return auc, ap
+
+
+def reference_metrics(y: np.ndarray, probs: np.ndarray, n_classes: int) -> dict[str, float | np.ndarray]:
+    """The reference scorer's seven metrics (:data:`REFERENCE_METRICS`) of labels ``y [N]`` (class indices)
+    and class probabilities ``probs [N, n_classes]``, or batched ``y [B, N]``, ``probs [B, N, n_classes]``
+    (then every value is an array ``[B]``). Predictions are the arg-max class (first on ties)."""
+    y = np.asarray(y)
+    probs = np.asarray(probs, dtype=float)
+    if probs.shape != (*y.shape, n_classes):
+        raise ValueError(f"probabilities {probs.shape} do not fit labels {y.shape} and {n_classes} classes")
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(f"labels must be class indices 0..{n_classes - 1}")
+    (y, probs), single = _batched(y, probs, core_ndim=1)
+    counts = _counts(y, probs.argmax(axis=-1), n_classes)
+    out = {k: reference_confusion(k, *counts) for k in REFERENCE_METRICS if k not in ("auroc", "ap")}
+    targets = [(y == c).astype(int) for c in range(n_classes)]
+    auc = np.stack([_binary_auroc(t, probs[..., c]) for c, t in enumerate(targets)], axis=-1)
+    ap = np.stack([_binary_ap(t, probs[..., c]) for c, t in enumerate(targets)], axis=-1)
+    n_pos = np.stack([t.sum(axis=1) for t in targets], axis=-1)
+    out["auroc"], out["ap"] = reference_rank_macro(auc, ap, n_pos, y.shape[1] - n_pos, (y == 0).all(axis=1))
+    return {k: _out(out[k], single) for k in REFERENCE_METRICS}
