@@ -18,7 +18,6 @@ from ctfm.probe.training import (
     build_schedule,
     full_metrics,
     mean_std,
-    probabilities,
 )
 
 
@@ -142,6 +141,11 @@ def test_strategy_tracker_keeps_best_and_breaks_ties_by_grid_order():
     assert tracker.best["val_balanced_acc"].epoch == 2
 
 
+def _softmax32(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities as the reference's torchmetrics makes them from float32 logits (ties included)."""
+    return torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).numpy()
+
+
 def _reference_balanced_accuracy(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
     """The reference's balanced accuracy from scikit-learn per class: mean of (recall + specificity) / 2."""
     return float(
@@ -162,9 +166,12 @@ def test_batched_metrics_match_sklearn_with_ties():
     loss = np.zeros(5)
     m = batched_metrics(y, logits, loss)
     for h in range(5):
-        p1 = probabilities(logits[h])[:, 1]
+        p = _softmax32(logits[h])
         pred = logits[h].argmax(1)
-        assert m["val_auroc"][h] == pytest.approx(skm.roc_auc_score(y, p1))
+        # macro over both classes, as the reference (float32 ties of p0 and p1 can differ)
+        assert m["val_auroc"][h] == pytest.approx(
+            np.mean([skm.roc_auc_score(y == c, p[:, c]) for c in (0, 1)])
+        )
         assert m["val_balanced_acc"][h] == pytest.approx(skm.balanced_accuracy_score(y, pred))
         assert m["val_balanced_acc"][h] == pytest.approx(_reference_balanced_accuracy(y, pred, 2))
 
@@ -185,26 +192,32 @@ def test_batched_metrics_multiclass_are_the_reference_definitions():
 
 
 @pytest.mark.parametrize("classes", [2, 3])
-def test_full_metrics_match_sklearn(classes):
+def test_full_metrics_are_the_reference_definitions(classes):
+    """A selected head's val metrics, rebuilt from scikit-learn per class: macro over classes, binary included
+    (binary sensitivity = specificity = balanced accuracy), balanced accuracy the class mean of
+    (recall + specificity) / 2, AUROC and AP the class means of one-vs-rest values."""
     rng = np.random.default_rng(classes)
     y = rng.integers(0, classes, 50)
     z = np.round(rng.normal(size=(50, classes)) + 0.8 * np.eye(classes)[y], 1)
     m = full_metrics(y, z)
-    p = probabilities(z)
+    p = _softmax32(z)
     pred = z.argmax(1)
-    avg = "binary" if classes == 2 else "macro"
-    assert m["balanced_acc"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    per_class = range(classes)
     assert m["acc"] == pytest.approx(skm.accuracy_score(y, pred))
-    assert m["f1"] == pytest.approx(skm.f1_score(y, pred, average=avg))
-    assert m["sensitivity"] == pytest.approx(skm.recall_score(y, pred, average=avg))
-    assert m["loss"] == pytest.approx(skm.log_loss(y, p))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert m["sensitivity"] == pytest.approx(skm.recall_score(y, pred, average="macro"))
+    assert m["specificity"] == pytest.approx(
+        np.mean([skm.recall_score(y != c, pred != c) for c in per_class])
+    )
+    assert m["balanced_acc"] == pytest.approx(_reference_balanced_accuracy(y, pred, classes))
+    assert m["auroc"] == pytest.approx(np.mean([skm.roc_auc_score(y == c, p[:, c]) for c in per_class]))
+    assert m["ap"] == pytest.approx(
+        np.mean([skm.average_precision_score(y == c, p[:, c]) for c in per_class])
+    )
+    assert m["loss"] == pytest.approx(skm.log_loss(y, p), rel=1e-5)
     if classes == 2:
-        assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, p[:, 1]))
-        assert m["ap"] == pytest.approx(skm.average_precision_score(y, p[:, 1]))
-        assert m["specificity"] == pytest.approx(skm.recall_score(1 - y, 1 - pred))
-    else:
-        assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr"))
-        assert m["ap"] == pytest.approx(skm.average_precision_score(np.eye(3)[y], p, average="macro"))
+        assert m["sensitivity"] == pytest.approx(m["specificity"]) == pytest.approx(m["balanced_acc"])
+    assert m["val_balacc_auroc"] == pytest.approx(0.5 * m["balanced_acc"] + 0.5 * m["auroc"])
     assert m["val_balacc_loss"] == pytest.approx(0.5 * m["balanced_acc"] - 0.5 * m["loss"])
 
 
@@ -265,18 +278,17 @@ def test_mean_std():
     assert mean_std([0.5])["std"] == 0.0
 
 
-def test_full_metrics_of_a_head_whose_val_lacks_a_class_match_ctfm_eval_and_sklearn():
-    """A 4-class head (train had class 3) scored on val labels 0..2: macro F1 / specificity count the
-    classes seen in the labels or predictions, as scikit-learn and `ctfm eval` do."""
-    from ctfm.evaluate import metrics as M
-
+def test_full_metrics_of_a_head_whose_val_lacks_a_class_follow_the_reference_rules():
+    """A 4-class head (train had class 3) scored on val labels 0..2: F1 and sensitivity average the classes
+    seen in labels or predictions (scikit-learn's macro), while balanced accuracy and AUROC average all four
+    classes, the absent one adding (0 + 1) / 2 and 0 (the reference's torchmetrics rules)."""
     rng = np.random.default_rng(7)
     y = rng.integers(0, 3, 80)
     z = rng.normal(size=(80, 4)) + 1.5 * np.eye(4)[y]
     z[:, 3] -= 3.0  # class 3 is never predicted
     m = full_metrics(y, z)
-    pred = z.argmax(1)
+    pred, p = z.argmax(1), _softmax32(z)
     assert m["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
     assert m["sensitivity"] == pytest.approx(skm.recall_score(y, pred, average="macro"))
-    assert m["f1"] == pytest.approx(float(M.macro_f1(y, pred, 4)))
-    assert m["specificity"] == pytest.approx(float(M.specificity(y, pred, 4)))
+    assert m["balanced_acc"] == pytest.approx((3 * _reference_balanced_accuracy(y, pred, 3) + 0.5) / 4)
+    assert m["auroc"] == pytest.approx(sum(skm.roc_auc_score(y == c, p[:, c]) for c in range(3)) / 4)

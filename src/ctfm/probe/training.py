@@ -374,108 +374,43 @@ def loss_per_head(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -logp.gather(2, y.view(1, -1, 1).expand(logits.shape[0], -1, 1))[..., 0].mean(1)
 
 
-def _average_ranks(scores: np.ndarray) -> np.ndarray:
-    """Ranks 1..N of each row of ``[H, N]``, tied scores sharing their mean rank (scipy's ``rankdata``)."""
-    order = np.argsort(scores, axis=1, kind="stable")
-    ordered = np.take_along_axis(scores, order, axis=1)
-    n = ordered.shape[1]
-    at = np.arange(n)
-    starts = np.ones(ordered.shape, dtype=bool)
-    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    ends = np.ones(ordered.shape, dtype=bool)
-    ends[:, :-1] = starts[:, 1:]
-    first = np.maximum.accumulate(np.where(starts, at, 0), axis=1)  # where each position's run of ties starts
-    last = np.minimum.accumulate(np.where(ends, at, n - 1)[:, ::-1], axis=1)[:, ::-1]  # ... and ends
-    ranks = np.empty(ordered.shape)
-    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=1)
-    return ranks
-
-
-def batched_auroc(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Binary AUROC per row of ``scores`` ``[H, N]`` (ties count half, as scikit-learn); NaN for one class."""
-    pos = y == 1
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return np.full(scores.shape[0], np.nan)
-    ranks = _average_ranks(scores)
-    return (ranks[:, pos].sum(1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+def reference_probabilities(logits: np.ndarray) -> np.ndarray:
+    """Softmax in float32, as torchmetrics turns the reference trainer's float32 logits into probabilities:
+    AUROC ranks and ties (saturated heads) are then the reference's."""
+    return torch.softmax(torch.as_tensor(np.asarray(logits, dtype=np.float32)), dim=-1).numpy()
 
 
 def batched_metrics(y: np.ndarray, logits: np.ndarray, loss: np.ndarray) -> dict[str, np.ndarray]:
-    """The reference's selection metrics per head: loss, balanced accuracy and AUROC.
+    """The selection metrics per head: the given val loss, and the reference's balanced accuracy and AUROC
+    (:func:`ctfm.evaluate.metrics.reference_metrics`) of logits ``[H, N, C]``; ``y`` holds class indices."""
+    from ctfm.evaluate.metrics import reference_metrics
 
-    ``logits`` ``[H, N, C]``; ``y`` holds class indices ``0..C-1``. Balanced accuracy is the reference's:
-    the mean over the C classes of (recall + specificity) / 2 (for two classes: the mean recall); AUROC is
-    the macro one-vs-rest AUROC of the softmax probabilities over the classes present (for two classes: the
-    binary AUROC). :func:`full_metrics` gives every metric of one head.
-    """
-    n_classes = logits.shape[-1]
-    pred = logits.argmax(-1)
-    probs = probabilities(logits)
-    per_class_auroc = [batched_auroc((y == c).astype(np.int64), probs[..., c]) for c in range(n_classes)]
-    halves = []
-    for c in range(n_classes):
-        truth, said = y == c, pred == c
-        tp = (said & truth).sum(1)
-        tn = (~said & ~truth).sum(1)
-        recall = tp / max(int(truth.sum()), 1)
-        specificity = tn / max(int((~truth).sum()), 1)
-        halves.append((recall + specificity) / 2)
-    with np.errstate(invalid="ignore"):
-        auroc = np.nanmean(np.stack(per_class_auroc), axis=0) if n_classes > 2 else per_class_auroc[1]
+    logits = np.asarray(logits)
+    m = reference_metrics(
+        np.broadcast_to(y, logits.shape[:2]), reference_probabilities(logits), logits.shape[-1]
+    )
     return {
         "val_loss": np.asarray(loss, dtype=np.float64),
-        "val_balanced_acc": np.mean(halves, axis=0),
-        "val_auroc": auroc,
+        "val_balanced_acc": np.asarray(m["balanced_acc"]),
+        "val_auroc": np.asarray(m["auroc"]),
     }
 
 
 def full_metrics(y: np.ndarray, logits: np.ndarray) -> dict[str, float]:
-    """Every reference val metric of one head, named like the reference's val_report.csv.
+    """Every val metric of one head as the reference trainer records it (its val_metrics / val_report.csv):
+    the reference's seven metrics (:func:`ctfm.evaluate.metrics.reference_metrics`), the cross-entropy and the
+    two composite scores of the ``val_balacc_auroc`` and ``val_balacc_loss`` strategies."""
+    from ctfm.evaluate.metrics import reference_metrics
 
-    Binary: positive-class F1, sensitivity and specificity; multiclass: the macro averages ``ctfm eval``
-    reports (:mod:`ctfm.evaluate.metrics`, over the classes in the labels or the predictions, as
-    scikit-learn), so a val report and an evaluation of the same head agree.
-    """
-    from ctfm.evaluate import metrics as M
-
-    y = np.asarray(y)
-    probs = probabilities(logits)
-    n_classes = probs.shape[1]
-    pred = probs.argmax(1)
-    cm = np.zeros((n_classes, n_classes))
-    np.add.at(cm, (y, pred), 1)
-    tp = np.diag(cm)
-    fn, fp = cm.sum(1) - tp, cm.sum(0) - tp
-    tn = cm.sum() - tp - fn - fp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sens = tp / (tp + fn)
-        spec = tn / (tn + fp)
-        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
-    binary = n_classes == 2
-    auroc = float(batched_metrics(y, np.asarray(logits)[None], np.zeros(1))["val_auroc"][0])
-    ap = float(M.average_precision(y, probs[:, 1] if binary else probs))
-    if binary:
-        f1_, sensitivity, specificity = float(f1[1]), float(sens[1]), float(spec[1])
-    else:
-        f1_ = float(M.macro_f1(y, pred, n_classes))
-        sensitivity = float(M.sensitivity(y, pred, n_classes))
-        specificity = float(M.specificity(y, pred, n_classes))
-    present = np.unique(y)
-    bacc = float(np.mean([sens[c] for c in present]))
-    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-15, None))))
-    return {
-        "acc": float(tp.sum() / len(y)),
-        "f1": f1_,
-        "auroc": auroc,
-        "ap": ap,
-        "sensitivity": sensitivity,
-        "specificity": specificity,
-        "balanced_acc": bacc,
-        "loss": loss,
-        "val_balacc_auroc": 0.5 * bacc + 0.5 * auroc,
-        "val_balacc_loss": 0.5 * bacc - 0.5 * loss,
+    y, logits = np.asarray(y), np.asarray(logits, dtype=np.float32)
+    out = {
+        k: float(v)
+        for k, v in reference_metrics(y, reference_probabilities(logits), logits.shape[-1]).items()
     }
+    out["loss"] = float(loss_per_head(torch.as_tensor(logits[None]), torch.as_tensor(y))[0])
+    out["val_balacc_auroc"] = 0.5 * out["balanced_acc"] + 0.5 * out["auroc"]
+    out["val_balacc_loss"] = 0.5 * out["balanced_acc"] - 0.5 * out["loss"]
+    return out
 
 
 # ----------------------------------------------------------------------------- results
