@@ -239,13 +239,13 @@ class _VectorOptimizer:
                 continue
             b1 = h["beta1"].view(shape) if beta1 is None else torch.full_like(h["beta1"], beta1).view(shape)
             b2, eps = h["beta2"].view(shape), h["eps"].view(shape)
+            # torch.optim.AdamW's update, in place where it can be: the moments and parameters are the big
+            # tensors (every head's weights), the per-head factors are [H, 1, ...]
             p.mul_(1 - lr_ * wd)
-            self.m[i].mul_(b1).add_((1 - b1) * g)
-            self.v[i].mul_(b2).add_((1 - b2) * g * g)
-            bc1 = 1 - b1**self.t
-            bc2 = 1 - b2**self.t
-            denom = self.v[i].sqrt() / bc2.sqrt() + eps
-            p.sub_((lr_ / bc1) * self.m[i] / denom)
+            self.m[i].lerp_(g, 1 - b1)
+            self.v[i].mul_(b2).addcmul_(g * (1 - b2), g)
+            denom = self.v[i].sqrt().div_((1 - b2**self.t).sqrt()).add_(eps)
+            p.sub_(self.m[i].div(denom).mul_(lr_ / (1 - b1**self.t)))
 
 
 def _snapshotter(
