@@ -25,7 +25,9 @@ def _plain_torch_heads(x_tr, y_tr, grid, cfg, warmup_epochs):
     seeded ``WeightedRandomSampler`` (inverse class frequency, with replacement, drop_last), torch's
     LinearLR(1e-3) + CosineAnnealingLR stepped per iteration, and float64 train statistics for ``std``."""
     n_classes = int(y_tr.max()) + 1
-    w0, b0 = init_heads(len(grid), n_classes, x_tr.shape[1], cfg.seed)
+    w0, b0 = init_heads(
+        len(grid), n_classes, x_tr.shape[1], cfg.seed, standardised="std" in {p.norm for p in grid}
+    )
     assert w0.shape == (len(grid), n_classes, x_tr.shape[1]) and not b0.any()
     heads = []
     for i in range(len(grid)):
@@ -101,11 +103,22 @@ def test_batched_grid_equals_plain_linear_cross_entropy_adamw(optimizer, norms, 
     np.testing.assert_allclose(fit.extra["final_bias"], ref_b, rtol=0, atol=1e-5)
 
 
-def test_heads_start_from_the_reference_initialisation():
-    w, b = init_heads(104, 2, 1120, seed=42)
-    assert w.shape == (104, 2, 1120) and b.shape == (104, 2) and not b.any()
-    assert abs(float(w.std()) - 0.01) < 1e-4 and abs(float(w.mean())) < 1e-4
-    assert torch.equal(w, init_heads(104, 2, 1120, seed=42)[0])
+@pytest.mark.parametrize("standardised", [True, False])
+def test_heads_start_from_the_reference_trainers_initial_weights(standardised):
+    """run_LP.py: torch.manual_seed(seed); the train-statistics DataLoader is iterated once when a head uses
+    ``std``; then per head in grid order nn.Linear(D, C), weights redrawn from N(0, 0.01), bias zero."""
+    torch.manual_seed(42)
+    if standardised:
+        iter(DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=2))
+    expected = []
+    for _ in range(6):
+        head = torch.nn.Linear(1120, 2)
+        torch.nn.init.normal_(head.weight, 0.0, 0.01)
+        torch.nn.init.zeros_(head.bias)
+        expected.append(head.weight.detach())
+    w, b = init_heads(6, 2, 1120, seed=42, standardised=standardised)
+    assert torch.equal(w, torch.stack(expected)) and b.shape == (6, 2) and not b.any()
+    assert abs(float(w.std()) - 0.01) < 1e-4
 
 
 def test_planted_signal_is_learned_and_defaults_make_104_heads():

@@ -188,11 +188,27 @@ def _group_slices(groups: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(groups[s]), int(s), int(e)) for s, e in zip(starts, ends, strict=True)]
 
 
-def init_heads(n_heads: int, n_classes: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The heads' starting point, as the reference initialises its ``nn.Linear`` heads: weights ``[H, C, D]``
-    drawn from N(0, 0.01) (here from one generator seeded with ``seed``) and zero biases ``[H, C]``."""
+def init_heads(
+    n_heads: int, n_classes: int, dim: int, seed: int, standardised: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The heads' starting weights ``[H, C, D]`` (grid order) and biases ``[H, C]``: N(0, 0.01) and zero, the
+    very draws the reference trainer starts from.
+
+    run_LP.py seeds torch's generator with ``seed``, iterates one DataLoader when some head standardises its
+    input (the train statistics pass: one int64 draw), then builds one ``nn.Linear`` per head in grid order
+    (its default initialisation: C x D and C uniform draws) and redraws the weights from N(0, 0.01), the bias
+    zero. Replaying that sequence on a private generator gives the same weights without touching the global
+    one (with the same torch; another version may draw otherwise, with the same distribution).
+    """
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n_heads, n_classes, dim, generator=gen) * INIT_STD, torch.zeros(n_heads, n_classes)
+    if standardised:
+        torch.empty((), dtype=torch.int64).random_(generator=gen)
+    weight = torch.empty(n_heads, n_classes, dim)
+    for h in range(n_heads):
+        torch.empty(n_classes, dim).uniform_(generator=gen)  # nn.Linear's own draws, overwritten
+        torch.empty(n_classes).uniform_(generator=gen)
+        weight[h].normal_(0.0, INIT_STD, generator=gen)
+    return weight, torch.zeros(n_heads, n_classes)
 
 
 def _loss_and_grad(
@@ -302,7 +318,7 @@ def _fit_grid(
     live = np.argsort(group_of, kind="stable")  # grid index of each live head, grouped by norm
     n_heads, dim = len(grid), xtr.shape[2]
 
-    w_init, b_init = init_heads(n_heads, n_classes, dim, config.seed)
+    w_init, b_init = init_heads(n_heads, n_classes, dim, config.seed, standardised="std" in norms)
     weight = w_init[torch.as_tensor(live)].transpose(1, 2).contiguous().to(device)
     bias = b_init.to(device)
 
