@@ -84,7 +84,7 @@ def _reference(args: dict, queue: mp.Queue) -> None:
     import h5py
     import torch
     from torch import nn
-    from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+    from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
     from ctfm.evaluate.metrics import reference_metrics
 
@@ -153,13 +153,18 @@ def _reference(args: dict, queue: mp.Queue) -> None:
 
     start, cpu = time.perf_counter(), time.process_time()
     torch.manual_seed(args["seed"])
-    # inverse class frequency per case, min-max scaled to [0.1, 1] (float32, as the reference computes them)
+    # inverse class frequency per case, min-max scaled to [0.1, 1] (float32, as the reference computes them);
+    # equal weights: uniform draws with replacement
     weights = torch.as_tensor(1.0 / np.bincount(y[train])[y[train]], dtype=torch.float)
-    weights = 0.1 + 0.9 * (weights - weights.min()) / (weights.max() - weights.min())
+    if torch.isclose(weights.max(), weights.min()):
+        sampler = RandomSampler(range(len(train)), replacement=True, num_samples=len(train))
+    else:
+        weights = 0.1 + 0.9 * (weights - weights.min()) / (weights.max() - weights.min())
+        sampler = WeightedRandomSampler(weights, len(train), replacement=True)
     loader = DataLoader(
         H5Tokens(train),
         batch_size=args["batch_size"],
-        sampler=WeightedRandomSampler(weights, len(train), replacement=True),
+        sampler=sampler,
         collate_fn=collate,
         drop_last=True,
         num_workers=args["ref_workers"],
@@ -272,7 +277,13 @@ def _run(target, args: dict) -> dict:
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(args, queue))
     proc.start()
-    out = queue.get()
+    while True:  # a child that dies without an answer (an exception, the OOM killer) must not hang the bench
+        try:
+            out = queue.get(timeout=5)
+            break
+        except Exception:  # queue.Empty
+            if not proc.is_alive():
+                sys.exit(f"{target.__name__} ended with exit code {proc.exitcode} and no result")
     proc.join()
     return out
 
