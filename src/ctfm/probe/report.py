@@ -127,6 +127,7 @@ def progress_figure(fit: FitResult, path: Path) -> None:
     low = positive.min() if len(positive) else 1.0
     cnorm = colors.LogNorm(vmin=low, vmax=max(values.max(), low * 1.0001))
     cmap = colormaps["viridis"]
+    head_colour = cmap(cnorm(np.maximum(values, low)))  # [heads, 4], one call for all heads
     markers = ["*", "o", "s", "D", "^", "v", "P"]
     selected: dict[int, list[tuple[str, int]]] = {}
     for name, sel in fit.selections.items():
@@ -139,7 +140,7 @@ def progress_figure(fit: FitResult, path: Path) -> None:
         for row, metric in enumerate(METRIC_COLUMNS):
             ax = axes[row][col]
             segs = [np.column_stack([curves[i]["epoch"], curves[i][metric]]) for i in heads]
-            rgba = [cmap(cnorm(max(values[i], low))) for i in heads]
+            rgba = head_colour[heads]
             widths = [2.4 if i in selected else 0.7 for i in heads]
             if single_epoch:
                 pts = np.concatenate(segs) if segs else np.zeros((0, 2))
@@ -181,7 +182,7 @@ def progress_figure(fit: FitResult, path: Path) -> None:
     bottom = 0.08 + 0.025 * ((len(handles) + 1) // 2)
     fig.subplots_adjust(left=0.08, right=0.88, bottom=bottom, top=0.9, hspace=0.15, wspace=0.22)
     cax = fig.add_axes((0.91, bottom, 0.015, 0.9 - bottom))
-    fig.colorbar(cm.ScalarMappable(norm=cnorm, cmap=cmap), cax=cax, label=axis_name)
+    fig.colorbar(cm.ScalarMappable(norm=cnorm, cmap=cmap), cax=cax, label=axis_name).minorticks_off()
     fig.suptitle(f"val metrics per grid point ({len(fit.heads)} heads, {fit.epochs_run} epochs)")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90)
