@@ -13,7 +13,9 @@ names, in ``<run>/reference_checkpoints/``:
 * EAO: the ``val_balanced_acc`` selection (the reference EAO trainer keeps its best head by raw val balanced
   accuracy) as ``best_overall_balanced_acc<score:.4f>_<head>_ep<N>.pth``, payload ``state_dict`` keyed
   ``heads.<head>.<parameter of MultiLayersCrossAttentionPooling>``, ``head_name``, ``val_metrics``. Head names
-  have no dots (``head_lr_1e_03``): the reference inference strips ``heads.<head>.`` by splitting on them.
+  have no dots (``head_lr_1e_03``): the reference inference strips ``heads.<head>.`` by splitting on them. It
+  builds the head from its own options (``--query_num 2 --num_heads 4 --num_layers 2 --ffn_mult 1`` by
+  default), so a head trained with other ``ctfm probe eao`` options needs them passed there too.
 
 Files are written whole (atomically) and loadable with ``torch.load(weights_only=True)``.
 """
