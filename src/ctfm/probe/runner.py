@@ -29,6 +29,7 @@ from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError, CtfmError, DataError
 from ctfm.fsutil import exclusive_use, remove_partials, write_text_atomic
 from ctfm.probe.data import DiseaseData, current_input_key, few_shot, fold_columns, load_disease
+from ctfm.probe.figure import FigureWorker
 from ctfm.probe.layout import DiseaseLayout, RunLayout
 from ctfm.probe.reference import save_lp
 from ctfm.probe.report import selected_train_loss, write_reports
@@ -294,9 +295,15 @@ RETRAIN = ".retrain"  # a finished disease's retrain is written here, then swapp
 
 
 def run_disease(
-    options: ProbeOptions, task: ProbeTask, disease: str, log: Log, on_run: OnRun | None = None
+    options: ProbeOptions,
+    task: ProbeTask,
+    disease: str,
+    log: Log,
+    on_run: OnRun | None = None,
+    figures: FigureWorker | None = None,
 ) -> DiseaseOutcome:
-    """Train every run of one disease and write its outputs; skipped when DONE unless ``force``."""
+    """Train every run of one disease and write its outputs; skipped when DONE unless ``force``. Progress
+    figures are drawn by ``figures`` when given (in another process), here otherwise."""
     layout = DiseaseLayout.of(options.out, options.model, disease, task.name)
     if layout.is_done() and not options.force:
         summary = json.loads(layout.summary.read_text()) if layout.summary.is_file() else None
@@ -330,7 +337,7 @@ def run_disease(
         seed_everything(spec.seed)
         fit = task.fit(data, train_rows, val_rows, config)
         run_layout = layout.run(spec.tag)
-        write_reports(fit, run_layout, config.monitor)
+        write_reports(fit, run_layout, config.monitor, figures)
         task.save(fit, run_layout, data, config)
         if options.wandb:
             _wandb_log(options, task.name, disease, spec, fit, run_layout.dir)
@@ -352,6 +359,8 @@ def run_disease(
         )
         if on_run is not None:
             on_run(disease, spec.tag)
+    if figures is not None:
+        figures.finish()  # every output is written before the summary and DONE
     summary = {
         "disease": disease,
         "task": task.name,
@@ -436,26 +445,42 @@ def run_probe(
     log = log or (lambda _msg: None)
     outcomes = []
     planned = len(options.run_specs())
-    for disease in options.diseases:
-        reported: list[str] = []
-
-        def counted(name: str, tag: str, reported: list[str] = reported) -> None:
-            reported.append(tag)
-            if on_run is not None:
-                on_run(name, tag)
-
-        try:
-            layout = DiseaseLayout.of(options.out, options.model, disease, task.name)
-            with exclusive_use(layout.dir):  # a second probe of this disease into this folder is refused
-                outcomes.append(run_disease(options, task, disease, log, counted))
-        except CtfmError as exc:
-            if stop_on_error:
-                raise
-            log(f"[red]{disease}: {escape(str(exc))}[/]")
-            outcomes.append(DiseaseOutcome(disease, "failed", error=str(exc)))
-        for _ in range(planned - len(reported)):
-            counted(disease, "")
+    with FigureWorker() as figures:
+        for disease in options.diseases:
+            outcomes.append(_run_one(options, task, disease, log, planned, on_run, stop_on_error, figures))
     return outcomes
+
+
+def _run_one(
+    options: ProbeOptions,
+    task: ProbeTask,
+    disease: str,
+    log: Log,
+    planned: int,
+    on_run: OnRun | None,
+    stop_on_error: bool,
+    figures: FigureWorker,
+) -> DiseaseOutcome:
+    """One disease of :func:`run_probe`: its outcome, with ``on_run`` called once per planned run."""
+    reported: list[str] = []
+
+    def counted(name: str, tag: str) -> None:
+        reported.append(tag)
+        if on_run is not None:
+            on_run(name, tag)
+
+    try:
+        layout = DiseaseLayout.of(options.out, options.model, disease, task.name)
+        with exclusive_use(layout.dir):  # a second probe of this disease into this folder is refused
+            outcome = run_disease(options, task, disease, log, counted, figures)
+    except CtfmError as exc:
+        if stop_on_error:
+            raise
+        log(f"[red]{disease}: {escape(str(exc))}[/]")
+        outcome = DiseaseOutcome(disease, "failed", error=str(exc))
+    for _ in range(planned - len(reported)):
+        counted(disease, "")
+    return outcome
 
 
 # ----------------------------------------------------------------------------- linear probing task
