@@ -19,6 +19,7 @@ from ctfm.probe.eao import fit_eao, save_eao_checkpoints
 from ctfm.probe.eao_grid import HeadSpec
 from ctfm.probe.layout import DiseaseLayout, RunLayout
 from ctfm.probe.linear import build_grid, fit_linear_grid
+from ctfm.probe.report import val_report
 from ctfm.probe.runner import save_linear_checkpoints
 from ctfm.probe.training import TrainConfig
 from eao_fixtures import planted_eao_data
@@ -62,10 +63,14 @@ def test_lp_reference_checkpoints_rebuild_as_plain_linear_layers_that_predict_wh
     run = RunLayout(tmp_path)
     (run.reference_dir / "best_val_auroc_0.9999_clf_lr_1e_01_ep99.pth").parent.mkdir(parents=True)
     (run.reference_dir / "best_val_auroc_0.9999_clf_lr_1e_01_ep99.pth").write_bytes(b"an older run's file")
-    save_linear_checkpoints(fit, run, data, config)
+    written = save_linear_checkpoints(fit, run, data, config)
 
     files = sorted(p.name for p in run.reference_dir.iterdir())
     assert len(files) == len(fit.selections)  # one per strategy; the older run's file is gone
+    # val_report.csv's `checkpoint` is the reference's: the strategy's reference-format file
+    report = val_report(fit, run, written)
+    assert sorted(report["checkpoint"]) == [f"reference_checkpoints/{f}" for f in files]
+    assert list(report["ctfm_checkpoint"]) == [f"checkpoints/{s}.pt" for s in report.index]
     for name in files:
         m = LP_NAME.match(name)
         assert m, name
@@ -137,13 +142,14 @@ def test_eao_reference_checkpoint_rebuilds_as_the_reference_head_and_predicts_wh
     disease = DiseaseData("ascites", table=None, x=data.reader.tokens, store_key={"model": "m"})  # type: ignore[arg-type]
     run = DiseaseLayout.of(tmp_path, "m", "ascites", "eao").run()
     other = fit_eao(data, [HeadSpec("mean-linear")], [1e-2], config)
-    save_eao_checkpoints(other, run, disease, config)
+    assert save_eao_checkpoints(other, run, disease, config) == {}
     assert not run.reference_dir.exists()  # the reference inference builds attention pooling heads only
     fit = fit_eao(data, [spec], [1e-3, 1e-2], config)
     sel = fit.selections["val_balanced_acc"]
-    save_eao_checkpoints(fit, run, disease, config)
+    written = save_eao_checkpoints(fit, run, disease, config)
 
     (name,) = [p.name for p in run.reference_dir.iterdir()]
+    assert written == {"val_balanced_acc": f"reference_checkpoints/{name}"}
     m = EAO_NAME.match(name)
     assert m, name
     head_name = "head_lr_" + f"{fit.heads[sel.head]['lr']:.0e}".replace("-", "_")

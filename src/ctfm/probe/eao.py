@@ -315,15 +315,18 @@ REFERENCE_STRATEGY = (
 )
 
 
-def save_eao_checkpoints(fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig) -> None:
+def save_eao_checkpoints(
+    fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig
+) -> dict[str, str]:
     """One checkpoint per strategy: the selected member's architecture (name + kwargs) and weights; and the
     ``val_balanced_acc`` selection in the reference EAO trainer's format when it is an attn-pool head on the
-    tokens as they are (the reference head has no input projection)."""
+    tokens as they are (the reference head has no input projection). Returns strategy -> reference file."""
     specs = fit.extra["head_specs"]
     shutil.rmtree(layout.reference_dir, ignore_errors=True)  # an older run's file would compete with this one
+    written = {}
     sel = fit.selections.get(REFERENCE_STRATEGY)
     if sel is not None and specs[sel.head]["name"] == "attn-pool" and "in_proj.weight" not in sel.state:
-        save_eao(
+        path = save_eao(
             layout.reference_dir,
             balanced_acc=sel.score,
             epoch=sel.epoch,
@@ -331,6 +334,7 @@ def save_eao_checkpoints(fit: FitResult, layout: RunLayout, data: DiseaseData, c
             state=attn_pool_reference_state(sel.state),
             val_metrics=sel.metrics,
         )
+        written[REFERENCE_STRATEGY] = path.relative_to(layout.dir).as_posix()
     for name, sel in fit.selections.items():
         spec = specs[sel.head]
         save_selection(
@@ -346,6 +350,7 @@ def save_eao_checkpoints(fit: FitResult, layout: RunLayout, data: DiseaseData, c
             state_dict=sel.state,
             norm={"type": "raw", "mean": None, "std": None},
         )
+    return written
 
 
 def _as_tokens(x: np.ndarray, dim: int) -> np.ndarray:

@@ -3,8 +3,8 @@
 
 ``val_report.csv`` has one row per checkpoint strategy, indexed by the strategy name, with the val metrics of
 its selected head (acc, f1, auroc, ap, sensitivity, specificity, balanced_acc, loss, val_balacc_auroc,
-val_balacc_loss, train_loss) then head, norm, betas, selected_epoch, checkpoint, as the reference writes it,
-plus lr, weight_decay and eps. ``grid_report.csv`` has one row per grid point.
+val_balacc_loss, train_loss) then head, norm, betas, selected_epoch, checkpoint (the reference-format file), as
+the reference writes it, plus ctfm_checkpoint, lr, weight_decay and eps. ``grid_report.csv`` has one row per grid point.
 """
 
 from __future__ import annotations
@@ -32,8 +32,13 @@ def selected_train_loss(fit: FitResult, sel: Selection) -> float:
     return float(at["train_loss"].iloc[0]) if len(at) else float("nan")
 
 
-def val_report(fit: FitResult, layout: RunLayout) -> pd.DataFrame:
-    """One row per strategy: its selected head's val metrics and identity (reference columns first)."""
+def val_report(fit: FitResult, layout: RunLayout, references: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per strategy: its selected head's val metrics and identity (reference columns first).
+
+    ``checkpoint`` is what the reference's column holds: the strategy's checkpoint file in the reference's
+    format (``references``: strategy -> run-relative path; empty when none was written); ctfm's own is in
+    ``ctfm_checkpoint``."""
+    references = references or {}
     rows = {}
     for name, sel in fit.selections.items():
         head = fit.heads[sel.head]
@@ -45,7 +50,8 @@ def val_report(fit: FitResult, layout: RunLayout) -> pd.DataFrame:
                 "norm": head.get("norm", ""),
                 "betas": tuple(head["betas"]) if "betas" in head else "",
                 "selected_epoch": sel.epoch,
-                "checkpoint": layout.checkpoint(name).relative_to(layout.dir).as_posix(),
+                "checkpoint": references.get(name, ""),
+                "ctfm_checkpoint": layout.checkpoint(name).relative_to(layout.dir).as_posix(),
             }
         )
         row.update({k: v for k, v in head.items() if k not in ("name", "norm", "betas")})
@@ -82,12 +88,16 @@ def grid_report(fit: FitResult, monitor: str) -> pd.DataFrame:
 
 
 def write_reports(
-    fit: FitResult, layout: RunLayout, monitor: str, figures: FigureWorker | None = None
+    fit: FitResult,
+    layout: RunLayout,
+    monitor: str,
+    figures: FigureWorker | None = None,
+    references: dict[str, str] | None = None,
 ) -> None:
     """val_report.csv, grid_report.csv, history.csv and progress.png of one run (drawn by ``figures``
-    when given: then it is written once ``figures.finish()`` returns)."""
+    when given: then it is written once ``figures.finish()`` returns); ``references``: see :func:`val_report`."""
     layout.dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(val_report(fit, layout), layout.val_report, index=True)
+    _write_csv(val_report(fit, layout, references), layout.val_report, index=True)
     _write_csv(grid_report(fit, monitor), layout.grid_report)
     hist = fit.history.copy()
     hist.insert(2, "head_name", [fit.heads[i]["name"] for i in hist["head"]])

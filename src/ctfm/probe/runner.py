@@ -152,7 +152,8 @@ def _check_all(flag: str, values: Sequence[float], ok: Callable[[float], bool], 
 
 
 FitFn = Callable[[DiseaseData, np.ndarray, np.ndarray, TrainConfig], FitResult]
-SaveFn = Callable[[FitResult, RunLayout, DiseaseData, TrainConfig], None]
+# Saves a run's selected heads; returns strategy -> the reference-format file written for it (run-relative).
+SaveFn = Callable[[FitResult, RunLayout, DiseaseData, TrainConfig], dict[str, str]]
 LoadFn = Callable[[str], DiseaseData]
 
 
@@ -337,8 +338,8 @@ def run_disease(
         seed_everything(spec.seed)
         fit = task.fit(data, train_rows, val_rows, config)
         run_layout = layout.run(spec.tag)
-        write_reports(fit, run_layout, config.monitor, figures)
-        task.save(fit, run_layout, data, config)
+        references = task.save(fit, run_layout, data, config)
+        write_reports(fit, run_layout, config.monitor, figures, references)
         if options.wandb:
             _wandb_log(options, task.name, disease, spec, fit, run_layout.dir)
         runs.append(
@@ -524,19 +525,19 @@ def save_selection(
 
 def save_linear_checkpoints(
     fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig, reference: bool = True
-) -> None:
+) -> dict[str, str]:
     """One checkpoint per strategy: the selected head's weights, its norm statistics and provenance; with
     ``reference``, the same heads in the reference LP trainer's format too (grid heads only: the reference
-    names its heads ``clf_lr_...``)."""
-    shutil.rmtree(
-        layout.reference_dir, ignore_errors=True
-    )  # an older run's files would be picked up with these
+    names its heads ``clf_lr_...``). Returns strategy -> reference file (run-relative)."""
+    # an older run's reference files would be picked up with these
+    shutil.rmtree(layout.reference_dir, ignore_errors=True)
+    written = {}
     for name, sel in fit.selections.items():
         head = fit.heads[sel.head]
         weight, bias = sel.state["weight"], sel.state["bias"]
         norm = fit.extra["norms"][head["norm"]]
         if reference:
-            save_lp(
+            path = save_lp(
                 layout.reference_dir,
                 strategy=name,
                 score=sel.score,
@@ -549,6 +550,7 @@ def save_linear_checkpoints(
                 eps=head["eps"],
                 val_metrics={**sel.metrics, "train_loss": selected_train_loss(fit, sel)},
             )
+            written[name] = path.relative_to(layout.dir).as_posix()
         save_selection(
             layout,
             name,
@@ -562,6 +564,7 @@ def save_linear_checkpoints(
             state_dict={"linear.weight": weight, "linear.bias": bias},
             norm=norm.to_dict(),
         )
+    return written
 
 
 def linear_task(options: ProbeOptions, log: Log | None = None) -> ProbeTask:
@@ -580,7 +583,7 @@ def linear_task(options: ProbeOptions, log: Log | None = None) -> ProbeTask:
             return fit_logreg(x_tr, y_tr, x_va, y_va, options.norms, config, options.logreg_cs or LOGREG_CS)
         return fit_linear_grid(x_tr, y_tr, x_va, y_va, grid, config)
 
-    def save(fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig) -> None:
-        save_linear_checkpoints(fit, layout, data, config, reference=options.probe == "grid")
+    def save(fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig) -> dict[str, str]:
+        return save_linear_checkpoints(fit, layout, data, config, reference=options.probe == "grid")
 
     return ProbeTask("lp", load, fit, save)
