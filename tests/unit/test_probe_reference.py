@@ -25,6 +25,7 @@ from ctfm.probe.training import TrainConfig
 from eao_fixtures import planted_eao_data
 from probe_fixtures import planted, split_arrays
 
+SEVEN = ("acc", "f1", "auroc", "ap", "sensitivity", "specificity", "balanced_acc")  # the reference's metrics
 # The LP checkpoint name of the format facts: best_<strategy>_<score:.4f>_<head>_ep<N>.pth, heads clf_lr_...
 LP_NAME = re.compile(
     r"^best_(?P<strategy>.+?)_(?P<score>-?\d+\.\d{4})_(?P<head>clf_lr_.+)_ep(?P<epoch>\d+)\.pth$"
@@ -82,8 +83,11 @@ def test_lp_reference_checkpoints_rebuild_as_plain_linear_layers_that_predict_wh
         assert payload["head_name"] == head["name"] and payload["norm"] == head["norm"]
         assert payload["betas"] == (0.9, 0.999) and payload["eps"] == 1e-8
         assert set(payload["val_metrics"]) == {
-            *("acc", "f1", "auroc", "ap", "sensitivity", "specificity", "balanced_acc", "loss"),
-            *("val_balacc_auroc", "val_balacc_loss", "train_loss"),
+            *SEVEN,
+            "loss",
+            "val_balacc_auroc",
+            "val_balacc_loss",
+            "train_loss",
         }
         assert payload["val_metrics"]["balanced_acc"] == pytest.approx(sel.metrics["balanced_acc"])
         assert ("feat_mean" in payload) == (head["norm"] == "std")
@@ -156,16 +160,7 @@ def test_eao_reference_checkpoint_rebuilds_as_the_reference_head_and_predicts_wh
     assert (m["head"], int(m["epoch"]), m["score"]) == (head_name, sel.epoch, f"{sel.score:.4f}")
     payload = torch.load(run.reference_dir / name, map_location="cpu", weights_only=True)
     assert payload["head_name"] == head_name
-    assert set(payload["val_metrics"]) == {
-        "acc",
-        "f1",
-        "auroc",
-        "ap",
-        "sensitivity",
-        "specificity",
-        "balanced_acc",
-        "loss",
-    }
+    assert set(payload["val_metrics"]) == {*SEVEN, "loss"}
     prefix = f"heads.{head_name}."
     assert all(k.startswith(prefix) for k in payload["state_dict"])
     reference = _ReferenceAttentionPooling(8, queries=2, classes=2, heads=4, layers=2, ffn_mult=1).eval()
