@@ -4,11 +4,14 @@ Data: ``--cases`` cases of ``[D, 5, 5, 5]`` tokens (``--grid`` sets the side; ``
 from side-1..side+1, so cases of one batch differ in token count) with a
 finding planted in a few tokens of each positive case, written as one reference ``.h5`` per case.
 
-Reference approach (the public reference trainer's design and defaults: ``run_EAO.sh``): a ``Dataset`` that
-opens each case's ``.h5`` file on every access, a ``DataLoader`` with inverse-frequency sample weights scaled to
-[0.1, 1], one post-norm attention-pooling head (``nn.MultiheadAttention`` over explicit keys/values, feed-forward
-1x) per learning rate, all called in a Python loop on each batch with their losses summed, one AdamW without
-weight decay at constant lr, batch 8, val evaluated every epoch. ctfm: the same files imported into a store,
+Reference approach (the public reference trainer's design and defaults: ``run_EAO.sh``), written here from the
+benchmark facts: a ``Dataset`` that opens each case's ``.h5`` file on every access, a ``DataLoader`` (drop_last)
+over a ``WeightedRandomSampler`` of inverse-frequency sample weights min-max scaled to [0.1, 1], one post-norm
+attention-pooling head per learning rate (xavier-initialised learnable queries, ``nn.MultiheadAttention`` over
+layer-normed keys/values, a GELU feed-forward block 1x, a final LayerNorm and an xavier-initialised classifier
+over the concatenated queries), all called in a Python loop on each batch with their cross-entropies summed,
+one AdamW (a param group per lr) without weight decay at constant lr, batch 8, val balanced accuracy (the
+reference's definition) of every head every epoch, the best over heads and epochs reported. ctfm: the same files imported into a store,
 the packed token cache read batch by batch, every learning rate trained as one stacked module (``fit_eao``) with
 the same rules (``configs/benchmark.yaml``, section ``eao``), same batch size, epochs and seed. Each side runs in
 its own child process so its peak memory (VmHWM) is its own; the one-off import + pack of the store cache
@@ -81,9 +84,9 @@ def _reference(args: dict, queue: mp.Queue) -> None:
     import h5py
     import torch
     from torch import nn
-    from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+    from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
-    from ctfm.probe.training import BatchSampler, batched_metrics
+    from ctfm.evaluate.metrics import reference_metrics
 
     torch.set_num_threads(args["threads"])
     _warm_up(args["ref_device"])
@@ -123,7 +126,7 @@ def _reference(args: dict, queue: mp.Queue) -> None:
             self.mha = nn.MultiheadAttention(d, heads)
             self.norm_attn, self.norm_kv, self.norm_ffn = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
             hidden = round(ffn_mult * d)
-            self.ffn = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
+            self.ffn = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, d))
 
         def forward(self, q: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
             kv = self.norm_kv(x)
@@ -150,11 +153,18 @@ def _reference(args: dict, queue: mp.Queue) -> None:
 
     start, cpu = time.perf_counter(), time.process_time()
     torch.manual_seed(args["seed"])
-    weights = BatchSampler(y[train], args["batch_size"], "weighted-scaled", 0, 2).sample_weights
+    # inverse class frequency per case, min-max scaled to [0.1, 1] (float32, as the reference computes them);
+    # equal weights: uniform draws with replacement
+    weights = torch.as_tensor(1.0 / np.bincount(y[train])[y[train]], dtype=torch.float)
+    if torch.isclose(weights.max(), weights.min()):
+        sampler = RandomSampler(range(len(train)), replacement=True, num_samples=len(train))
+    else:
+        weights = 0.1 + 0.9 * (weights - weights.min()) / (weights.max() - weights.min())
+        sampler = WeightedRandomSampler(weights, len(train), replacement=True)
     loader = DataLoader(
         H5Tokens(train),
         batch_size=args["batch_size"],
-        sampler=WeightedRandomSampler(weights, len(train), replacement=True),
+        sampler=sampler,
         collate_fn=collate,
         drop_last=True,
         num_workers=args["ref_workers"],
@@ -183,7 +193,8 @@ def _reference(args: dict, queue: mp.Queue) -> None:
                 .cpu()
                 .numpy()
             )
-        bacc = batched_metrics(y[val], logits, np.zeros(len(heads)))["val_balanced_acc"]
+        probs = torch.softmax(torch.as_tensor(logits), dim=-1).numpy()  # what torchmetrics does with logits
+        bacc = reference_metrics(np.broadcast_to(y[val], probs.shape[:2]), probs, 2)["balanced_acc"]
         best = max(best, float(np.max(bacc)))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = peak_rss_mib()
@@ -266,7 +277,13 @@ def _run(target, args: dict) -> dict:
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(args, queue))
     proc.start()
-    out = queue.get()
+    while True:  # a child that dies without an answer (an exception, the OOM killer) must not hang the bench
+        try:
+            out = queue.get(timeout=5)
+            break
+        except Exception:  # queue.Empty
+            if not proc.is_alive():
+                sys.exit(f"{target.__name__} ended with exit code {proc.exitcode} and no result")
     proc.join()
     return out
 

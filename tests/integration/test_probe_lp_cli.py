@@ -49,8 +49,12 @@ def test_lp_grid_outputs_and_resume(cli, bench):
     failure = [line for line in proc.stderr.splitlines() if line.startswith("ascites: ")]
     assert len(failure) == 1 and len(failure[0]) > 100 and failure[0].endswith("first"), proc.stderr
     disease = out / MODEL / "fatty_liver"
-    for name in ("val_balanced_acc", "val_auroc", "val_loss", "val_balacc_auroc", "val_balacc_loss"):
+    strategies = ("val_balanced_acc", "val_auroc", "val_loss", "val_balacc_auroc", "val_balacc_loss")
+    for name in strategies:
         assert (disease / "checkpoints" / f"{name}.pt").is_file()
+    # and one reference-format file per strategy, the folder the reference LP inference takes as --ckpt_dir
+    reference = sorted(p.name for p in (disease / "reference_checkpoints").iterdir())
+    assert len(reference) == 5 and all(any(f.startswith(f"best_{s}_") for f in reference) for s in strategies)
     for name in ("val_report.csv", "grid_report.csv", "history.csv", "progress.png", "summary.json", "DONE"):
         assert (disease / name).is_file(), name
     report = pd.read_csv(disease / "grid_report.csv")
@@ -157,9 +161,10 @@ def test_lp_wandb_offline_without_key_logs_the_history_and_selections(cli, bench
     history = pd.read_csv(disease / "history.csv").groupby("epoch")
     logged = wandb_logged(records, "history")
     assert [row["epoch"] for row in logged] == list(history.groups)
+    assert logged[0]["heads_training"] == 4
     for row in logged:
         epoch = history.get_group(row["epoch"])
-        assert row["heads_training"] == len(epoch) == 4
+        assert row["heads_training"] == len(epoch) <= 4
         assert row["val/loss_best"] == pytest.approx(epoch["val_loss"].min())
         assert row["val/balanced_acc_best"] == pytest.approx(epoch["val_balanced_acc"].max())
         assert row["val/auroc_best"] == pytest.approx(epoch["val_auroc"].max())

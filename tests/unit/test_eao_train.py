@@ -27,8 +27,8 @@ from ctfm.probe.eao import (
     save_eao_checkpoints,
 )
 from ctfm.probe.eao_grid import HeadGrid, HeadSpec, graph_length
+from ctfm.probe.figure import panel_groups
 from ctfm.probe.layout import DiseaseLayout
-from ctfm.probe.report import panel_groups
 from ctfm.probe.tokens import TokenReader, bucketed_batches
 from ctfm.probe.training import TrainConfig, reuse_freed_memory
 from ctfm.store import to_bfloat16_bits

@@ -38,7 +38,7 @@ def test_std_statistics_are_saved_and_reapplied(tmp_path):
         meta = predictor.meta
         logits = predictor.predict_logits(x_va)
         assert logits.shape == (30, 2)
-        np.testing.assert_allclose(logits[:, 1], sel.val_logits[:, 0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(logits, sel.val_logits, rtol=1e-4, atol=1e-4)
         assert meta["grid_point"]["norm"] == meta["norm"]["type"]
         assert meta["strategy"] == name and meta["seed"] == 4 and meta["classes"] == [0, 1]
         assert meta["feature_dim"] == 5 and meta["store"]["model"] == "m" and meta["kind"] == "lp"

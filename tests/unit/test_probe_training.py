@@ -18,7 +18,6 @@ from ctfm.probe.training import (
     build_schedule,
     full_metrics,
     mean_std,
-    probabilities,
 )
 
 
@@ -78,6 +77,34 @@ def test_weighted_sampler_balances_classes_and_is_seeded():
     assert sorted(only.tolist()) == list(range(100))
 
 
+@pytest.mark.parametrize(
+    ("labels", "batch"), [([0] * 70 + [1] * 30, 32), ([0, 1] * 50, 32), ([0] * 20 + [1] * 7, 128)]
+)
+def test_weighted_batches_are_the_reference_dataloaders(labels, batch):
+    """The reference's loader, from the protocol: a seeded WeightedRandomSampler over float32 inverse-frequency
+    weights (RandomSampler with replacement when they are all equal), batch clamped to the train size and
+    drop_last only when the train set holds a full batch. Same seed, same batches, epoch after epoch."""
+    y = np.array(labels)
+    counts = np.bincount(y)
+    weights = torch.as_tensor(len(y) / (2 * counts[y]), dtype=torch.float)
+    gen = torch.Generator().manual_seed(7)
+    if torch.isclose(weights.max(), weights.min()):
+        sampler = torch.utils.data.RandomSampler(
+            range(len(y)), replacement=True, num_samples=len(y), generator=gen
+        )
+    else:
+        sampler = torch.utils.data.WeightedRandomSampler(weights, len(y), replacement=True, generator=gen)
+    loader = torch.utils.data.DataLoader(
+        torch.arange(len(y)), batch_size=min(batch, len(y)), sampler=sampler, drop_last=len(y) >= batch
+    )
+    ours = BatchSampler(y, batch, "weighted", seed=7, num_classes=2)
+    for _ in range(4):
+        expected = list(loader)
+        got = ours.epoch()
+        assert len(got) == len(expected) == ours.steps_per_epoch
+        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
 def test_scaled_sampler_draws_the_rare_class_ten_times_as_often_per_case_as_the_reference_eao():
     y = np.array([0] * 90 + [1] * 10)
     s = BatchSampler(y, 10, "weighted-scaled", seed=0, num_classes=2)
@@ -114,59 +141,84 @@ def test_strategy_tracker_keeps_best_and_breaks_ties_by_grid_order():
     assert tracker.best["val_balanced_acc"].epoch == 2
 
 
+def _softmax32(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities as the reference's torchmetrics makes them from float32 logits (ties included)."""
+    return torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).numpy()
+
+
+def _reference_balanced_accuracy(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """The reference's balanced accuracy from scikit-learn per class: mean of (recall + specificity) / 2."""
+    return float(
+        np.mean(
+            [
+                (skm.recall_score(y == c, pred == c, zero_division=0) + skm.recall_score(y != c, pred != c))
+                / 2
+                for c in range(n_classes)
+            ]
+        )
+    )
+
+
 def test_batched_metrics_match_sklearn_with_ties():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 40)
-    logits = np.round(rng.normal(size=(5, 40, 1)), 1)  # rounding makes ties
+    logits = np.round(rng.normal(size=(5, 40, 2)), 1)  # rounding makes ties
     loss = np.zeros(5)
     m = batched_metrics(y, logits, loss)
     for h in range(5):
-        z = logits[h, :, 0]
-        assert m["val_auroc"][h] == pytest.approx(skm.roc_auc_score(y, z))
-        assert m["val_balanced_acc"][h] == pytest.approx(skm.balanced_accuracy_score(y, (z > 0).astype(int)))
+        p = _softmax32(logits[h])
+        pred = logits[h].argmax(1)
+        # macro over both classes, as the reference (float32 ties of p0 and p1 can differ)
+        assert m["val_auroc"][h] == pytest.approx(
+            np.mean([skm.roc_auc_score(y == c, p[:, c]) for c in (0, 1)])
+        )
+        assert m["val_balanced_acc"][h] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+        assert m["val_balanced_acc"][h] == pytest.approx(_reference_balanced_accuracy(y, pred, 2))
 
 
-def test_batched_metrics_multiclass_match_sklearn():
+def test_batched_metrics_multiclass_are_the_reference_definitions():
+    """3 classes: balanced accuracy is the class mean of (recall + specificity) / 2 (not scikit-learn's mean
+    recall); AUROC is the macro one-vs-rest AUROC of the softmax."""
     rng = np.random.default_rng(1)
     y = rng.integers(0, 3, 60)
-    logits = rng.normal(size=(3, 60, 3))
+    logits = rng.normal(size=(3, 60, 3)) + 0.7 * np.eye(3)[y]
     m = batched_metrics(y, logits, np.zeros(3))
     for h in range(3):
         p = np.exp(logits[h]) / np.exp(logits[h]).sum(1, keepdims=True)
+        pred = logits[h].argmax(1)
         assert m["val_auroc"][h] == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr"))
-        assert m["val_balanced_acc"][h] == pytest.approx(skm.balanced_accuracy_score(y, logits[h].argmax(1)))
+        assert m["val_balanced_acc"][h] == pytest.approx(_reference_balanced_accuracy(y, pred, 3))
+        assert m["val_balanced_acc"][h] != pytest.approx(skm.balanced_accuracy_score(y, pred))
 
 
 @pytest.mark.parametrize("classes", [2, 3])
-def test_full_metrics_match_sklearn(classes):
+def test_full_metrics_are_the_reference_definitions(classes):
+    """A selected head's val metrics, rebuilt from scikit-learn per class: macro over classes, binary included
+    (binary sensitivity = specificity = balanced accuracy), balanced accuracy the class mean of
+    (recall + specificity) / 2, AUROC and AP the class means of one-vs-rest values."""
     rng = np.random.default_rng(classes)
     y = rng.integers(0, classes, 50)
-    z = np.round(
-        rng.normal(size=(50, 1 if classes == 2 else classes))
-        + 0.8 * np.eye(classes)[y][:, -z_cols(classes) :],
-        1,
-    )
+    z = np.round(rng.normal(size=(50, classes)) + 0.8 * np.eye(classes)[y], 1)
     m = full_metrics(y, z)
-    p = probabilities(z)
-    pred = (z[:, 0] > 0).astype(int) if classes == 2 else z.argmax(1)
-    avg = "binary" if classes == 2 else "macro"
-    assert m["balanced_acc"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    p = _softmax32(z)
+    pred = z.argmax(1)
+    per_class = range(classes)
     assert m["acc"] == pytest.approx(skm.accuracy_score(y, pred))
-    assert m["f1"] == pytest.approx(skm.f1_score(y, pred, average=avg))
-    assert m["sensitivity"] == pytest.approx(skm.recall_score(y, pred, average=avg))
-    assert m["loss"] == pytest.approx(skm.log_loss(y, p))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert m["sensitivity"] == pytest.approx(skm.recall_score(y, pred, average="macro"))
+    assert m["specificity"] == pytest.approx(
+        np.mean([skm.recall_score(y != c, pred != c) for c in per_class])
+    )
+    assert m["balanced_acc"] == pytest.approx(_reference_balanced_accuracy(y, pred, classes))
+    assert m["auroc"] == pytest.approx(np.mean([skm.roc_auc_score(y == c, p[:, c]) for c in per_class]))
+    assert m["ap"] == pytest.approx(
+        np.mean([skm.average_precision_score(y == c, p[:, c]) for c in per_class])
+    )
+    assert m["loss"] == pytest.approx(skm.log_loss(y, p), rel=1e-5)
     if classes == 2:
-        assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, p[:, 1]))
-        assert m["ap"] == pytest.approx(skm.average_precision_score(y, p[:, 1]))
-        assert m["specificity"] == pytest.approx(skm.recall_score(1 - y, 1 - pred))
-    else:
-        assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr"))
-        assert m["ap"] == pytest.approx(skm.average_precision_score(np.eye(3)[y], p, average="macro"))
+        assert m["sensitivity"] == pytest.approx(m["specificity"]) == pytest.approx(m["balanced_acc"])
+    assert m["val_balacc_auroc"] == pytest.approx(0.5 * m["balanced_acc"] + 0.5 * m["auroc"])
     assert m["val_balacc_loss"] == pytest.approx(0.5 * m["balanced_acc"] - 0.5 * m["loss"])
-
-
-def z_cols(classes: int) -> int:
-    return 1 if classes == 2 else classes
 
 
 def test_config_defaults_follow_the_reference_protocol_and_validate():
@@ -226,18 +278,17 @@ def test_mean_std():
     assert mean_std([0.5])["std"] == 0.0
 
 
-def test_full_metrics_of_a_head_whose_val_lacks_a_class_match_ctfm_eval_and_sklearn():
-    """A 4-class head (train had class 3) scored on val labels 0..2: macro F1 / specificity count the
-    classes seen in the labels or predictions, as scikit-learn and `ctfm eval` do."""
-    from ctfm.evaluate import metrics as M
-
+def test_full_metrics_of_a_head_whose_val_lacks_a_class_follow_the_reference_rules():
+    """A 4-class head (train had class 3) scored on val labels 0..2: F1 and sensitivity average the classes
+    seen in labels or predictions (scikit-learn's macro), while balanced accuracy and AUROC average all four
+    classes, the absent one adding (0 + 1) / 2 and 0 (the reference's torchmetrics rules)."""
     rng = np.random.default_rng(7)
     y = rng.integers(0, 3, 80)
     z = rng.normal(size=(80, 4)) + 1.5 * np.eye(4)[y]
     z[:, 3] -= 3.0  # class 3 is never predicted
     m = full_metrics(y, z)
-    pred = z.argmax(1)
+    pred, p = z.argmax(1), _softmax32(z)
     assert m["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
     assert m["sensitivity"] == pytest.approx(skm.recall_score(y, pred, average="macro"))
-    assert m["f1"] == pytest.approx(float(M.macro_f1(y, pred, 4)))
-    assert m["specificity"] == pytest.approx(float(M.specificity(y, pred, 4)))
+    assert m["balanced_acc"] == pytest.approx((3 * _reference_balanced_accuracy(y, pred, 3) + 0.5) / 4)
+    assert m["auroc"] == pytest.approx(sum(skm.roc_auc_score(y == c, p[:, c]) for c in range(3)) / 4)

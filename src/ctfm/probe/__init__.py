@@ -2,6 +2,7 @@
 
 Modules: ``data`` (labels + store -> arrays, splits, few-shot), ``training`` (sampling, schedules, early
 stopping, checkpoint strategies), ``linear`` (the batched grid, logistic regression), ``heads`` (registry),
-``checkpoint`` (save / load_predictor), ``layout`` (run folders), ``report`` (CSV files, figure), ``runner``
+``checkpoint`` (save / load_predictor), ``reference`` (the reference trainers' checkpoint files), ``layout``
+(run folders), ``report`` (CSV files), ``figure`` (the progress figure, drawn in a child process), ``runner``
 (diseases x runs, resumable).
 """

@@ -121,7 +121,8 @@ class Predictor:
 
     @torch.no_grad()
     def predict_logits(self, x: Any) -> np.ndarray:
-        """Logits ``[N, C]`` (a single-logit binary head is returned as ``[0, z]``: softmax = sigmoid)."""
+        """Logits ``[N, C]`` (a single-logit binary head of an older ctfm checkpoint is returned as ``[0, z]``:
+        softmax = sigmoid)."""
         kind = self.meta["kind"]
         if kind not in _PREDICT and kind in _PREDICT_MODULES:
             importlib.import_module(_PREDICT_MODULES[kind])
@@ -134,7 +135,8 @@ class Predictor:
 
 
 def as_class_logits(z: np.ndarray) -> np.ndarray:
-    """One logit per class: ``[N, 1]`` binary logits become ``[N, 2]`` = ``[0, z]``."""
+    """One logit per class: ``[N, 1]`` binary logits (ctfm's checkpoints before heads had one logit per class)
+    become ``[N, 2]`` = ``[0, z]``."""
     return np.concatenate([np.zeros_like(z), z], axis=1) if z.shape[1] == 1 else z
 
 

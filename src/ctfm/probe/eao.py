@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,9 +24,11 @@ from ctfm.errors import ConfigError, DataError
 from ctfm.probe.checkpoint import Predictor, register_predict
 from ctfm.probe.data import DiseaseData, load_disease
 from ctfm.probe.eao_grid import GridMember, HeadGrid, HeadSpec, graph_length
+from ctfm.probe.eao_heads import attn_pool_reference_state
 from ctfm.probe.heads import build_head
 from ctfm.probe.layout import RunLayout
 from ctfm.probe.linear import encode_labels
+from ctfm.probe.reference import eao_head_name, save_eao
 from ctfm.probe.runner import ProbeOptions, ProbeTask, save_selection
 from ctfm.probe.tokens import TokenReader, bucketed_batches, eval_batches
 from ctfm.probe.training import (
@@ -307,9 +310,31 @@ def _head_point(m: GridMember) -> dict:
 # Checkpoints and inference
 
 
-def save_eao_checkpoints(fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig) -> None:
-    """One checkpoint per strategy: the selected member's architecture (name + kwargs) and weights."""
+REFERENCE_STRATEGY = (
+    "val_balanced_acc"  # the reference EAO trainer keeps its best head by val balanced accuracy
+)
+
+
+def save_eao_checkpoints(
+    fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig
+) -> dict[str, str]:
+    """One checkpoint per strategy: the selected member's architecture (name + kwargs) and weights; and the
+    ``val_balanced_acc`` selection in the reference EAO trainer's format when it is an attn-pool head on the
+    tokens as they are (the reference head has no input projection). Returns strategy -> reference file."""
     specs = fit.extra["head_specs"]
+    shutil.rmtree(layout.reference_dir, ignore_errors=True)  # an older run's file would compete with this one
+    written = {}
+    sel = fit.selections.get(REFERENCE_STRATEGY)
+    if sel is not None and specs[sel.head]["name"] == "attn-pool" and "in_proj.weight" not in sel.state:
+        path = save_eao(
+            layout.reference_dir,
+            balanced_acc=sel.score,
+            epoch=sel.epoch,
+            head=eao_head_name(fit.heads[sel.head]["lr"]),
+            state=attn_pool_reference_state(sel.state),
+            val_metrics=sel.metrics,
+        )
+        written[REFERENCE_STRATEGY] = path.relative_to(layout.dir).as_posix()
     for name, sel in fit.selections.items():
         spec = specs[sel.head]
         save_selection(
@@ -325,6 +350,7 @@ def save_eao_checkpoints(fit: FitResult, layout: RunLayout, data: DiseaseData, c
             state_dict=sel.state,
             norm={"type": "raw", "mean": None, "std": None},
         )
+    return written
 
 
 def _as_tokens(x: np.ndarray, dim: int) -> np.ndarray:

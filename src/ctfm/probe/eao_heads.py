@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -261,6 +261,51 @@ class AttnPoolHead(MemberHead):
             q = block(q, xhat, key_padding_mask)
         q = q.expand(-1, tokens.shape[0], -1, -1)  # only when there are no layers
         return self.classifier(self.drop(self.norm(q).flatten(2)))
+
+
+def attn_pool_reference_state(state: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """One attn-pool member's weights (:meth:`MemberHead.member_state`) under the reference head's parameter
+    names and layouts (``MultiLayersCrossAttentionPooling``: ``class_query``, ``layers.<i>.mha.*`` with
+    ``nn.MultiheadAttention``'s stacked q/k/v projection, ``nn.Linear``'s ``[out, in]`` weights, ``norm_*``,
+    ``ffn.0``/``ffn.3``, ``final_norm``, ``classifier``). The key bias, which ctfm leaves out because the
+    softmax cancels it, is zero. A head with an input projection (tokens whose dim is not a multiple of the
+    attention heads) has no reference counterpart: ``ValueError``."""
+    t = {k: torch.as_tensor(np.asarray(v))[0] for k, v in state.items()}  # drop the member axis
+    if "in_proj.weight" in t:
+        raise ValueError("an attn-pool head with an input projection has no reference counterpart")
+    out = {"class_query": t["queries"]}
+    layers = sorted({int(k.split(".")[1]) for k in t if k.startswith("blocks.")})
+    for i in layers:
+        b = {k.removeprefix(f"blocks.{i}."): v for k, v in t.items() if k.startswith(f"blocks.{i}.")}
+        dim = b["q_proj.bias"].shape[0]
+        w_k = b["k_proj.weight"].reshape(dim, dim)  # [H, dh, D]: head h's rows of W_k
+        w_v = b["v_proj.weight"].transpose(1, 2).reshape(dim, dim)  # [H, D, dh] -> head h's rows of W_v
+        layer = {
+            "mha.in_proj_weight": torch.cat([b["q_proj.weight"].T, w_k, w_v]),
+            "mha.in_proj_bias": torch.cat([b["q_proj.bias"], torch.zeros(dim), b["v_proj.bias"]]),
+            "mha.out_proj.weight": b["out_proj.weight"].T,
+            "mha.out_proj.bias": b["out_proj.bias"],
+            "norm_attn.weight": b["ln_attn.weight"],
+            "norm_attn.bias": b["ln_attn.bias"],
+            "ffn.0.weight": b["ff_in.weight"].T,
+            "ffn.0.bias": b["ff_in.bias"],
+            "ffn.3.weight": b["ff_out.weight"].T,
+            "ffn.3.bias": b["ff_out.bias"],
+            "norm_ffn.weight": b["ln_ff.weight"],
+            "norm_ffn.bias": b["ln_ff.bias"],
+            "norm_kv.weight": b["ln_kv.weight"],
+            "norm_kv.bias": b["ln_kv.bias"],
+        }
+        out.update({f"layers.{i}.{k}": v for k, v in layer.items()})
+    out.update(
+        {
+            "final_norm.weight": t["norm.weight"],
+            "final_norm.bias": t["norm.bias"],
+            "classifier.weight": t["classifier.weight"].T,
+            "classifier.bias": t["classifier.bias"],
+        }
+    )
+    return {k: v.float().contiguous().clone() for k, v in out.items()}
 
 
 def _xavier_bound(fan_a: int, fan_b: int) -> float:

@@ -6,9 +6,9 @@ EAO heads see tokens. Register a new head with :func:`register_head`; rebuild an
 without the caller importing them first.
 
 Example:
-    >>> head = build_head("linear", in_dim=8, out_dim=1)
+    >>> head = build_head("linear", in_dim=8, out_dim=2)
     >>> head(torch.zeros(2, 8)).shape
-    torch.Size([2, 1])
+    torch.Size([2, 2])
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def build_head(name: str, **kwargs: object) -> nn.Module:
 
 
 class LinearHead(nn.Module):
-    """One linear layer on an already-normalised vector: ``out_dim`` is 1 for a binary single-logit head."""
+    """One linear layer on an already-normalised vector: ``out_dim`` logits, one per class."""
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()

@@ -7,7 +7,8 @@ Layout::
         summary.json                    every run's selections, mean/std over runs, missing cases, options
         DONE                            written last: the disease is finished (skipped unless --force)
         [<run tag>/]                    only when there are several runs (folds, seeds, few-shot tries)
-            checkpoints/<strategy>.pt
+            checkpoints/<strategy>.pt   what ``ctfm eval`` reads
+            reference_checkpoints/      the same heads as the reference trainers save them (*.pth)
             val_report.csv  grid_report.csv  history.csv  progress.png
 
 A single run (one split, one seed, no few-shot) writes its files directly in the disease folder (tag ``""``).
@@ -42,6 +43,12 @@ class RunLayout:
 
     def checkpoint(self, strategy: str) -> Path:
         return self.checkpoints_dir / f"{strategy}.pt"
+
+    @property
+    def reference_dir(self) -> Path:
+        """The same heads in the reference trainers' format (:mod:`ctfm.probe.reference`): the folder to give
+        the reference inference scripts as ``--ckpt_dir``."""
+        return self.dir / "reference_checkpoints"
 
     @property
     def val_report(self) -> Path:

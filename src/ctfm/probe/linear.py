@@ -1,7 +1,8 @@
 """The linear-probe grid trained as one batched computation, and the logistic-regression second opinion.
 
-Every grid point (lr x weight decay x input norm x AdamW betas x eps) is one linear head. All heads live in one
-weight tensor ``[H, D, O]`` (``O`` = 1 logit for a binary task, as the reference, else one per class). Each
+Every grid point (lr x weight decay x input norm x AdamW betas x eps) is one linear head with one logit per
+class trained with cross-entropy, binary tasks included, as the reference's ``nn.Linear(D, C)`` heads: its
+lr and weight decay mean what the reference's mean. All heads live in one weight tensor ``[H, D, C]``. Each
 step does one matrix product per input norm for the forward pass and one for the gradient, then a hand-written
 AdamW/SGD update with per-head lr and weight-decay tensors: no Python loop over heads. Heads that early-stop are
 dropped from the tensors (their final weights kept), so the work shrinks as the grid converges.
@@ -187,19 +188,37 @@ def _group_slices(groups: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(groups[s]), int(s), int(e)) for s, e in zip(starts, ends, strict=True)]
 
 
+def init_heads(
+    n_heads: int, n_classes: int, dim: int, seed: int, standardised: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The heads' starting weights ``[H, C, D]`` (grid order) and biases ``[H, C]``: N(0, 0.01) and zero, the
+    very draws the reference trainer starts from.
+
+    run_LP.py seeds torch's generator with ``seed``, iterates one DataLoader when some head standardises its
+    input (the train statistics pass: one int64 draw), then builds one ``nn.Linear`` per head in grid order
+    (its default initialisation: C x D and C uniform draws) and redraws the weights from N(0, 0.01), the bias
+    zero. Replaying that sequence on a private generator gives the same weights without touching the global
+    one (with the same torch; another version may draw otherwise, with the same distribution).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if standardised:
+        torch.empty((), dtype=torch.int64).random_(generator=gen)
+    weight = torch.empty(n_heads, n_classes, dim)
+    for h in range(n_heads):
+        torch.empty(n_classes, dim).uniform_(generator=gen)  # nn.Linear's own draws, overwritten
+        torch.empty(n_classes).uniform_(generator=gen)
+        weight[h].normal_(0.0, INIT_STD, generator=gen)
+    return weight, torch.zeros(n_heads, n_classes)
+
+
 def _loss_and_grad(
     z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-head batch loss ``[H]`` and its gradient w.r.t. the logits ``[H, B, O]`` (BCE or cross-entropy)."""
-    if z.shape[-1] == 1:
-        t = y.to(z.dtype).expand(z.shape[0], -1)
-        per = F.binary_cross_entropy_with_logits(z[..., 0], t, reduction="none")
-        d = (torch.sigmoid(z[..., 0]) - t).unsqueeze(-1)
-    else:
-        logp = torch.log_softmax(z, dim=-1)
-        onehot = F.one_hot(y, z.shape[-1]).to(z.dtype)
-        per = -(logp * onehot).sum(-1)
-        d = logp.exp() - onehot
+    """Per-head batch cross-entropy ``[H]`` and its gradient w.r.t. the logits ``[H, B, C]``."""
+    logp = torch.log_softmax(z, dim=-1)
+    onehot = F.one_hot(y, z.shape[-1]).to(z.dtype)
+    per = -(logp * onehot).sum(-1)
+    d = logp.exp() - onehot
     if w is None:
         return per.mean(1), d / z.shape[1]
     share = w / w.sum()
@@ -236,19 +255,19 @@ class _VectorOptimizer:
                 continue
             b1 = h["beta1"].view(shape) if beta1 is None else torch.full_like(h["beta1"], beta1).view(shape)
             b2, eps = h["beta2"].view(shape), h["eps"].view(shape)
+            # torch.optim.AdamW's update, in place where it can be: the moments and parameters are the big
+            # tensors (every head's weights), the per-head factors are [H, 1, ...]
             p.mul_(1 - lr_ * wd)
-            self.m[i].mul_(b1).add_((1 - b1) * g)
-            self.v[i].mul_(b2).add_((1 - b2) * g * g)
-            bc1 = 1 - b1**self.t
-            bc2 = 1 - b2**self.t
-            denom = self.v[i].sqrt() / bc2.sqrt() + eps
-            p.sub_((lr_ / bc1) * self.m[i] / denom)
+            self.m[i].lerp_(g, 1 - b1)
+            self.v[i].mul_(b2).addcmul_(g * (1 - b2), g)
+            denom = self.v[i].sqrt().div_((1 - b2**self.t).sqrt()).add_(eps)
+            p.sub_(self.m[i].div(denom).mul_(lr_ / (1 - b1**self.t)))
 
 
 def _snapshotter(
     weight: torch.Tensor, bias: torch.Tensor, val_logits: np.ndarray, positions: np.ndarray
 ) -> Callable[[int], tuple[dict[str, np.ndarray], np.ndarray]]:
-    """Copy the i-th candidate head's weights (nn.Linear layout ``[O, D]``) and val logits when selected."""
+    """Copy the i-th candidate head's weights (nn.Linear layout ``[C, D]``) and val logits when selected."""
 
     def snapshot(i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         p = int(positions[i])
@@ -287,7 +306,6 @@ def _fit_grid(
     started = time.perf_counter()
     ytr, yva, classes = encode_labels(np.asarray(y_train), np.asarray(y_val))
     n_classes = len(classes)
-    out_dim = 1 if n_classes == 2 else n_classes
     norms = list(dict.fromkeys(p.norm for p in grid))
     stats = {n: NormStats.fit(n, x_train) for n in norms}
 
@@ -300,10 +318,9 @@ def _fit_grid(
     live = np.argsort(group_of, kind="stable")  # grid index of each live head, grouped by norm
     n_heads, dim = len(grid), xtr.shape[2]
 
-    gen = torch.Generator().manual_seed(config.seed)
-    w_init = torch.randn(n_heads, out_dim, dim, generator=gen) * INIT_STD
+    w_init, b_init = init_heads(n_heads, n_classes, dim, config.seed, standardised="std" in norms)
     weight = w_init[torch.as_tensor(live)].transpose(1, 2).contiguous().to(device)
-    bias = torch.zeros(n_heads, out_dim, device=device)
+    bias = b_init.to(device)
 
     def per_head(values: list[float]) -> torch.Tensor:
         return torch.tensor(np.asarray(values, dtype=np.float64)[live], dtype=torch.float32, device=device)
@@ -319,8 +336,8 @@ def _fit_grid(
             "eps": per_head([p.eps for p in grid]),
         },
     )
-    final_w = np.zeros((n_heads, out_dim, dim), dtype=np.float32)
-    final_b = np.zeros((n_heads, out_dim), dtype=np.float32)
+    final_w = np.zeros((n_heads, n_classes, dim), dtype=np.float32)
+    final_b = np.zeros((n_heads, n_classes), dtype=np.float32)
     sampler = BatchSampler(ytr, config.batch_size, config.sampling, config.seed, n_classes)
     schedule = build_schedule(config.schedule, config.epochs, sampler.steps_per_epoch, config.warmup_epochs)
     loss_w = (
@@ -421,8 +438,8 @@ def fit_logreg(
 ) -> FitResult:
     """scikit-learn L-BFGS logistic regression per (C, norm), selected on val by the same strategies.
 
-    Class-balanced unless ``config.sampling`` is ``none``. Each fit is one "head" at epoch 1, so the outputs
-    (checkpoints, reports) have the linear grid's format.
+    Class-balanced unless ``config.sampling`` is ``none``. Each fit is one "head" at epoch 1 with one logit per
+    class, so the outputs (checkpoints, reports) have the linear grid's format.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -442,11 +459,11 @@ def fit_logreg(
             class_weight=None if config.sampling == "none" else "balanced",
         )
         model.fit(xt, ytr)
-        z = model.decision_function(xv)
-        z = z[:, None] if z.ndim == 1 else z
+        weight, bias = _class_logit_layer(model.coef_, model.intercept_)
         heads.append({"name": f"logreg_C_{_sci(c)}_norm_{norm}", "C": float(c), "norm": norm})
-        logits.append(z.astype(np.float32))
-        states.append({"weight": model.coef_.astype(np.float32), "bias": model.intercept_.astype(np.float32)})
+        z = xv @ weight.T + bias
+        logits.append(z)
+        states.append({"weight": weight, "bias": bias})
         losses.append(float(loss_per_head(torch.as_tensor(z[None]), torch.as_tensor(yva))[0]))
     zva = np.stack(logits)
     metrics = batched_metrics(yva, zva, np.asarray(losses))
@@ -476,3 +493,13 @@ def fit_logreg(
         num_val=len(yva),
         extra={"norms": stats},
     )
+
+
+def _class_logit_layer(coef: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's coefficients as a ``[C, D]`` layer: its single binary logit ``z`` becomes ``[0, z]``
+    (softmax of that is its sigmoid), so every head has one logit per class."""
+    coef, intercept = np.asarray(coef, dtype=np.float32), np.asarray(intercept, dtype=np.float32)
+    if coef.shape[0] == 1:
+        coef = np.concatenate([np.zeros_like(coef), coef])
+        intercept = np.concatenate([np.zeros_like(intercept), intercept])
+    return coef, intercept

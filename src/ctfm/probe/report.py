@@ -1,9 +1,10 @@
-"""Run reports: ``val_report.csv`` (the reference's table), ``grid_report.csv``, ``history.csv``, the figure.
+"""Run reports: ``val_report.csv`` (the reference's table), ``grid_report.csv``, ``history.csv``, the figure
+(:mod:`ctfm.probe.figure`).
 
 ``val_report.csv`` has one row per checkpoint strategy, indexed by the strategy name, with the val metrics of
 its selected head (acc, f1, auroc, ap, sensitivity, specificity, balanced_acc, loss, val_balacc_auroc,
-val_balacc_loss, train_loss) then head, norm, betas, selected_epoch, checkpoint, as the reference writes it,
-plus lr, weight_decay and eps. ``grid_report.csv`` has one row per grid point.
+val_balacc_loss, train_loss) then head, norm, betas, selected_epoch, checkpoint (the reference-format file), as
+the reference writes it, plus ctfm_checkpoint, lr, weight_decay and eps. ``grid_report.csv`` has one row per grid point.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import numpy as np
 import pandas as pd
 
 from ctfm.fsutil import atomic_path
+from ctfm.probe.figure import METRIC_COLUMNS, FigureData, FigureWorker, progress_figure
 from ctfm.probe.layout import RunLayout
-from ctfm.probe.training import STRATEGIES, FitResult
-
-METRIC_COLUMNS = ("val_loss", "val_balanced_acc", "val_auroc")
+from ctfm.probe.training import STRATEGIES, FitResult, Selection
 
 
 def _write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> None:
@@ -25,22 +25,33 @@ def _write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> None:
         frame.to_csv(tmp, index=index)
 
 
-def val_report(fit: FitResult, layout: RunLayout) -> pd.DataFrame:
-    """One row per strategy: its selected head's val metrics and identity (reference columns first)."""
+def selected_train_loss(fit: FitResult, sel: Selection) -> float:
+    """The train loss of a selection's head over its selected epoch (NaN when the history has none)."""
+    hist = fit.history
+    at = hist[(hist["head"] == sel.head) & (hist["epoch"] == sel.epoch)]
+    return float(at["train_loss"].iloc[0]) if len(at) else float("nan")
+
+
+def val_report(fit: FitResult, layout: RunLayout, references: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per strategy: its selected head's val metrics and identity (reference columns first).
+
+    ``checkpoint`` is what the reference's column holds: the strategy's checkpoint file in the reference's
+    format (``references``: strategy -> run-relative path; empty when none was written); ctfm's own is in
+    ``ctfm_checkpoint``."""
+    references = references or {}
     rows = {}
     for name, sel in fit.selections.items():
         head = fit.heads[sel.head]
-        hist = fit.history
-        at = hist[(hist["head"] == sel.head) & (hist["epoch"] == sel.epoch)]
         row = dict(sel.metrics)
-        row["train_loss"] = float(at["train_loss"].iloc[0]) if len(at) else float("nan")
+        row["train_loss"] = selected_train_loss(fit, sel)
         row.update(
             {
                 "head": head["name"],
                 "norm": head.get("norm", ""),
                 "betas": tuple(head["betas"]) if "betas" in head else "",
                 "selected_epoch": sel.epoch,
-                "checkpoint": layout.checkpoint(name).relative_to(layout.dir).as_posix(),
+                "checkpoint": references.get(name, ""),
+                "ctfm_checkpoint": layout.checkpoint(name).relative_to(layout.dir).as_posix(),
             }
         )
         row.update({k: v for k, v in head.items() if k not in ("name", "norm", "betas")})
@@ -76,108 +87,22 @@ def grid_report(fit: FitResult, monitor: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_reports(fit: FitResult, layout: RunLayout, monitor: str) -> None:
-    """val_report.csv, grid_report.csv, history.csv and progress.png of one run."""
+def write_reports(
+    fit: FitResult,
+    layout: RunLayout,
+    monitor: str,
+    figures: FigureWorker | None = None,
+    references: dict[str, str] | None = None,
+) -> None:
+    """val_report.csv, grid_report.csv, history.csv and progress.png of one run (drawn by ``figures``
+    when given: then it is written once ``figures.finish()`` returns); ``references``: see :func:`val_report`."""
     layout.dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(val_report(fit, layout), layout.val_report, index=True)
+    _write_csv(val_report(fit, layout, references), layout.val_report, index=True)
     _write_csv(grid_report(fit, monitor), layout.grid_report)
     hist = fit.history.copy()
     hist.insert(2, "head_name", [fit.heads[i]["name"] for i in hist["head"]])
     _write_csv(hist, layout.history)
-    progress_figure(fit, layout.progress)
-
-
-def panel_groups(heads: list[dict], trained: set[int]) -> list[tuple[str, list[int]]]:
-    """The figure's columns as (title, head indices): one per input norm for linear grids, one per head
-    architecture for token grids (which have no norm), so lines of one column differ only in lr and decay."""
-    by_norm = any("norm" in h for h in heads)
-    labels = [f"norm={h.get('norm', 'raw')}" if by_norm else str(h["name"]) for h in heads]
-    groups = []
-    for label in dict.fromkeys(labels):
-        members = [i for i, lab in enumerate(labels) if lab == label and i in trained]
-        groups.append((f"{label} ({len(members)} head{'' if len(members) == 1 else 's'})", members))
-    return groups
-
-
-def progress_figure(fit: FitResult, path: Path) -> None:
-    """Val loss, balanced accuracy and AUROC per grid point over epochs, one column per panel group (see
-    :func:`panel_groups`).
-
-    Lines are coloured by lr (log scale; C for logistic regression); each strategy's selected (head, epoch) is
-    a thick line with a marker. One LineCollection per panel keeps a 104-head figure fast to draw.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import cm, colors
-    from matplotlib.collections import LineCollection
-
-    hist = fit.history
-    curves = {i: h.sort_values("epoch") for i, h in hist.groupby("head")}
-    groups = panel_groups(fit.heads, set(curves))
-    axis_name = "lr" if "lr" in fit.heads[0] else "C"
-    values = np.array([h.get(axis_name, 1.0) for h in fit.heads], dtype=np.float64)
-    positive = values[values > 0]
-    low = positive.min() if len(positive) else 1.0
-    cnorm = colors.LogNorm(vmin=low, vmax=max(values.max(), low * 1.0001))
-    cmap = plt.get_cmap("viridis")
-    markers = ["*", "o", "s", "D", "^", "v", "P"]
-    selected: dict[int, list[tuple[str, int]]] = {}
-    for name, sel in fit.selections.items():
-        selected.setdefault(sel.head, []).append((name, sel.epoch))
-    fig, axes = plt.subplots(
-        len(METRIC_COLUMNS), len(groups), figsize=(5.5 * len(groups) + 1.5, 9), squeeze=False, sharex=True
-    )
-    single_epoch = hist["epoch"].nunique() <= 1
-    for col, (title, heads) in enumerate(groups):
-        for row, metric in enumerate(METRIC_COLUMNS):
-            ax = axes[row][col]
-            segs = [np.column_stack([curves[i]["epoch"], curves[i][metric]]) for i in heads]
-            rgba = [cmap(cnorm(max(values[i], low))) for i in heads]
-            widths = [2.4 if i in selected else 0.7 for i in heads]
-            if single_epoch:
-                pts = np.concatenate(segs) if segs else np.zeros((0, 2))
-                ax.scatter(pts[:, 0], pts[:, 1], c=rgba, s=12)
-            else:
-                ax.add_collection(LineCollection(segs, colors=rgba, linewidths=widths, alpha=0.6))
-                ax.autoscale_view()
-            for i in heads:
-                for k, (strategy, epoch) in enumerate(selected.get(i, [])):
-                    at = curves[i][curves[i]["epoch"] == epoch]
-                    if not len(at):
-                        continue
-                    ax.plot(
-                        epoch,
-                        at[metric].iloc[0],
-                        marker=markers[list(fit.selections).index(strategy) % len(markers)],
-                        markersize=13 - 2.5 * k,
-                        color="gold",
-                        markeredgecolor="black",
-                        linestyle="none",
-                        zorder=10 + k,
-                        label=f"{strategy}: {fit.heads[i]['name']} ep{epoch}",
-                    )
-            if row == 0:
-                ax.set_title(title)
-            if col == 0:
-                ax.set_ylabel(metric)
-            if row == len(METRIC_COLUMNS) - 1:
-                ax.set_xlabel("epoch")
-            ax.grid(alpha=0.3)
-    handles, labels = [], []
-    for ax in axes.ravel():
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
-    bottom = 0.08 + 0.025 * ((len(handles) + 1) // 2)
-    fig.subplots_adjust(left=0.08, right=0.88, bottom=bottom, top=0.9, hspace=0.15, wspace=0.22)
-    cax = fig.add_axes((0.91, bottom, 0.015, 0.9 - bottom))
-    fig.colorbar(cm.ScalarMappable(norm=cnorm, cmap=cmap), cax=cax, label=axis_name)
-    fig.suptitle(f"val metrics per grid point ({len(fit.heads)} heads, {fit.epochs_run} epochs)")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    if figures is None:
+        progress_figure(FigureData.of(fit), layout.progress)
+    else:
+        figures.draw(FigureData.of(fit), layout.progress)

@@ -29,8 +29,10 @@ from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError, CtfmError, DataError
 from ctfm.fsutil import exclusive_use, remove_partials, write_text_atomic
 from ctfm.probe.data import DiseaseData, current_input_key, few_shot, fold_columns, load_disease
+from ctfm.probe.figure import FigureWorker
 from ctfm.probe.layout import DiseaseLayout, RunLayout
-from ctfm.probe.report import write_reports
+from ctfm.probe.reference import save_lp
+from ctfm.probe.report import selected_train_loss, write_reports
 from ctfm.probe.training import FitResult, Selection, TrainConfig, mean_std, seed_everything
 
 SUMMARY_METRICS = ("balanced_acc", "auroc", "acc", "f1", "ap", "sensitivity", "specificity", "loss")
@@ -150,7 +152,8 @@ def _check_all(flag: str, values: Sequence[float], ok: Callable[[float], bool], 
 
 
 FitFn = Callable[[DiseaseData, np.ndarray, np.ndarray, TrainConfig], FitResult]
-SaveFn = Callable[[FitResult, RunLayout, DiseaseData, TrainConfig], None]
+# Saves a run's selected heads; returns strategy -> the reference-format file written for it (run-relative).
+SaveFn = Callable[[FitResult, RunLayout, DiseaseData, TrainConfig], dict[str, str]]
 LoadFn = Callable[[str], DiseaseData]
 
 
@@ -293,9 +296,15 @@ RETRAIN = ".retrain"  # a finished disease's retrain is written here, then swapp
 
 
 def run_disease(
-    options: ProbeOptions, task: ProbeTask, disease: str, log: Log, on_run: OnRun | None = None
+    options: ProbeOptions,
+    task: ProbeTask,
+    disease: str,
+    log: Log,
+    on_run: OnRun | None = None,
+    figures: FigureWorker | None = None,
 ) -> DiseaseOutcome:
-    """Train every run of one disease and write its outputs; skipped when DONE unless ``force``."""
+    """Train every run of one disease and write its outputs; skipped when DONE unless ``force``. Progress
+    figures are drawn by ``figures`` when given (in another process), here otherwise."""
     layout = DiseaseLayout.of(options.out, options.model, disease, task.name)
     if layout.is_done() and not options.force:
         summary = json.loads(layout.summary.read_text()) if layout.summary.is_file() else None
@@ -329,8 +338,8 @@ def run_disease(
         seed_everything(spec.seed)
         fit = task.fit(data, train_rows, val_rows, config)
         run_layout = layout.run(spec.tag)
-        write_reports(fit, run_layout, config.monitor)
-        task.save(fit, run_layout, data, config)
+        references = task.save(fit, run_layout, data, config)
+        write_reports(fit, run_layout, config.monitor, figures, references)
         if options.wandb:
             _wandb_log(options, task.name, disease, spec, fit, run_layout.dir)
         runs.append(
@@ -351,6 +360,8 @@ def run_disease(
         )
         if on_run is not None:
             on_run(disease, spec.tag)
+    if figures is not None:
+        figures.finish()  # every output is written before the summary and DONE
     summary = {
         "disease": disease,
         "task": task.name,
@@ -391,7 +402,14 @@ def _swap_in(staged: DiseaseLayout, final: DiseaseLayout) -> None:
         stale = (
             [run.dir]
             if tag
-            else [run.checkpoints_dir, run.val_report, run.grid_report, run.history, run.progress]
+            else [
+                run.checkpoints_dir,
+                run.reference_dir,
+                run.val_report,
+                run.grid_report,
+                run.history,
+                run.progress,
+            ]
         )
         for path in stale:
             _remove(path)
@@ -428,26 +446,42 @@ def run_probe(
     log = log or (lambda _msg: None)
     outcomes = []
     planned = len(options.run_specs())
-    for disease in options.diseases:
-        reported: list[str] = []
-
-        def counted(name: str, tag: str, reported: list[str] = reported) -> None:
-            reported.append(tag)
-            if on_run is not None:
-                on_run(name, tag)
-
-        try:
-            layout = DiseaseLayout.of(options.out, options.model, disease, task.name)
-            with exclusive_use(layout.dir):  # a second probe of this disease into this folder is refused
-                outcomes.append(run_disease(options, task, disease, log, counted))
-        except CtfmError as exc:
-            if stop_on_error:
-                raise
-            log(f"[red]{disease}: {escape(str(exc))}[/]")
-            outcomes.append(DiseaseOutcome(disease, "failed", error=str(exc)))
-        for _ in range(planned - len(reported)):
-            counted(disease, "")
+    with FigureWorker() as figures:
+        for disease in options.diseases:
+            outcomes.append(_run_one(options, task, disease, log, planned, on_run, stop_on_error, figures))
     return outcomes
+
+
+def _run_one(
+    options: ProbeOptions,
+    task: ProbeTask,
+    disease: str,
+    log: Log,
+    planned: int,
+    on_run: OnRun | None,
+    stop_on_error: bool,
+    figures: FigureWorker,
+) -> DiseaseOutcome:
+    """One disease of :func:`run_probe`: its outcome, with ``on_run`` called once per planned run."""
+    reported: list[str] = []
+
+    def counted(name: str, tag: str) -> None:
+        reported.append(tag)
+        if on_run is not None:
+            on_run(name, tag)
+
+    try:
+        layout = DiseaseLayout.of(options.out, options.model, disease, task.name)
+        with exclusive_use(layout.dir):  # a second probe of this disease into this folder is refused
+            outcome = run_disease(options, task, disease, log, counted, figures)
+    except CtfmError as exc:
+        if stop_on_error:
+            raise
+        log(f"[red]{disease}: {escape(str(exc))}[/]")
+        outcome = DiseaseOutcome(disease, "failed", error=str(exc))
+    for _ in range(planned - len(reported)):
+        counted(disease, "")
+    return outcome
 
 
 # ----------------------------------------------------------------------------- linear probing task
@@ -490,12 +524,33 @@ def save_selection(
 
 
 def save_linear_checkpoints(
-    fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig
-) -> None:
-    """One checkpoint per strategy: the selected head's weights, its norm statistics and provenance."""
+    fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig, reference: bool = True
+) -> dict[str, str]:
+    """One checkpoint per strategy: the selected head's weights, its norm statistics and provenance; with
+    ``reference``, the same heads in the reference LP trainer's format too (grid heads only: the reference
+    names its heads ``clf_lr_...``). Returns strategy -> reference file (run-relative)."""
+    # an older run's reference files would be picked up with these
+    shutil.rmtree(layout.reference_dir, ignore_errors=True)
+    written = {}
     for name, sel in fit.selections.items():
         head = fit.heads[sel.head]
         weight, bias = sel.state["weight"], sel.state["bias"]
+        norm = fit.extra["norms"][head["norm"]]
+        if reference:
+            path = save_lp(
+                layout.reference_dir,
+                strategy=name,
+                score=sel.score,
+                epoch=sel.epoch,
+                head=head["name"],
+                weight=weight,
+                bias=bias,
+                norm=norm,
+                betas=tuple(head["betas"]),
+                eps=head["eps"],
+                val_metrics={**sel.metrics, "train_loss": selected_train_loss(fit, sel)},
+            )
+            written[name] = path.relative_to(layout.dir).as_posix()
         save_selection(
             layout,
             name,
@@ -507,8 +562,9 @@ def save_linear_checkpoints(
             head_name="linear",
             head_kwargs={"in_dim": int(weight.shape[1]), "out_dim": int(weight.shape[0])},
             state_dict={"linear.weight": weight, "linear.bias": bias},
-            norm=fit.extra["norms"][head["norm"]].to_dict(),
+            norm=norm.to_dict(),
         )
+    return written
 
 
 def linear_task(options: ProbeOptions, log: Log | None = None) -> ProbeTask:
@@ -527,4 +583,7 @@ def linear_task(options: ProbeOptions, log: Log | None = None) -> ProbeTask:
             return fit_logreg(x_tr, y_tr, x_va, y_va, options.norms, config, options.logreg_cs or LOGREG_CS)
         return fit_linear_grid(x_tr, y_tr, x_va, y_va, grid, config)
 
-    return ProbeTask("lp", load, fit, save_linear_checkpoints)
+    def save(fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig) -> dict[str, str]:
+        return save_linear_checkpoints(fit, layout, data, config, reference=options.probe == "grid")
+
+    return ProbeTask("lp", load, fit, save)

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import rankdata
 
 from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError
@@ -191,7 +190,8 @@ class BatchSampler:
     """The train batches of one epoch, shared by every head.
 
     ``weighted``: ``len(y)`` draws with replacement, probability inverse to class frequency (uniform draws with
-    replacement when the classes are balanced), like the reference's ``WeightedRandomSampler``.
+    replacement when the classes are balanced): the very batches of the reference's ``DataLoader`` over a
+    ``WeightedRandomSampler`` (``RandomSampler``) with a generator seeded with ``seed``.
     ``weighted-scaled``: the same, with the weights min-max scaled to ``SCALED_WEIGHT_RANGE`` as the reference
     EAO trainer does (the rarest class is drawn 10x as often per case as the commonest, whatever the imbalance).
     ``loss-weight`` and ``none``: a fresh permutation each epoch (the loss carries the class weights for
@@ -208,7 +208,8 @@ class BatchSampler:
         if sampling == "weighted-scaled" and weights.max() > weights.min():
             low, high = SCALED_WEIGHT_RANGE
             weights = low + (high - low) * (weights - weights.min()) / (weights.max() - weights.min())
-        self.sample_weights = torch.as_tensor(weights, dtype=torch.float64)
+        # float32 first, as the reference hands its weights to WeightedRandomSampler: the draws then match its
+        self.sample_weights = torch.as_tensor(weights, dtype=torch.float32).double()
         self.uniform = bool(np.isclose(weights.max(), weights.min()))
 
     @property
@@ -360,105 +361,56 @@ class StrategyTracker:
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:
-    """Class probabilities ``[..., C]`` from logits; a single logit is the positive class of a binary head."""
-    logits = np.asarray(logits, dtype=np.float64)
-    if logits.shape[-1] == 1:
-        p = 1.0 / (1.0 + np.exp(-logits[..., 0]))
-        return np.stack([1.0 - p, p], axis=-1)
-    z = logits - logits.max(axis=-1, keepdims=True)
+    """Class probabilities ``[..., C]`` from logits ``[..., C]`` (softmax)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
 
 
 def loss_per_head(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean BCE (single logit) or cross-entropy per head: logits ``[H, N, O]``, targets ``[N]`` -> ``[H]``."""
-    if logits.shape[-1] == 1:
-        target = y.to(logits.dtype).expand(logits.shape[0], -1)
-        return torch.nn.functional.binary_cross_entropy_with_logits(
-            logits[..., 0], target, reduction="none"
-        ).mean(1)
+    """Mean cross-entropy per head: logits ``[H, N, C]``, targets ``[N]`` -> ``[H]``."""
     logp = torch.log_softmax(logits, dim=-1)
     return -logp.gather(2, y.view(1, -1, 1).expand(logits.shape[0], -1, 1))[..., 0].mean(1)
 
 
-def batched_auroc(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Binary AUROC per row of ``scores`` ``[H, N]`` (ties count half, as scikit-learn); NaN for one class."""
-    pos = y == 1
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return np.full(scores.shape[0], np.nan)
-    ranks = rankdata(scores, axis=1)
-    return (ranks[:, pos].sum(1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+def reference_probabilities(logits: np.ndarray) -> np.ndarray:
+    """Softmax in float32, as torchmetrics turns the reference trainer's float32 logits into probabilities:
+    AUROC ranks and ties (saturated heads) are then the reference's."""
+    return torch.softmax(torch.as_tensor(np.asarray(logits, dtype=np.float32)), dim=-1).numpy()
 
 
 def batched_metrics(y: np.ndarray, logits: np.ndarray, loss: np.ndarray) -> dict[str, np.ndarray]:
-    """Val metrics per head for monitoring: loss, balanced accuracy and (macro one-vs-rest) AUROC.
+    """The selection metrics per head: the given val loss, and the reference's balanced accuracy and AUROC
+    (:func:`ctfm.evaluate.metrics.reference_metrics`) of logits ``[H, N, C]``; ``y`` holds class indices."""
+    from ctfm.evaluate.metrics import reference_metrics
 
-    ``logits`` ``[H, N, O]``; ``y`` holds class indices ``0..C-1``.
-    """
-    if logits.shape[-1] == 1:
-        pred = (logits[..., 0] > 0).astype(np.int64)
-        auroc = batched_auroc(y, logits[..., 0])
-    else:
-        pred = logits.argmax(-1)
-        probs = probabilities(logits)
-        per_class = [batched_auroc((y == c).astype(np.int64), probs[..., c]) for c in range(logits.shape[-1])]
-        auroc = np.nanmean(np.stack(per_class), axis=0)
-    present = np.unique(y)
-    recalls = [(pred[:, y == c] == c).mean(1) for c in present]
+    logits = np.asarray(logits)
+    m = reference_metrics(
+        np.broadcast_to(y, logits.shape[:2]), reference_probabilities(logits), logits.shape[-1]
+    )
     return {
         "val_loss": np.asarray(loss, dtype=np.float64),
-        "val_balanced_acc": np.mean(recalls, axis=0),
-        "val_auroc": auroc,
+        "val_balanced_acc": np.asarray(m["balanced_acc"]),
+        "val_auroc": np.asarray(m["auroc"]),
     }
 
 
 def full_metrics(y: np.ndarray, logits: np.ndarray) -> dict[str, float]:
-    """Every reference val metric of one head, named like the reference's val_report.csv.
+    """Every val metric of one head as the reference trainer records it (its val_metrics / val_report.csv):
+    the reference's seven metrics (:func:`ctfm.evaluate.metrics.reference_metrics`), the cross-entropy and the
+    two composite scores of the ``val_balacc_auroc`` and ``val_balacc_loss`` strategies."""
+    from ctfm.evaluate.metrics import reference_metrics
 
-    Binary: positive-class F1, sensitivity and specificity; multiclass: the macro averages ``ctfm eval``
-    reports (:mod:`ctfm.evaluate.metrics`, over the classes in the labels or the predictions, as
-    scikit-learn), so a val report and an evaluation of the same head agree.
-    """
-    from ctfm.evaluate import metrics as M
-
-    y = np.asarray(y)
-    probs = probabilities(logits)
-    n_classes = probs.shape[1]
-    pred = (logits[:, 0] > 0).astype(np.int64) if logits.shape[-1] == 1 else probs.argmax(1)
-    cm = np.zeros((n_classes, n_classes))
-    np.add.at(cm, (y, pred), 1)
-    tp = np.diag(cm)
-    fn, fp = cm.sum(1) - tp, cm.sum(0) - tp
-    tn = cm.sum() - tp - fn - fp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sens = tp / (tp + fn)
-        spec = tn / (tn + fp)
-        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
-    binary = n_classes == 2
-    auroc = float(batched_metrics(y, np.asarray(logits)[None], np.zeros(1))["val_auroc"][0])
-    ap = float(M.average_precision(y, probs[:, 1] if binary else probs))
-    if binary:
-        f1_, sensitivity, specificity = float(f1[1]), float(sens[1]), float(spec[1])
-    else:
-        f1_ = float(M.macro_f1(y, pred, n_classes))
-        sensitivity = float(M.sensitivity(y, pred, n_classes))
-        specificity = float(M.specificity(y, pred, n_classes))
-    present = np.unique(y)
-    bacc = float(np.mean([sens[c] for c in present]))
-    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-15, None))))
-    return {
-        "acc": float(tp.sum() / len(y)),
-        "f1": f1_,
-        "auroc": auroc,
-        "ap": ap,
-        "sensitivity": sensitivity,
-        "specificity": specificity,
-        "balanced_acc": bacc,
-        "loss": loss,
-        "val_balacc_auroc": 0.5 * bacc + 0.5 * auroc,
-        "val_balacc_loss": 0.5 * bacc - 0.5 * loss,
+    y, logits = np.asarray(y), np.asarray(logits, dtype=np.float32)
+    out = {
+        k: float(v)
+        for k, v in reference_metrics(y, reference_probabilities(logits), logits.shape[-1]).items()
     }
+    out["loss"] = float(loss_per_head(torch.as_tensor(logits[None]), torch.as_tensor(y))[0])
+    out["val_balacc_auroc"] = 0.5 * out["balanced_acc"] + 0.5 * out["auroc"]
+    out["val_balacc_loss"] = 0.5 * out["balanced_acc"] - 0.5 * out["loss"]
+    return out
 
 
 # ----------------------------------------------------------------------------- results
