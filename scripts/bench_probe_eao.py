@@ -289,7 +289,7 @@ def _run(target, args: dict) -> dict:
 
 
 def main() -> None:
-    from ctfm.benchmark import load_benchmark
+    from ctfm.core.benchmark import load_benchmark
 
     eao = load_benchmark().section("eao")  # the rules both sides follow
     assert eao["schedule"] == "none" and eao["sampling"] == "weighted-scaled", (

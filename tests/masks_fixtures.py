@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ctfm.benchmark import load_benchmark
+from ctfm.core.benchmark import load_benchmark
 
 # (v2 class name, centre mm RAS, radii mm): a coarse torso, liver centroid near z=20, lumbar spine below it,
 # thoracic spine and lung lobes above, ribs (ids > 104 in v2) high up. Drawn in order: later wins overlaps.

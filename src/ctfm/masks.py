@@ -14,10 +14,8 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import inspect
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -26,19 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ctfm import nifti
-from ctfm.benchmark import ClassMap, configs_dir, load_benchmark
-from ctfm.errors import ConfigError, DataError
-from ctfm.fsutil import (
+from ctfm.core import nifti
+from ctfm.core.benchmark import ClassMap, configs_dir, load_benchmark
+from ctfm.core.errors import ConfigError, DataError
+from ctfm.core.fsutil import (
     ABANDONED_S,
     atomic_path,
     exclusive_use,
     is_partial,
     remove_partials,
-    sha256_file,
     write_bytes_atomic,
     write_text_atomic,
 )
+from ctfm.core.hashing import digest, sha256_file
 
 REPORT_NAME = "masks_report.csv"
 REPORT_COLUMNS = ("case", "disease", "voxels", "volume_ml", "status", "message")
@@ -490,7 +488,7 @@ def find_label_maps(totalseg_dir: Path) -> dict[str, LabelSource]:
 def cases_from_labels(labels_dir: Path, diseases: Iterable[str] | None = None) -> dict[str, list[str]]:
     """case -> diseases whose ``labels/<disease>.csv`` lists it. Without ``diseases``: every ROI disease that
     has a CSV; a disease asked for by name must have one."""
-    from ctfm.labels import labels_path, read_labels
+    from ctfm.core.labels import labels_path, read_labels
 
     asked = diseases is not None
     names = _check_diseases(diseases)
@@ -515,7 +513,7 @@ def _digest(organs: Sequence[str], class_map: ClassMap | None, margin_mm: float,
     """What a mask was built from: settings and the input files' hashes, so any change rebuilds it."""
     ids = {o: (class_map.ids.get(o) if class_map else o) for o in sorted(organs)}
     settings = {"v": FORMAT_VERSION, "ids": ids, "margin": round(float(margin_mm), 6), "inputs": inputs}
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return digest(settings, length=12)
 
 
 def _descrip(digest: str, voxels: int, status: str) -> str:

@@ -41,16 +41,16 @@ from typing import Any
 
 import numpy as np
 
-from ctfm.errors import InvalidEmbedding, StoreError
-from ctfm.fsutil import (
+from ctfm.core.errors import InvalidEmbedding, StoreError
+from ctfm.core.fsutil import (
     ABANDONED_S,
     atomic_path,
     exclusive_use,
     link_or_copy,
     remove_partials,
-    sha256_file,
     write_text_atomic,
 )
+from ctfm.core.hashing import sha256_file
 from ctfm.untrusted_h5 import DATASET, H5Reader, inspect_y_hat, validate_y_hat
 
 TASKS = ("lp", "eao")
@@ -90,7 +90,7 @@ def check_view(view: str) -> str:
     """``full`` or an ROI disease (or a chest task); a whole-scan disease must use ``full``."""
     if view == FULL_VIEW:
         return view
-    from ctfm.benchmark import load_benchmark
+    from ctfm.core.benchmark import load_benchmark
 
     bench = load_benchmark()
     if view in bench.roi_diseases or view in bench.chest_tasks:
@@ -689,13 +689,13 @@ TIMING_COLUMNS = ("CaseName", "RunningTime")
 
 
 def _image_suffix() -> str:
-    from ctfm.benchmark import load_benchmark
+    from ctfm.core.benchmark import load_benchmark
 
     return str(load_benchmark().raw.get("image_suffix", ".nii.gz"))
 
 
 def _timing_template() -> str:
-    from ctfm.benchmark import load_benchmark
+    from ctfm.core.benchmark import load_benchmark
 
     return str(load_benchmark().section("container")["timing_csv"])
 
@@ -890,7 +890,7 @@ def export_reference(
     files of cases no longer ok are removed. Files that an export did not put there are never overwritten:
     they are refused before anything changes. ``diseases`` defaults to every AMOS disease with a view.
     """
-    from ctfm.benchmark import load_benchmark
+    from ctfm.core.benchmark import load_benchmark
 
     check_task(task)
     store.check_model(model, task)

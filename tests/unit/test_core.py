@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import ConfigError, DataError
-from ctfm.fsutil import atomic_path, link_or_copy, sha256_file, write_text_atomic
-from ctfm.labels import read_labels
-from ctfm.nifti import case_id, geometry, list_volumes, read_array, write
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ConfigError, DataError
+from ctfm.core.fsutil import atomic_path, link_or_copy, write_text_atomic
+from ctfm.core.hashing import digest, sha256_file
+from ctfm.core.labels import read_labels
+from ctfm.core.nifti import case_id, geometry, list_volumes, read_array, write
 
 SHARED_TSV = Path(__file__).resolve().parents[3] / "shared" / "docs" / "totalsegmentator_v2_total_classes.tsv"
 
@@ -139,6 +140,13 @@ def test_nifti_round_trip_keeps_dtype_and_affine(tmp_path):
     assert geometry(path).spacing == pytest.approx((0.7, 0.7, 3.0))
     assert case_id(path) == "case_1" and list_volumes(tmp_path) == [path]
     assert len(sha256_file(path)) == 64
+
+
+def test_digest_changes_with_any_setting_and_ignores_key_order():
+    assert digest({"a": 1, "b": [2]}) == digest({"b": [2], "a": 1})
+    assert digest({"a": 1}) != digest({"a": 2})
+    assert digest([Path("x")]) == digest(["x"])  # paths count by their text
+    assert len(digest({"a": 1}, length=12)) == 12
 
 
 def test_truncated_nifti_raises_data_error_naming_the_file(tmp_path):

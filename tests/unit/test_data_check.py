@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctfm.benchmark import load_benchmark
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ConfigError, DataError
+from ctfm.core.nifti import read_array, write
 from ctfm.data.check import check_benchmark
 from ctfm.data.synth import generate_benchmark
-from ctfm.errors import ConfigError, DataError
-from ctfm.nifti import read_array, write
 
 CASE = "synth_0001"
 
@@ -153,8 +153,8 @@ def test_a_case_with_two_volumes_is_flagged(bench):
 
 
 def test_a_label_seen_once_or_never_in_train_is_flagged(synth_bench, bench):
+    from ctfm.core.labels import read_labels
     from ctfm.data.check import _class_problems
-    from ctfm.labels import read_labels
 
     table = read_labels(synth_bench / "labels" / "fatty_liver.csv")
     assert _class_problems(table) == []

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctfm.benchmark import load_benchmark
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ConfigError
+from ctfm.core.labels import read_labels
+from ctfm.core.nifti import read_array
 from ctfm.data.phantom import SHAPES, case_geometry, case_rngs, render_case
 from ctfm.data.synth import assign_labels, generate_benchmark
-from ctfm.errors import ConfigError
-from ctfm.labels import read_labels
-from ctfm.nifti import read_array
 
 BENCH = load_benchmark()
 V2 = BENCH.class_map("v2")

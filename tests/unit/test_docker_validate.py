@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from ctfm.errors import ConfigError, DataError, InvalidEmbedding
+from ctfm.core.errors import ConfigError, DataError, InvalidEmbedding
 from ctfm.extract.containers.engine import (
     DEADLINE_SH,
     Engine,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctfm.errors import ConfigError, DataError
+from ctfm.core.errors import ConfigError, DataError
 from ctfm.extract import extractors as registry
 from ctfm.extract.extractors import available, get_extractor, hu_stats
 from ctfm.extract.local import resolve_mask_dir, resolve_view

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import ConfigError, DataError
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ConfigError, DataError
 from ctfm.masks import (
     EMPTY,
     FAILED,
@@ -182,16 +182,16 @@ def test_folder_of_uncompressed_class_files_builds_the_same_masks(tmp_path, body
 def test_folder_layout_reads_only_needed_class_files(tmp_path, body, monkeypatch):
     label, affine = body
     save_folder(label, affine, tmp_path / "ts" / "c1")
-    import ctfm.nifti
+    import ctfm.core.nifti
 
     seen: list[str] = []
-    real = ctfm.nifti.read_image_fast
+    real = ctfm.core.nifti.read_image_fast
 
     def spy(path):
         seen.append(Path(path).name)
         return real(path)
 
-    monkeypatch.setattr(ctfm.nifti, "read_image_fast", spy)
+    monkeypatch.setattr(ctfm.core.nifti, "read_image_fast", spy)
     build_masks(tmp_path / "ts", tmp_path / "out", diseases=["splenomegaly", "gallstone"])
     assert sorted(seen) == ["gallbladder.nii.gz", "spleen.nii.gz"]
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctfm.errors import StoreError
+from ctfm.core.errors import StoreError
 from ctfm.store import (
     CaseRecord,
     PackedEAO,

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from ctfm.errors import InvalidEmbedding, StoreError
+from ctfm.core.errors import InvalidEmbedding, StoreError
 from ctfm.untrusted_h5 import H5Reader, validate_y_hat
 
 

@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctfm.benchmark import load_benchmark
-from ctfm.data.synth import read_manifest
-from ctfm.errors import ConfigError, CtfmError, DataError
-from ctfm.labels import read_labels
-from ctfm.nifti import (
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ConfigError, CtfmError, DataError
+from ctfm.core.labels import read_labels
+from ctfm.core.nifti import (
     Geometry,
     as_volume,
     case_id,
@@ -37,6 +36,7 @@ from ctfm.nifti import (
     read_image_fast,
     voxel_problem,
 )
+from ctfm.data.synth import read_manifest
 from ctfm.store import check_case
 
 

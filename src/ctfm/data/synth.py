@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 
 from ctfm import __version__
-from ctfm.benchmark import load_benchmark
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ConfigError
+from ctfm.core.fsutil import link_or_copy, write_text_atomic
+from ctfm.core.nifti import NII_SUFFIX, read_array, write
 from ctfm.data.phantom import SHAPES, render_case
-from ctfm.errors import ConfigError
-from ctfm.fsutil import link_or_copy, write_text_atomic
-from ctfm.nifti import NII_SUFFIX, read_array, write
 
 SYNTH_VERSION = "2.0"  # 2.0: adult-size demo shape on a coarse grid, larger findings, prevalence 0.2-0.4
 CASE_PREFIX = "synth_"

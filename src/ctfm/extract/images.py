@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from ctfm.errors import ContainerError
+from ctfm.core.errors import ContainerError
 
 BUILD_SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "build_images.sh"
 

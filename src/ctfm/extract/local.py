@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import ConfigError, CtfmError, DataError, StoreError
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ConfigError, CtfmError, DataError, StoreError
+from ctfm.core.fsutil import exclusive_use, file_stamp
+from ctfm.core.hashing import digest, sha256_file
 from ctfm.extract.inputs import case_inputs, is_current, mask_of, select_cases
-from ctfm.fsutil import digest, exclusive_use, file_stamp, sha256_file
 from ctfm.store import FULL_VIEW, CaseRecord, Store, View
 
 DEVICES = ("auto", "cpu", "cuda")

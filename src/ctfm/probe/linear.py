@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctfm.errors import ConfigError, DataError
+from ctfm.core.errors import ConfigError, DataError
 from ctfm.probe.training import (
     SGD_MOMENTUM,
     STRATEGIES,

@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import ConfigError
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("none", "cosine", "onecycle")

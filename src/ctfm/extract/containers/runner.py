@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from ctfm.errors import ContainerError, InvalidEmbedding
+from ctfm.core.errors import ContainerError, InvalidEmbedding
+from ctfm.core.hashing import sha256_file
 from ctfm.extract.containers import cleanup, tarballs
 from ctfm.extract.containers.engine import (
     Engine,
@@ -49,7 +50,6 @@ from ctfm.extract.containers.folders import CaseInput, RunFolders, remove_tree
 from ctfm.extract.containers.outputs import OUTPUT_SUFFIX, present_outputs, stray_entries
 from ctfm.extract.containers.scratch import Scratch, plan_scratch
 from ctfm.extract.containers.tarballs import TeamImage
-from ctfm.fsutil import sha256_file
 from ctfm.untrusted_h5 import H5Reader
 
 LOG_TAIL_BYTES = 4096

@@ -16,8 +16,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ctfm.errors import DataError
-from ctfm.fsutil import atomic_path
+from ctfm.core.errors import DataError
+from ctfm.core.fsutil import atomic_path
 
 NII_SUFFIX = ".nii.gz"
 
@@ -420,7 +420,7 @@ def encode_gz(
 
     With ``full_shape``, ``data`` is only the slab ``[:, :, z0 : z0 + data.shape[2]]`` of a volume that is zero
     elsewhere (e.g. a mask around one organ): the zeros are never materialised. ``header`` (e.g. the source
-    image's) supplies qform/sform codes and units; write the result with :func:`ctfm.fsutil.write_bytes_atomic`.
+    image's) supplies qform/sform codes and units; write the result with :func:`ctfm.core.fsutil.write_bytes_atomic`.
     Encoding once and writing the bytes to several files saves identical masks without compressing them again.
     """
     shape = tuple(full_shape) if full_shape is not None else data.shape
