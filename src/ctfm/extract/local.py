@@ -78,7 +78,6 @@ class ExtractSummary:
     read_seconds: float = 0.0
     preprocess_seconds: float = 0.0
     model_seconds: float = 0.0
-    write_seconds: float = 0.0
 
     @property
     def volumes_per_second(self) -> float:
@@ -360,7 +359,6 @@ class _Runner:
                 error = f"extractor {self.extractor.name} failed: {type(exc).__name__}: {exc}"
                 self.fail(job, group[0].item.case, error)
             return
-        t0 = time.perf_counter()
         for s, y_hat in zip(group, outputs, strict=True):
             per_case = s.read_seconds + s.preprocess_seconds + seconds / len(group)
             try:
@@ -368,7 +366,6 @@ class _Runner:
                 job.summary.ok.append(s.item.case)
             except StoreError as exc:
                 self.fail(job, s.item.case, str(exc))
-        job.summary.write_seconds += time.perf_counter() - t0
 
     def model(self, job: _Job, group: list[Sample]) -> tuple[list[np.ndarray], float]:
         images = np.stack([s.image.numpy() for s in group])
