@@ -15,6 +15,7 @@ from ctfm.core.labels import read_labels
 from ctfm.core.nifti import read_array
 from ctfm.data.phantom import SHAPES, case_geometry, case_rngs, render_case
 from ctfm.data.synth import assign_labels, generate_benchmark
+from ctfm.masks import disease_masks
 
 BENCH = load_benchmark()
 V2 = BENCH.class_map("v2")
@@ -67,23 +68,24 @@ def test_layout_has_every_public_folder(synth_bench):
     assert len(list((synth_bench / "totalseg").glob("*.nii.gz"))) == 40
     assert sorted(p.stem for p in (synth_bench / "labels").glob("*.csv")) == sorted(BENCH.diseases)
     demo = sorted(p.name for p in (synth_bench / "test_demo").glob("*.nii.gz"))  # flat, as published
-    assert len(demo) == 5 and sorted(p.name for p in (synth_bench / "test_demo").iterdir() if p.is_dir()) in (
-        ["fg_masks"],
-        [],  # without the masks library
-    )
+    assert len(demo) == 5
+    assert sorted(p.name for p in (synth_bench / "test_demo").iterdir() if p.is_dir()) == ["fg_masks"]
     test_cases = set(read_labels(synth_bench / "labels" / "gallstone.csv").query("split == 'test'")["file"])
     assert set(demo) <= test_cases
 
 
-def test_test_demo_has_roi_masks_from_the_masks_library(synth_bench):
-    pytest.importorskip("ctfm.masks")
+def test_test_demo_has_the_roi_masks_ctfm_masks_builds(synth_bench):
     for disease in BENCH.roi_diseases:
         masks = sorted((synth_bench / "test_demo" / "fg_masks" / disease).glob("*.nii.gz"))
         assert len(masks) == 5, disease
     case = masks[0].name
-    mask, _ = read_array(synth_bench / "test_demo" / "fg_masks" / "splenomegaly" / case)
-    seg, _ = read_array(synth_bench / "totalseg" / case)
-    assert np.array_equal(mask.astype(bool), seg == V2.id_of("spleen"))
+    seg, img = read_array(synth_bench / "totalseg" / case)
+    expected = disease_masks(seg, img.affine, None, "v2")
+    for disease, want in expected.items():
+        mask, _ = read_array(synth_bench / "test_demo" / "fg_masks" / disease / case)
+        assert mask.dtype == np.uint8 and np.array_equal(mask, want), disease
+    spleen = seg == V2.ids["spleen"]
+    assert spleen.any() and np.array_equal(expected["splenomegaly"].astype(bool), spleen)
 
 
 def test_images_are_ct_like_with_real_affines(synth_bench):

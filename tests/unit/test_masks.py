@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from ctfm.core.benchmark import load_benchmark
+from ctfm.core.class_map_version import class_map_votes, detect_class_map_version
 from ctfm.core.errors import ConfigError, DataError
 from ctfm.masks import (
     EMPTY,
@@ -22,8 +23,6 @@ from ctfm.masks import (
     ORGAN_MISSING,
     build_masks,
     cases_from_labels,
-    class_map_votes,
-    detect_class_map_version,
     disease_masks,
     find_label_maps,
     totalsegmentator_missing,

@@ -84,7 +84,7 @@ def _message(exc: Exception, path: Path) -> str:
 
 def _v1_evidence(labels: np.ndarray, affine: np.ndarray) -> str | None:
     """Why a label map looks v1-numbered (the masks' detector: votes summing below zero), or None."""
-    from ctfm.masks import class_map_votes
+    from ctfm.core.class_map_version import class_map_votes
 
     votes = class_map_votes(labels, affine)
     if sum(v for _, v in votes) >= 0:
