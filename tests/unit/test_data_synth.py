@@ -13,7 +13,8 @@ from ctfm.core.benchmark import load_benchmark
 from ctfm.core.errors import ConfigError
 from ctfm.core.labels import read_labels
 from ctfm.core.nifti import read_array
-from ctfm.data.phantom import SHAPES, case_geometry, case_rngs, render_case
+from ctfm.data.geometry import SHAPES, case_geometry, case_rngs
+from ctfm.data.phantom import render_case
 from ctfm.data.synth import assign_labels, generate_benchmark
 from ctfm.masks import disease_masks
 

@@ -34,7 +34,8 @@ from ctfm.core.benchmark import load_benchmark
 from ctfm.core.errors import ConfigError
 from ctfm.core.fsutil import link_or_copy, write_text_atomic
 from ctfm.core.nifti import NII_SUFFIX, read_array, write
-from ctfm.data.phantom import SHAPES, render_case
+from ctfm.data.geometry import SHAPES
+from ctfm.data.phantom import render_case
 
 SYNTH_VERSION = "2.0"  # 2.0: adult-size demo shape on a coarse grid, larger findings, prevalence 0.2-0.4
 CASE_PREFIX = "synth_"
