@@ -32,14 +32,14 @@ def _stats(root):
         voxel_ml = abs(np.linalg.det(nii.affine[:3, :3])) / 1000
 
         def organ(*names, img=img, seg=seg):
-            return img[np.isin(seg, [V2.id_of(n) for n in names])]
+            return img[np.isin(seg, [V2.ids[n] for n in names])]
 
         kidney = organ("kidney_left", "kidney_right")
         rows.append(
             {
                 "case": f.name[: -len(".nii.gz")],
                 "liver_minus_spleen": organ("liver").mean() - organ("spleen").mean(),
-                "spleen_ml": (seg == V2.id_of("spleen")).sum() * voxel_ml,
+                "spleen_ml": (seg == V2.ids["spleen"]).sum() * voxel_ml,
                 "liver_water": (organ("liver") < 15).mean(),
                 "liver_bright": (organ("liver") > 250).sum(),
                 "kidney_bright": (kidney > 300).sum(),
@@ -48,9 +48,7 @@ def _stats(root):
                 "gb_bright": (organ("gallbladder") > 200).sum(),
                 "aorta_bright": (organ("aorta") > 300).sum(),
                 "free_water": ((img > -5) & (img < 30))[(seg == 0) & (img > -500)].mean(),  # outside organs
-                "cyst_voxels": np.isin(
-                    seg, [V2.id_of("kidney_cyst_left"), V2.id_of("kidney_cyst_right")]
-                ).sum(),
+                "cyst_voxels": np.isin(seg, [V2.ids["kidney_cyst_left"], V2.ids["kidney_cyst_right"]]).sum(),
             }
         )
     table = pd.DataFrame(rows).set_index("case")
@@ -118,7 +116,7 @@ def test_images_are_ct_like_with_real_affines(synth_bench):
             "pancreas",
             "colon",
         }
-        assert {V2.id_of(n) for n in needed} <= labels
+        assert {V2.ids[n] for n in needed} <= labels
         assert any(i > 104 for i in labels)  # v2-only rib ids (rib_right_2 and below)
     assert len(orientations) >= 2
     assert len(set(spacings)) == len(spacings)
@@ -245,7 +243,7 @@ def test_totalseg_folders_flag_writes_one_file_per_class(tmp_path):
     assert len(files) == len(V2.names)
     liver, _ = read_array(root / "totalseg_folders" / "synth_0000" / "liver.nii.gz")
     seg, _ = read_array(root / "totalseg" / "synth_0000.nii.gz")
-    assert np.array_equal(liver.astype(bool), seg == V2.id_of("liver"))
+    assert np.array_equal(liver.astype(bool), seg == V2.ids["liver"])
 
 
 @pytest.mark.parametrize(

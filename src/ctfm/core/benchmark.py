@@ -5,7 +5,7 @@ Example:
     >>> bench = load_benchmark()
     >>> bench.roi_organs("renal_cyst")
     ('kidney_cyst_left', 'kidney_cyst_right', 'kidney_left', 'kidney_right')
-    >>> bench.class_map().id_of("liver")
+    >>> bench.class_map().ids["liver"]
     5
 """
 
@@ -59,16 +59,6 @@ class ClassMap:
     @property
     def ids(self) -> dict[str, int]:
         return {name: i for i, name in self.names.items()}
-
-    def id_of(self, name: str) -> int:
-        try:
-            return self.ids[name]
-        except KeyError:
-            raise ConfigError(f"class {name!r} is not in the TotalSegmentator {self.version} map") from None
-
-    @property
-    def max_id(self) -> int:
-        return max(self.names)
 
 
 @dataclass(frozen=True)

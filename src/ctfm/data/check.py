@@ -50,7 +50,9 @@ class Problem:
 
 
 @dataclass
-class CheckReport:
+class DatasetReport:
+    """What ``ctfm data check`` found in a dataset folder: its problems and what it counted."""
+
     root: Path
     problems: list[Problem] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
@@ -166,7 +168,7 @@ def _name_problem(case: str) -> str | None:
     return None
 
 
-def _check_label_files(root: Path, report: CheckReport) -> None:
+def _check_label_files(root: Path, report: DatasetReport) -> None:
     labels_dir = root / "labels"
     if not labels_dir.is_dir():
         report.problems.append(Problem("labels/", "", "no labels/ folder"))
@@ -243,7 +245,7 @@ def _hidden_volumes(root: Path) -> list[str]:
     return [_rel(root, p) for folder, _, _ in _volume_folders(root) for p in hidden_volumes(folder)]
 
 
-def _check_duplicates(root: Path, jobs: list[_VolumeJob], report: CheckReport) -> None:
+def _check_duplicates(root: Path, jobs: list[_VolumeJob], report: DatasetReport) -> None:
     by_folder: dict[Path, list[Path]] = {}
     for job in jobs:
         by_folder.setdefault(job.path.parent, []).append(job.path)
@@ -258,7 +260,7 @@ def check_benchmark(
     workers: int = 2,
     progress: bool = False,
     class_map: str = "v2",
-) -> CheckReport:
+) -> DatasetReport:
     """Check a benchmark folder; reads every volume in a thread pool (zlib and numpy release the GIL)."""
     root = Path(root)
     if not root.is_dir():
@@ -266,7 +268,7 @@ def check_benchmark(
     known = load_benchmark().raw["class_maps"]
     if class_map not in known:
         raise ConfigError(f"--class-map {class_map!r} is not one of {', '.join(known)}")
-    report = CheckReport(root=root)
+    report = DatasetReport(root=root)
     if not (root / "images").is_dir():
         report.problems.append(Problem("images/", "", "no images/ folder"))
     else:

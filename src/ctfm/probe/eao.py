@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ctfm.core.benchmark import load_benchmark
+from ctfm.core.device import resolve_device
 from ctfm.core.errors import ConfigError, DataError
 from ctfm.probe.checkpoint import Predictor, register_predict
 from ctfm.probe.data import DiseaseData, load_disease
@@ -44,7 +45,6 @@ from ctfm.probe.training import (
     finish_selections,
     history_frame,
     loss_per_head,
-    resolve_device,
     reuse_freed_memory,
     seed_everything,
 )
