@@ -15,6 +15,7 @@ demo: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The baseline container image and its tarballs (build/images/baseline_{lp,eao}.tar.gz), built offline.

@@ -26,6 +26,7 @@ from ctfm.core.nifti import (
     Geometry,
     as_volume,
     case_id,
+    check_case,
     duplicate_cases,
     find_volume,
     geometry,
@@ -37,7 +38,6 @@ from ctfm.core.nifti import (
     voxel_problem,
 )
 from ctfm.data.synth import read_manifest
-from ctfm.store import check_case
 
 
 @dataclass(frozen=True)

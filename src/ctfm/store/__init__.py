@@ -17,7 +17,7 @@ Example:
 from ctfm.store.exporter import DiseaseExport, ExportReport, export_reference
 from ctfm.store.h5 import read_y_hat, write_y_hat
 from ctfm.store.importer import ImportReport, import_folder
-from ctfm.store.layout import FULL_VIEW, STATUSES, TASKS, check_case, check_task, check_view, sanitize_name
+from ctfm.store.layout import FULL_VIEW, STATUSES, TASKS, check_task, check_view, sanitize_name
 from ctfm.store.manifest import CaseRecord
 from ctfm.store.packed import PACK_DTYPES, PackedEAO, PackedLP, to_bfloat16_bits, to_float32
 from ctfm.store.timing import read_timing_csv, timing_csv_name
@@ -36,7 +36,6 @@ __all__ = [
     "PackedLP",
     "Store",
     "View",
-    "check_case",
     "check_task",
     "check_view",
     "export_reference",

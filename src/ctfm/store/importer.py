@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctfm.core.errors import StoreError
-from ctfm.store.layout import check_case
+from ctfm.core.nifti import check_case
 from ctfm.store.manifest import CaseRecord
 from ctfm.store.timing import find_timing_csv, read_timing_csv
 from ctfm.store.untrusted import H5Reader

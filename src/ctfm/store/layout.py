@@ -24,7 +24,6 @@ EMBEDDINGS = "embeddings"
 PACKED = "packed"
 MODEL_NAME = "model.json"  # in the model folder: the name that owns it
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_CASE_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def sanitize_name(name: str) -> str:
@@ -33,13 +32,6 @@ def sanitize_name(name: str) -> str:
     if not clean:
         raise StoreError(f"model name {name!r} is empty after sanitising; use letters, digits, . _ -")
     return clean
-
-
-def check_case(case: str) -> str:
-    """Case names become file names: refuse anything that could escape the embeddings folder."""
-    if not _CASE_OK.fullmatch(case) or ".." in case:
-        raise StoreError(f"case name {case!r} is not a safe file name (letters, digits, . _ - only)")
-    return case
 
 
 def check_task(task: str) -> str:

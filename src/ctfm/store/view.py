@@ -19,6 +19,7 @@ import numpy as np
 from ctfm.core.errors import InvalidEmbedding, StoreError
 from ctfm.core.fsutil import ABANDONED_S, remove_partials, write_text_atomic
 from ctfm.core.hashing import sha256_file
+from ctfm.core.nifti import check_case
 from ctfm.store.h5 import read_y_hat, write_y_hat
 from ctfm.store.layout import (
     EMBEDDINGS,
@@ -26,7 +27,6 @@ from ctfm.store.layout import (
     MODEL_NAME,
     PACKED,
     STATUSES,
-    check_case,
     check_task,
     check_view,
     sanitize_name,
