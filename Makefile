@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format
+.PHONY: install demo test lint format images
 
 install:
 	@VENV=$(VENV) bash scripts/install.sh
@@ -15,7 +15,12 @@ demo: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The baseline container image and its tarballs (build/images/baseline_{lp,eao}.tar.gz), built offline.
+images:
+	bash src/ctfm/extract/baseline_image/build_images.sh
 
 lint: install
 	$(VENV)/bin/ruff check --fix .

@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ctfm.errors import CtfmError
+    from ctfm.core.errors import CtfmError
     from ctfm.masks import build_masks, cases_from_labels
 
     args = parse_args(argv)

@@ -25,7 +25,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ctfm.benchmark import load_benchmark
+from ctfm.core.benchmark import load_benchmark
 from ctfm.data.synth import generate_benchmark
 from ctfm.extract.local import ExtractConfig, ExtractSummary, run_local, run_local_many
 from ctfm.masks import build_masks

@@ -26,7 +26,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ctfm.benchmark import load_benchmark
+from ctfm.core.benchmark import load_benchmark
 
 # (v2 class, centre as a fraction of the volume, radii in mm): a coarse abdomen, most of it background
 ORGANS = [

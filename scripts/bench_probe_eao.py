@@ -70,7 +70,7 @@ def _warm_up(device: str) -> None:
     import sklearn.metrics  # noqa: F401
     import torch
 
-    from ctfm.probe.training import resolve_device
+    from ctfm.core.device import resolve_device
 
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
     x = torch.ones(2, 2, device=resolve_device(device))
@@ -207,6 +207,7 @@ def _reference(args: dict, queue: mp.Queue) -> None:
 def _ctfm(args: dict, queue: mp.Queue) -> None:
     import torch
 
+    from ctfm.core.device import resolve_device
     from ctfm.probe.eao import (
         EAOData,
         TokenReader,
@@ -216,7 +217,7 @@ def _ctfm(args: dict, queue: mp.Queue) -> None:
         fit_eao,
         plan_memory,
     )
-    from ctfm.probe.training import TrainConfig, resolve_device
+    from ctfm.probe.training import TrainConfig
     from ctfm.store import Store
 
     torch.set_num_threads(args["threads"])
@@ -289,7 +290,7 @@ def _run(target, args: dict) -> dict:
 
 
 def main() -> None:
-    from ctfm.benchmark import load_benchmark
+    from ctfm.core.benchmark import load_benchmark
 
     eao = load_benchmark().section("eao")  # the rules both sides follow
     assert eao["schedule"] == "none" and eao["sampling"] == "weighted-scaled", (

@@ -91,7 +91,7 @@ def make_data(root: Path, n_train: int, n_val: int, n_test: int, dim: int, signa
 
 def run_ctfm(root: Path, h5_dir: Path, labels: Path, epochs: int | None) -> dict:
     """``ctfm store import`` + ``ctfm probe lp`` as fresh processes; the selected heads' val metrics."""
-    from ctfm.benchmark import load_benchmark
+    from ctfm.core.benchmark import load_benchmark
 
     ctfm = [sys.executable, "-m", "ctfm.cli.main"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}

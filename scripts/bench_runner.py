@@ -8,7 +8,7 @@ reference approach is what the challenge's runner does per case: copy the case i
 
     .venv/bin/python scripts/bench_runner.py [--cases 50] [--batch-cases 16]
 
-Needs a running Docker engine and the base image (``scripts/build_images.sh --base-only``).
+Needs a running Docker engine and the base image (``make images`` (``build_images.sh --base-only``)).
 """
 
 from __future__ import annotations

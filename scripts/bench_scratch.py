@@ -16,7 +16,7 @@ baseline, the scratch memory a container holds (tmpfs in use when it exits) and 
 
     sudo .venv/bin/python scripts/bench_scratch.py [--runs 5] [--weights-mib 0 1024]
 
-Needs a running Docker engine and the base image (``scripts/build_images.sh --base-only``).
+Needs a running Docker engine and the base image (``make images`` (``build_images.sh --base-only``)).
 """
 
 from __future__ import annotations

@@ -24,9 +24,11 @@ def peak_rss_mib() -> float:
 
 
 def base_tag() -> str:
-    """The offline base image's tag, built by ``scripts/build_images.sh --base-only`` when missing."""
+    """The offline base image's tag, built by ``make images`` (``build_images.sh --base-only``) when missing."""
+    from ctfm.extract.images import BUILD_SCRIPT
+
     out = subprocess.run(
-        ["bash", str(REPO / "scripts" / "build_images.sh"), "--base-only"],
+        ["bash", str(BUILD_SCRIPT), "--base-only"],
         check=True,
         capture_output=True,
         text=True,

@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from ctfm.benchmark import load_benchmark
+from ctfm.core.benchmark import load_benchmark
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 UNREACHABLE_HUB = "http://127.0.0.1:9"  # nothing listens on the discard port: connection refused at once

@@ -67,7 +67,7 @@ def write_probe(
     """A finished probe folder holding one linear checkpoint that reads one feature (0 is informative);
     for eao a mean-over-tokens linear head. Its input key covers the train/val cases of ``labels_dir``, as
     `ctfm probe` records it."""
-    from ctfm.labels import labels_path, read_labels
+    from ctfm.core.labels import labels_path, read_labels
     from ctfm.probe.checkpoint import save_checkpoint
     from ctfm.probe.data import input_key
     from ctfm.probe.layout import DiseaseLayout

@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ctfm.benchmark import load_benchmark
+from ctfm.core.benchmark import load_benchmark
 
 # (v2 class name, centre mm RAS, radii mm): a coarse torso, liver centroid near z=20, lumbar spine below it,
 # thoracic spine and lung lobes above, ribs (ids > 104 in v2) high up. Drawn in order: later wins overlaps.
@@ -68,7 +68,7 @@ def to_v1(label: np.ndarray) -> np.ndarray:
     """The same anatomy numbered like TotalSegmentator v1 (remapped by class name; v2-only classes -> 0)."""
     bench = load_benchmark()
     v1 = bench.class_map("v1").ids
-    lut = np.zeros(bench.class_map("v2").max_id + 1, np.int16)
+    lut = np.zeros(max(bench.class_map("v2").names) + 1, np.int16)
     for i, name in bench.class_map("v2").names.items():
         lut[i] = v1.get(name, 0)
     return lut[label]
@@ -104,7 +104,7 @@ def save_folder(
     cmap = load_benchmark().class_map("v2")
     present = names if names is not None else [cmap.names[int(i)] for i in np.unique(label) if i]
     for name in present:
-        save((label == cmap.id_of(name)).astype(np.uint8), affine, folder / f"{name}{suffix}")
+        save((label == cmap.ids[name]).astype(np.uint8), affine, folder / f"{name}{suffix}")
     return folder
 
 

@@ -40,7 +40,7 @@ def write_bench(
     """A store (synthetic embeddings via the store API) and a labels folder with split and fold columns.
 
     Cases in ``missing`` are in the CSV but get no embedding (one is recorded as failed)."""
-    from ctfm.benchmark import load_benchmark
+    from ctfm.core.benchmark import load_benchmark
     from ctfm.store import Store
 
     x, y = planted(n, dim, signal, seed)

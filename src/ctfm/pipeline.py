@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from rich.markup import escape
 
-from ctfm.errors import CtfmError, DataError
-from ctfm.fsutil import exclusive_use, file_stamp, write_text_atomic
-from ctfm.runconfig import ContainerSpec, ExtractorSpec, RunConfig, fingerprint
+from ctfm.core.errors import CtfmError, DataError
+from ctfm.core.fsutil import exclusive_use, file_stamp, write_text_atomic
+from ctfm.core.hashing import digest
+from ctfm.runconfig import ContainerSpec, ExtractorSpec, RunConfig
 
 if TYPE_CHECKING:
     from ctfm.extract.local import ExtractConfig, ExtractSummary
@@ -135,7 +136,7 @@ class Pipeline:
         self.stamps = StageStamps(self.out)
         self.result = RunResult(self.out)
         self.diseases = cfg.disease_list()
-        from ctfm.benchmark import load_benchmark
+        from ctfm.core.benchmark import load_benchmark
 
         bench = load_benchmark()
         self.roi = [d for d in self.diseases if bench.is_roi(d)]
@@ -174,7 +175,7 @@ class Pipeline:
             detail = stage.run()
         except StageIncomplete as exc:
             self._record(stage.name, "incomplete", start, str(exc), "yellow")
-            return fingerprint(stage.key, "incomplete", time.time_ns())
+            return digest([stage.key, "incomplete", time.time_ns()])
         except CtfmError as exc:
             self._record(stage.name, "failed", start, str(exc), "red")
             return None
@@ -230,7 +231,7 @@ class Pipeline:
                     raise DataError(f"{path}: not a benchmark folder (needs images/ and labels/)")
                 return f"using {path}"
 
-            return Stage("data", fingerprint("path", str(path), _content_stamps(path)), check)
+            return Stage("data", digest(["path", str(path), _content_stamps(path)]), check)
 
         from ctfm.data.synth import SYNTH_VERSION, generate_benchmark
 
@@ -240,7 +241,7 @@ class Pipeline:
             )
             return f"synthetic benchmark: {synth.cases} cases (seed {synth.seed}) in {self.data_root}"
 
-        return Stage("data", fingerprint("synth", synth, SYNTH_VERSION), generate)  # new generator: new cases
+        return Stage("data", digest(["synth", synth, SYNTH_VERSION]), generate)  # new generator: new cases
 
     def masks_stage(self, data_key: str) -> Stage:
         margin = self.cfg.masks.margin_mm
@@ -268,7 +269,7 @@ class Pipeline:
                 )
             return "masks: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
 
-        return Stage("masks", fingerprint(data_key, self.roi, margin), build)
+        return Stage("masks", digest([data_key, self.roi, margin]), build)
 
     # -- extraction -------------------------------------------------------------------------------------
     def _extract_model(self, spec: ExtractorSpec, data_key: str, masks_key: str) -> dict[str, dict[str, str]]:
@@ -285,8 +286,8 @@ class Pipeline:
         keys: dict[str, list[str | None]] = {}
         for task in tasks:
             for view in self.views:
-                key = fingerprint(
-                    data_key, masks_key if view != "full" else "", spec, task, view, self.cfg.probe.device
+                key = digest(
+                    [data_key, masks_key if view != "full" else "", spec, task, view, self.cfg.probe.device]
                 )
                 stage = Stage(f"extract/{model}/{task}/{view}", key, self._extract_runner(shared, task, view))
                 keys.setdefault(task, []).append(self._run_one(stage))
@@ -349,7 +350,7 @@ class Pipeline:
                 self.log(f"[red]containers {label} {task}: {escape(str(exc))}[/]")
                 continue
             for view in self.views:
-                key = fingerprint(data_key, masks_key if view != "full" else "", spec, source, task, view)
+                key = digest([data_key, masks_key if view != "full" else "", spec, source, task, view])
                 stage = Stage(
                     f"containers/{'+'.join(names)}/{task}/{view}",
                     key,
@@ -366,8 +367,8 @@ class Pipeline:
 
         if spec.folder is not None:
             tarballs = discover_tarballs(spec.folder, task)
-            return list(tarballs), fingerprint(
-                [(t, p.stat().st_size, p.stat().st_mtime) for t, p in tarballs.items()]
+            return list(tarballs), digest(
+                [[(t, p.stat().st_size, p.stat().st_mtime) for t, p in tarballs.items()]]
             )
         tag = spec.image or self._baseline_tag()
         return [team_from_tag(tag)], tag
@@ -417,7 +418,7 @@ class Pipeline:
 
     def probe_stage(self, task: str, model: str, embeddings_key: str) -> Stage:
         settings = self.cfg.probe.lp if task == "lp" else self.cfg.probe.eao
-        key = fingerprint(embeddings_key, task, settings, self.cfg.probe.seeds, self.diseases)
+        key = digest([embeddings_key, task, settings, self.cfg.probe.seeds, self.diseases])
         out = self.out / "probes" / task
 
         def run() -> str:
@@ -484,7 +485,7 @@ class Pipeline:
         from ctfm.evaluate.inference import RESULT_FORMAT
 
         ev = self.cfg.eval
-        key = fingerprint(probe_key, ev, RESULT_FORMAT)  # results of an older format are redone
+        key = digest([probe_key, ev, RESULT_FORMAT])  # results of an older format are redone
         runs = self.out / "probes" / task
         out = self.out / "eval" / task
 
@@ -533,7 +534,7 @@ class Pipeline:
     def leaderboard_stage(self, task: str, eval_keys: list[str]) -> Stage:
         lb = self.cfg.leaderboard
         strategy = self.cfg.eval.strategies[0]
-        key = fingerprint(eval_keys, lb, strategy)
+        key = digest([eval_keys, lb, strategy])
         out = self.out / "leaderboard" / task
         self.result.leaderboards[task] = out
 
@@ -595,4 +596,4 @@ class _SharedPass:
 def _task_keys(stage_keys: dict[str, list[str | None]]) -> dict[str, str]:
     """One embeddings key per task from its views' stage keys; a task with a failed view is left out, so
     nothing is probed on it."""
-    return {task: fingerprint(keys) for task, keys in stage_keys.items() if None not in keys}
+    return {task: digest(keys) for task, keys in stage_keys.items() if None not in keys}

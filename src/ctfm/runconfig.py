@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -25,8 +23,8 @@ from typing import Any, Literal
 
 import yaml
 
-from ctfm.benchmark import configs_dir, configured, load_benchmark
-from ctfm.errors import ConfigError
+from ctfm.core.benchmark import configs_dir, configured, load_benchmark
+from ctfm.core.errors import ConfigError
 
 
 @dataclass
@@ -143,12 +141,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return str(value) if isinstance(value, Path) else value
-
-
-def fingerprint(*parts: Any) -> str:
-    """A stable hash of settings, used to decide which stages a changed config must redo."""
-    blob = json.dumps(_plain(parts), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class _Problems(list):

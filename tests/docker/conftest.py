@@ -1,7 +1,7 @@
 """Fixtures of the docker tests: offline-built images (cached by tag), tiny NIfTI cases, leftover checks, and
 what the engine enforces (its storage decides how scratch is capped; see ctfm.extract.containers.engine).
 
-The base image comes from ``scripts/build_images.sh --base-only`` (mmdebstrap + docker import, skipped when
+The base image comes from ``make images`` (``build_images.sh --base-only``) (mmdebstrap + docker import, skipped when
 the tag exists); test images are one small layer FROM it (``tests/docker/images``), built through the SDK.
 """
 
@@ -18,21 +18,22 @@ import pytest
 from docker_support import BAD_CASE, ctfm_containers, write_cases
 
 REPO = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO / "src" / "ctfm" / "extract" / "baseline_image" / "build_images.sh"
 IMAGES_CTX = Path(__file__).parent / "images"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 def _build_script(*args: str) -> dict[str, str]:
-    """Run scripts/build_images.sh; return the KEY=VALUE lines it prints last (image tags)."""
+    """Run the package's build_images.sh; return the KEY=VALUE lines it prints last (image tags)."""
     proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "build_images.sh"), *args],
+        ["bash", str(BUILD_SCRIPT), *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=900,
     )
     if proc.returncode != 0:
-        pytest.fail(f"scripts/build_images.sh {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        pytest.fail(f"build_images.sh {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return dict(re.findall(r"^([A-Z_]+)=(\S+)$", proc.stdout, flags=re.M))
 
 
@@ -69,7 +70,7 @@ def root_only():
 
 @pytest.fixture(scope="session")
 def baseline(docker_client, tmp_path_factory) -> dict[str, object]:
-    """The baseline image and its tarballs, as scripts/build_images.sh writes them."""
+    """The baseline image and its tarballs, as build_images.sh writes them."""
     out = REPO / "build" / "images"
     tags = _build_script(str(out))
     return {"tag": tags["BASELINE_TAG"], "lp": out / "baseline_lp.tar.gz", "eao": out / "baseline_eao.tar.gz"}

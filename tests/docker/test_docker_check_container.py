@@ -1,4 +1,4 @@
-"""`ctfm check-container` and the baseline image built by scripts/build_images.sh, on the real engine."""
+"""`ctfm check-container` and the baseline image built by build_images.sh, on the real engine."""
 
 from __future__ import annotations
 

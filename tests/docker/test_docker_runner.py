@@ -25,7 +25,7 @@ from docker_support import (
     write_cases,
 )
 
-from ctfm.errors import ContainerError
+from ctfm.core.errors import ContainerError
 from ctfm.extract.containers import ContainerRunner, RunSettings, run_containers, run_team
 from ctfm.store import Store
 

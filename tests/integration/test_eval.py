@@ -382,7 +382,7 @@ def _retrained_on(checkpoint: Path, labels: Path) -> None:
     """Record ``labels`` (as they are now) as what the head was trained on, as `ctfm probe` would."""
     import torch
 
-    from ctfm.labels import read_labels
+    from ctfm.core.labels import read_labels
     from ctfm.probe.data import labels_digest
 
     payload = torch.load(checkpoint, weights_only=False)

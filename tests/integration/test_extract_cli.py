@@ -228,7 +228,7 @@ def test_extract_fills_several_tasks_and_views_in_one_pass(cli, tmp_path: Path) 
 
 def test_a_second_process_on_the_same_store_view_is_refused(cli, tmp_path: Path) -> None:
     """Two extractions into one view would do the work twice and delete each other's temporaries."""
-    from ctfm.fsutil import exclusive_use
+    from ctfm.core.fsutil import exclusive_use
 
     root = _bench(tmp_path, n=2)
     view = Store(tmp_path / "store").view("hu-stats", "lp", "full")

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctfm.errors import ConfigError
+from ctfm.core.errors import ConfigError
+from ctfm.core.hashing import sha256_file
+from ctfm.core.nifti import read_array, write
 from ctfm.extract import local, preprocess
 from ctfm.extract.local import ExtractConfig, run_local, run_local_many
-from ctfm.fsutil import sha256_file
-from ctfm.nifti import read_array, write
 from ctfm.store import Store
 from extract_fixtures import make_case
 

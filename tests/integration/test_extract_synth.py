@@ -12,8 +12,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ctfm.core.labels import read_labels
 from ctfm.extract.local import ExtractConfig, run_local
-from ctfm.labels import read_labels
 from ctfm.store import Store
 
 DISEASES = ("fatty_liver", "splenomegaly")

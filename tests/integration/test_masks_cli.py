@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctfm.benchmark import load_benchmark
-from ctfm.labels import read_labels
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.labels import read_labels
 from masks_fixtures import expected_masks, phantom, save, to_v1
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctfm.errors import ConfigError, StoreError
+from ctfm.core.errors import ConfigError, StoreError
 from ctfm.probe.layout import DiseaseLayout, list_diseases
 from ctfm.probe.runner import ProbeOptions, linear_task, run_probe
 from ctfm.probe.training import TrainConfig

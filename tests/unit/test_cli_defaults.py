@@ -6,8 +6,8 @@ from typing import Any
 
 from typer.main import get_command
 
-from ctfm.benchmark import load_benchmark
 from ctfm.cli.main import app
+from ctfm.core.benchmark import load_benchmark
 from ctfm.extract.containers import RunSettings
 from ctfm.runconfig import ContainerSpec, EvalSection, LeaderboardSection
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import ConfigError, DataError
-from ctfm.fsutil import atomic_path, link_or_copy, sha256_file, write_text_atomic
-from ctfm.labels import read_labels
-from ctfm.nifti import case_id, geometry, list_volumes, read_array, write
-
-SHARED_TSV = Path(__file__).resolve().parents[3] / "shared" / "docs" / "totalsegmentator_v2_total_classes.tsv"
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ConfigError, DataError
+from ctfm.core.fsutil import atomic_path, link_or_copy, write_text_atomic
+from ctfm.core.hashing import digest, sha256_file
+from ctfm.core.labels import read_labels
+from ctfm.core.nifti import case_id, geometry, list_volumes, read_array, write
 
 
 def test_benchmark_has_the_15_amos_diseases_and_roi_organs():
@@ -39,7 +37,7 @@ def test_every_roi_organ_exists_in_the_v2_class_map():
     cmap = bench.class_map("v2")
     organs = {o for organs in bench.roi_diseases.values() for o in organs}
     assert all(o in cmap.ids for o in organs)
-    assert cmap.max_id == 117 and len(cmap.names) == 117
+    assert max(cmap.names) == 117 and len(cmap.names) == 117
 
 
 def test_v1_map_agrees_with_v2_only_on_ids_1_to_6():
@@ -50,11 +48,34 @@ def test_v1_map_agrees_with_v2_only_on_ids_1_to_6():
     assert same == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.skipif(not SHARED_TSV.exists(), reason="shared docs not beside the checkout")
-def test_class_map_is_the_shared_table():
-    shipped = load_benchmark().class_map("v2").names
-    shared = pd.read_csv(SHARED_TSV, sep="\t")
-    assert shipped == dict(zip(shared["id"], shared["name"], strict=True))
+# TotalSegmentator v2 `total` ids, from its published class table: every organ a ROI disease needs, and the
+# ids whose meaning differs from v1 that the v1/v2 detector relies on
+V2_IDS = {
+    "spleen": 1,
+    "kidney_right": 2,
+    "kidney_left": 3,
+    "gallbladder": 4,
+    "liver": 5,
+    "stomach": 6,
+    "pancreas": 7,
+    "adrenal_gland_right": 8,
+    "adrenal_gland_left": 9,
+    "lung_upper_lobe_left": 10,
+    "lung_lower_lobe_left": 11,
+    "lung_upper_lobe_right": 12,
+    "kidney_cyst_left": 23,
+    "kidney_cyst_right": 24,
+    "vertebrae_L5": 27,
+    "vertebrae_L1": 31,
+    "costal_cartilages": 117,
+}
+
+
+def test_class_map_has_the_117_v2_total_classes():
+    shipped = load_benchmark().class_map("v2")
+    assert sorted(shipped.names) == list(range(1, 118))
+    assert len(set(shipped.names.values())) == 117
+    assert {name: shipped.ids[name] for name in V2_IDS} == V2_IDS
 
 
 def _csv(tmp_path: Path, text: str) -> Path:
@@ -139,6 +160,13 @@ def test_nifti_round_trip_keeps_dtype_and_affine(tmp_path):
     assert geometry(path).spacing == pytest.approx((0.7, 0.7, 3.0))
     assert case_id(path) == "case_1" and list_volumes(tmp_path) == [path]
     assert len(sha256_file(path)) == 64
+
+
+def test_digest_changes_with_any_setting_and_ignores_key_order():
+    assert digest({"a": 1, "b": [2]}) == digest({"b": [2], "a": 1})
+    assert digest({"a": 1}) != digest({"a": 2})
+    assert digest([Path("x")]) == digest(["x"])  # paths count by their text
+    assert len(digest({"a": 1}, length=12)) == 12
 
 
 def test_truncated_nifti_raises_data_error_naming_the_file(tmp_path):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import huggingface_hub.constants
 import pytest
 
+from ctfm.core.errors import ConfigError, OfflineError
 from ctfm.data.download import download_benchmark
-from ctfm.errors import ConfigError, OfflineError
 from data_fixtures import FILES, UNREACHABLE_HUB, build_offline_cache
 
 

@@ -9,12 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctfm.benchmark import load_benchmark
-from ctfm.data.phantom import SHAPES, case_geometry, case_rngs, render_case
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ConfigError
+from ctfm.core.labels import read_labels
+from ctfm.core.nifti import read_array
+from ctfm.data.geometry import SHAPES, case_geometry, case_rngs
+from ctfm.data.phantom import render_case
 from ctfm.data.synth import assign_labels, generate_benchmark
-from ctfm.errors import ConfigError
-from ctfm.labels import read_labels
-from ctfm.nifti import read_array
+from ctfm.masks import disease_masks
 
 BENCH = load_benchmark()
 V2 = BENCH.class_map("v2")
@@ -30,14 +32,14 @@ def _stats(root):
         voxel_ml = abs(np.linalg.det(nii.affine[:3, :3])) / 1000
 
         def organ(*names, img=img, seg=seg):
-            return img[np.isin(seg, [V2.id_of(n) for n in names])]
+            return img[np.isin(seg, [V2.ids[n] for n in names])]
 
         kidney = organ("kidney_left", "kidney_right")
         rows.append(
             {
                 "case": f.name[: -len(".nii.gz")],
                 "liver_minus_spleen": organ("liver").mean() - organ("spleen").mean(),
-                "spleen_ml": (seg == V2.id_of("spleen")).sum() * voxel_ml,
+                "spleen_ml": (seg == V2.ids["spleen"]).sum() * voxel_ml,
                 "liver_water": (organ("liver") < 15).mean(),
                 "liver_bright": (organ("liver") > 250).sum(),
                 "kidney_bright": (kidney > 300).sum(),
@@ -46,9 +48,7 @@ def _stats(root):
                 "gb_bright": (organ("gallbladder") > 200).sum(),
                 "aorta_bright": (organ("aorta") > 300).sum(),
                 "free_water": ((img > -5) & (img < 30))[(seg == 0) & (img > -500)].mean(),  # outside organs
-                "cyst_voxels": np.isin(
-                    seg, [V2.id_of("kidney_cyst_left"), V2.id_of("kidney_cyst_right")]
-                ).sum(),
+                "cyst_voxels": np.isin(seg, [V2.ids["kidney_cyst_left"], V2.ids["kidney_cyst_right"]]).sum(),
             }
         )
     table = pd.DataFrame(rows).set_index("case")
@@ -67,23 +67,24 @@ def test_layout_has_every_public_folder(synth_bench):
     assert len(list((synth_bench / "totalseg").glob("*.nii.gz"))) == 40
     assert sorted(p.stem for p in (synth_bench / "labels").glob("*.csv")) == sorted(BENCH.diseases)
     demo = sorted(p.name for p in (synth_bench / "test_demo").glob("*.nii.gz"))  # flat, as published
-    assert len(demo) == 5 and sorted(p.name for p in (synth_bench / "test_demo").iterdir() if p.is_dir()) in (
-        ["fg_masks"],
-        [],  # without the masks library
-    )
+    assert len(demo) == 5
+    assert sorted(p.name for p in (synth_bench / "test_demo").iterdir() if p.is_dir()) == ["fg_masks"]
     test_cases = set(read_labels(synth_bench / "labels" / "gallstone.csv").query("split == 'test'")["file"])
     assert set(demo) <= test_cases
 
 
-def test_test_demo_has_roi_masks_from_the_masks_library(synth_bench):
-    pytest.importorskip("ctfm.masks")
+def test_test_demo_has_the_roi_masks_ctfm_masks_builds(synth_bench):
     for disease in BENCH.roi_diseases:
         masks = sorted((synth_bench / "test_demo" / "fg_masks" / disease).glob("*.nii.gz"))
         assert len(masks) == 5, disease
     case = masks[0].name
-    mask, _ = read_array(synth_bench / "test_demo" / "fg_masks" / "splenomegaly" / case)
-    seg, _ = read_array(synth_bench / "totalseg" / case)
-    assert np.array_equal(mask.astype(bool), seg == V2.id_of("spleen"))
+    seg, img = read_array(synth_bench / "totalseg" / case)
+    expected = disease_masks(seg, img.affine, None, "v2")
+    for disease, want in expected.items():
+        mask, _ = read_array(synth_bench / "test_demo" / "fg_masks" / disease / case)
+        assert mask.dtype == np.uint8 and np.array_equal(mask, want), disease
+    spleen = seg == V2.ids["spleen"]
+    assert spleen.any() and np.array_equal(expected["splenomegaly"].astype(bool), spleen)
 
 
 def test_images_are_ct_like_with_real_affines(synth_bench):
@@ -115,7 +116,7 @@ def test_images_are_ct_like_with_real_affines(synth_bench):
             "pancreas",
             "colon",
         }
-        assert {V2.id_of(n) for n in needed} <= labels
+        assert {V2.ids[n] for n in needed} <= labels
         assert any(i > 104 for i in labels)  # v2-only rib ids (rib_right_2 and below)
     assert len(orientations) >= 2
     assert len(set(spacings)) == len(spacings)
@@ -242,7 +243,7 @@ def test_totalseg_folders_flag_writes_one_file_per_class(tmp_path):
     assert len(files) == len(V2.names)
     liver, _ = read_array(root / "totalseg_folders" / "synth_0000" / "liver.nii.gz")
     seg, _ = read_array(root / "totalseg" / "synth_0000.nii.gz")
-    assert np.array_equal(liver.astype(bool), seg == V2.id_of("liver"))
+    assert np.array_equal(liver.astype(bool), seg == V2.ids["liver"])
 
 
 @pytest.mark.parametrize(

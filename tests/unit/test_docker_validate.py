@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from ctfm.errors import ConfigError, DataError, InvalidEmbedding
+from ctfm.core.errors import ConfigError, DataError, InvalidEmbedding
 from ctfm.extract.containers.engine import (
     DEADLINE_SH,
     Engine,
@@ -50,7 +50,7 @@ from ctfm.extract.containers.teams import _chunks, _run_parallel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docker" / "images"))
 from fuzz import KINDS, mutate  # the same mutations the fuzz test image applies
 
-from ctfm.untrusted_h5 import H5Reader
+from ctfm.store.untrusted import H5Reader
 
 ROOT = os.geteuid() == 0
 

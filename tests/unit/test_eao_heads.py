@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctfm.errors import ConfigError
+from ctfm.core.errors import ConfigError
 from ctfm.probe.eao_grid import HeadGrid, HeadSpec, StackedOptimizer
 from ctfm.probe.eao_heads import EAO_HEADS, AttnPoolHead
 from ctfm.probe.heads import build_head, head_names

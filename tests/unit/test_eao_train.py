@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import ctfm.probe.eao as eao_module
-from ctfm.errors import ConfigError, DataError
+from ctfm.core.errors import ConfigError, DataError
 from ctfm.probe.checkpoint import load_predictor
 from ctfm.probe.data import DiseaseData
 from ctfm.probe.eao import (

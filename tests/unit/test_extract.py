@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctfm.errors import ConfigError, DataError
+from ctfm.core.errors import ConfigError, DataError
 from ctfm.extract import extractors as registry
 from ctfm.extract.extractors import available, get_extractor, hu_stats
 from ctfm.extract.local import resolve_mask_dir, resolve_view
@@ -316,3 +316,20 @@ def test_local_and_container_runs_select_cases_alike(tmp_path: Path) -> None:
     (images / "case_0.nii").write_bytes(gzip.decompress((images / "case_0.nii.gz").read_bytes()))
     with pytest.raises(DataError, match=r"case_0\.nii and case_0\.nii\.gz are both case 'case_0'; keep one"):
         select_cases(images)  # which volume is meant cannot be known
+
+
+def test_baseline_image_recipe_ships_inside_the_package():
+    """An installed wheel builds the baseline image: everything the build script reads lies in the package."""
+    import ctfm
+    from ctfm.extract.images import BUILD_SCRIPT
+
+    package = Path(ctfm.__file__).resolve().parent
+    script = BUILD_SCRIPT.read_text()
+    used = re.findall(r'"\$HERE/([^"]+)"', script)
+    assert {"Dockerfile.baseline", "extract_feat_LP.sh", "extract_feat_EAO.sh"} <= {
+        Path(u).name for u in used
+    }
+    for rel in used:
+        path = (BUILD_SCRIPT.parent / rel).resolve()
+        assert path.is_file() and package in path.parents, rel
+    assert not re.search(r"\b(src|scripts|docker)/", script)  # nothing found in a checkout's folders

@@ -93,7 +93,7 @@ def test_bootstrap_bookkeeping_and_seed() -> None:
 
 
 def test_an_unreadable_eval_json_is_one_error_naming_it(tmp_path):
-    from ctfm.errors import DataError
+    from ctfm.core.errors import DataError
     from ctfm.evaluate.leaderboard import gather
 
     res = tmp_path / "m" / "lp" / "ascites" / "val_auroc"

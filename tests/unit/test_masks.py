@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import ConfigError, DataError
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.class_map_version import class_map_votes, detect_class_map_version
+from ctfm.core.errors import ConfigError, DataError
 from ctfm.masks import (
     EMPTY,
     FAILED,
@@ -22,8 +23,6 @@ from ctfm.masks import (
     ORGAN_MISSING,
     build_masks,
     cases_from_labels,
-    class_map_votes,
-    detect_class_map_version,
     disease_masks,
     find_label_maps,
     totalsegmentator_missing,
@@ -73,7 +72,7 @@ def test_disease_masks_rejects_non_roi_disease(body):
 
 def test_margin_is_physical_and_anisotropic():
     label = np.zeros((41, 41, 21), np.int16)
-    label[20, 20, 10] = V2.id_of("spleen")
+    label[20, 20, 10] = V2.ids["spleen"]
     affine = np.diag([1.0, 2.0, 5.0, 1.0])
     mask = disease_masks(label, affine, ["splenomegaly"], None, margin_mm=4.0)["splenomegaly"]
     # 4 mm reaches 4 voxels along x (1 mm), 2 along y (2 mm), none along z (5 mm)
@@ -138,9 +137,7 @@ def test_detection_unknown_without_evidence():
 
 def test_roi_subset_map_is_v2(body):
     label, affine = body
-    keep = [
-        V2.id_of(o) for o in {o for d in load_benchmark().roi_diseases.values() for o in d} if o in V2.ids
-    ]
+    keep = [V2.ids[o] for o in {o for d in load_benchmark().roi_diseases.values() for o in d} if o in V2.ids]
     subset = np.where(np.isin(label, keep), label, 0).astype(np.int16)
     assert detect_class_map_version(subset, affine) == "v2"
 
@@ -182,16 +179,16 @@ def test_folder_of_uncompressed_class_files_builds_the_same_masks(tmp_path, body
 def test_folder_layout_reads_only_needed_class_files(tmp_path, body, monkeypatch):
     label, affine = body
     save_folder(label, affine, tmp_path / "ts" / "c1")
-    import ctfm.nifti
+    import ctfm.core.nifti
 
     seen: list[str] = []
-    real = ctfm.nifti.read_image_fast
+    real = ctfm.core.nifti.read_image_fast
 
     def spy(path):
         seen.append(Path(path).name)
         return real(path)
 
-    monkeypatch.setattr(ctfm.nifti, "read_image_fast", spy)
+    monkeypatch.setattr(ctfm.core.nifti, "read_image_fast", spy)
     build_masks(tmp_path / "ts", tmp_path / "out", diseases=["splenomegaly", "gallstone"])
     assert sorted(seen) == ["gallbladder.nii.gz", "spleen.nii.gz"]
 
@@ -219,8 +216,8 @@ def test_v1_map_refused_with_fix_and_accepted_with_v1_class_map(tmp_path, body):
 
 def test_empty_and_missing_organs_flagged(tmp_path, body):
     label, affine = body
-    no_kidney_left = np.where(label == V2.id_of("kidney_left"), 0, label).astype(np.int16)
-    no_spleen = np.where(label == V2.id_of("spleen"), 0, label).astype(np.int16)
+    no_kidney_left = np.where(label == V2.ids["kidney_left"], 0, label).astype(np.int16)
+    no_spleen = np.where(label == V2.ids["spleen"], 0, label).astype(np.int16)
     save(no_kidney_left, affine, tmp_path / "ts" / "k.nii.gz")
     save(no_spleen, affine, tmp_path / "ts" / "s.nii.gz")
     report = build_masks(
@@ -285,7 +282,7 @@ def test_resume_does_no_work_and_settings_change_redoes(tmp_path, body):
     os.utime(tmp_path / "ts" / "c1.nii.gz", (later, later))
     assert build_masks(tmp_path / "ts", tmp_path / "out", ["fatty_liver"], margin_mm=5).written == 0
     save(
-        np.where(label == V2.id_of("spleen"), 0, label).astype(label.dtype),
+        np.where(label == V2.ids["spleen"], 0, label).astype(label.dtype),
         affine,
         tmp_path / "ts" / "c1.nii.gz",
     )
@@ -311,7 +308,7 @@ def test_the_same_inputs_give_byte_identical_masks_wherever_they_are(tmp_path, b
 def test_a_label_map_replaced_by_an_older_file_rebuilds_its_masks(tmp_path, body):
     label, affine = body
     save(label, affine, tmp_path / "ts" / "c1.nii.gz")
-    save(np.where(label == V2.id_of("liver"), 0, label), affine, tmp_path / "other.nii.gz")  # no liver
+    save(np.where(label == V2.ids["liver"], 0, label), affine, tmp_path / "other.nii.gz")  # no liver
     assert build_masks(tmp_path / "ts", tmp_path / "out", ["fatty_liver"]).rows[0].status == OK
     os.replace(tmp_path / "other.nii.gz", tmp_path / "ts" / "c1.nii.gz")
     os.utime(tmp_path / "ts" / "c1.nii.gz", (1e9, 1e9))  # as `cp -p` or `rsync -a` leave it: years older

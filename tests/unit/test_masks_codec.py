@@ -10,9 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ctfm import nifti
-from ctfm.errors import DataError
-from ctfm.fsutil import write_bytes_atomic
+from ctfm.core import nifti
+from ctfm.core.errors import DataError
+from ctfm.core.fsutil import write_bytes_atomic
 
 BLOCK = nifti.SPARSE_BLOCK
 

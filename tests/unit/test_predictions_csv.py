@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctfm.errors import DataError
+from ctfm.core.errors import DataError
 from ctfm.evaluate.inference import (
     FAIL_LOGIT,
     Predictions,

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ctfm.errors import ConfigError, DataError
+from ctfm.core.errors import ConfigError, DataError
 from ctfm.probe.checkpoint import load_predictor, read_checkpoint
 from ctfm.probe.data import match_embeddings
 from ctfm.probe.heads import build_head, head_names

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctfm.errors import DataError, StoreError
+from ctfm.core.errors import DataError, StoreError
 from ctfm.probe.data import few_shot, load_disease
 from ctfm.probe.runner import plan_runs, select_rows
 from probe_fixtures import MODEL, write_bench

@@ -122,7 +122,7 @@ def test_heads_start_from_the_reference_trainers_initial_weights(standardised):
 
 
 def test_planted_signal_is_learned_and_defaults_make_104_heads():
-    from ctfm.benchmark import load_benchmark
+    from ctfm.core.benchmark import load_benchmark
 
     lp = load_benchmark().section("linear_probe")
     assert len(build_grid(lp["lrs"], lp["weight_decays"], lp["norms"])) == 104
@@ -220,7 +220,7 @@ def test_head_names_follow_the_reference_scheme():
 
 
 def test_one_class_split_is_a_clear_error():
-    from ctfm.errors import DataError
+    from ctfm.core.errors import DataError
 
     x, y = planted(40, 4)
     with pytest.raises(DataError, match="val split holds only class"):

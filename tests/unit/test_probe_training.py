@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from ctfm.errors import ConfigError
+from ctfm.core.errors import ConfigError
 from ctfm.probe.runner import ProbeOptions
 from ctfm.probe.training import (
     BatchSampler,

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import StoreError
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import StoreError
 from ctfm.store import CaseRecord, Store, export_reference, import_folder
 
 RNG = np.random.default_rng(7)

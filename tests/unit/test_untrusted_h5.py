@@ -1,4 +1,4 @@
-"""Reading HDF5 files ctfm did not write (ctfm.untrusted_h5): staged, layout-checked, bounded in a child
+"""Reading HDF5 files ctfm did not write (ctfm.store.untrusted): staged, layout-checked, bounded in a child
 process; every bad file is an InvalidEmbedding with its reason, never an exception of the HDF5 library."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import h5py
 import numpy as np
 import pytest
 
-from ctfm.errors import InvalidEmbedding, StoreError
-from ctfm.untrusted_h5 import H5Reader, validate_y_hat
+from ctfm.core.errors import InvalidEmbedding, StoreError
+from ctfm.store.untrusted import H5Reader, validate_y_hat
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
-from ctfm.benchmark import load_benchmark
+from ctfm.core.benchmark import load_benchmark
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -43,7 +43,7 @@ def split_list(values: list[str] | None) -> list[str]:
 
 def one_value(values: list[str] | None, option: str) -> str | None:
     """The single value of an option a command takes once: repeating it is refused, never silently cut."""
-    from ctfm.errors import ConfigError
+    from ctfm.core.errors import ConfigError
 
     items = split_list(values)
     if len(items) > 1:

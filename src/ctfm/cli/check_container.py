@@ -115,13 +115,13 @@ def _demo_inputs(images: Path | None, disease: str | None, tmp: Path) -> tuple[P
     else:
         root = Path(images)
         if not root.is_dir():
-            from ctfm.errors import DataError
+            from ctfm.core.errors import DataError
 
             raise DataError(f"{root}: not a folder; pass a test_demo folder or a folder of .nii.gz volumes")
     img_dir = root / "images" if (root / "images").is_dir() else root
     masks = None
     if disease is not None:
-        from ctfm.benchmark import load_benchmark
+        from ctfm.core.benchmark import load_benchmark
 
         if load_benchmark().is_roi(disease):
             from ctfm.extract.local import resolve_mask_dir

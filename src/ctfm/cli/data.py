@@ -28,7 +28,7 @@ def synth(
     ),
 ) -> None:
     """Generate synthetic abdominal CT phantoms with planted findings, in the public benchmark layout."""
-    from ctfm.data.synth import generate_benchmark, read_manifest
+    from ctfm.data.synth import generate_benchmark
 
     start = time.perf_counter()
     root = generate_benchmark(
@@ -40,13 +40,8 @@ def synth(
         totalseg_folders=totalseg_folders,
         progress=True,
     )
-    manifest = read_manifest(root)
     took = time.perf_counter() - start
     console.print(f"wrote {cases} {shape} cases to {root} in {took:.1f} s (seed {seed})", markup=False)
-    if not manifest.get("test_demo", {}).get("fg_masks"):
-        console.print(
-            "[yellow]test_demo/fg_masks not written: the masks library (ctfm.masks) is not available[/]"
-        )
 
 
 @data_app.command("check")

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ctfm.benchmark import load_benchmark
 from ctfm.cli import default, new_console, one_value, plain, print_table, split_list
+from ctfm.core.benchmark import load_benchmark
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,7 +59,7 @@ def _metric_cell(row: dict, metric: str) -> str:
 
 def _resampling(value: str) -> bool:
     """``--resampling``: whether the bootstrap is stratified."""
-    from ctfm.errors import ConfigError
+    from ctfm.core.errors import ConfigError
     from ctfm.evaluate.bootstrap import SCHEMES
 
     if value not in SCHEMES:
@@ -136,7 +136,7 @@ def eval_command(
     out: Path = typer.Option(..., "--out", help="Output folder."),
 ) -> None:
     """Score probe heads on a split (every case counts; missing embeddings are failures) with 95 % CIs."""
-    from ctfm.errors import ConfigError, CtfmError
+    from ctfm.core.errors import ConfigError, CtfmError
     from ctfm.evaluate import inference
 
     stratified = _resampling(resampling)
@@ -270,7 +270,7 @@ def leaderboard_table(frame: pd.DataFrame, title: str) -> Table:
 
 def _strategies(values: list[str] | None) -> list[str] | None:
     """``--strategy`` names, checked: a typo would otherwise select nothing or be ignored beside a valid name."""
-    from ctfm.errors import ConfigError
+    from ctfm.core.errors import ConfigError
 
     names = split_list(values)
     bench = load_benchmark()

@@ -67,7 +67,7 @@ def extract_cmd(
 ) -> None:
     """Extract embeddings into the store; resumable, failed cases recorded, exit 1 if any failed."""
     if (containers is not None or image) and extractor:
-        from ctfm.errors import ConfigError
+        from ctfm.core.errors import ConfigError
 
         raise ConfigError("--extractor runs a built-in extractor, --containers/--image team images: pass one")
     if containers is not None or image:
@@ -93,7 +93,7 @@ def extract_cmd(
             cpuset,
         )
         return
-    from ctfm.errors import ConfigError
+    from ctfm.core.errors import ConfigError
     from ctfm.extract.inputs import read_case_list
     from ctfm.extract.local import ExtractConfig, run_local_many
 

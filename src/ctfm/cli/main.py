@@ -10,7 +10,7 @@ import typer
 
 from ctfm import __version__
 from ctfm.cli import new_console, plain
-from ctfm.errors import CtfmError
+from ctfm.core.errors import CtfmError
 
 # Modules under ctfm.cli, in pipeline order; each exposes `register(app)` adding its command(s).
 COMMAND_MODULES: list[str] = [

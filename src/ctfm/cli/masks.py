@@ -37,7 +37,7 @@ def masks(
 ) -> None:
     """Build the foreground mask of each ROI disease (union of its organs) for every case."""
 
-    from ctfm.errors import ConfigError
+    from ctfm.core.errors import ConfigError
     from ctfm.masks import build_masks, cases_from_labels, run_totalsegmentator, totalsegmentator_missing
 
     console = new_console(stderr=True)

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ctfm.benchmark import load_benchmark
 from ctfm.cli import new_console, plain, print_table, split_list
+from ctfm.core.benchmark import load_benchmark
 
 if TYPE_CHECKING:
     from ctfm.probe.training import TrainConfig
@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _numbers(values: list[str] | None, kind: type, option: str) -> list[Any] | None:
-    from ctfm.errors import ConfigError
+    from ctfm.core.errors import ConfigError
 
     items = split_list(values)
     if not items:
@@ -77,7 +77,7 @@ def _numbers(values: list[str] | None, kind: type, option: str) -> list[Any] | N
 
 
 def _betas(values: list[str] | None) -> list[tuple[float, float]] | None:
-    from ctfm.errors import ConfigError
+    from ctfm.core.errors import ConfigError
 
     pairs = []
     for v in split_list(values):
@@ -91,8 +91,8 @@ def _betas(values: list[str] | None) -> list[tuple[float, float]] | None:
 
 def resolve_diseases(diseases: list[str] | None, all_: bool) -> list[str]:
     """``--disease`` names (checked against the benchmark) or every AMOS disease with ``--all``."""
-    from ctfm.benchmark import load_benchmark
-    from ctfm.errors import ConfigError
+    from ctfm.core.benchmark import load_benchmark
+    from ctfm.core.errors import ConfigError
 
     bench = load_benchmark()
     names = split_list(diseases)
@@ -220,7 +220,7 @@ TRAIN_OPTIONS = (
 
 def _train_config(section: str, args: dict[str, Any]) -> TrainConfig:
     """Check the run options and build ``section``'s training rules from a command's arguments (None: config)."""
-    from ctfm.errors import ConfigError
+    from ctfm.core.errors import ConfigError
     from ctfm.probe.training import TrainConfig
 
     if args["shots"] < 0 or args["tries"] < 1 or args["folds"] < 0:
@@ -288,7 +288,7 @@ def lp(
     force: ForceOpt = False,
 ) -> None:
     """See ``LP_SUMMARY``; ``--help`` adds the protocol defaults."""
-    from ctfm.errors import ConfigError
+    from ctfm.core.errors import ConfigError
     from ctfm.probe.runner import ProbeOptions, linear_task
 
     train = _train_config("linear_probe", locals())

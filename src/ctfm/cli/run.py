@@ -73,6 +73,6 @@ def demo_command(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Output root."),
 ) -> None:
     """The whole product on the embedded synthetic benchmark (configs/demo.yaml), in a few minutes on a CPU."""
-    from ctfm.benchmark import configs_dir
+    from ctfm.core.benchmark import configs_dir
 
     _execute(configs_dir() / "demo.yaml", out)

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctfm.benchmark import load_benchmark
-from ctfm.data.synth import read_manifest
-from ctfm.errors import ConfigError, CtfmError, DataError
-from ctfm.labels import read_labels
-from ctfm.nifti import (
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ConfigError, CtfmError, DataError
+from ctfm.core.labels import read_labels
+from ctfm.core.nifti import (
     Geometry,
     as_volume,
     case_id,
+    check_case,
     duplicate_cases,
     find_volume,
     geometry,
@@ -37,7 +37,7 @@ from ctfm.nifti import (
     read_image_fast,
     voxel_problem,
 )
-from ctfm.store import check_case
+from ctfm.data.synth import read_manifest
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,9 @@ class Problem:
 
 
 @dataclass
-class CheckReport:
+class DatasetReport:
+    """What ``ctfm data check`` found in a dataset folder: its problems and what it counted."""
+
     root: Path
     problems: list[Problem] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
@@ -84,7 +86,7 @@ def _message(exc: Exception, path: Path) -> str:
 
 def _v1_evidence(labels: np.ndarray, affine: np.ndarray) -> str | None:
     """Why a label map looks v1-numbered (the masks' detector: votes summing below zero), or None."""
-    from ctfm.masks import class_map_votes
+    from ctfm.core.class_map_version import class_map_votes
 
     votes = class_map_votes(labels, affine)
     if sum(v for _, v in votes) >= 0:
@@ -166,7 +168,7 @@ def _name_problem(case: str) -> str | None:
     return None
 
 
-def _check_label_files(root: Path, report: CheckReport) -> None:
+def _check_label_files(root: Path, report: DatasetReport) -> None:
     labels_dir = root / "labels"
     if not labels_dir.is_dir():
         report.problems.append(Problem("labels/", "", "no labels/ folder"))
@@ -243,7 +245,7 @@ def _hidden_volumes(root: Path) -> list[str]:
     return [_rel(root, p) for folder, _, _ in _volume_folders(root) for p in hidden_volumes(folder)]
 
 
-def _check_duplicates(root: Path, jobs: list[_VolumeJob], report: CheckReport) -> None:
+def _check_duplicates(root: Path, jobs: list[_VolumeJob], report: DatasetReport) -> None:
     by_folder: dict[Path, list[Path]] = {}
     for job in jobs:
         by_folder.setdefault(job.path.parent, []).append(job.path)
@@ -258,7 +260,7 @@ def check_benchmark(
     workers: int = 2,
     progress: bool = False,
     class_map: str = "v2",
-) -> CheckReport:
+) -> DatasetReport:
     """Check a benchmark folder; reads every volume in a thread pool (zlib and numpy release the GIL)."""
     root = Path(root)
     if not root.is_dir():
@@ -266,7 +268,7 @@ def check_benchmark(
     known = load_benchmark().raw["class_maps"]
     if class_map not in known:
         raise ConfigError(f"--class-map {class_map!r} is not one of {', '.join(known)}")
-    report = CheckReport(root=root)
+    report = DatasetReport(root=root)
     if not (root / "images").is_dir():
         report.problems.append(Problem("images/", "", "no images/ folder"))
     else:

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import ConfigError, OfflineError
-from ctfm.fsutil import link_or_copy
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ConfigError, OfflineError
+from ctfm.core.fsutil import link_or_copy
 
 
 @dataclass(frozen=True)

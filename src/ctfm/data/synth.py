@@ -30,11 +30,12 @@ import numpy as np
 import pandas as pd
 
 from ctfm import __version__
-from ctfm.benchmark import load_benchmark
-from ctfm.data.phantom import SHAPES, render_case
-from ctfm.errors import ConfigError
-from ctfm.fsutil import link_or_copy, write_text_atomic
-from ctfm.nifti import NII_SUFFIX, read_array, write
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ConfigError
+from ctfm.core.fsutil import link_or_copy, write_text_atomic
+from ctfm.core.nifti import NII_SUFFIX, read_array, write
+from ctfm.data.geometry import SHAPES
+from ctfm.data.phantom import render_case
 
 SYNTH_VERSION = "2.0"  # 2.0: adult-size demo shape on a coarse grid, larger findings, prevalence 0.2-0.4
 CASE_PREFIX = "synth_"
@@ -161,29 +162,23 @@ def _write_labels(out: Path, table: pd.DataFrame, diseases: tuple[str, ...]) -> 
         write_text_atomic(out / "labels" / f"{disease}.csv", frame.to_csv(index=False))
 
 
-def write_test_demo(out: Path, cases: list[str]) -> bool:
-    """Link a few cases into ``test_demo/`` and build their ROI masks in ``test_demo/fg_masks/<disease>/`` with
-    :mod:`ctfm.masks`: the public test_demo's flat layout, which the reference README mounts as a container's
-    inputs (``-v $PWD/test_demo/:/workspace/inputs/``, ``MASKS_DIR=/workspace/inputs/fg_masks/<disease>``).
+def write_test_demo(out: Path, cases: list[str]) -> None:
+    """Link a few cases into ``test_demo/`` and write their ROI masks in ``test_demo/fg_masks/<disease>/``: the
+    public test_demo's flat layout, which the reference README mounts as a container's inputs
+    (``-v $PWD/test_demo/:/workspace/inputs/``, ``MASKS_DIR=/workspace/inputs/fg_masks/<disease>``).
 
-    Returns whether masks were written: without the masks library only the images are written (never fake masks).
+    A mask is the union of the disease's organs in the case's v2 label map, as ``ctfm masks`` builds it without
+    a margin (the phantom's label maps are exact: no class-map detection or QC is needed here).
     """
+    bench = load_benchmark()
+    ids = bench.class_map("v2").ids
+    organ_ids = {d: [ids[o] for o in bench.roi_organs(d) if o in ids] for d in bench.roi_diseases}
     for case in cases:
         link_or_copy(out / "images" / f"{case}{NII_SUFFIX}", out / TEST_DEMO / f"{case}{NII_SUFFIX}")
-    try:
-        from ctfm.masks import disease_masks
-    except ImportError:
-        return False
-    bench = load_benchmark()
-    cmap = bench.class_map("v2")
-    diseases = tuple(bench.roi_diseases)
-    for case in cases:
         labelmap, img = read_array(out / "totalseg" / f"{case}{NII_SUFFIX}")
-        masks = disease_masks(labelmap, img.affine, diseases, cmap)
-        for disease, mask in masks.items():
+        for disease, wanted in organ_ids.items():
             dest = out / TEST_DEMO / "fg_masks" / disease / f"{case}{NII_SUFFIX}"
-            write(dest, np.asarray(mask).astype(np.uint8), img.affine)
-    return True
+            write(dest, np.isin(labelmap, wanted).astype(np.uint8), img.affine)
 
 
 def _check_args(cases: int, seed: int, shape: str, workers: int) -> None:
@@ -275,7 +270,7 @@ def generate_benchmark(
     _write_labels(out, table, diseases)
     test_cases = sorted(table.loc[table["split"] == "test", "case"]) or list(table["case"])  # tiny runs
     demo_cases = test_cases[:TEST_DEMO_CASES]
-    has_masks = write_test_demo(out, demo_cases)
+    write_test_demo(out, demo_cases)
     manifest = {
         "generator": GENERATOR,
         "generator_version": SYNTH_VERSION,
@@ -288,7 +283,7 @@ def generate_benchmark(
             d: {"positives": int(table[d].sum()), "prevalence": round(float(table[d].mean()), 4)}
             for d in diseases
         },
-        "test_demo": {"cases": demo_cases, "fg_masks": has_masks},
+        "test_demo": {"cases": demo_cases, "fg_masks": True},
         "cases": [asdict(results[name]) for name in table["case"]],
     }
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")

@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ctfm.errors import DataError, StoreError
+from ctfm.core.errors import DataError, StoreError
+from ctfm.core.fsutil import write_text_atomic
 from ctfm.evaluate.bootstrap import Interval, bootstrap_metrics
 from ctfm.evaluate.metrics import METRICS, REFERENCE_METRICS, predict
-from ctfm.fsutil import write_text_atomic
 from ctfm.store import sanitize_name
 
 FAIL_LOGIT = 10.0  # the reference's failure logits
@@ -82,7 +82,7 @@ class Predictions:
     @property
     def missing(self) -> np.ndarray:
         """``[N]`` bool: the failures."""
-        from ctfm.nifti import case_id
+        from ctfm.core.nifti import case_id
 
         failed = set(self.failed)
         return np.array([case_id(f) in failed for f in self.files], dtype=bool)
@@ -370,7 +370,7 @@ def predict_checkpoint(
     checkpoint: Path, store_root: Path, labels_dir: Path, split: str, split_column: str = "split"
 ) -> tuple[Predictions, dict[str, Any]]:
     """Rebuild a head, predict every case of ``split``; missing embeddings become scored failures."""
-    from ctfm.labels import labels_path, read_labels
+    from ctfm.core.labels import labels_path, read_labels
     from ctfm.probe.checkpoint import load_predictor
     from ctfm.probe.data import labels_digest, training_cases
     from ctfm.store import Store
@@ -648,7 +648,7 @@ def read_predictions(path: Path, classes: list[int] | None = None) -> Prediction
     if missing.any():  # the reference's failures: scored as a confident wrong class, whatever the row holds
         logits, probs = logits.copy(), probs.copy()
         logits[missing], probs[missing] = failure_outputs(labels[missing], n_classes, multilabel)
-    from ctfm.nifti import case_id
+    from ctfm.core.nifti import case_id
 
     files = frame["filename"].astype(str).tolist()
     return Predictions(
@@ -693,7 +693,7 @@ def _numbers(frame: pd.DataFrame, columns: list[str], path: Path, integers: bool
 def align_to_labels(preds: Predictions, table: pd.DataFrame, where: str) -> Predictions:
     """Re-order predictions to the label table's cases, taking labels from it; a case absent from the
     predictions or flagged ``missing`` there is a failure (the reference rule, on the table's label)."""
-    from ctfm.nifti import case_id
+    from ctfm.core.nifti import case_id
 
     if preds.multilabel:
         raise DataError(f"{where}: multilabel predictions carry their own label_<j> columns; omit --labels")
@@ -716,7 +716,7 @@ def align_to_labels(preds: Predictions, table: pd.DataFrame, where: str) -> Pred
 
 
 def _refuse_other_splits(preds: Predictions, table: pd.DataFrame, split: str, where: Path) -> None:
-    from ctfm.nifti import case_id
+    from ctfm.core.nifti import case_id
 
     split_of = dict(zip(table["case"], table["split"], strict=True))
     other = sorted(c for c in map(case_id, preds.files) if split_of.get(c, split) != split)
@@ -738,7 +738,7 @@ def _own_classes(pred_csv: Path) -> list[int] | None:
 def named_split(path: Path) -> str | None:
     """The split a predictions file's name starts with, as the reference names them
     (``val_per_sample_predictions.csv``, ``test_per_sample_predictions_val_loss.csv``); None otherwise."""
-    from ctfm.benchmark import load_benchmark
+    from ctfm.core.benchmark import load_benchmark
 
     splits = "|".join(map(re.escape, load_benchmark().section("labels")["splits"]))
     m = re.fullmatch(f"({splits}){re.escape(PRED_SUFFIX.removesuffix('.csv'))}(_.+)?\\.csv", Path(path).name)
@@ -768,7 +768,7 @@ def evaluate_predictions(
     ``missing`` is a failure. Without ``labels`` the file's rows are the set (flagged rows are failures; an
     absent case cannot be known).
     """
-    from ctfm.labels import labels_path, read_labels
+    from ctfm.core.labels import labels_path, read_labels
 
     predictions = Path(predictions)
     preds = read_predictions(predictions, _own_classes(predictions))

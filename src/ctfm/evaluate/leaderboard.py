@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import DataError
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import DataError
 from ctfm.evaluate.bootstrap import (
     CI_LEVEL,
     percentile_interval,
@@ -311,6 +311,7 @@ def gather(
     A case one entry lacks is scored as a failure for it (confident wrong class); an entry without any result
     for a disease gets NaN there (ranked last).
     """
+    from ctfm.core.nifti import case_id
     from ctfm.evaluate.inference import (
         PRED_SUFFIX,
         Predictions,
@@ -319,7 +320,6 @@ def gather(
         read_predictions,
         recorded_classes,
     )
-    from ctfm.nifti import case_id
 
     results = Path(results)
     files = sorted(results.rglob(f"*{PRED_SUFFIX}"))
@@ -421,9 +421,9 @@ def to_markdown(frame: pd.DataFrame) -> str:
 
 def write_leaderboard(lb: Leaderboard, out: Path, title: str = "ctfm leaderboard") -> list[Path]:
     """leaderboard.csv (every column), leaderboard.md, pairwise.csv, leaderboard.json and leaderboard.html."""
+    from ctfm.core.fsutil import write_text_atomic
     from ctfm.evaluate.inference import split_warning
     from ctfm.evaluate.report import leaderboard_html
-    from ctfm.fsutil import write_text_atomic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

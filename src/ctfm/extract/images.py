@@ -1,4 +1,8 @@
-"""ctfm's own baseline container image, built offline by ``scripts/build_images.sh`` (cached by tag)."""
+"""ctfm's own baseline container image, built offline by ``baseline_image/build_images.sh`` (cached by tag).
+
+The recipe (script, Dockerfile, entry scripts) ships inside the package beside this module, so the image
+builds the same from a checkout and from an installed wheel.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +12,26 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from ctfm.errors import ContainerError
+from ctfm.core.errors import ContainerError
 
-BUILD_SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "build_images.sh"
+BUILD_SCRIPT = Path(__file__).resolve().with_name("baseline_image") / "build_images.sh"
 
 
 def build_baseline_image(log: Callable[[str], None] | None = None, timeout: float = 1200) -> str:
     """Build (or reuse) the baseline image in the local engine and return its tag.
 
-    The build needs a ctfm checkout (the script and Dockerfile live beside the package), a running engine and,
-    the first time only, mmdebstrap with a reachable Debian mirror; each missing piece is one clear error.
+    The build needs a running engine and, the first time only, mmdebstrap with a reachable Debian mirror;
+    each missing piece is one clear error.
     """
     if not BUILD_SCRIPT.is_file():
-        raise ContainerError(f"{BUILD_SCRIPT} not found: the baseline image is built from a ctfm checkout")
+        raise ContainerError(f"{BUILD_SCRIPT} not found: this ctfm installation lacks its image recipe")
     if shutil.which("bash") is None:
         raise ContainerError("bash is needed to build the baseline image")
     (log or (lambda _m: None))("building the baseline container image (cached after the first time)")
     try:
         proc = subprocess.run(
             ["bash", str(BUILD_SCRIPT), "--no-save"],
-            cwd=BUILD_SCRIPT.parents[1],
+            cwd=BUILD_SCRIPT.parent,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -39,5 +43,5 @@ def build_baseline_image(log: Callable[[str], None] | None = None, timeout: floa
         raise ContainerError(f"building the baseline image failed: {last[0]}")
     tags = dict(re.findall(r"^([A-Z_]+)=(\S+)$", proc.stdout, flags=re.M))
     if "BASELINE_TAG" not in tags:
-        raise ContainerError("scripts/build_images.sh did not report the baseline tag")
+        raise ContainerError(f"{BUILD_SCRIPT} did not report the baseline tag")
     return tags["BASELINE_TAG"]

@@ -6,10 +6,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ctfm.errors import DataError, StoreError
-from ctfm.fsutil import digest, file_stamp, sha256_file
-from ctfm.nifti import NII_SUFFIX, case_id, find_volume, list_volumes, odd_entries, refuse_duplicates
-from ctfm.store import View, check_case
+from ctfm.core.errors import DataError, StoreError
+from ctfm.core.fsutil import file_stamp
+from ctfm.core.hashing import digest, sha256_file
+from ctfm.core.nifti import (
+    NII_SUFFIX,
+    case_id,
+    check_case,
+    find_volume,
+    list_volumes,
+    odd_entries,
+    refuse_duplicates,
+)
+from ctfm.store import View
 
 
 def read_case_list(value: str | None) -> list[str] | None:

@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import ConfigError, CtfmError, DataError, StoreError
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.device import resolve_device
+from ctfm.core.errors import ConfigError, CtfmError, DataError, StoreError
+from ctfm.core.fsutil import exclusive_use, file_stamp
+from ctfm.core.hashing import digest, sha256_file
 from ctfm.extract.inputs import case_inputs, is_current, mask_of, select_cases
-from ctfm.fsutil import digest, exclusive_use, file_stamp, sha256_file
 from ctfm.store import FULL_VIEW, CaseRecord, Store, View
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -77,7 +77,6 @@ class ExtractSummary:
     read_seconds: float = 0.0
     preprocess_seconds: float = 0.0
     model_seconds: float = 0.0
-    write_seconds: float = 0.0
 
     @property
     def volumes_per_second(self) -> float:
@@ -156,18 +155,6 @@ def extraction_settings(cfg: ExtractConfig, extractor: Any, spec: Any) -> str:
     weights = file_stamp(cfg.weights) if cfg.weights else None
     seed = cfg.seed if getattr(extractor, "uses_seed", True) else None
     return digest([extractor.name, str(extractor.version), cfg.task, seed, weights, repr(spec)])
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device not in DEVICES:
-        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but torch sees no CUDA GPU; use --device cpu or auto")
-    return device
 
 
 # -- loading (runs in DataLoader workers) --------------------------------------------------------------------
@@ -359,7 +346,6 @@ class _Runner:
                 error = f"extractor {self.extractor.name} failed: {type(exc).__name__}: {exc}"
                 self.fail(job, group[0].item.case, error)
             return
-        t0 = time.perf_counter()
         for s, y_hat in zip(group, outputs, strict=True):
             per_case = s.read_seconds + s.preprocess_seconds + seconds / len(group)
             try:
@@ -367,7 +353,6 @@ class _Runner:
                 job.summary.ok.append(s.item.case)
             except StoreError as exc:
                 self.fail(job, s.item.case, str(exc))
-        job.summary.write_seconds += time.perf_counter() - t0
 
     def model(self, job: _Job, group: list[Sample]) -> tuple[list[np.ndarray], float]:
         images = np.stack([s.image.numpy() for s in group])
@@ -422,7 +407,7 @@ def run_local_many(cfgs: list[ExtractConfig], progress: bool = True) -> list[Ext
     names = [(v.model, v.task, v.view) for v, _, _ in prepared]
     if len(set(names)) != len(names):
         raise ConfigError("extraction jobs of one pass must write different views")
-    device = resolve_device(cfgs[0].device)  # a wrong --device is an error even when every case is done
+    device = resolve_device(cfgs[0].device).type  # a wrong --device is an error even when every case is done
     extractor = prepared[0][2]
     with contextlib.ExitStack() as held:
         for view, _, _ in prepared:

@@ -28,9 +28,9 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Spacing, SpatialResample
 
-from ctfm import nifti
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import ConfigError, DataError
+from ctfm.core import nifti
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ConfigError, DataError
 
 CROPS = ("fixed", "none")
 # output voxels resampled at a time: bounds the resampler's coordinate grid (~64 MiB) and its source copy

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from ctfm import __version__
-from ctfm.errors import DataError
-from ctfm.fsutil import atomic_path
+from ctfm.core.errors import DataError
+from ctfm.core.fsutil import atomic_path
 from ctfm.probe.heads import build_head
 from ctfm.probe.linear import NormStats
 from ctfm.probe.training import probabilities

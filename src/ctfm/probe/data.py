@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import DataError, StoreError
-from ctfm.fsutil import digest
-from ctfm.labels import labels_path, read_labels
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import DataError, StoreError
+from ctfm.core.hashing import digest
+from ctfm.core.labels import labels_path, read_labels
 
 TRAIN, VAL = "train", "val"
 

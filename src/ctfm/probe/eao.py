@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import ConfigError, DataError
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.device import resolve_device
+from ctfm.core.errors import ConfigError, DataError
 from ctfm.probe.checkpoint import Predictor, register_predict
 from ctfm.probe.data import DiseaseData, load_disease
 from ctfm.probe.eao_grid import GridMember, HeadGrid, HeadSpec, graph_length
@@ -44,7 +45,6 @@ from ctfm.probe.training import (
     finish_selections,
     history_frame,
     loss_per_head,
-    resolve_device,
     reuse_freed_memory,
     seed_everything,
 )

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctfm.errors import ConfigError
+from ctfm.core.errors import ConfigError
 from ctfm.probe.eao_heads import MemberHead
 from ctfm.probe.heads import build_head
 from ctfm.probe.tokens import TokenBatch, TokenReader, eval_batches

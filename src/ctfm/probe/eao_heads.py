@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctfm.errors import ConfigError
+from ctfm.core.errors import ConfigError
 from ctfm.probe.heads import register_head
 
 

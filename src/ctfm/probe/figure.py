@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ctfm.fsutil import atomic_path
+from ctfm.core.fsutil import atomic_path
 
 METRIC_COLUMNS = ("val_loss", "val_balanced_acc", "val_auroc")
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ctfm.errors import ConfigError
+from ctfm.core.errors import ConfigError
 
 HeadFactory = Callable[..., nn.Module]
 

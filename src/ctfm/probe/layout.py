@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctfm.errors import DataError
+from ctfm.core.errors import DataError
 from ctfm.store import sanitize_name
 
 TASK_FOLDERS = {"lp": "", "eao": "eao"}

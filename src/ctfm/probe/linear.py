@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctfm.errors import ConfigError, DataError
+from ctfm.core.device import resolve_device
+from ctfm.core.errors import ConfigError, DataError
 from ctfm.probe.training import (
     SGD_MOMENTUM,
     STRATEGIES,
@@ -40,7 +41,6 @@ from ctfm.probe.training import (
     finish_selections,
     history_frame,
     loss_per_head,
-    resolve_device,
     torch_threads,
 )
 

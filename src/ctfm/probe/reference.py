@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctfm.fsutil import atomic_path
+from ctfm.core.fsutil import atomic_path
 from ctfm.probe.linear import NormStats
 
 # The metric keys of the reference trainers' val_metrics (LP adds its two composite scores and the train loss).

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctfm.fsutil import atomic_path
+from ctfm.core.fsutil import atomic_path
 from ctfm.probe.figure import METRIC_COLUMNS, FigureData, FigureWorker, progress_figure
 from ctfm.probe.layout import RunLayout
 from ctfm.probe.training import STRATEGIES, FitResult, Selection

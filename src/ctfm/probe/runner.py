@@ -25,9 +25,9 @@ import numpy as np
 from rich.markup import escape
 
 from ctfm import __version__
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import ConfigError, CtfmError, DataError
-from ctfm.fsutil import exclusive_use, remove_partials, write_text_atomic
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ConfigError, CtfmError, DataError
+from ctfm.core.fsutil import exclusive_use, remove_partials, write_text_atomic
 from ctfm.probe.data import DiseaseData, current_input_key, few_shot, fold_columns, load_disease
 from ctfm.probe.figure import FigureWorker
 from ctfm.probe.layout import DiseaseLayout, RunLayout

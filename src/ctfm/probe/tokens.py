@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ctfm.errors import ConfigError, DataError
+from ctfm.core.errors import ConfigError, DataError
 from ctfm.store import PackedEAO, to_float32
 
 

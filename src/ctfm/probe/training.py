@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import ConfigError
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("none", "cosine", "onecycle")
@@ -124,17 +124,6 @@ _TRIM_THRESHOLD_BYTES = 256 << 20
 
 # Smallest allowed value of each numeric training option.
 _AT_LEAST = {"epochs": 1, "batch_size": 1, "patience": 1, "warmup_epochs": 0, "min_epoch": 0, "threads": 0}
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but torch sees no CUDA GPU; use --device auto or cpu")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {name!r} is not one of auto, cpu, cuda")
-    return torch.device(name)
 
 
 @contextmanager

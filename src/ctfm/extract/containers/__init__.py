@@ -6,7 +6,7 @@ image's files, read without running it), :mod:`.scratch` (where a container may 
 kernel-capped), :mod:`.folders` (a run's host folders and mounts), :mod:`.outputs` (what a container left in
 its output folder), :mod:`.runner` (one container), :mod:`.teams` (a team's cases, whole runs),
 :mod:`.check` (``ctfm check-container``), :mod:`.cleanup` (deadlines, watchdog, sweeps) and :mod:`.memory`
-(peak memory). Output files are read as untrusted by :mod:`ctfm.untrusted_h5`.
+(peak memory). Output files are read as untrusted by :mod:`ctfm.store.untrusted`.
 """
 
 from ctfm.extract.containers.check import CheckReport, check_container, temporary_folder

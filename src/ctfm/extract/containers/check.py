@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ctfm.benchmark import load_benchmark
+from ctfm.core.benchmark import load_benchmark
 from ctfm.extract.containers.engine import RunSettings, parse_bytes
 from ctfm.extract.containers.imagefs import paths_present
 from ctfm.extract.containers.outputs import embedding_problems

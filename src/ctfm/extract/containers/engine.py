@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ctfm.benchmark import configured, load_benchmark
-from ctfm.errors import ConfigError, ContainerError
-from ctfm.untrusted_h5 import MAX_FILE_BYTES, READ_TIMEOUT_S
+from ctfm.core.benchmark import configured, load_benchmark
+from ctfm.core.errors import ConfigError, ContainerError
+from ctfm.store.untrusted import MAX_FILE_BYTES, READ_TIMEOUT_S
 
 if TYPE_CHECKING:
     from ctfm.extract.containers.tarballs import TeamImage

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ctfm.fsutil import link_or_copy
+from ctfm.core.fsutil import link_or_copy
 
 MNT_DETACH = 2
 SCRATCH_BYTES_PER_INODE = 4096  # scratch holds one entry per page it may hold

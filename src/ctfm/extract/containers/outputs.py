@@ -1,7 +1,7 @@
 """What a team container left in its output folder: found by name, listed one level deep, judged as a whole.
 
 Nothing in a container's output folder is trusted, so the folder is never walked: the expected
-``<case>.h5`` files are looked up by name (each then read as untrusted, see :mod:`ctfm.untrusted_h5`) and the
+``<case>.h5`` files are looked up by name (each then read as untrusted, see :mod:`ctfm.store.untrusted`) and the
 other entries are listed one level deep, up to a limit, only to be reported (never stored, as under
 ``check-container``). Across cases, embeddings that are constant or identical for every case are a broken
 extractor's signature.

@@ -4,7 +4,7 @@
 in ``/workspace/inputs`` (read-only; masks in ``fg_masks/`` and ``MASKS_DIR`` for an ROI disease), an empty,
 size-capped ``/workspace/outputs`` and its image's scratch (:mod:`~ctfm.extract.containers.scratch`), and runs
 the reference command under the settings of :mod:`~ctfm.extract.containers.engine`. Each output is read as
-untrusted (:mod:`ctfm.untrusted_h5`) and handed over as soon as it is complete; nothing a container writes can
+untrusted (:mod:`ctfm.store.untrusted`) and handed over as soon as it is complete; nothing a container writes can
 raise out of the runner: whatever goes wrong becomes that container's result. A team's cases, retries and
 store writes are :mod:`~ctfm.extract.containers.teams`.
 
@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from ctfm.errors import ContainerError, InvalidEmbedding
+from ctfm.core.errors import ContainerError, InvalidEmbedding
+from ctfm.core.hashing import sha256_file
 from ctfm.extract.containers import cleanup, tarballs
 from ctfm.extract.containers.engine import (
     Engine,
@@ -49,8 +50,7 @@ from ctfm.extract.containers.folders import CaseInput, RunFolders, remove_tree
 from ctfm.extract.containers.outputs import OUTPUT_SUFFIX, present_outputs, stray_entries
 from ctfm.extract.containers.scratch import Scratch, plan_scratch
 from ctfm.extract.containers.tarballs import TeamImage
-from ctfm.fsutil import sha256_file
-from ctfm.untrusted_h5 import H5Reader
+from ctfm.store.untrusted import H5Reader
 
 LOG_TAIL_BYTES = 4096
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)

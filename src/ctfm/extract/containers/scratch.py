@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import ContainerError
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ContainerError
 from ctfm.extract.containers.engine import Engine, RunSettings, labels, parse_bytes
 from ctfm.extract.containers.folders import remove_tree
 from ctfm.extract.containers.imagefs import created, image_home

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import ContainerError, DataError
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ContainerError, DataError
 
 MANIFEST_MAX_BYTES = 8 << 20
 NAME_ANNOTATIONS = ("io.containerd.image.name", "org.opencontainers.image.ref.name")

@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from ctfm.errors import ConfigError, ContainerError, StoreError
+from ctfm.core.errors import ConfigError, ContainerError, StoreError
+from ctfm.core.fsutil import exclusive_use
 from ctfm.extract.containers import tarballs
 from ctfm.extract.containers.engine import EngineSetupError, RunSettings, split_cpus
 from ctfm.extract.containers.folders import CaseInput
 from ctfm.extract.containers.outputs import feature_dim
 from ctfm.extract.containers.runner import DISK_FULL, ContainerResult, ContainerRunner, one_line
 from ctfm.extract.containers.tarballs import TeamImage
-from ctfm.fsutil import exclusive_use
 
 
 @dataclass
@@ -380,7 +380,7 @@ def run_containers(
 
 
 def _case_names(images_dir: Path) -> list[str]:
-    from ctfm.nifti import case_id, list_volumes
+    from ctfm.core.nifti import case_id, list_volumes
 
     return [case_id(p) for p in list_volumes(Path(images_dir))]
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ctfm.errors import ConfigError
+from ctfm.core.errors import ConfigError
 
 ENTRY_POINT_GROUP = "ctfm.extractors"
 

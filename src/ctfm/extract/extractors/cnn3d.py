@@ -16,7 +16,7 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
-from ctfm.errors import ConfigError
+from ctfm.core.errors import ConfigError
 
 NAME = "cnn3d"
 VERSION = "1.0"

@@ -2,17 +2,22 @@
 # Build ctfm's container images offline, on machines that cannot pull from Docker Hub:
 #   1. the base image ctfm-base:<BASE_TAG> (Debian bookworm minbase + python3, numpy, nibabel, h5py from
 #      Debian's own packages), made with mmdebstrap and `docker import`;
-#   2. the baseline extractor image (docker/Dockerfile.baseline, the hu-stats extractor behind
-#      extract_feat_LP.sh / extract_feat_EAO.sh), built FROM that base;
+#   2. the baseline extractor image (Dockerfile.baseline beside this script, the hu-stats extractor
+#      ../extractors/hu_stats.py behind extract_feat_LP.sh / extract_feat_EAO.sh), built FROM that base;
 #   3. OUT/baseline_lp.tar.gz and OUT/baseline_eao.tar.gz, written with `docker save | gzip`, their image named
 #      baseline_lp:latest and baseline_eao:latest as the reference runner expects of those file names.
 # Idempotent and cached: each step is skipped when its result (image tag, tarball) already exists, unless
-# FORCE=1. Usage: scripts/build_images.sh [--base-only | --no-save] [OUT]   (OUT defaults to build/images;
-# --no-save builds the images but writes no tarballs, for running the baseline from this machine's engine)
+# FORCE=1. Usage: build_images.sh [--base-only | --no-save] [OUT]   (OUT defaults to build/images under the
+# current folder;
+# --no-save builds the images but writes no tarballs, for running the baseline from this machine's engine).
+# It lives inside the ctfm package with everything it builds from, so it works from a checkout
+# (`make images`) and from an installed wheel alike.
 # Needs: a running Docker engine and, for step 1 only, mmdebstrap plus a reachable Debian mirror
 # (MIRROR, default: the first Debian URI in this machine's apt sources).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+HERE=$(cd "$(dirname "$0")" && pwd)
+CONTEXT_FILES=("$HERE/../extractors/hu_stats.py" "$HERE/extract_feat_LP.sh" "$HERE/extract_feat_EAO.sh"
+  "$HERE/Dockerfile.baseline")
 
 BASE_ONLY=0
 SAVE=1
@@ -30,8 +35,7 @@ MIRROR=${MIRROR:-$(host_mirror || true)}
 [ -n "$MIRROR" ] || { echo "build_images: no Debian mirror in the apt sources; set MIRROR" >&2; exit 1; }
 BASE_TAG=${BASE_TAG:-ctfm-base:${SUITE}-2}  # bump the suffix when the recipe below changes
 # The baseline's tag is a hash of what goes into it, so a changed extractor or script rebuilds it.
-BASELINE_HASH=$(cat src/ctfm/extract/extractors/hu_stats.py extract_feat_LP.sh extract_feat_EAO.sh \
-  docker/Dockerfile.baseline | sha256sum | cut -c1-12)
+BASELINE_HASH=$(cat "${CONTEXT_FILES[@]}" | sha256sum | cut -c1-12)
 BASELINE_TAG=${BASELINE_TAG:-ctfm-baseline:${BASELINE_HASH}}
 FORCE=${FORCE:-0}
 PACKAGES=python3,python3-numpy,python3-nibabel,python3-h5py
@@ -69,7 +73,7 @@ build_baseline() {
     echo "build_images: building $BASELINE_TAG"
     local ctx
     ctx=$(mktemp -d)
-    cp src/ctfm/extract/extractors/hu_stats.py extract_feat_LP.sh extract_feat_EAO.sh docker/Dockerfile.baseline "$ctx/"
+    cp "${CONTEXT_FILES[@]}" "$ctx/"
     docker build --quiet --build-arg "BASE=$BASE_TAG" -f "$ctx/Dockerfile.baseline" -t "$BASELINE_TAG" "$ctx" \
       >"$ctx/build.log" 2>&1 || { cat "$ctx/build.log" >&2; exit 1; }
     rm -rf "$ctx"

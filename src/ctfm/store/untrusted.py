@@ -9,7 +9,7 @@ chunks that takes minutes to read. So:
 - the private copy is read in a separate process (:class:`H5Reader`) under an address-space limit and a
   deadline, after its layout is inspected (:func:`inspect_y_hat`: no links, no virtual or external storage, a
   float array of the task's rank and a bounded size, a bounded number of chunks); a hang, crash or exception of
-  the HDF5 library there is that file's :class:`~ctfm.errors.InvalidEmbedding`, with the reason;
+  the HDF5 library there is that file's :class:`~ctfm.core.errors.InvalidEmbedding`, with the reason;
 - only the array comes back: callers store it in their own file, never the file's layout.
 
 Example:
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ctfm.errors import InvalidEmbedding
+from ctfm.core.errors import InvalidEmbedding
 
 DATASET = "y_hat"
 RANKS = {"lp": 1, "eao": 4}  # lp: a vector [D]; eao: a token map [D, h, w, l]

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import gzip
 import logging
+import re
 import struct
 import threading
 import zlib
@@ -16,10 +17,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ctfm.errors import DataError
-from ctfm.fsutil import atomic_path
+from ctfm.core.errors import DataError, StoreError
+from ctfm.core.fsutil import atomic_path
 
 NII_SUFFIX = ".nii.gz"
+_CASE_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # Key of ``img.extra`` holding what nibabel repaired in a header while ctfm read it ("pixdim[1,2,3] should be
 # non-zero; setting 0 dims to 1"). nibabel logs each repair to stderr, once per read: unlabelled lines amid the
@@ -57,6 +59,13 @@ def case_id(path: Path | str) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def check_case(case: str) -> str:
+    """Case names become file names (embeddings, masks): refuse anything that could escape their folder."""
+    if not _CASE_OK.fullmatch(case) or ".." in case:
+        raise StoreError(f"case name {case!r} is not a safe file name (letters, digits, . _ - only)")
+    return case
 
 
 def _volume_files(folder: Path) -> list[Path]:
@@ -420,7 +429,7 @@ def encode_gz(
 
     With ``full_shape``, ``data`` is only the slab ``[:, :, z0 : z0 + data.shape[2]]`` of a volume that is zero
     elsewhere (e.g. a mask around one organ): the zeros are never materialised. ``header`` (e.g. the source
-    image's) supplies qform/sform codes and units; write the result with :func:`ctfm.fsutil.write_bytes_atomic`.
+    image's) supplies qform/sform codes and units; write the result with :func:`ctfm.core.fsutil.write_bytes_atomic`.
     Encoding once and writing the bytes to several files saves identical masks without compressing them again.
     """
     shape = tuple(full_shape) if full_shape is not None else data.shape

@@ -1,17 +1,14 @@
-"""Small filesystem helpers shared by every stage: atomic writes, content checksums and file stamps."""
+"""Small filesystem helpers shared by every stage: atomic writes, links and file stamps."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 
 def _file_mode() -> int:
@@ -85,24 +82,11 @@ def link_or_copy(src: Path, dest: Path, link: bool = True) -> bool:
     return False
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_stamp(path: Path) -> tuple[str, int, int]:
     """(name, size, mtime in ns): a cheap sign that a file changed, even when replaced by an older copy
     (``cp -p``, ``rsync -a`` and ``tar x`` keep the source's time, but rarely its size and time both)."""
     st = Path(path).stat()
     return (Path(path).name, st.st_size, st.st_mtime_ns)
-
-
-def digest(value: Any) -> str:
-    """A short stable hash of a JSON-able value (settings, stamps): equal inputs, equal digest."""
-    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def is_partial(path: Path) -> bool:
@@ -117,7 +101,7 @@ LOCK_NAME = ".ctfm.lock"
 def exclusive_use(folder: Path) -> Iterator[None]:
     """Hold ``<folder>/.ctfm.lock`` while writing there: a second ctfm process on the same folder is refused
     with one line (two writers would do the work twice and delete each other's temporaries)."""
-    from ctfm.errors import DataError
+    from ctfm.core.errors import DataError
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

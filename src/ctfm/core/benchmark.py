@@ -1,11 +1,11 @@
 """The benchmark definition, read from ``configs/`` so no table is repeated in code.
 
 Example:
-    >>> from ctfm.benchmark import load_benchmark
+    >>> from ctfm.core.benchmark import load_benchmark
     >>> bench = load_benchmark()
     >>> bench.roi_organs("renal_cyst")
     ('kidney_cyst_left', 'kidney_cyst_right', 'kidney_left', 'kidney_right')
-    >>> bench.class_map().id_of("liver")
+    >>> bench.class_map().ids["liver"]
     5
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ctfm.errors import ConfigError
+from ctfm.core.errors import ConfigError
 
 BENCHMARK_FILE = "benchmark.yaml"
 
@@ -31,7 +31,7 @@ def configs_dir() -> Path:
     packaged = Path(str(resources.files("ctfm"))) / "configs"
     if (packaged / BENCHMARK_FILE).is_file():
         return packaged
-    repo = Path(__file__).resolve().parents[2] / "configs"
+    repo = Path(__file__).resolve().parents[3] / "configs"
     if (repo / BENCHMARK_FILE).is_file():
         return repo
     raise ConfigError(f"cannot find {BENCHMARK_FILE}: looked in {packaged} and {repo}")
@@ -59,16 +59,6 @@ class ClassMap:
     @property
     def ids(self) -> dict[str, int]:
         return {name: i for i, name in self.names.items()}
-
-    def id_of(self, name: str) -> int:
-        try:
-            return self.ids[name]
-        except KeyError:
-            raise ConfigError(f"class {name!r} is not in the TotalSegmentator {self.version} map") from None
-
-    @property
-    def max_id(self) -> int:
-        return max(self.names)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ctfm.benchmark import load_benchmark
-from ctfm.errors import DataError
-from ctfm.nifti import case_id
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import DataError
+from ctfm.core.nifti import case_id
 
 MAX_CLASS = 10_000  # class indices run from 0; a larger value (1e20, inf) is a broken file, not a class
 
