@@ -495,8 +495,8 @@ class Pipeline:
                 drop_stale_results,
                 evaluate_checkpoint,
                 find_checkpoints,
-                split_warning,
             )
+            from ctfm.evaluate.splits import split_warning
             from ctfm.store import sanitize_name
 
             found = find_checkpoints(runs, ev.strategies, self.diseases, sanitize_name(model))
@@ -538,8 +538,9 @@ class Pipeline:
         self.result.leaderboards[task] = out
 
         def run() -> str:
-            from ctfm.evaluate.inference import split_note, split_warning
-            from ctfm.evaluate.leaderboard import build_leaderboard, gather, write_leaderboard
+            from ctfm.evaluate.leaderboard import build_leaderboard, gather
+            from ctfm.evaluate.report import write_leaderboard
+            from ctfm.evaluate.splits import split_note, split_warning
 
             split = self.cfg.eval.split
             data, entries = gather(self.out / "eval" / task, split, [strategy])

@@ -17,7 +17,7 @@ from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ctfm.evaluate.inference import JSON_SUFFIX, PRED_SUFFIX
-from ctfm.evaluate.metrics import METRICS, REFERENCE_METRICS
+from ctfm.metrics import METRICS, REFERENCE_METRICS
 from eval_fixtures import DISEASE, write_labels, write_probe, write_store
 
 SKIPPED, FAILED = "synth_0011", "synth_0012"  # val cases: one never extracted, one failed extraction

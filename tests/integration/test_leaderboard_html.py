@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctfm.evaluate.leaderboard import DiseaseData, build_leaderboard, write_leaderboard
+from ctfm.evaluate.leaderboard import DiseaseData, build_leaderboard
+from ctfm.evaluate.report import write_leaderboard
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 BROWSERS = ("chromium", "chromium-browser")

@@ -153,7 +153,7 @@ def test_rank_resamples_are_stratified_unless_asked_otherwise() -> None:
 def test_a_board_of_the_selection_split_says_so_in_every_file(tmp_path, split: str) -> None:
     import json
 
-    from ctfm.evaluate.leaderboard import write_leaderboard
+    from ctfm.evaluate.report import write_leaderboard
 
     lb = build_leaderboard([_rare_disease(split)], ["a", "b"], METRICS, n_boot=20, seed=0)
     write_leaderboard(lb, tmp_path, "board")

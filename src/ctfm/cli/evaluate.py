@@ -33,7 +33,7 @@ def metrics_table(rows: list[dict], title: str) -> Table:
     multiclass head)."""
     from rich.table import Table
 
-    from ctfm.evaluate.metrics import METRICS
+    from ctfm.metrics import METRICS
 
     table = Table(title=title)
     for col in ("model", "disease", "strategy", "failed", *METRICS):
@@ -69,14 +69,14 @@ def _resampling(value: str) -> bool:
 
 def _warn_split(split: str) -> None:
     """Say it when the scores are of a split the heads were selected (or trained) on."""
-    from ctfm.evaluate.inference import split_warning
+    from ctfm.evaluate.splits import split_warning
 
     if split_warning(split):
         console.print(f"[yellow]warning:[/] {plain(split_warning(split))}", highlight=False, soft_wrap=True)
 
 
 def _table_title(split: str, what: str) -> str:
-    from ctfm.evaluate.inference import split_note
+    from ctfm.evaluate.splits import split_note
 
     return f"{split_note(split) or split}: {what}"
 
@@ -304,7 +304,8 @@ def leaderboard_command(
     out: Path = typer.Option(..., "--out", help="Output folder."),
 ) -> None:
     """Rank models per disease, aggregate by mean rank, and measure ranking stability by bootstrap."""
-    from ctfm.evaluate.leaderboard import build_leaderboard, gather, write_leaderboard
+    from ctfm.evaluate.leaderboard import build_leaderboard, gather
+    from ctfm.evaluate.report import write_leaderboard
 
     stratified = _resampling(resampling)
     data, entries = gather(results, split, _strategies(strategy), task)

@@ -22,7 +22,7 @@ def _execute(config: Path, out: Path | None) -> None:
     from rich.table import Table
 
     from ctfm.cli.evaluate import LEADERBOARD_KEYS, leaderboard_table
-    from ctfm.evaluate.inference import split_note, split_warning
+    from ctfm.evaluate.splits import split_note, split_warning
     from ctfm.pipeline import run_pipeline
     from ctfm.runconfig import load_run_config
 

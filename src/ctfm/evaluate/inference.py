@@ -4,13 +4,13 @@ A case of the split without a usable embedding (absent from the store, failed, t
 it is scored as a failure by the reference rule, a confident prediction of a wrong class (class
 ``(label + 1) mod C``: logits ``+FAIL_LOGIT`` there and ``-FAIL_LOGIT`` elsewhere, probability 1 there in the
 file), written last with ``missing = 1`` and counted in ``n_missing_failed``. Metrics are computed from the
-logits as the reference computes them (:func:`reference_probs`).
+logits as the reference computes them (:func:`~ctfm.metrics.class_probabilities`).
 
 Output per checkpoint, in ``<out>/<model>/<task>/<disease>/[<tag>/]<strategy>/``:
 ``<split>_per_sample_predictions.csv`` (exactly the reference's columns ``filename, label, prediction,
 missing, logit_class_<i>, prob_class_<i>``; ``label`` and ``prediction`` are class indices, the class values
 are in the JSON), ``<split>_metrics.csv`` (the reference's metric and tag columns, then ctfm's: identity,
-the additions of :data:`~ctfm.evaluate.metrics.EXTRA_METRICS` and every metric's 95 % interval),
+the additions of :data:`~ctfm.metrics.EXTRA_METRICS` and every metric's 95 % interval),
 ``<split>_eval.json`` (everything, including checkpoint metadata and the failed case names),
 ``<split>_roc.png`` and ``<split>_pr.png``. ``<out>/<split>_summary.csv`` has one row per checkpoint.
 With a reference root, :func:`write_reference_layout` also lays the files out as the reference's scorer and
@@ -32,8 +32,10 @@ import pandas as pd
 
 from ctfm.errors import DataError, StoreError
 from ctfm.evaluate.bootstrap import Interval, bootstrap_metrics
-from ctfm.evaluate.metrics import METRICS, REFERENCE_METRICS, predict
+from ctfm.evaluate.curves import save_roc_pr
+from ctfm.evaluate.splits import split_note
 from ctfm.fsutil import write_text_atomic
+from ctfm.metrics import METRICS, REFERENCE_METRICS, class_probabilities, predict
 from ctfm.store import sanitize_name
 
 FAIL_LOGIT = 10.0  # the reference's failure logits
@@ -43,23 +45,6 @@ METRICS_SUFFIX = "_metrics.csv"
 JSON_SUFFIX = "_eval.json"
 ROC_SUFFIX, PR_SUFFIX = "_roc.png", "_pr.png"
 RESULT_SUFFIXES = (PRED_SUFFIX, METRICS_SUFFIX, JSON_SUFFIX, ROC_SUFFIX, PR_SUFFIX)  # one result's files
-# Scores on these splits flatter the heads: they were selected (val) or trained (train) on their cases.
-OPTIMISTIC_SPLITS = {
-    "val": ("the selection split, optimistic", "the heads were selected on these cases"),
-    "train": ("the training split, optimistic", "the heads were trained on these cases"),
-}
-
-
-def split_note(split: str) -> str:
-    """``"val: the selection split, optimistic"`` for a split the heads were selected or trained on; else ``""``."""
-    return f"{split}: {OPTIMISTIC_SPLITS[split][0]}" if split in OPTIMISTIC_SPLITS else ""
-
-
-def split_warning(split: str) -> str:
-    """The sentence every table and board of an optimistic split carries (console, csv, md, html, json)."""
-    if split not in OPTIMISTIC_SPLITS:
-        return ""
-    return f"{split_note(split)} ({OPTIMISTIC_SPLITS[split][1]}, so every score flatters its model; rank on test)"
 
 
 @dataclass
@@ -89,9 +74,9 @@ class Predictions:
 
     @property
     def scores(self) -> np.ndarray:
-        """The probabilities the metrics use: :func:`reference_probs` of the logits, as the reference scores its
+        """The probabilities the metrics use: :func:`~ctfm.metrics.class_probabilities` of the logits, as the reference scores its
         logits (per-label probabilities for multilabel targets)."""
-        return self.probs if self.multilabel else reference_probs(self.logits)
+        return self.probs if self.multilabel else class_probabilities(self.logits)
 
     @property
     def preds(self) -> np.ndarray:
@@ -179,24 +164,6 @@ class EvalResult:
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def reference_probs(logits: np.ndarray) -> np.ndarray:
-    """Class probabilities as the reference scores them: torchmetrics applies torch's softmax to float32
-    logits, so it ranks float32 probabilities, and the exact bits decide its ties (saturated cases at 1 - k ulp,
-    two failures' ``+-10`` logits in other columns), which move AUROC and AP. The same torch softmax on the
-    same float32 logits gives the same bits, so ctfm's numbers are the reference's."""
-    import torch
-
-    with torch.no_grad():
-        probs = torch.softmax(torch.as_tensor(np.asarray(logits, dtype=np.float32)), dim=-1)
-    return probs.numpy().astype(np.float64)
-
-
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
@@ -209,7 +176,7 @@ def to_probs(logits: np.ndarray, multilabel: bool = False) -> tuple[np.ndarray, 
         return logits, sigmoid(logits)
     if logits.shape[1] == 1:
         logits = np.concatenate([-logits / 2, logits / 2], axis=1)
-    return logits, softmax(logits)
+    return logits, class_probabilities(logits)
 
 
 def failure_outputs(labels: np.ndarray, n_classes: int, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -432,8 +399,6 @@ def result_dir(out: Path, model: str, task: str, disease: str, strategy: str, ta
 
 def write_outputs(out_dir: Path, split: str, preds: Predictions, result: EvalResult) -> list[Path]:
     """Reference CSVs, the JSON with everything, and the ROC / PR figures."""
-    from ctfm.evaluate.report import save_roc_pr
-
     out_dir.mkdir(parents=True, exist_ok=True)
     pred_csv = out_dir / f"{split}{PRED_SUFFIX}"
     write_text_atomic(pred_csv, preds.to_frame().to_csv(index=False))

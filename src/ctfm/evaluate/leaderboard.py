@@ -10,7 +10,7 @@ final rank). A missing value (a model without results for a disease, or an undef
 a one-class resample) ranks below every defined value, tied with the other missing ones. Higher is better
 except for ``brier`` and ``ece``.
 
-Metrics are the reference's (:mod:`ctfm.evaluate.metrics`); the challenge ranks on ``balanced_acc`` and
+Metrics are the reference's (:mod:`ctfm.metrics`); the challenge ranks on ``balanced_acc`` and
 ``auroc``. A board of the split the heads were selected on says so (``val: the selection split, optimistic``)
 in every file it writes.
 
@@ -25,7 +25,6 @@ ranks and each resample's mean ranks measures the ranking's overall stability.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,8 @@ from ctfm.evaluate.bootstrap import (
     resample_metrics,
     strata_of,
 )
-from ctfm.evaluate.metrics import LOWER_IS_BETTER, METRICS, compute_all
+from ctfm.evaluate.splits import split_note
+from ctfm.metrics import LOWER_IS_BETTER, METRICS, compute_all
 
 CHUNK = 1000  # resamples per batch (bounds memory near 0.1 GB at 20 models x 300 cases)
 
@@ -88,8 +88,6 @@ class Leaderboard:
     @property
     def split_note(self) -> str:
         """``val: the selection split, optimistic`` when the board ranks a split the heads were selected on."""
-        from ctfm.evaluate.inference import split_note
-
         return split_note(self.split)
 
     @property
@@ -307,7 +305,7 @@ def gather(
 
     An entry is a model, or ``model [strategy]`` when several strategies are present, plus ``(tag)`` for a
     probe run tag (fold, seed). Every entry is scored from its logits as the reference scores them
-    (:func:`~ctfm.evaluate.inference.reference_probs`).
+    (:func:`~ctfm.metrics.class_probabilities`).
     A case one entry lacks is scored as a failure for it (confident wrong class); an entry without any result
     for a disease gets NaN there (ranked last).
     """
@@ -400,74 +398,3 @@ def gather(
                 probs[m, [pos[c] for c in cases[e]]] = preds[e].scores
         out.append(DiseaseData(disease, files_all, labels, probs, first.multilabel, present, splits[0]))
     return out, entries
-
-
-# ---------------------------------------------------------------------------------------------- writing
-
-
-def to_markdown(frame: pd.DataFrame) -> str:
-    """A plain GitHub-style markdown table (no optional dependency)."""
-    cols = [str(c) for c in frame.columns]
-
-    def cell(v: object) -> str:
-        if isinstance(v, float | np.floating):
-            return f"{v:g}" if float(v).is_integer() else f"{v:.3f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-def write_leaderboard(lb: Leaderboard, out: Path, title: str = "ctfm leaderboard") -> list[Path]:
-    """leaderboard.csv (every column), leaderboard.md, pairwise.csv, leaderboard.json and leaderboard.html."""
-    from ctfm.evaluate.inference import split_warning
-    from ctfm.evaluate.report import leaderboard_html
-    from ctfm.fsutil import write_text_atomic
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = lb.table()
-    paths = {
-        "csv": out / "leaderboard.csv",
-        "md": out / "leaderboard.md",
-        "pairwise": out / "pairwise.csv",
-        "json": out / "leaderboard.json",
-        "html": out / "leaderboard.html",
-    }
-    write_text_atomic(paths["csv"], table.to_csv(index=False))
-    short = table[
-        ["rank", "model", "mean_rank", "rank_ci_low", "rank_ci_high", "win_share", "rank_aggregate_then_rank"]
-        + [f"mean_{m}" for m in lb.metrics]
-    ]
-    tau = lb.tau[~np.isnan(lb.tau)] if lb.tau.size else lb.tau
-    md = f"# {title}\n\n"
-    if lb.split_note:
-        md += f"**Warning:** {split_warning(lb.split)}\n\n"
-    md += f"{to_markdown(short)}\n"
-    if tau.size:
-        md += f"Kendall's tau-b (full vs resampled ranking): median {np.median(tau):.3f} over {tau.size} resamples.\n"
-    if lb.missing:
-        md += "".join(f"\n**Warning:** {line}\n" for line in lb.missing_text.splitlines())
-    write_text_atomic(paths["md"], md)
-    write_text_atomic(paths["pairwise"], lb.beats_table().to_csv())
-    summary = {
-        "entries": lb.entries,
-        "diseases": lb.diseases,
-        "metrics": lb.metrics,
-        "split": lb.split,
-        "split_note": lb.split_note,
-        "n_boot": lb.n_boot,
-        "resampling": lb.resampling,
-        "seed": lb.seed,
-        "missing": lb.missing,
-        "table": json.loads(table.to_json(orient="records")),
-        "kendall_tau_median": float(np.median(tau)) if tau.size else None,
-        "degenerate_resamples": {
-            d: dict(zip(lb.metrics, map(int, row), strict=True))
-            for d, row in zip(lb.diseases, lb.degenerate, strict=True)
-        },
-    }
-    write_text_atomic(paths["json"], json.dumps(summary, indent=2) + "\n")
-    write_text_atomic(paths["html"], leaderboard_html(lb, title))
-    return list(paths.values())

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from ctfm.benchmark import load_benchmark
-from ctfm.errors import ConfigError, DataError
-from ctfm.probe.checkpoint import Predictor, register_predict
+from ctfm.errors import ConfigError
 from ctfm.probe.data import DiseaseData, load_disease
 from ctfm.probe.eao_grid import GridMember, HeadGrid, HeadSpec, graph_length
 from ctfm.probe.eao_heads import attn_pool_reference_state
@@ -30,7 +29,7 @@ from ctfm.probe.layout import RunLayout
 from ctfm.probe.linear import encode_labels
 from ctfm.probe.reference import eao_head_name, save_eao
 from ctfm.probe.runner import ProbeOptions, ProbeTask, save_selection
-from ctfm.probe.tokens import TokenReader, bucketed_batches, eval_batches
+from ctfm.probe.tokens import TokenReader, bucketed_batches
 from ctfm.probe.training import (
     STRATEGIES,
     BatchSampler,
@@ -307,7 +306,7 @@ def _head_point(m: GridMember) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Checkpoints and inference
+# Checkpoints
 
 
 REFERENCE_STRATEGY = (
@@ -351,33 +350,6 @@ def save_eao_checkpoints(
             norm={"type": "raw", "mean": None, "std": None},
         )
     return written
-
-
-def _as_tokens(x: np.ndarray, dim: int) -> np.ndarray:
-    """One case as tokens [n, D]: accepts [n, D] or a reference ``y_hat`` map [D, h, w, l]."""
-    a = np.asarray(x)
-    if a.ndim == 4 and a.shape[0] == dim:
-        a = a.reshape(dim, -1).T
-    if a.ndim != 2 or a.shape[1] != dim:
-        raise DataError(f"tokens of shape {a.shape} do not fit an EAO head trained on D={dim}")
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
-@register_predict("eao")
-def predict_tokens(predictor: Predictor, x: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
-    """Logits [N, C] for a list of cases (tokens [n_i, D] or maps [D, h, w, l]), padded in batches."""
-    cases = [_as_tokens(c, int(predictor.meta["feature_dim"])) for c in x]
-    if not cases:
-        return np.zeros((0, len(predictor.meta["classes"])))
-    tokens, offsets = np.concatenate(cases), np.cumsum([0] + [len(c) for c in cases])
-    reader = TokenReader(tokens, offsets)
-    out = np.zeros((len(cases), len(predictor.meta["classes"])))
-    predictor.head.eval()
-    for rows in eval_batches(np.arange(len(cases)), reader.lengths, batch_size):
-        b = reader.batch(rows)
-        z = predictor.head(*b.on(predictor.device))
-        out[rows] = z.float().cpu().numpy()
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
