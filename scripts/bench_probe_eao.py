@@ -70,10 +70,10 @@ def _warm_up(device: str) -> None:
     import sklearn.metrics  # noqa: F401
     import torch
 
-    from ctfm.probe.training import resolve_device
+    from ctfm.probe.training import torch_device
 
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
-    x = torch.ones(2, 2, device=resolve_device(device))
+    x = torch.ones(2, 2, device=torch_device(device))
     (x @ x).sum().item()
 
 
@@ -216,7 +216,7 @@ def _ctfm(args: dict, queue: mp.Queue) -> None:
         fit_eao,
         plan_memory,
     )
-    from ctfm.probe.training import TrainConfig, resolve_device
+    from ctfm.probe.training import TrainConfig, torch_device
     from ctfm.store import Store
 
     torch.set_num_threads(args["threads"])
@@ -237,7 +237,7 @@ def _ctfm(args: dict, queue: mp.Queue) -> None:
         seed=args["seed"],
     )
     specs = eao_head_specs(["attn-pool"], ffn_mult=args["ffn_mult"])
-    device = resolve_device(args["device"])
+    device = torch_device(args["device"])
     graphed = cuda_graphed(device, config, not args["eager"])
     plan = plan_memory(
         specs, len(args["lrs"]), reader, args["batch_size"], 2, available_bytes(device), graphed=graphed

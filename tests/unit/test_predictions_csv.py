@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from ctfm.errors import DataError
-from ctfm.evaluate.inference import (
+from ctfm.evaluate.predictions import align_to_labels
+from ctfm.evaluate.results import (
     FAIL_LOGIT,
     Predictions,
-    align_to_labels,
     read_eval_meta,
     read_predictions,
     recorded_classes,

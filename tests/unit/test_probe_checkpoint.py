@@ -71,7 +71,7 @@ def test_head_registry():
 def test_unfinished_disease_has_no_checkpoints(tmp_path):
     layout = DiseaseLayout.of(tmp_path, MODEL, "fatty_liver")
     with pytest.raises(DataError, match="did not finish"):
-        layout.checkpoints("val_auroc")
+        layout.checkpoints()
     assert (
         DiseaseLayout.of(tmp_path, MODEL, "fatty_liver", "eao").dir
         == tmp_path / MODEL / "eao" / "fatty_liver"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ctfm.cli import new_console, plain, print_table
+from ctfm.cli import library_log, new_console, plain, print_table
 
 console = new_console(stderr=True)
 
@@ -28,7 +28,8 @@ def _execute(config: Path, out: Path | None) -> None:
 
     cfg = load_run_config(config, overrides={"output": str(out.resolve()) if out else None})
     started = time.perf_counter()
-    result = run_pipeline(cfg, log=lambda m: console.print(m, highlight=False, soft_wrap=True), progress=True)
+    with library_log(console):
+        result = run_pipeline(cfg, progress=True)
     stages = Table(title=f"stages ({time.perf_counter() - started:.0f} s)")
     for col in ("stage", "status", "seconds"):
         stages.add_column(col, justify="right" if col == "seconds" else "left")

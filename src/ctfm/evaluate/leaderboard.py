@@ -41,14 +41,23 @@ from ctfm.evaluate.bootstrap import (
     resample_metrics,
     strata_of,
 )
+from ctfm.evaluate.results import (
+    PRED_SUFFIX,
+    Predictions,
+    failure_outputs,
+    read_eval_meta,
+    read_predictions,
+    recorded_classes,
+)
 from ctfm.evaluate.splits import split_note
 from ctfm.metrics import LOWER_IS_BETTER, METRICS, compute_all
+from ctfm.nifti import case_id
 
 CHUNK = 1000  # resamples per batch (bounds memory near 0.1 GB at 20 models x 300 cases)
 
 
 @dataclass
-class DiseaseData:
+class DiseaseScores:
     """One disease's cases, labels and every entry's class probabilities ``[M, N, C]`` (aligned to ``entries``)."""
 
     disease: str
@@ -84,6 +93,7 @@ class Leaderboard:
     missing: dict[str, list[str]] = field(default_factory=dict)  # entry -> diseases it has no result for
     split: str = ""
     resampling: str = "stratified"
+    files: list[Path] = field(default_factory=list)  # the board's files, once written
 
     @property
     def split_note(self) -> str:
@@ -187,7 +197,7 @@ def aggregate_then_rank(values: np.ndarray, metrics: list[str]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- building
 
 
-def _disease_metrics(data: DiseaseData, metrics: list[str], idx: np.ndarray | None) -> np.ndarray:
+def _disease_metrics(data: DiseaseScores, metrics: list[str], idx: np.ndarray | None) -> np.ndarray:
     """Metric values ``[K, M]`` (idx None) or ``[K, B, M]`` for resampled case indices ``idx [B, N]``."""
     n_models = data.probs.shape[0]
     present = np.ones(n_models, dtype=bool) if data.present is None else data.present
@@ -207,7 +217,7 @@ def _disease_seed(seed: int, d: int) -> np.random.Generator:
 
 
 def build_leaderboard(
-    data: list[DiseaseData],
+    data: list[DiseaseScores],
     entries: list[str],
     metrics: Sequence[str] | None = None,
     n_boot: int = 1000,
@@ -275,14 +285,16 @@ def build_leaderboard(
     )
 
 
-def disease_resamples(dd: DiseaseData, n_boot: int, seed: int, d: int, stratified: bool = True) -> np.ndarray:
+def disease_resamples(
+    dd: DiseaseScores, n_boot: int, seed: int, d: int, stratified: bool = True
+) -> np.ndarray:
     """The ``[n_boot, N]`` case indices of disease number ``d``, seeded per disease."""
     strata = strata_of(dd.labels, dd.multilabel) if stratified else None
     return resample_indices(len(dd.labels), n_boot, _disease_seed(seed, d), strata)
 
 
-def missing_results(data: list[DiseaseData], entries: Sequence[str]) -> dict[str, list[str]]:
-    """Diseases each entry has no result for (absent from ``DiseaseData.present``)."""
+def missing_results(data: list[DiseaseScores], entries: Sequence[str]) -> dict[str, list[str]]:
+    """Diseases each entry has no result for (absent from ``DiseaseScores.present``)."""
     missing: dict[str, list[str]] = {}
     for dd in data:
         if dd.present is not None:
@@ -297,7 +309,7 @@ def missing_results(data: list[DiseaseData], entries: Sequence[str]) -> dict[str
 
 def gather(
     results: Path, split: str | None = None, strategies: list[str] | None = None, task: str | None = None
-) -> tuple[list[DiseaseData], list[str]]:
+) -> tuple[list[DiseaseScores], list[str]]:
     """Read every ``<split>_per_sample_predictions.csv`` under ``results`` into per-disease arrays.
 
     One leaderboard ranks one split of one task (``lp`` or ``eao``, as the challenge ranks its two tasks
@@ -309,16 +321,6 @@ def gather(
     A case one entry lacks is scored as a failure for it (confident wrong class); an entry without any result
     for a disease gets NaN there (ranked last).
     """
-    from ctfm.evaluate.inference import (
-        PRED_SUFFIX,
-        Predictions,
-        failure_outputs,
-        read_eval_meta,
-        read_predictions,
-        recorded_classes,
-    )
-    from ctfm.nifti import case_id
-
     results = Path(results)
     files = sorted(results.rglob(f"*{PRED_SUFFIX}"))
     if not files:
@@ -361,7 +363,7 @@ def gather(
             raise DataError(f"{f}: a second result for {entry} on {meta['disease']} (also {slot[entry][0]})")
         slot[entry] = (f, meta)
     entries = sorted({e for slot in by_disease.values() for e in slot})
-    out: list[DiseaseData] = []
+    out: list[DiseaseScores] = []
     for disease in sorted(by_disease):
         preds = {
             e: read_predictions(f, recorded_classes(meta)) for e, (f, meta) in by_disease[disease].items()
@@ -396,5 +398,5 @@ def gather(
         for m, e in enumerate(entries):
             if e in preds:
                 probs[m, [pos[c] for c in cases[e]]] = preds[e].scores
-        out.append(DiseaseData(disease, files_all, labels, probs, first.multilabel, present, splits[0]))
+        out.append(DiseaseScores(disease, files_all, labels, probs, first.multilabel, present, splits[0]))
     return out, entries

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -43,11 +44,13 @@ from ctfm.probe.training import (
     finish_selections,
     history_frame,
     loss_per_head,
-    resolve_device,
     reuse_freed_memory,
     seed_everything,
+    torch_device,
 )
 from ctfm.store import PACK_DTYPES
+
+logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------
 # Memory planning
@@ -219,7 +222,7 @@ def fit_eao(
     """
     start = time.perf_counter()
     seed_everything(config.seed)
-    device = resolve_device(config.device)
+    device = torch_device(config.device)
     reuse_freed_memory()
     num_classes = len(data.classes)
     grid = HeadGrid(
@@ -361,12 +364,10 @@ def eao_task(
     specs: Sequence[HeadSpec],
     dtype: str = "float32",
     eval_batch_size: int | None = None,
-    log: Callable[[str], None] | None = None,
     progress: bool = False,
     cuda_graphs: bool = True,
 ) -> ProbeTask:
     """Task 2 for the shared runner: packed tokens in, every (head x lr) member trained in one pass."""
-    log = log or (lambda _msg: None)
     if dtype not in PACK_DTYPES:
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(PACK_DTYPES)}")
     if eval_batch_size is not None and eval_batch_size < 1:
@@ -383,13 +384,13 @@ def eao_task(
         y_tr, y_va, classes = encode_labels(labels[train], labels[val])
         rows = data.table["row"].to_numpy()
         reader = TokenReader.from_packed(data.packed)
-        device = resolve_device(config.device)
+        device = torch_device(config.device)
         graphed = cuda_graphed(device, config, cuda_graphs)
         plan = plan_memory(
             specs, len(options.lrs), reader, config.batch_size, len(classes), available_bytes(device),
             eval_batch_size, graphed,
         )  # fmt: skip
-        log(f"{data.disease}: EAO training {plan.describe()}")
+        logger.info("%s: EAO training %s", data.disease, plan.describe())
         check_memory(plan)
         eao_data = EAOData(reader, rows[train], y_tr, rows[val], y_va, list(classes))
         with _progress(progress, f"{data.disease} eao", config.epochs) as on_epoch:

@@ -40,7 +40,7 @@ from ctfm.probe.training import (
     finish_selections,
     history_frame,
     loss_per_head,
-    resolve_device,
+    torch_device,
     torch_threads,
 )
 
@@ -288,7 +288,7 @@ def fit_linear_grid(
 ) -> FitResult:
     """Train every grid head at once; returns each checkpoint strategy's best (head, epoch) and the history."""
     config.validated()
-    device = resolve_device(config.device)
+    device = torch_device(config.device)
     with torch_threads(device, config.threads):
         return _fit_grid(x_train, y_train, x_val, y_val, grid, config, device, progress)
 

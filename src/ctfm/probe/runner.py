@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.markup import escape
 
 from ctfm import __version__
 from ctfm.benchmark import load_benchmark
@@ -36,7 +36,7 @@ from ctfm.probe.report import selected_train_loss, write_reports
 from ctfm.probe.training import FitResult, Selection, TrainConfig, mean_std, seed_everything
 
 SUMMARY_METRICS = ("balanced_acc", "auroc", "acc", "f1", "ap", "sensitivity", "specificity", "loss")
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 OnRun = Callable[[str, str], None]  # (disease, run tag) after each finished, skipped or failed run
 
 
@@ -299,7 +299,6 @@ def run_disease(
     options: ProbeOptions,
     task: ProbeTask,
     disease: str,
-    log: Log,
     on_run: OnRun | None = None,
     figures: FigureWorker | None = None,
 ) -> DiseaseOutcome:
@@ -315,7 +314,7 @@ def run_disease(
             raise ConfigError(
                 f"{layout.dir} is out of date: {why}; pass --force to retrain it, or choose another --out"
             )
-        log(f"{disease}: {escape(why)}: retraining")
+        logger.info("%s: %s: retraining", disease, why)
     started = time.perf_counter()
     final = layout
     shutil.rmtree(layout.dir / RETRAIN, ignore_errors=True)  # an interrupted retrain's half-written runs
@@ -327,9 +326,8 @@ def run_disease(
     missing = data.missing_in()
     if missing:
         shown = ", ".join(missing[:10]) + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else "")
-        log(
-            f"[yellow]{disease}: {len(missing)} train/val case(s) have no ok embedding and are left out: "
-            f"{escape(shown)}[/]"
+        logger.warning(
+            "%s: %d train/val case(s) have no ok embedding and are left out: %s", disease, len(missing), shown
         )
     runs = []
     for spec in options.run_specs():
@@ -354,7 +352,7 @@ def run_disease(
                 "selections": fit.summary(),
             }
         )
-        log(
+        logger.info(
             f"{disease}{' ' + spec.tag if spec.tag else ''}: {fit.num_train} train / {fit.num_val} val, "
             f"{len(fit.heads)} heads, {fit.epochs_run} epochs, {fit.seconds:.1f} s"
         )
@@ -431,7 +429,6 @@ def _remove(path: Path) -> None:
 def run_probe(
     options: ProbeOptions,
     task: ProbeTask,
-    log: Log | None = None,
     stop_on_error: bool = False,
     on_run: OnRun | None = None,
 ) -> list[DiseaseOutcome]:
@@ -443,12 +440,11 @@ def run_probe(
     from ctfm.store import Store
 
     Store(options.store).check_model(options.model, task.name)
-    log = log or (lambda _msg: None)
     outcomes = []
     planned = len(options.run_specs())
     with FigureWorker() as figures:
         for disease in options.diseases:
-            outcomes.append(_run_one(options, task, disease, log, planned, on_run, stop_on_error, figures))
+            outcomes.append(_run_one(options, task, disease, planned, on_run, stop_on_error, figures))
     return outcomes
 
 
@@ -456,7 +452,6 @@ def _run_one(
     options: ProbeOptions,
     task: ProbeTask,
     disease: str,
-    log: Log,
     planned: int,
     on_run: OnRun | None,
     stop_on_error: bool,
@@ -473,11 +468,11 @@ def _run_one(
     try:
         layout = DiseaseLayout.of(options.out, options.model, disease, task.name)
         with exclusive_use(layout.dir):  # a second probe of this disease into this folder is refused
-            outcome = run_disease(options, task, disease, log, counted, figures)
+            outcome = run_disease(options, task, disease, counted, figures)
     except CtfmError as exc:
         if stop_on_error:
             raise
-        log(f"[red]{disease}: {escape(str(exc))}[/]")
+        logger.error("%s: %s", disease, exc)
         outcome = DiseaseOutcome(disease, "failed", error=str(exc))
     for _ in range(planned - len(reported)):
         counted(disease, "")
@@ -567,7 +562,7 @@ def save_linear_checkpoints(
     return written
 
 
-def linear_task(options: ProbeOptions, log: Log | None = None) -> ProbeTask:
+def linear_task(options: ProbeOptions) -> ProbeTask:
     """Task 1: the batched linear grid (``probe='grid'``) or the logistic-regression sweep (``'logreg'``)."""
     from ctfm.probe.linear import LOGREG_CS, build_grid, fit_linear_grid, fit_logreg
 

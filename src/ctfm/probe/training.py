@@ -127,7 +127,7 @@ _TRIM_THRESHOLD_BYTES = 256 << 20
 _AT_LEAST = {"epochs": 1, "batch_size": 1, "patience": 1, "warmup_epochs": 0, "min_epoch": 0, "threads": 0}
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def torch_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present; ``cuda`` without a GPU is a clear error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
