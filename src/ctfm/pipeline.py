@@ -434,7 +434,8 @@ class Pipeline:
         return Stage(f"probe/{task}/{model}", key, run)
 
     def _probe_options(self, task: str, model: str, out: Path) -> tuple[Any, Any]:
-        from ctfm.probe.runner import ProbeOptions, linear_task
+        from ctfm.probe.lp_task import linear_task
+        from ctfm.probe.runner import ProbeOptions
         from ctfm.probe.training import TrainConfig
 
         common = {

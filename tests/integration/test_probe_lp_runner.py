@@ -11,7 +11,8 @@ import pytest
 
 from ctfm.errors import ConfigError, StoreError
 from ctfm.probe.layout import DiseaseLayout, list_diseases
-from ctfm.probe.runner import ProbeOptions, linear_task, run_probe
+from ctfm.probe.lp_task import linear_task
+from ctfm.probe.runner import ProbeOptions, run_probe
 from ctfm.probe.training import TrainConfig
 from ctfm.store import Store
 from probe_fixtures import MODEL, write_bench

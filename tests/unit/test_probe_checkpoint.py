@@ -13,7 +13,7 @@ from ctfm.probe.data import match_embeddings
 from ctfm.probe.heads import HEADS, build_head
 from ctfm.probe.layout import DiseaseLayout, RunLayout
 from ctfm.probe.linear import build_grid, fit_linear_grid
-from ctfm.probe.runner import save_linear_checkpoints
+from ctfm.probe.lp_task import save_linear_checkpoints
 from ctfm.probe.training import TrainConfig
 from probe_fixtures import MODEL, planted, split_arrays
 

@@ -291,7 +291,8 @@ def lp(
 ) -> None:
     """See ``LP_SUMMARY``; ``--help`` adds the protocol defaults."""
     from ctfm.errors import ConfigError
-    from ctfm.probe.runner import ProbeOptions, linear_task
+    from ctfm.probe.lp_task import linear_task
+    from ctfm.probe.runner import ProbeOptions
 
     train = _train_config("linear_probe", locals())
     if probe not in PROBES:

@@ -25,9 +25,12 @@ from torch import nn
 from ctfm import __version__
 from ctfm.errors import DataError
 from ctfm.fsutil import atomic_path
+from ctfm.probe.data import DiseaseData
 from ctfm.probe.heads import build_head
+from ctfm.probe.layout import RunLayout
 from ctfm.probe.linear import NormStats
 from ctfm.probe.tokens import TokenReader, eval_batches
+from ctfm.probe.training import FitResult, Selection, TrainConfig
 
 KINDS = ("lp", "eao")
 REQUIRED = ("kind", "head", "state_dict", "norm", "feature_dim", "classes")
@@ -73,6 +76,40 @@ def save_checkpoint(
     with atomic_path(Path(path)) as tmp:
         torch.save(payload, tmp)
     return Path(path)
+
+
+def save_selection(
+    layout: RunLayout,
+    name: str,
+    sel: Selection,
+    data: DiseaseData,
+    config: TrainConfig,
+    fit: FitResult,
+    *,
+    kind: str,
+    head_name: str,
+    head_kwargs: dict[str, Any],
+    state_dict: dict[str, Any],
+    norm: dict[str, Any],
+) -> None:
+    """Save strategy ``name``'s selected head with the provenance shared by every probe kind."""
+    save_checkpoint(
+        layout.checkpoint(name),
+        kind=kind,
+        head_name=head_name,
+        head_kwargs=head_kwargs,
+        state_dict=state_dict,
+        norm=norm,
+        grid_point=fit.heads[sel.head],
+        feature_dim=data.feature_dim,
+        classes=fit.classes,
+        disease=data.disease,
+        strategy=name,
+        store=data.store_key,
+        val_metrics=sel.metrics,
+        seed=config.seed,
+        extra={"epoch": sel.epoch, "head_index": sel.head, "monitor": config.monitor},
+    )
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import torch
 
 from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError
+from ctfm.probe.checkpoint import save_selection
 from ctfm.probe.data import DiseaseData, load_disease
 from ctfm.probe.eao_grid import GridMember, HeadGrid, HeadSpec, graph_length
 from ctfm.probe.eao_heads import attn_pool_reference_state
@@ -29,7 +30,7 @@ from ctfm.probe.heads import build_head
 from ctfm.probe.layout import RunLayout
 from ctfm.probe.linear import encode_labels
 from ctfm.probe.reference import eao_head_name, save_eao
-from ctfm.probe.runner import ProbeOptions, ProbeTask, save_selection
+from ctfm.probe.runner import ProbeOptions, ProbeTask
 from ctfm.probe.tokens import TokenReader, bucketed_batches
 from ctfm.probe.training import (
     STRATEGIES,

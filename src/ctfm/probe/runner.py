@@ -28,12 +28,11 @@ from ctfm import __version__
 from ctfm.benchmark import load_benchmark
 from ctfm.errors import ConfigError, CtfmError, DataError
 from ctfm.fsutil import exclusive_use, remove_partials, write_text_atomic
-from ctfm.probe.data import DiseaseData, current_input_key, few_shot, fold_columns, load_disease
+from ctfm.probe.data import DiseaseData, current_input_key, few_shot, fold_columns
 from ctfm.probe.figure import FigureWorker
 from ctfm.probe.layout import DiseaseLayout, RunLayout
-from ctfm.probe.reference import save_lp
-from ctfm.probe.report import selected_train_loss, write_reports
-from ctfm.probe.training import FitResult, Selection, TrainConfig, mean_std, seed_everything
+from ctfm.probe.report import write_reports
+from ctfm.probe.training import FitResult, TrainConfig, mean_std, seed_everything
 
 SUMMARY_METRICS = ("balanced_acc", "auroc", "acc", "f1", "ap", "sensitivity", "specificity", "loss")
 logger = logging.getLogger(__name__)
@@ -477,108 +476,3 @@ def _run_one(
     for _ in range(planned - len(reported)):
         counted(disease, "")
     return outcome
-
-
-# ----------------------------------------------------------------------------- linear probing task
-
-
-def save_selection(
-    layout: RunLayout,
-    name: str,
-    sel: Selection,
-    data: DiseaseData,
-    config: TrainConfig,
-    fit: FitResult,
-    *,
-    kind: str,
-    head_name: str,
-    head_kwargs: dict[str, Any],
-    state_dict: dict[str, Any],
-    norm: dict[str, Any],
-) -> None:
-    """Save strategy ``name``'s selected head with the provenance shared by every probe kind."""
-    from ctfm.probe.checkpoint import save_checkpoint
-
-    save_checkpoint(
-        layout.checkpoint(name),
-        kind=kind,
-        head_name=head_name,
-        head_kwargs=head_kwargs,
-        state_dict=state_dict,
-        norm=norm,
-        grid_point=fit.heads[sel.head],
-        feature_dim=data.feature_dim,
-        classes=fit.classes,
-        disease=data.disease,
-        strategy=name,
-        store=data.store_key,
-        val_metrics=sel.metrics,
-        seed=config.seed,
-        extra={"epoch": sel.epoch, "head_index": sel.head, "monitor": config.monitor},
-    )
-
-
-def save_linear_checkpoints(
-    fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig, reference: bool = True
-) -> dict[str, str]:
-    """One checkpoint per strategy: the selected head's weights, its norm statistics and provenance; with
-    ``reference``, the same heads in the reference LP trainer's format too (grid heads only: the reference
-    names its heads ``clf_lr_...``). Returns strategy -> reference file (run-relative)."""
-    # an older run's reference files would be picked up with these
-    shutil.rmtree(layout.reference_dir, ignore_errors=True)
-    written = {}
-    for name, sel in fit.selections.items():
-        head = fit.heads[sel.head]
-        weight, bias = sel.state["weight"], sel.state["bias"]
-        norm = fit.extra["norms"][head["norm"]]
-        if reference:
-            path = save_lp(
-                layout.reference_dir,
-                strategy=name,
-                score=sel.score,
-                epoch=sel.epoch,
-                head=head["name"],
-                weight=weight,
-                bias=bias,
-                norm=norm,
-                betas=tuple(head["betas"]),
-                eps=head["eps"],
-                val_metrics={**sel.metrics, "train_loss": selected_train_loss(fit, sel)},
-            )
-            written[name] = path.relative_to(layout.dir).as_posix()
-        save_selection(
-            layout,
-            name,
-            sel,
-            data,
-            config,
-            fit,
-            kind="lp",
-            head_name="linear",
-            head_kwargs={"in_dim": int(weight.shape[1]), "out_dim": int(weight.shape[0])},
-            state_dict={"linear.weight": weight, "linear.bias": bias},
-            norm=norm.to_dict(),
-        )
-    return written
-
-
-def linear_task(options: ProbeOptions) -> ProbeTask:
-    """Task 1: the batched linear grid (``probe='grid'``) or the logistic-regression sweep (``'logreg'``)."""
-    from ctfm.probe.linear import LOGREG_CS, build_grid, fit_linear_grid, fit_logreg
-
-    grid = build_grid(options.lrs, options.weight_decays, options.norms, options.betas, options.eps)
-
-    def load(disease: str) -> DiseaseData:
-        return load_disease(options.store, options.model, options.labels, disease, "lp")
-
-    def fit(data: DiseaseData, train: np.ndarray, val: np.ndarray, config: TrainConfig) -> FitResult:
-        x_tr, y_tr = data.arrays(train)
-        x_va, y_va = data.arrays(val)
-        if options.probe == "logreg":
-            return fit_logreg(x_tr, y_tr, x_va, y_va, options.norms, config, options.logreg_cs or LOGREG_CS)
-        return fit_linear_grid(x_tr, y_tr, x_va, y_va, grid, config)
-
-    def save(fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig) -> dict[str, str]:
-        return save_linear_checkpoints(fit, layout, data, config, reference=options.probe == "grid")
-
-    return ProbeTask("lp", load, fit, save)
