@@ -35,10 +35,10 @@ from ctfm.evaluate.bootstrap import (
     resample_metrics,
     strata_of,
 )
-from ctfm.evaluate.leaderboard import DiseaseData, aggregate, build_leaderboard, disease_resamples
+from ctfm.evaluate.leaderboard import DiseaseScores, aggregate, build_leaderboard, disease_resamples
 
 
-def synthetic(models: int, diseases: int, cases: int, seed: int) -> list[DiseaseData]:
+def synthetic(models: int, diseases: int, cases: int, seed: int) -> list[DiseaseScores]:
     rng = np.random.default_rng(seed)
     out = []
     for d in range(diseases):
@@ -47,7 +47,7 @@ def synthetic(models: int, diseases: int, cases: int, seed: int) -> list[Disease
         z = skill * (2 * y - 1) + rng.normal(size=(models, cases))
         p1 = np.round(1 / (1 + np.exp(-z)), 3)  # rounding makes ties, as real probabilities have
         out.append(
-            DiseaseData(f"disease_{d}", [f"c{i}" for i in range(cases)], y, np.stack([1 - p1, p1], -1))
+            DiseaseScores(f"disease_{d}", [f"c{i}" for i in range(cases)], y, np.stack([1 - p1, p1], -1))
         )
     return out
 
@@ -59,7 +59,7 @@ def reference_balanced_acc(y: np.ndarray, pred: np.ndarray, n_classes: int) -> f
     return float(np.mean((tp / (tp + fn + 1e-8) + tn / (tn + fp + 1e-8)) / 2))
 
 
-def sklearn_loop(data: list[DiseaseData], metrics: list[str], n_boot: int, seed: int, k: int) -> np.ndarray:
+def sklearn_loop(data: list[DiseaseScores], metrics: list[str], n_boot: int, seed: int, k: int) -> np.ndarray:
     """Resampled metric values ``[k, D, K, M]`` computed one resample at a time with scikit-learn."""
     m = data[0].probs.shape[0]
     out = np.full((k, len(data), len(metrics), m), np.nan)

@@ -86,7 +86,7 @@ def _reference(args: dict, queue: mp.Queue) -> None:
     from torch import nn
     from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
-    from ctfm.evaluate.metrics import reference_metrics
+    from ctfm.core.metrics import reference_metrics
 
     torch.set_num_threads(args["threads"])
     _warm_up(args["ref_device"])

@@ -24,6 +24,7 @@ Layout under the output root::
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from rich.markup import escape
 
 from ctfm.core.errors import CtfmError, DataError
 from ctfm.core.fsutil import exclusive_use, file_stamp, write_text_atomic
@@ -41,7 +41,7 @@ from ctfm.runconfig import ContainerSpec, ExtractorSpec, RunConfig
 if TYPE_CHECKING:
     from ctfm.extract.local import ExtractConfig, ExtractSummary
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 class StageIncomplete(CtfmError):
@@ -128,10 +128,9 @@ def docker_status() -> str | None:
 class Pipeline:
     """Plans and runs the stages of one :class:`RunConfig`."""
 
-    def __init__(self, cfg: RunConfig, log: Log | None = None, progress: bool = False) -> None:
+    def __init__(self, cfg: RunConfig, progress: bool = False) -> None:
         self.cfg = cfg
         self.out = Path(cfg.output)
-        self.log = log or (lambda _m: None)
         self.progress = progress
         self.stamps = StageStamps(self.out)
         self.result = RunResult(self.out)
@@ -167,31 +166,27 @@ class Pipeline:
         done_key = self.stamps.key(stage.name)
         if done_key == stage.key:
             self.result.outcomes.append(StageOutcome(stage.name, "up-to-date"))
-            self.log(f"[dim]{escape(stage.name)}: up to date[/]")
+            logger.info("%s: up to date", stage.name)
             return stage.key
-        self.log(f"[bold]{escape(stage.name)}[/]" + (" (settings changed: redoing)" if done_key else ""))
+        logger.info("%s%s", stage.name, " (settings changed: redoing)" if done_key else "")
         start = time.perf_counter()
         try:
             detail = stage.run()
         except StageIncomplete as exc:
-            self._record(stage.name, "incomplete", start, str(exc), "yellow")
+            self._record(stage.name, "incomplete", start, str(exc), logging.WARNING)
             return digest([stage.key, "incomplete", time.time_ns()])
         except CtfmError as exc:
-            self._record(stage.name, "failed", start, str(exc), "red")
+            self._record(stage.name, "failed", start, str(exc), logging.ERROR)
             return None
         self.stamps.mark(stage.name, stage.key, detail)
-        self._record(stage.name, "done", start, detail, "")
+        self._record(stage.name, "done", start, detail, logging.INFO)
         return stage.key
 
-    def _log_text(self, message: str) -> None:
-        """Log a message that holds no markup of its own (names from outside are never read as markup)."""
-        self.log(escape(message))
-
-    def _record(self, name: str, status: str, start: float, detail: str, colour: str) -> None:
+    def _record(self, name: str, status: str, start: float, detail: str, level: int) -> None:
         seconds = time.perf_counter() - start
         self.result.outcomes.append(StageOutcome(name, status, seconds, detail))
-        text = f"{status}: {detail}" if colour else detail
-        self.log(f"  [{colour or 'default'}]{escape(text)}[/] [dim]({seconds:.1f} s)[/]")
+        text = f"{status}: {detail}" if level > logging.INFO else detail
+        logger.log(level, "  %s (%.1f s)", text, seconds)
 
     def run(self) -> RunResult:
         """Run every stage in order, resuming from the stamps; see :attr:`RunResult.failed` afterwards."""
@@ -263,9 +258,11 @@ class Pipeline:
             )
             counts = report.counts()
             if report.failed or report.flagged:
-                self.log(
-                    f"[yellow]masks: {len(report.failed)} failed, {len(report.flagged)} flagged row(s), "
-                    f"see {escape(str(report.path))}[/]"
+                logger.warning(
+                    "masks: %d failed, %d flagged row(s), see %s",
+                    len(report.failed),
+                    len(report.flagged),
+                    report.path,
                 )
             return "masks: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
 
@@ -316,7 +313,7 @@ class Pipeline:
             ran = shared.ran
             summary = shared.summary(task, view)
             for case, error in summary.failed:
-                self.log(f"[yellow]{escape(summary.view)} {case}: {escape(error)}[/]")
+                logger.warning("%s %s: %s", summary.view, case, error)
             detail = (
                 f"{summary.view}: {len(summary.ok)} extracted, {len(summary.skipped)} already stored, "
                 f"{len(summary.failed)} failed"
@@ -336,7 +333,7 @@ class Pipeline:
         label = str(spec.folder or spec.image or "baseline")
         why = docker_status()
         if why is not None:
-            self.log(f"[yellow]containers {label}: skipped: {escape(str(why))}[/]")
+            logger.warning("containers %s: skipped: %s", label, why)
             self.result.outcomes.append(StageOutcome(f"containers/{label}", "skipped", detail=why))
             return {}
         teams: dict[str, dict[str, list[str | None]]] = {}  # team -> task -> stage keys
@@ -347,7 +344,7 @@ class Pipeline:
                 self.result.outcomes.append(
                     StageOutcome(f"containers/{label}/{task}", "failed", detail=str(exc))
                 )
-                self.log(f"[red]containers {label} {task}: {escape(str(exc))}[/]")
+                logger.error("containers %s %s: %s", label, task, exc)
                 continue
             for view in self.views:
                 key = digest([data_key, masks_key if view != "full" else "", spec, source, task, view])
@@ -377,7 +374,7 @@ class Pipeline:
         if not hasattr(self, "_baseline"):
             from ctfm.extract.images import build_baseline_image
 
-            self._baseline = build_baseline_image(log=self._log_text)
+            self._baseline = build_baseline_image(log=logger.info)
         return self._baseline
 
     def _container_runner(self, spec: ContainerSpec, task: str, view: str) -> Callable[[], str]:
@@ -392,13 +389,13 @@ class Pipeline:
                 tags=[] if spec.folder is not None else [spec.image or self._baseline_tag()],
                 masks_dir=None if view == "full" else self.masks_root / view,
                 view=view,
-                log=self._log_text,  # its lines name files a team's container wrote
+                log=logger.info,
                 progress=self.progress,
             )
             parts = []
             for r in reports:
                 if r.error:
-                    self.log(f"[yellow]container {escape(r.team)}: not run: {escape(r.error)}[/]")
+                    logger.warning("container %s: not run: %s", r.team, r.error)
                     parts.append(f"{r.team}: not run")
                     continue
                 parts.append(
@@ -425,10 +422,10 @@ class Pipeline:
             from ctfm.probe.runner import run_probe
 
             options, probe_task = self._probe_options(task, model, out)
-            outcomes = run_probe(options, probe_task, log=self.log)
+            outcomes = run_probe(options, probe_task)
             failed = [o for o in outcomes if o.status == "failed"]
             for o in failed:
-                self.log(f"[yellow]probe {task} {model} {o.disease}: {escape(o.error)}[/]")
+                logger.warning("probe %s %s %s: %s", task, model, o.disease, o.error)
             done = sum(o.status in ("done", "skipped") for o in outcomes)
             detail = f"probe {task} {model}: {done} disease(s) trained, {len(failed)} failed"
             if failed:
@@ -438,7 +435,8 @@ class Pipeline:
         return Stage(f"probe/{task}/{model}", key, run)
 
     def _probe_options(self, task: str, model: str, out: Path) -> tuple[Any, Any]:
-        from ctfm.probe.runner import ProbeOptions, linear_task
+        from ctfm.probe.lp_task import linear_task
+        from ctfm.probe.runner import ProbeOptions
         from ctfm.probe.training import TrainConfig
 
         common = {
@@ -479,55 +477,46 @@ class Pipeline:
         options = ProbeOptions.defaults(
             section="eao", train=train, probe="+".join(s.name for s in specs), lrs=eao.lrs, **common
         )
-        return options, eao_task(options, specs, log=self.log)
+        return options, eao_task(options, specs)
 
     def eval_stage(self, task: str, model: str, probe_key: str) -> Stage:
-        from ctfm.evaluate.inference import RESULT_FORMAT
+        from ctfm.evaluate.results import RESULT_FORMAT
 
         ev = self.cfg.eval
         key = digest([probe_key, ev, RESULT_FORMAT])  # results of an older format are redone
-        runs = self.out / "probes" / task
         out = self.out / "eval" / task
 
         def run() -> str:
             import shutil
 
-            from ctfm.evaluate.inference import (
-                drop_stale_results,
-                evaluate_checkpoint,
-                find_checkpoints,
-                split_warning,
-            )
+            from ctfm.evaluate.splits import split_warning
+            from ctfm.evaluate.stage import EvalOptions, run_eval
             from ctfm.store import sanitize_name
 
-            found = find_checkpoints(runs, ev.strategies, self.diseases, sanitize_name(model))
-            if found.problems:
-                raise DataError(found.problems[0])
-            heads = found.only(ev.strategies)
-            if not heads:
-                raise DataError(f"{runs}: no checkpoint of {model} for strategies {', '.join(ev.strategies)}")
             reference = self.out / "reference" / task
             shutil.rmtree(reference / sanitize_name(model), ignore_errors=True)  # rewritten whole: none stale
-            results = [
-                evaluate_checkpoint(
-                    head.path,
-                    self.store_root,
-                    self.data_root / "labels",
-                    ev.split,
-                    out,
-                    ev.bootstrap,
-                    self.cfg.seed,
-                    head.tag,
-                    head.split_column,
-                    reference_root=reference,
-                )
-                for head in heads
-            ]
-            drop_stale_results(out, ev.split, results, found)
+            options = EvalOptions(
+                runs=self.out / "probes" / task,
+                store=self.store_root,
+                labels=self.data_root / "labels",
+                out=out,
+                split=ev.split,
+                strategies=ev.strategies,
+                bootstrap=ev.bootstrap,
+                seed=self.cfg.seed,
+                reference_layout=reference,
+                diseases=self.diseases,
+                model=sanitize_name(model),
+            )
+            done = run_eval(options)
+            if done.complaints:
+                raise DataError(done.complaints[0])
             if split_warning(ev.split):
-                self.log(f"[yellow]warning: {escape(split_warning(ev.split))}[/]")
-            failed = sum(r.failed_cases for r in results)
-            return f"eval {task} {model}: {len(heads)} head(s) on {ev.split}, {failed} case(s) scored as failures"
+                logger.warning("warning: %s", split_warning(ev.split))
+            return (
+                f"eval {task} {model}: {done.heads} head(s) on {ev.split}, {done.failed_cases} case(s) scored "
+                "as failures"
+            )
 
         return Stage(f"eval/{task}/{model}", key, run)
 
@@ -539,27 +528,33 @@ class Pipeline:
         self.result.leaderboards[task] = out
 
         def run() -> str:
-            from ctfm.evaluate.inference import split_note, split_warning
-            from ctfm.evaluate.leaderboard import build_leaderboard, gather, write_leaderboard
+            from ctfm.evaluate.splits import split_note, split_warning
+            from ctfm.evaluate.stage import LeaderboardOptions, run_leaderboard
 
             split = self.cfg.eval.split
-            data, entries = gather(self.out / "eval" / task, split, [strategy])
-            board = build_leaderboard(data, entries, lb.metrics, n_boot=lb.bootstrap, seed=self.cfg.seed)
-            write_leaderboard(
-                board, out, f"ctfm leaderboard: task {task} ({strategy}, {split_note(split) or split})"
+            options = LeaderboardOptions(
+                results=self.out / "eval" / task,
+                out=out,
+                split=split,
+                strategies=[strategy],
+                metrics=lb.metrics,
+                bootstrap=lb.bootstrap,
+                seed=self.cfg.seed,
+                title=f"ctfm leaderboard: task {task} ({strategy}, {split_note(split) or split})",
             )
+            board = run_leaderboard(options)
             for line in [split_warning(split), *board.missing_text.splitlines()]:
                 if line:
-                    self.log(f"[yellow]warning: {escape(line)}[/]")
-            return f"leaderboard {task}: {len(entries)} model(s) x {len(data)} disease(s) -> {out}"
+                    logger.warning("warning: %s", line)
+            return f"leaderboard {task}: {len(board.entries)} model(s) x {len(board.diseases)} disease(s) -> {out}"
 
         return Stage(f"leaderboard/{task}", key, run)
 
 
-def run_pipeline(cfg: RunConfig, log: Log | None = None, progress: bool = False) -> RunResult:
+def run_pipeline(cfg: RunConfig, progress: bool = False) -> RunResult:
     """Run (or resume) everything ``cfg`` describes; see the module docstring for the layout. A second run on
     the same output folder is refused while this one runs."""
-    pipeline = Pipeline(cfg, log, progress)
+    pipeline = Pipeline(cfg, progress)
     with exclusive_use(pipeline.out / ".ctfm"):
         return pipeline.run()
 

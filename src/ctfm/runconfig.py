@@ -263,7 +263,7 @@ def _check_semantics(cfg: RunConfig, problems: _Problems) -> None:
     _check_names(
         problems, "eval.strategies", cfg.eval.strategies, bench.section("linear_probe")["strategies"]
     )
-    from ctfm.evaluate.metrics import METRICS
+    from ctfm.core.metrics import METRICS
 
     _check_names(problems, "leaderboard.metrics", cfg.leaderboard.metrics, METRICS)
     _check_probe_settings(cfg.probe, problems)

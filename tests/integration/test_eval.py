@@ -16,8 +16,8 @@ import pytest
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ctfm.evaluate.inference import JSON_SUFFIX, PRED_SUFFIX
-from ctfm.evaluate.metrics import METRICS, REFERENCE_METRICS
+from ctfm.core.metrics import METRICS, REFERENCE_METRICS
+from ctfm.evaluate.results import JSON_SUFFIX, PRED_SUFFIX
 from eval_fixtures import DISEASE, write_labels, write_probe, write_store
 
 SKIPPED, FAILED = "synth_0011", "synth_0012"  # val cases: one never extracted, one failed extraction
@@ -532,7 +532,7 @@ def test_eval_predictions_multiclass_and_multilabel(kind: str, tmp_path: Path) -
     """Per-sample files of multiclass and multilabel targets are scored like sklearn scores them."""
     from sklearn.metrics import average_precision_score, f1_score
 
-    from ctfm.evaluate.inference import evaluate_predictions
+    from ctfm.evaluate.predictions import evaluate_predictions
 
     rng = np.random.default_rng(4)
     n = 40

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctfm.evaluate.leaderboard import DiseaseData, build_leaderboard, write_leaderboard
+from ctfm.evaluate.leaderboard import DiseaseScores, build_leaderboard
+from ctfm.evaluate.report import write_leaderboard
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 BROWSERS = ("chromium", "chromium-browser")
@@ -64,7 +65,7 @@ def _page(tmp_path: Path) -> Path:
         y = rng.integers(0, 2, 40)
         skill = np.array([1.5, 1.0, 0.5, 0.1])[:, None]
         p = 1 / (1 + np.exp(-(skill * (2 * y - 1) + rng.normal(size=(4, 40)))))
-        data.append(DiseaseData(f"disease_{d}", [str(i) for i in range(40)], y, np.stack([1 - p, p], -1)))
+        data.append(DiseaseScores(f"disease_{d}", [str(i) for i in range(40)], y, np.stack([1 - p, p], -1)))
     lb = build_leaderboard(
         data, ["alpha", "beta", "gamma", "delta"], ["balanced_acc", "auroc"], n_boot=100, seed=0
     )

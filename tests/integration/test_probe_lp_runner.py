@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,8 @@ import pytest
 
 from ctfm.core.errors import ConfigError, StoreError
 from ctfm.probe.layout import DiseaseLayout, list_diseases
-from ctfm.probe.runner import ProbeOptions, linear_task, run_probe
+from ctfm.probe.lp_task import linear_task
+from ctfm.probe.runner import ProbeOptions, run_probe
 from ctfm.probe.training import TrainConfig
 from ctfm.store import Store
 from probe_fixtures import MODEL, write_bench
@@ -22,7 +24,7 @@ def _config(**kw) -> TrainConfig:
     )
 
 
-def test_runner_writes_layout_aggregates_seeds_and_resumes(tmp_path):
+def test_runner_writes_layout_aggregates_seeds_and_resumes(tmp_path, caplog):
     store, labels = write_bench(tmp_path, n=60, dim=6, n_val=16, n_test=4, missing=("synth_0001",))
     options = ProbeOptions.defaults(
         store=store,
@@ -36,18 +38,16 @@ def test_runner_writes_layout_aggregates_seeds_and_resumes(tmp_path):
         norms=["raw", "std"],
         seeds=[0, 1],
     )
-    messages: list[str] = []
     calls: list[tuple[str, str]] = []
-    outcomes = run_probe(
-        options, linear_task(options), log=messages.append, on_run=lambda d, t: calls.append((d, t))
-    )
+    with caplog.at_level(logging.INFO, logger="ctfm"):
+        outcomes = run_probe(options, linear_task(options), on_run=lambda d, t: calls.append((d, t)))
     assert calls == [("fatty_liver", "seed0"), ("fatty_liver", "seed1"), ("ascites", ""), ("ascites", "")]
     assert [o.status for o in outcomes] == [
         "done",
         "failed",
     ]  # ascites has no store view: recorded, not raised
     assert "no ok lp embeddings" in outcomes[1].error
-    assert any("synth_0001" in m for m in messages)
+    assert any("synth_0001" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     layout = DiseaseLayout.of(tmp_path / "out", MODEL, "fatty_liver")
     summary = json.loads(layout.summary.read_text())
     assert [r["tag"] for r in summary["runs"]] == ["seed0", "seed1"]
@@ -55,8 +55,9 @@ def test_runner_writes_layout_aggregates_seeds_and_resumes(tmp_path):
     agg = summary["aggregate"]["val_auroc"]["auroc"]
     values = [r["selections"]["val_auroc"]["val_metrics"]["auroc"] for r in summary["runs"]]
     assert agg["n"] == 2 and agg["mean"] == pytest.approx(np.mean(values))
-    ckpts = layout.checkpoints("val_balacc_auroc")
-    assert set(ckpts) == {"seed0", "seed1"} and all(p.is_file() for p in ckpts.values())
+    ckpts = [c for c in layout.checkpoints() if c.strategy == "val_balacc_auroc"]
+    assert {c.tag for c in ckpts} == {"seed0", "seed1"} and all(c.path.is_file() for c in ckpts)
+    assert {c.split_column for c in ckpts} == {"split"}
     report = pd.read_csv(layout.run("seed0").val_report, index_col=0)
     assert list(report.index) == [
         "val_balanced_acc",
@@ -101,9 +102,10 @@ def test_runner_writes_layout_aggregates_seeds_and_resumes(tmp_path):
     with pytest.raises(ConfigError, match="trained with other --lrs"):
         run_probe(options, linear_task(options), stop_on_error=True)
     options.retrain_changed = True
-    messages.clear()
-    assert run_probe(options, linear_task(options), log=messages.append)[0].status == "done"
-    assert any("retraining" in m for m in messages)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ctfm"):
+        assert run_probe(options, linear_task(options))[0].status == "done"
+    assert any("retraining" in r.getMessage() for r in caplog.records)
     assert json.loads(layout.summary.read_text())["options"]["lrs"] == [1e-3]
 
 
@@ -183,12 +185,12 @@ def test_an_interrupted_forced_retrain_keeps_the_finished_result(tmp_path):
     forced = options(seeds=[0, 1], force=True)
     with pytest.raises(KeyboardInterrupt):
         run_probe(forced, linear_task(forced), on_run=stop_after_first_run)
-    assert layout.is_done() and set(layout.checkpoints("val_auroc")) == {"seed0", "seed1"}
+    assert layout.is_done() and {c.tag for c in layout.checkpoints()} == {"seed0", "seed1"}
     assert all(p.read_bytes() == data for p, data in before.items())
 
     single = options(seeds=[3], force=True)
     (outcome,) = run_probe(single, linear_task(single))
     assert outcome.status == "done" and layout.is_done() and layout.run_tags() == [""]
-    assert set(layout.checkpoints("val_auroc")) == {""}
+    assert {c.tag for c in layout.checkpoints()} == {""}
     names = {p.name for p in layout.dir.iterdir()}
     assert not {"seed0", "seed1", ".retrain"} & names and "checkpoints" in names

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ctfm.cli import print_table
 from ctfm.cli.evaluate import METRIC_KEYS, metrics_table
-from ctfm.evaluate.metrics import METRICS
+from ctfm.core.metrics import METRICS
 
 BOX = set("│┃━─┏┓┗┛┡┩└┘╇┳┻┼")
 

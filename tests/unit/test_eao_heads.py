@@ -9,7 +9,7 @@ import torch
 from ctfm.core.errors import ConfigError
 from ctfm.probe.eao_grid import HeadGrid, HeadSpec, StackedOptimizer
 from ctfm.probe.eao_heads import EAO_HEADS, AttnPoolHead
-from ctfm.probe.heads import build_head, head_names
+from ctfm.probe.heads import HEADS, build_head
 from ctfm.probe.tokens import TokenReader, bucketed_batches
 from ctfm.probe.training import SGD_MOMENTUM
 from eao_fixtures import flatten, one_thread, planted_tokens  # noqa: F401 (fixture)
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_heads_are_in_the_shared_registry() -> None:
-    assert set(EAO_HEADS) <= set(head_names())
+    assert set(EAO_HEADS) <= set(HEADS)
     head = build_head("attn-pool", dim=8, num_classes=3, num_queries=3, num_heads=2, num_layers=1)
     assert head(torch.randn(2, 5, 8), torch.zeros(2, 5, dtype=torch.bool)).shape == (2, 3)
 

@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import kendalltau
 
 from ctfm.evaluate.leaderboard import (
-    DiseaseData,
+    DiseaseScores,
     aggregate,
     aggregate_then_rank,
     average_ranks,
@@ -54,7 +54,7 @@ def test_leaderboard_from_predictions_hand_computed() -> None:
     x = np.array([0.1, 0.6, 0.7, 0.9])  # pred 0,1,1,1: balanced acc 0.75; AUROC 1
     z = np.array([0.4, 0.3, 0.2, 0.8])  # pred 0,0,0,1: balanced acc 0.75; AUROC 0.5
     probs = np.stack([np.stack([1 - p, p], axis=1) for p in (x, z)])
-    lb = build_leaderboard([DiseaseData("d", list("abcd"), y, probs)], ["X", "Y"], METRICS, n_boot=0)
+    lb = build_leaderboard([DiseaseScores("d", list("abcd"), y, probs)], ["X", "Y"], METRICS, n_boot=0)
     np.testing.assert_allclose(lb.values[0], [[0.75, 0.75], [1.0, 0.5]])
     np.testing.assert_array_equal(lb.ranks[0], [[1.5, 1.5], [1, 2]])
     np.testing.assert_array_equal(lb.final_rank, [1, 2])
@@ -78,7 +78,7 @@ def test_bootstrap_bookkeeping_and_seed() -> None:
         y = rng.integers(0, 2, 30)
         skill = np.array([2.0, 1.0, 0.2, 0.0])[:, None]
         p = 1 / (1 + np.exp(-(skill * (2 * y - 1) + rng.normal(size=(4, 30)))))
-        data.append(DiseaseData(f"d{d}", [str(i) for i in range(30)], y, np.stack([1 - p, p], -1)))
+        data.append(DiseaseScores(f"d{d}", [str(i) for i in range(30)], y, np.stack([1 - p, p], -1)))
     names = ["m0", "m1", "m2", "m3"]
     lb = build_leaderboard(data, names, METRICS, n_boot=200, seed=5)
     assert lb.boot_ranks.shape == (200, 4)
@@ -128,12 +128,12 @@ def test_leaderboard_table_prints_bracketed_names_as_they_are() -> None:
     assert "hu-stats [val_loss]" in text and "hu-stats [val_auroc]" in text and "[1, 2]" in text
 
 
-def _rare_disease(split: str) -> DiseaseData:
+def _rare_disease(split: str) -> DiseaseScores:
     """40 cases, 3 positives: many plain resamples hold none."""
     rng = np.random.default_rng(3)
     y = np.array([1, 1, 1] + [0] * 37)
     p = 1 / (1 + np.exp(-(np.array([[1.5], [0.5]]) * (2 * y - 1) + rng.normal(size=(2, 40)))))
-    return DiseaseData("d", [str(i) for i in range(40)], y, np.stack([1 - p, p], -1), split=split)
+    return DiseaseScores("d", [str(i) for i in range(40)], y, np.stack([1 - p, p], -1), split=split)
 
 
 def test_rank_resamples_are_stratified_unless_asked_otherwise() -> None:
@@ -153,7 +153,7 @@ def test_rank_resamples_are_stratified_unless_asked_otherwise() -> None:
 def test_a_board_of_the_selection_split_says_so_in_every_file(tmp_path, split: str) -> None:
     import json
 
-    from ctfm.evaluate.leaderboard import write_leaderboard
+    from ctfm.evaluate.report import write_leaderboard
 
     lb = build_leaderboard([_rare_disease(split)], ["a", "b"], METRICS, n_boot=20, seed=0)
     write_leaderboard(lb, tmp_path, "board")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from ctfm.evaluate import metrics as M
+from ctfm.core import metrics as M
 
 TOL = 1e-9
 

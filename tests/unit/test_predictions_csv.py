@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from ctfm.core.errors import DataError
-from ctfm.evaluate.inference import (
+from ctfm.evaluate.predictions import align_to_labels
+from ctfm.evaluate.results import (
     FAIL_LOGIT,
     Predictions,
-    align_to_labels,
     read_eval_meta,
     read_predictions,
     recorded_classes,
@@ -214,17 +214,16 @@ def _saturated() -> tuple[np.ndarray, np.ndarray]:
 def test_scores_are_the_reference_float32_softmax():
     """torchmetrics ranks float32 softmax probabilities: its ties (two failures' equal probabilities in a third
     column, saturated cases) decide AUROC and AP. ctfm scores the same bits; a float64 softmax would not."""
-    from ctfm.evaluate.inference import reference_probs
-    from ctfm.evaluate.metrics import reference_metrics
+    from ctfm.core.metrics import class_probabilities, reference_metrics
 
     y, logits = np.array(TWELVE_LABELS), np.array(TWELVE_LOGITS)
-    assert reference_metrics(y, reference_probs(logits), 3)["auroc"] == pytest.approx(0.269986, abs=1e-6)
+    assert reference_metrics(y, class_probabilities(logits), 3)["auroc"] == pytest.approx(0.269986, abs=1e-6)
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
     assert reference_metrics(y, z / z.sum(axis=1, keepdims=True), 3)["auroc"] == pytest.approx(
         0.265224, abs=1e-6
     )
     y, logits = _saturated()
-    got = reference_metrics(y, reference_probs(logits), 2)
+    got = reference_metrics(y, class_probabilities(logits), 2)
     assert (got["auroc"], got["ap"]) == (pytest.approx(0.897862, abs=1e-6), pytest.approx(0.861228, abs=1e-6))
     scores = Predictions([str(i) for i in range(200)], y, logits.astype(float), np.zeros((200, 2))).scores
-    np.testing.assert_array_equal(scores, reference_probs(logits))  # what eval and the leaderboard score
+    np.testing.assert_array_equal(scores, class_probabilities(logits))  # what eval and the leaderboard score

@@ -10,10 +10,10 @@ import torch
 from ctfm.core.errors import ConfigError, DataError
 from ctfm.probe.checkpoint import load_predictor, read_checkpoint
 from ctfm.probe.data import match_embeddings
-from ctfm.probe.heads import build_head, head_names
+from ctfm.probe.heads import HEADS, build_head
 from ctfm.probe.layout import DiseaseLayout, RunLayout
 from ctfm.probe.linear import build_grid, fit_linear_grid
-from ctfm.probe.runner import save_linear_checkpoints
+from ctfm.probe.lp_task import save_linear_checkpoints
 from ctfm.probe.training import TrainConfig
 from probe_fixtures import MODEL, planted, split_arrays
 
@@ -46,8 +46,7 @@ def test_std_statistics_are_saved_and_reapplied(tmp_path):
         if meta["norm"]["type"] == "std":
             np.testing.assert_allclose(meta["norm"]["mean"], x_tr.mean(0), rtol=1e-5)
             np.testing.assert_allclose(meta["norm"]["std"], x_tr.std(0), rtol=1e-4)
-    probs = predictor.predict_proba(list(x_va))  # a list of vectors works too
-    np.testing.assert_allclose(probs.sum(1), 1.0)
+    np.testing.assert_array_equal(predictor.predict_logits(list(x_va)), logits)  # a list of vectors works too
     with pytest.raises(DataError, match="do not fit a probe trained on D=5"):
         predictor.predict_logits(np.zeros((2, 4)))
 
@@ -63,7 +62,7 @@ def test_foreign_files_are_refused(tmp_path):
 
 
 def test_head_registry():
-    assert "linear" in head_names()
+    assert "linear" in HEADS
     assert build_head("linear", in_dim=3, out_dim=2)(torch.zeros(4, 3)).shape == (4, 2)
     with pytest.raises(ConfigError, match="unknown head 'nope'"):
         build_head("nope")
@@ -72,7 +71,7 @@ def test_head_registry():
 def test_unfinished_disease_has_no_checkpoints(tmp_path):
     layout = DiseaseLayout.of(tmp_path, MODEL, "fatty_liver")
     with pytest.raises(DataError, match="did not finish"):
-        layout.checkpoints("val_auroc")
+        layout.checkpoints()
     assert (
         DiseaseLayout.of(tmp_path, MODEL, "fatty_liver", "eao").dir
         == tmp_path / MODEL / "eao" / "fatty_liver"

@@ -19,8 +19,8 @@ from ctfm.probe.eao import fit_eao, save_eao_checkpoints
 from ctfm.probe.eao_grid import HeadSpec
 from ctfm.probe.layout import DiseaseLayout, RunLayout
 from ctfm.probe.linear import build_grid, fit_linear_grid
+from ctfm.probe.lp_task import save_linear_checkpoints
 from ctfm.probe.report import val_report
-from ctfm.probe.runner import save_linear_checkpoints
 from ctfm.probe.training import TrainConfig
 from eao_fixtures import planted_eao_data
 from probe_fixtures import planted, split_arrays

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from ctfm.evaluate.metrics import REFERENCE_METRICS, reference_metrics
+from ctfm.core.metrics import REFERENCE_METRICS, reference_metrics
 
 TOL = 1e-9
 EPS = 1e-8  # the reference's balanced-accuracy denominators

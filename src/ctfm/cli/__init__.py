@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from copy import copy
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -146,3 +148,35 @@ def _sub_table(table: Table, indices: Iterable[int], title: TextType | None) -> 
 def first_names(names: list[str], shown: int = 5) -> str:
     """The first ``shown`` names, comma-separated, with ", ..." when there are more (markup-safe)."""
     return plain(", ".join(names[:shown]) + (", ..." if len(names) > shown else ""))
+
+
+class _ConsoleHandler(logging.Handler):
+    """Prints the library's plain-text log records on a rich console: warnings yellow, errors red."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        style = (
+            "red"
+            if record.levelno >= logging.ERROR
+            else "yellow"
+            if record.levelno >= logging.WARNING
+            else None
+        )
+        self.console.print(record.getMessage(), style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def library_log(console: Console) -> Iterator[None]:
+    """While a command runs, the ``ctfm`` library's log lines (INFO and up) print on ``console``."""
+    logger = logging.getLogger("ctfm")
+    handler, level = _ConsoleHandler(console), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

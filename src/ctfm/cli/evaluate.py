@@ -7,12 +7,11 @@ List options take comma-separated values or repeat: ``--metrics balanced_acc,aur
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ctfm.cli import default, new_console, one_value, plain, print_table, split_list
-from ctfm.core.benchmark import load_benchmark
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,7 +32,7 @@ def metrics_table(rows: list[dict], title: str) -> Table:
     multiclass head)."""
     from rich.table import Table
 
-    from ctfm.evaluate.metrics import METRICS
+    from ctfm.core.metrics import METRICS
 
     table = Table(title=title)
     for col in ("model", "disease", "strategy", "failed", *METRICS):
@@ -57,26 +56,16 @@ def _metric_cell(row: dict, metric: str) -> str:
     return plain(f"{value:.3f}" + _interval(row[metric + "_ci_low"], row[metric + "_ci_high"], ".3f"))
 
 
-def _resampling(value: str) -> bool:
-    """``--resampling``: whether the bootstrap is stratified."""
-    from ctfm.core.errors import ConfigError
-    from ctfm.evaluate.bootstrap import SCHEMES
-
-    if value not in SCHEMES:
-        raise ConfigError(f"--resampling must be {' or '.join(SCHEMES)}, not {value!r}")
-    return value == "stratified"
-
-
 def _warn_split(split: str) -> None:
     """Say it when the scores are of a split the heads were selected (or trained) on."""
-    from ctfm.evaluate.inference import split_warning
+    from ctfm.evaluate.splits import split_warning
 
     if split_warning(split):
         console.print(f"[yellow]warning:[/] {plain(split_warning(split))}", highlight=False, soft_wrap=True)
 
 
 def _table_title(split: str, what: str) -> str:
-    from ctfm.evaluate.inference import split_note
+    from ctfm.evaluate.splits import split_note
 
     return f"{split_note(split) or split}: {what}"
 
@@ -136,46 +125,18 @@ def eval_command(
     out: Path = typer.Option(..., "--out", help="Output folder."),
 ) -> None:
     """Score probe heads on a split (every case counts; missing embeddings are failures) with 95 % CIs."""
-    from ctfm.core.errors import ConfigError, CtfmError
-    from ctfm.evaluate import inference
+    from ctfm.core.errors import ConfigError
+    from ctfm.evaluate.stage import check_resampling
 
-    stratified = _resampling(resampling)
     if predictions is not None:
         if task not in (None, "lp", "eao"):
             raise ConfigError(f"--task must be lp or eao, not {task!r}")
         if reference_layout is not None:
             raise ConfigError("--reference-layout goes with checkpoints; a predictions file is in it already")
-        result = inference.evaluate_predictions(
-            predictions,
-            out,
-            labels,
-            one_value(disease, "--disease"),
-            split,
-            bootstrap,
-            seed,
-            model,
-            task or "",
-            stratified,
-        )
-        cases = "every labelled case" if result.split == "all" else f"split {result.split}"
-        print_table(
-            metrics_table([result.row()], _table_title(result.split, predictions.name)), keys=METRIC_KEYS
-        )
-        _warn_split(result.split)
-        if labels is None:
-            console.print(
-                "[yellow]warning:[/] labels taken from the file: a case absent from it cannot be counted as a "
-                "failure; pass --labels to score every labelled case",
-                highlight=False,
-                soft_wrap=True,
-            )
-        else:
-            console.print(
-                f"scored {cases}: {result.n_cases} case(s), {result.failed_cases} absent or flagged missing "
-                "(scored as failures)",
-                markup=False,
-            )
-        console.print(f"wrote {out}", markup=False)
+        _score_predictions(
+            predictions, out, labels, one_value(disease, "--disease"), split, bootstrap, seed, model, task,
+            check_resampling(resampling),
+        )  # fmt: skip
         return
     unused = [name for name, v in (("--disease", disease), ("--model", model), ("--task", task)) if v]
     if unused:
@@ -184,62 +145,74 @@ def eval_command(
     missing = [name for name, v in (("--runs", runs), ("--store", store), ("--labels", labels)) if v is None]
     if missing:
         raise ConfigError(f"ctfm eval needs {', '.join(missing)} (or --predictions CSV)")
-    split = split or default("evaluation", "split")
-    if split not in ("val", "test", "train"):
-        raise ConfigError(f"--split must be val, test or train, not {split!r}")
+    from ctfm.evaluate.stage import EvalOptions
+
+    options = EvalOptions(
+        runs, store, labels, out, split or default("evaluation", "split"), split_list(strategy) or None,
+        bootstrap, resampling, seed, reference_layout,
+    )  # fmt: skip
+    _score_checkpoints(options)
+
+
+def _score_predictions(predictions: Path, out: Path, labels: Path | None, *args: Any) -> None:
+    """``ctfm eval --predictions``: score one file and print its row."""
+    from ctfm.evaluate.predictions import evaluate_predictions
+
+    result = evaluate_predictions(predictions, out, labels, *args)
+    cases = "every labelled case" if result.split == "all" else f"split {result.split}"
+    print_table(metrics_table([result.row()], _table_title(result.split, predictions.name)), keys=METRIC_KEYS)
+    _warn_split(result.split)
+    if labels is None:
+        console.print(
+            "[yellow]warning:[/] labels taken from the file: a case absent from it cannot be counted as a "
+            "failure; pass --labels to score every labelled case",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        console.print(
+            f"scored {cases}: {result.n_cases} case(s), {result.failed_cases} absent or flagged missing "
+            "(scored as failures)",
+            markup=False,
+        )
+    console.print(f"wrote {out}", markup=False)
+
+
+def _score_checkpoints(options: Any) -> None:
+    """``ctfm eval --runs``: score every head with a progress bar, print the table, exit 1 on any error."""
     from rich.progress import Progress
 
-    strategies = _strategies(strategy)
-    found = inference.find_checkpoints(runs, strategies)
-    heads, problems = found.only(strategies), found.problems
-    results, errors = [], []
+    from ctfm.core.errors import CtfmError
+    from ctfm.evaluate.stage import run_eval
+
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("evaluating", total=len(heads))
-        for ref in heads:
-            try:
-                results.append(
-                    inference.evaluate_checkpoint(
-                        ref.path,
-                        store,
-                        labels,
-                        split,
-                        out,
-                        bootstrap,
-                        seed,
-                        ref.tag,
-                        ref.split_column,
-                        stratified,
-                        reference_layout,
-                    )
-                )
-            except CtfmError as exc:  # recorded; the others are still scored
-                errors.append(str(exc))
-            progress.advance(task)
-    if results:
-        for folder in inference.drop_stale_results(out, split, results, found):
-            console.print(
-                f"removed the earlier {split} result in {folder}: no current head made it", markup=False
-            )
-        inference.write_summary(results, out, split)
-        print_table(
-            metrics_table([r.row() for r in results], _table_title(split, f"{len(results)} head(s)")),
-            keys=METRIC_KEYS,
+        bar = progress.add_task("evaluating", total=None)
+        run = run_eval(options, on_head=lambda done, total: progress.update(bar, completed=done, total=total))
+    for folder in run.removed:
+        console.print(
+            f"removed the earlier {options.split} result in {folder}: no current head made it", markup=False
         )
-        _warn_split(split)
-        failed = sum(r.failed_cases for r in results)
-        if failed:
-            console.print(f"[yellow]{failed} case(s) without an embedding were scored as failures[/]")
-    if errors or problems:
-        if len(errors) + len(problems) == 1 and not results:
-            raise CtfmError((errors + problems)[0])
-        for err in problems + errors:
+    if run.results:
+        rows = [r.row() for r in run.results]
+        print_table(
+            metrics_table(rows, _table_title(options.split, f"{len(rows)} head(s)")), keys=METRIC_KEYS
+        )
+        _warn_split(options.split)
+        if run.failed_cases:
+            console.print(
+                f"[yellow]{run.failed_cases} case(s) without an embedding were scored as failures[/]"
+            )
+    if run.complaints:
+        if len(run.complaints) == 1 and not run.results:
+            raise CtfmError(run.complaints[0])
+        for err in run.complaints:
             console.print(f"[red]error:[/] {plain(err)}", highlight=False, soft_wrap=True)
-        if errors:
-            console.print(f"[red]{len(errors)} of {len(heads)} head(s) could not be evaluated[/]")
-        if problems:
-            console.print(f"[red]{len(problems)} disease(s) of the runs could not be read[/]")
+        if run.errors:
+            console.print(f"[red]{len(run.errors)} of {run.heads} head(s) could not be evaluated[/]")
+        if run.problems:
+            console.print(f"[red]{len(run.problems)} disease(s) of the runs could not be read[/]")
         raise typer.Exit(1)
-    console.print(f"wrote {out}", markup=False)
+    console.print(f"wrote {options.out}", markup=False)
 
 
 def _interval(low: float, high: float, spec: str) -> str:
@@ -268,20 +241,6 @@ def leaderboard_table(frame: pd.DataFrame, title: str) -> Table:
     return table
 
 
-def _strategies(values: list[str] | None) -> list[str] | None:
-    """``--strategy`` names, checked: a typo would otherwise select nothing or be ignored beside a valid name."""
-    from ctfm.core.errors import ConfigError
-
-    names = split_list(values)
-    bench = load_benchmark()
-    configured = (s for part in ("linear_probe", "eao") for s in bench.section(part)["strategies"])
-    known = list(dict.fromkeys([*configured, "predictions"]))  # the last: results of `eval --predictions`
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ConfigError(f"unknown --strategy {', '.join(unknown)}; choose from {', '.join(known)}")
-    return names or None
-
-
 def leaderboard_command(
     results: Path = typer.Option(..., "--results", help="Folder with `ctfm eval` outputs."),
     metrics: list[str] = typer.Option(None, "--metrics", help="Ranking metrics (default: the challenge's)."),
@@ -304,20 +263,19 @@ def leaderboard_command(
     out: Path = typer.Option(..., "--out", help="Output folder."),
 ) -> None:
     """Rank models per disease, aggregate by mean rank, and measure ranking stability by bootstrap."""
-    from ctfm.evaluate.leaderboard import build_leaderboard, gather, write_leaderboard
+    from ctfm.evaluate.stage import LeaderboardOptions, run_leaderboard
 
-    stratified = _resampling(resampling)
-    data, entries = gather(results, split, _strategies(strategy), task)
-    lb = build_leaderboard(
-        data, entries, split_list(metrics) or None, n_boot=bootstrap, seed=seed, stratified=stratified
-    )
-    paths = write_leaderboard(lb, out, title)
+    options = LeaderboardOptions(
+        results, out, split, task, split_list(strategy) or None, split_list(metrics) or None, bootstrap,
+        resampling, seed, title,
+    )  # fmt: skip
+    lb = run_leaderboard(options)
     _warn_split(lb.split)
     for line in lb.missing_text.splitlines():
         console.print(f"[yellow]warning:[/] {plain(line)}", highlight=False, soft_wrap=True)
     title = (
-        f"{title} ({lb.split_note or lb.split}): {len(entries)} model(s) x {len(data)} disease(s), ranked on "
-        f"{', '.join(lb.metrics)}"
+        f"{title} ({lb.split_note or lb.split}): {len(lb.entries)} model(s) x {len(lb.diseases)} disease(s), "
+        f"ranked on {', '.join(lb.metrics)}"
     )
     print_table(leaderboard_table(lb.table(), title), keys=LEADERBOARD_KEYS)
-    console.print(f"wrote {', '.join(str(p) for p in paths)}", markup=False)
+    console.print(f"wrote {', '.join(str(p) for p in lb.files)}", markup=False)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ctfm.cli import new_console, plain, print_table, split_list
+from ctfm.cli import library_log, new_console, plain, print_table, split_list
 from ctfm.core.benchmark import load_benchmark
 
 if TYPE_CHECKING:
@@ -151,12 +151,14 @@ def run_with_progress(options: Any, task: Any, title: str) -> list[Any]:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
         job = bar.add_task(title, total=total)
-        return run_probe(
-            options,
-            task,
-            log=lambda m: bar.console.print(m, highlight=False),
-            on_run=lambda disease, tag: bar.update(job, advance=1, description=f"{title} {disease} {tag}"),
-        )
+        with library_log(bar.console):
+            return run_probe(
+                options,
+                task,
+                on_run=lambda disease, tag: bar.update(
+                    job, advance=1, description=f"{title} {disease} {tag}"
+                ),
+            )
 
 
 # Options shared by ``lp`` and ``eao`` (declared once; options whose help differs stay in each command).
@@ -289,7 +291,8 @@ def lp(
 ) -> None:
     """See ``LP_SUMMARY``; ``--help`` adds the protocol defaults."""
     from ctfm.core.errors import ConfigError
-    from ctfm.probe.runner import ProbeOptions, linear_task
+    from ctfm.probe.lp_task import linear_task
+    from ctfm.probe.runner import ProbeOptions
 
     train = _train_config("linear_probe", locals())
     if probe not in PROBES:
@@ -423,11 +426,9 @@ def eao(
         wandb=wandb,
     )
 
-    def log(message: str) -> None:
-        console.print(message, highlight=False)  # library messages: markup, with names escaped
-
     task = eao_task(
-        options, specs, dtype, eval_batch_size, log=log, progress=console.is_terminal, cuda_graphs=cuda_graphs
+        options, specs, dtype, eval_batch_size, progress=console.is_terminal, cuda_graphs=cuda_graphs
     )
-    outcomes = run_probe(options, task, log=log)
+    with library_log(console):
+        outcomes = run_probe(options, task)
     _report(outcomes, f"ctfm probe eao — {options.model} -> {options.out}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ctfm.cli import new_console, plain, print_table
+from ctfm.cli import library_log, new_console, plain, print_table
 
 console = new_console(stderr=True)
 
@@ -22,13 +22,14 @@ def _execute(config: Path, out: Path | None) -> None:
     from rich.table import Table
 
     from ctfm.cli.evaluate import LEADERBOARD_KEYS, leaderboard_table
-    from ctfm.evaluate.inference import split_note, split_warning
+    from ctfm.evaluate.splits import split_note, split_warning
     from ctfm.pipeline import run_pipeline
     from ctfm.runconfig import load_run_config
 
     cfg = load_run_config(config, overrides={"output": str(out.resolve()) if out else None})
     started = time.perf_counter()
-    result = run_pipeline(cfg, log=lambda m: console.print(m, highlight=False, soft_wrap=True), progress=True)
+    with library_log(console):
+        result = run_pipeline(cfg, progress=True)
     stages = Table(title=f"stages ({time.perf_counter() - started:.0f} s)")
     for col in ("stage", "status", "seconds"):
         stages.add_column(col, justify="right" if col == "seconds" else "left")

@@ -4,7 +4,7 @@ Scheme: stratified by default. Each resample draws, within every class, as many 
 replacement (pROC's stratified bootstrap for AUROC; multilabel targets stratify on the whole label row), so
 every resample keeps the scored set's class counts and no resample lacks a class. ``stratified=False`` draws
 the N cases from the whole set; a resample that then lacks a class of the scored set is *degenerate* for every
-metric averaged over classes (:data:`~ctfm.evaluate.metrics.CLASS_SET_METRICS`; the reference's rules would
+metric averaged over classes (:data:`~ctfm.core.metrics.CLASS_SET_METRICS`; the reference's rules would
 give it 0 AUROC or about 0.5 balanced accuracy for the lost class): it gets NaN, is left out of the interval
 and counted (``Interval.degenerate``). ``pos_sensitivity`` / ``pos_specificity`` / ``pos_ap`` are NaN on a
 resample without the class they need under either scheme.
@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ctfm.evaluate.metrics import (
+from ctfm.core.metrics import (
     CLASS_SET_METRICS,
     CONFUSION_METRICS,
     ECE_BINS,

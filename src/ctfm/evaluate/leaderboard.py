@@ -10,7 +10,7 @@ final rank). A missing value (a model without results for a disease, or an undef
 a one-class resample) ranks below every defined value, tied with the other missing ones. Higher is better
 except for ``brier`` and ``ece``.
 
-Metrics are the reference's (:mod:`ctfm.evaluate.metrics`); the challenge ranks on ``balanced_acc`` and
+Metrics are the reference's (:mod:`ctfm.core.metrics`); the challenge ranks on ``balanced_acc`` and
 ``auroc``. A board of the split the heads were selected on says so (``val: the selection split, optimistic``)
 in every file it writes.
 
@@ -25,7 +25,6 @@ ranks and each resample's mean ranks measures the ranking's overall stability.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,8 @@ import pandas as pd
 
 from ctfm.core.benchmark import load_benchmark
 from ctfm.core.errors import DataError
+from ctfm.core.metrics import LOWER_IS_BETTER, METRICS, compute_all
+from ctfm.core.nifti import case_id
 from ctfm.evaluate.bootstrap import (
     CI_LEVEL,
     percentile_interval,
@@ -42,13 +43,21 @@ from ctfm.evaluate.bootstrap import (
     resample_metrics,
     strata_of,
 )
-from ctfm.evaluate.metrics import LOWER_IS_BETTER, METRICS, compute_all
+from ctfm.evaluate.results import (
+    PRED_SUFFIX,
+    Predictions,
+    failure_outputs,
+    read_eval_meta,
+    read_predictions,
+    recorded_classes,
+)
+from ctfm.evaluate.splits import split_note
 
 CHUNK = 1000  # resamples per batch (bounds memory near 0.1 GB at 20 models x 300 cases)
 
 
 @dataclass
-class DiseaseData:
+class DiseaseScores:
     """One disease's cases, labels and every entry's class probabilities ``[M, N, C]`` (aligned to ``entries``)."""
 
     disease: str
@@ -84,12 +93,11 @@ class Leaderboard:
     missing: dict[str, list[str]] = field(default_factory=dict)  # entry -> diseases it has no result for
     split: str = ""
     resampling: str = "stratified"
+    files: list[Path] = field(default_factory=list)  # the board's files, once written
 
     @property
     def split_note(self) -> str:
         """``val: the selection split, optimistic`` when the board ranks a split the heads were selected on."""
-        from ctfm.evaluate.inference import split_note
-
         return split_note(self.split)
 
     @property
@@ -189,7 +197,7 @@ def aggregate_then_rank(values: np.ndarray, metrics: list[str]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- building
 
 
-def _disease_metrics(data: DiseaseData, metrics: list[str], idx: np.ndarray | None) -> np.ndarray:
+def _disease_metrics(data: DiseaseScores, metrics: list[str], idx: np.ndarray | None) -> np.ndarray:
     """Metric values ``[K, M]`` (idx None) or ``[K, B, M]`` for resampled case indices ``idx [B, N]``."""
     n_models = data.probs.shape[0]
     present = np.ones(n_models, dtype=bool) if data.present is None else data.present
@@ -209,7 +217,7 @@ def _disease_seed(seed: int, d: int) -> np.random.Generator:
 
 
 def build_leaderboard(
-    data: list[DiseaseData],
+    data: list[DiseaseScores],
     entries: list[str],
     metrics: Sequence[str] | None = None,
     n_boot: int = 1000,
@@ -277,14 +285,16 @@ def build_leaderboard(
     )
 
 
-def disease_resamples(dd: DiseaseData, n_boot: int, seed: int, d: int, stratified: bool = True) -> np.ndarray:
+def disease_resamples(
+    dd: DiseaseScores, n_boot: int, seed: int, d: int, stratified: bool = True
+) -> np.ndarray:
     """The ``[n_boot, N]`` case indices of disease number ``d``, seeded per disease."""
     strata = strata_of(dd.labels, dd.multilabel) if stratified else None
     return resample_indices(len(dd.labels), n_boot, _disease_seed(seed, d), strata)
 
 
-def missing_results(data: list[DiseaseData], entries: Sequence[str]) -> dict[str, list[str]]:
-    """Diseases each entry has no result for (absent from ``DiseaseData.present``)."""
+def missing_results(data: list[DiseaseScores], entries: Sequence[str]) -> dict[str, list[str]]:
+    """Diseases each entry has no result for (absent from ``DiseaseScores.present``)."""
     missing: dict[str, list[str]] = {}
     for dd in data:
         if dd.present is not None:
@@ -299,7 +309,7 @@ def missing_results(data: list[DiseaseData], entries: Sequence[str]) -> dict[str
 
 def gather(
     results: Path, split: str | None = None, strategies: list[str] | None = None, task: str | None = None
-) -> tuple[list[DiseaseData], list[str]]:
+) -> tuple[list[DiseaseScores], list[str]]:
     """Read every ``<split>_per_sample_predictions.csv`` under ``results`` into per-disease arrays.
 
     One leaderboard ranks one split of one task (``lp`` or ``eao``, as the challenge ranks its two tasks
@@ -307,20 +317,10 @@ def gather(
 
     An entry is a model, or ``model [strategy]`` when several strategies are present, plus ``(tag)`` for a
     probe run tag (fold, seed). Every entry is scored from its logits as the reference scores them
-    (:func:`~ctfm.evaluate.inference.reference_probs`).
+    (:func:`~ctfm.core.metrics.class_probabilities`).
     A case one entry lacks is scored as a failure for it (confident wrong class); an entry without any result
     for a disease gets NaN there (ranked last).
     """
-    from ctfm.core.nifti import case_id
-    from ctfm.evaluate.inference import (
-        PRED_SUFFIX,
-        Predictions,
-        failure_outputs,
-        read_eval_meta,
-        read_predictions,
-        recorded_classes,
-    )
-
     results = Path(results)
     files = sorted(results.rglob(f"*{PRED_SUFFIX}"))
     if not files:
@@ -363,7 +363,7 @@ def gather(
             raise DataError(f"{f}: a second result for {entry} on {meta['disease']} (also {slot[entry][0]})")
         slot[entry] = (f, meta)
     entries = sorted({e for slot in by_disease.values() for e in slot})
-    out: list[DiseaseData] = []
+    out: list[DiseaseScores] = []
     for disease in sorted(by_disease):
         preds = {
             e: read_predictions(f, recorded_classes(meta)) for e, (f, meta) in by_disease[disease].items()
@@ -398,76 +398,5 @@ def gather(
         for m, e in enumerate(entries):
             if e in preds:
                 probs[m, [pos[c] for c in cases[e]]] = preds[e].scores
-        out.append(DiseaseData(disease, files_all, labels, probs, first.multilabel, present, splits[0]))
+        out.append(DiseaseScores(disease, files_all, labels, probs, first.multilabel, present, splits[0]))
     return out, entries
-
-
-# ---------------------------------------------------------------------------------------------- writing
-
-
-def to_markdown(frame: pd.DataFrame) -> str:
-    """A plain GitHub-style markdown table (no optional dependency)."""
-    cols = [str(c) for c in frame.columns]
-
-    def cell(v: object) -> str:
-        if isinstance(v, float | np.floating):
-            return f"{v:g}" if float(v).is_integer() else f"{v:.3f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-def write_leaderboard(lb: Leaderboard, out: Path, title: str = "ctfm leaderboard") -> list[Path]:
-    """leaderboard.csv (every column), leaderboard.md, pairwise.csv, leaderboard.json and leaderboard.html."""
-    from ctfm.core.fsutil import write_text_atomic
-    from ctfm.evaluate.inference import split_warning
-    from ctfm.evaluate.report import leaderboard_html
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = lb.table()
-    paths = {
-        "csv": out / "leaderboard.csv",
-        "md": out / "leaderboard.md",
-        "pairwise": out / "pairwise.csv",
-        "json": out / "leaderboard.json",
-        "html": out / "leaderboard.html",
-    }
-    write_text_atomic(paths["csv"], table.to_csv(index=False))
-    short = table[
-        ["rank", "model", "mean_rank", "rank_ci_low", "rank_ci_high", "win_share", "rank_aggregate_then_rank"]
-        + [f"mean_{m}" for m in lb.metrics]
-    ]
-    tau = lb.tau[~np.isnan(lb.tau)] if lb.tau.size else lb.tau
-    md = f"# {title}\n\n"
-    if lb.split_note:
-        md += f"**Warning:** {split_warning(lb.split)}\n\n"
-    md += f"{to_markdown(short)}\n"
-    if tau.size:
-        md += f"Kendall's tau-b (full vs resampled ranking): median {np.median(tau):.3f} over {tau.size} resamples.\n"
-    if lb.missing:
-        md += "".join(f"\n**Warning:** {line}\n" for line in lb.missing_text.splitlines())
-    write_text_atomic(paths["md"], md)
-    write_text_atomic(paths["pairwise"], lb.beats_table().to_csv())
-    summary = {
-        "entries": lb.entries,
-        "diseases": lb.diseases,
-        "metrics": lb.metrics,
-        "split": lb.split,
-        "split_note": lb.split_note,
-        "n_boot": lb.n_boot,
-        "resampling": lb.resampling,
-        "seed": lb.seed,
-        "missing": lb.missing,
-        "table": json.loads(table.to_json(orient="records")),
-        "kendall_tau_median": float(np.median(tau)) if tau.size else None,
-        "degenerate_resamples": {
-            d: dict(zip(lb.metrics, map(int, row), strict=True))
-            for d, row in zip(lb.diseases, lb.degenerate, strict=True)
-        },
-    }
-    write_text_atomic(paths["json"], json.dumps(summary, indent=2) + "\n")
-    write_text_atomic(paths["html"], leaderboard_html(lb, title))
-    return list(paths.values())

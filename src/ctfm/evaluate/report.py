@@ -1,91 +1,29 @@
-"""Figures (matplotlib, Agg) and the self-contained leaderboard page: every figure is an inline base64 PNG,
-no script, font or style is fetched, so the file opens offline and can be mailed as is."""
+"""The leaderboard's files (csv, md, json, pairwise) and its self-contained page: every figure is an inline
+base64 PNG, no script, font or style is fetched, so the file opens offline and can be mailed as is."""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
+
+from ctfm.core.fsutil import write_text_atomic
+from ctfm.evaluate.curves import pyplot
+from ctfm.evaluate.leaderboard import Leaderboard
+from ctfm.evaluate.splits import split_warning
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from ctfm.evaluate.leaderboard import Leaderboard
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _curves(
-    labels: np.ndarray, probs: np.ndarray, multilabel: bool
-) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, binary target, score) per curve: the positive class for binary, one-vs-rest otherwise."""
-    if multilabel:
-        return [(f"label {j}", labels[:, j], probs[:, j]) for j in range(probs.shape[1])]
-    if probs.shape[1] == 2:
-        return [("positive class", (labels == 1).astype(int), probs[:, 1])]
-    return [(f"class {c} vs rest", (labels == c).astype(int), probs[:, c]) for c in range(probs.shape[1])]
-
-
-def save_roc_pr(
-    labels: np.ndarray,
-    probs: np.ndarray,
-    roc_path: Path,
-    pr_path: Path,
-    multilabel: bool = False,
-    title: str = "",
-) -> list[Path]:
-    """ROC and precision-recall figures (one curve per class one-vs-rest, per label, or the positive class)."""
-    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
-
-    plt = _plt()
-    curves = [(n, t, s) for n, t, s in _curves(labels, probs, multilabel) if 0 < t.sum() < len(t)]
-    fig_roc, ax_roc = plt.subplots(figsize=(5, 5), dpi=100)
-    fig_pr, ax_pr = plt.subplots(figsize=(5, 5), dpi=100)
-    for name, target, score in curves:
-        fpr, tpr, _ = roc_curve(target, score)
-        ax_roc.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
-        prec, rec, _ = precision_recall_curve(target, score)
-        ax_pr.step(rec, prec, where="post", label=f"{name} (AP {average_precision_score(target, score):.3f})")
-    ax_roc.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
-    ax_roc.set(
-        xlabel="false positive rate",
-        ylabel="true positive rate",
-        title=f"ROC {title}",
-        xlim=(0, 1),
-        ylim=(0, 1.02),
-    )
-    ax_pr.set(
-        xlabel="recall", ylabel="precision", title=f"Precision-recall {title}", xlim=(0, 1), ylim=(0, 1.02)
-    )
-    for ax in (ax_roc, ax_pr):
-        if curves:
-            ax.legend(loc="lower right" if ax is ax_roc else "lower left", fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "one class only: curve undefined", ha="center", va="center")
-        ax.title.set_fontsize(9)
-    roc_path.parent.mkdir(parents=True, exist_ok=True)
-    fig_roc.tight_layout()
-    fig_pr.tight_layout()
-    fig_roc.savefig(roc_path)
-    fig_pr.savefig(pr_path)
-    plt.close(fig_roc)
-    plt.close(fig_pr)
-    return [roc_path, pr_path]
-
 
 def png_base64(fig: Figure) -> str:
-    plt = _plt()
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -94,7 +32,7 @@ def png_base64(fig: Figure) -> str:
 
 def rank_heatmap(lb: Leaderboard) -> Figure:
     """Models (best first) x diseases: mean rank over the ranking metrics per disease."""
-    plt = _plt()
+    plt = pyplot()
     order = np.argsort(lb.final_rank, kind="stable")
     per_disease = lb.ranks.mean(axis=1)[:, order].T  # [M, D]
     fig, ax = plt.subplots(
@@ -122,7 +60,7 @@ def rank_heatmap(lb: Leaderboard) -> Figure:
 
 def rank_distributions(lb: Leaderboard) -> Figure:
     """Per model, how often each final rank occurs over the bootstrap resamples."""
-    plt = _plt()
+    plt = pyplot()
     order = np.argsort(lb.final_rank, kind="stable")
     m = len(lb.entries)
     fig, ax = plt.subplots(figsize=(max(5.0, 2.5 + 0.4 * m), max(3.0, 1.6 + 0.35 * m)))
@@ -143,7 +81,7 @@ def rank_distributions(lb: Leaderboard) -> Figure:
 
 def metric_ci_bars(lb: Leaderboard, k: int) -> Figure:
     """One panel per disease: each model's metric with its bootstrap 95 % interval."""
-    plt = _plt()
+    plt = pyplot()
     metric = lb.metrics[k]
     d = len(lb.diseases)
     cols = min(d, 4)
@@ -238,8 +176,6 @@ def leaderboard_html(lb: Leaderboard, title: str = "ctfm leaderboard") -> str:
         f"pairwise shares come from {lb.n_boot} case resamples per disease ({lb.resampling}"
         f"{' within each class' if lb.resampling == 'stratified' else ''}, seed {lb.seed})."
     )
-    from ctfm.evaluate.inference import split_warning
-
     lines = ([split_warning(lb.split)] if lb.split_note else []) + lb.missing_text.splitlines()
     warnings = "".join(f"<p class='warning'>{html.escape(line)}</p>" for line in lines)
     return (
@@ -251,3 +187,70 @@ def leaderboard_html(lb: Leaderboard, title: str = "ctfm leaderboard") -> str:
         f"<h2>Pairwise: share of resamples in which the row model beats the column model</h2>"
         f"<div id='pairwise'>{_table(beats, '{:.2f}')}</div></body></html>\n"
     )
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A plain GitHub-style markdown table (no optional dependency)."""
+    cols = [str(c) for c in frame.columns]
+
+    def cell(v: object) -> str:
+        if isinstance(v, float | np.floating):
+            return f"{v:g}" if float(v).is_integer() else f"{v:.3f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(lb: Leaderboard, out: Path, title: str = "ctfm leaderboard") -> list[Path]:
+    """leaderboard.csv (every column), leaderboard.md, pairwise.csv, leaderboard.json and leaderboard.html."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = lb.table()
+    paths = {
+        "csv": out / "leaderboard.csv",
+        "md": out / "leaderboard.md",
+        "pairwise": out / "pairwise.csv",
+        "json": out / "leaderboard.json",
+        "html": out / "leaderboard.html",
+    }
+    write_text_atomic(paths["csv"], table.to_csv(index=False))
+    short = table[
+        ["rank", "model", "mean_rank", "rank_ci_low", "rank_ci_high", "win_share", "rank_aggregate_then_rank"]
+        + [f"mean_{m}" for m in lb.metrics]
+    ]
+    tau = lb.tau[~np.isnan(lb.tau)] if lb.tau.size else lb.tau
+    md = f"# {title}\n\n"
+    if lb.split_note:
+        md += f"**Warning:** {split_warning(lb.split)}\n\n"
+    md += f"{to_markdown(short)}\n"
+    if tau.size:
+        md += f"Kendall's tau-b (full vs resampled ranking): median {np.median(tau):.3f} over {tau.size} resamples.\n"
+    if lb.missing:
+        md += "".join(f"\n**Warning:** {line}\n" for line in lb.missing_text.splitlines())
+    write_text_atomic(paths["md"], md)
+    write_text_atomic(paths["pairwise"], lb.beats_table().to_csv())
+    summary = {
+        "entries": lb.entries,
+        "diseases": lb.diseases,
+        "metrics": lb.metrics,
+        "split": lb.split,
+        "split_note": lb.split_note,
+        "n_boot": lb.n_boot,
+        "resampling": lb.resampling,
+        "seed": lb.seed,
+        "missing": lb.missing,
+        "table": json.loads(table.to_json(orient="records")),
+        "kendall_tau_median": float(np.median(tau)) if tau.size else None,
+        "degenerate_resamples": {
+            d: dict(zip(lb.metrics, map(int, row), strict=True))
+            for d, row in zip(lb.diseases, lb.degenerate, strict=True)
+        },
+    }
+    write_text_atomic(paths["json"], json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(paths["html"], leaderboard_html(lb, title))
+    return list(paths.values())

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,27 +25,15 @@ from torch import nn
 from ctfm import __version__
 from ctfm.core.errors import DataError
 from ctfm.core.fsutil import atomic_path
+from ctfm.probe.data import DiseaseData
 from ctfm.probe.heads import build_head
+from ctfm.probe.layout import RunLayout
 from ctfm.probe.linear import NormStats
-from ctfm.probe.training import probabilities
+from ctfm.probe.tokens import TokenReader, eval_batches
+from ctfm.probe.training import FitResult, Selection, TrainConfig
 
 KINDS = ("lp", "eao")
 REQUIRED = ("kind", "head", "state_dict", "norm", "feature_dim", "classes")
-
-PredictFn = Callable[["Predictor", Any], np.ndarray]
-_PREDICT: dict[str, PredictFn] = {}
-# Module that registers the predict function of a kind when imported (lp is registered below).
-_PREDICT_MODULES = {"eao": "ctfm.probe.eao"}
-
-
-def register_predict(kind: str) -> Callable[[PredictFn], PredictFn]:
-    """Decorator: ``fn(predictor, x) -> logits [N, C]`` for checkpoints of this kind."""
-
-    def deco(fn: PredictFn) -> PredictFn:
-        _PREDICT[kind] = fn
-        return fn
-
-    return deco
 
 
 def save_checkpoint(
@@ -91,6 +78,40 @@ def save_checkpoint(
     return Path(path)
 
 
+def save_selection(
+    layout: RunLayout,
+    name: str,
+    sel: Selection,
+    data: DiseaseData,
+    config: TrainConfig,
+    fit: FitResult,
+    *,
+    kind: str,
+    head_name: str,
+    head_kwargs: dict[str, Any],
+    state_dict: dict[str, Any],
+    norm: dict[str, Any],
+) -> None:
+    """Save strategy ``name``'s selected head with the provenance shared by every probe kind."""
+    save_checkpoint(
+        layout.checkpoint(name),
+        kind=kind,
+        head_name=head_name,
+        head_kwargs=head_kwargs,
+        state_dict=state_dict,
+        norm=norm,
+        grid_point=fit.heads[sel.head],
+        feature_dim=data.feature_dim,
+        classes=fit.classes,
+        disease=data.disease,
+        strategy=name,
+        store=data.store_key,
+        val_metrics=sel.metrics,
+        seed=config.seed,
+        extra={"epoch": sel.epoch, "head_index": sel.head, "monitor": config.monitor},
+    )
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The raw checkpoint dict; :class:`DataError` naming the file when it is not a ctfm checkpoint."""
     path = Path(path)
@@ -124,14 +145,9 @@ class Predictor:
         """Logits ``[N, C]`` (a single-logit binary head of an older ctfm checkpoint is returned as ``[0, z]``:
         softmax = sigmoid)."""
         kind = self.meta["kind"]
-        if kind not in _PREDICT and kind in _PREDICT_MODULES:
-            importlib.import_module(_PREDICT_MODULES[kind])
         if kind not in _PREDICT:
             raise DataError(f"no predictor for checkpoint kind {kind!r}")
         return _PREDICT[kind](self, x)
-
-    def predict_proba(self, x: Any) -> np.ndarray:
-        return probabilities(self.predict_logits(x))
 
 
 def as_class_logits(z: np.ndarray) -> np.ndarray:
@@ -140,7 +156,6 @@ def as_class_logits(z: np.ndarray) -> np.ndarray:
     return np.concatenate([np.zeros_like(z), z], axis=1) if z.shape[1] == 1 else z
 
 
-@register_predict("lp")
 def _predict_vectors(predictor: Predictor, x: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     arr = np.stack([np.asarray(v) for v in x]) if isinstance(x, list | tuple) else np.asarray(x)
     if arr.ndim != 2 or arr.shape[1] != predictor.meta["feature_dim"]:
@@ -150,6 +165,39 @@ def _predict_vectors(predictor: Predictor, x: np.ndarray | Sequence[np.ndarray])
     t = torch.as_tensor(arr, dtype=torch.float32, device=predictor.device)
     z = predictor.head(predictor.norm.apply(t)).cpu().numpy().astype(np.float64)
     return as_class_logits(z)
+
+
+def _as_tokens(x: np.ndarray, dim: int) -> np.ndarray:
+    """One case as tokens [n, D]: accepts [n, D] or a reference ``y_hat`` map [D, h, w, l]."""
+    a = np.asarray(x)
+    if a.ndim == 4 and a.shape[0] == dim:
+        a = a.reshape(dim, -1).T
+    if a.ndim != 2 or a.shape[1] != dim:
+        raise DataError(f"tokens of shape {a.shape} do not fit an EAO head trained on D={dim}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _predict_tokens(predictor: Predictor, x: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+    """Logits [N, C] for a list of cases (tokens [n_i, D] or maps [D, h, w, l]), padded in batches."""
+    cases = [_as_tokens(c, int(predictor.meta["feature_dim"])) for c in x]
+    if not cases:
+        return np.zeros((0, len(predictor.meta["classes"])))
+    tokens, offsets = np.concatenate(cases), np.cumsum([0] + [len(c) for c in cases])
+    reader = TokenReader(tokens, offsets)
+    out = np.zeros((len(cases), len(predictor.meta["classes"])))
+    predictor.head.eval()
+    for rows in eval_batches(np.arange(len(cases)), reader.lengths, batch_size):
+        b = reader.batch(rows)
+        z = predictor.head(*b.on(predictor.device))
+        out[rows] = z.float().cpu().numpy()
+    return out
+
+
+PredictFn = Callable[[Predictor, Any], np.ndarray]
+_PREDICT: dict[str, PredictFn] = {
+    "lp": _predict_vectors,
+    "eao": _predict_tokens,
+}  # logits per checkpoint kind
 
 
 def load_predictor(path: Path, device: str = "cpu") -> Predictor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,8 +22,8 @@ import torch
 
 from ctfm.core.benchmark import load_benchmark
 from ctfm.core.device import resolve_device
-from ctfm.core.errors import ConfigError, DataError
-from ctfm.probe.checkpoint import Predictor, register_predict
+from ctfm.core.errors import ConfigError
+from ctfm.probe.checkpoint import save_selection
 from ctfm.probe.data import DiseaseData, load_disease
 from ctfm.probe.eao_grid import GridMember, HeadGrid, HeadSpec, graph_length
 from ctfm.probe.eao_heads import attn_pool_reference_state
@@ -30,8 +31,8 @@ from ctfm.probe.heads import build_head
 from ctfm.probe.layout import RunLayout
 from ctfm.probe.linear import encode_labels
 from ctfm.probe.reference import eao_head_name, save_eao
-from ctfm.probe.runner import ProbeOptions, ProbeTask, save_selection
-from ctfm.probe.tokens import TokenReader, bucketed_batches, eval_batches
+from ctfm.probe.runner import ProbeOptions, ProbeTask
+from ctfm.probe.tokens import TokenReader, bucketed_batches
 from ctfm.probe.training import (
     STRATEGIES,
     BatchSampler,
@@ -49,6 +50,8 @@ from ctfm.probe.training import (
     seed_everything,
 )
 from ctfm.store import PACK_DTYPES
+
+logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------
 # Memory planning
@@ -307,7 +310,7 @@ def _head_point(m: GridMember) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Checkpoints and inference
+# Checkpoints
 
 
 REFERENCE_STRATEGY = (
@@ -353,33 +356,6 @@ def save_eao_checkpoints(
     return written
 
 
-def _as_tokens(x: np.ndarray, dim: int) -> np.ndarray:
-    """One case as tokens [n, D]: accepts [n, D] or a reference ``y_hat`` map [D, h, w, l]."""
-    a = np.asarray(x)
-    if a.ndim == 4 and a.shape[0] == dim:
-        a = a.reshape(dim, -1).T
-    if a.ndim != 2 or a.shape[1] != dim:
-        raise DataError(f"tokens of shape {a.shape} do not fit an EAO head trained on D={dim}")
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
-@register_predict("eao")
-def predict_tokens(predictor: Predictor, x: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
-    """Logits [N, C] for a list of cases (tokens [n_i, D] or maps [D, h, w, l]), padded in batches."""
-    cases = [_as_tokens(c, int(predictor.meta["feature_dim"])) for c in x]
-    if not cases:
-        return np.zeros((0, len(predictor.meta["classes"])))
-    tokens, offsets = np.concatenate(cases), np.cumsum([0] + [len(c) for c in cases])
-    reader = TokenReader(tokens, offsets)
-    out = np.zeros((len(cases), len(predictor.meta["classes"])))
-    predictor.head.eval()
-    for rows in eval_batches(np.arange(len(cases)), reader.lengths, batch_size):
-        b = reader.batch(rows)
-        z = predictor.head(*b.on(predictor.device))
-        out[rows] = z.float().cpu().numpy()
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The `ctfm probe eao` task
 
@@ -389,12 +365,10 @@ def eao_task(
     specs: Sequence[HeadSpec],
     dtype: str = "float32",
     eval_batch_size: int | None = None,
-    log: Callable[[str], None] | None = None,
     progress: bool = False,
     cuda_graphs: bool = True,
 ) -> ProbeTask:
     """Task 2 for the shared runner: packed tokens in, every (head x lr) member trained in one pass."""
-    log = log or (lambda _msg: None)
     if dtype not in PACK_DTYPES:
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(PACK_DTYPES)}")
     if eval_batch_size is not None and eval_batch_size < 1:
@@ -417,7 +391,7 @@ def eao_task(
             specs, len(options.lrs), reader, config.batch_size, len(classes), available_bytes(device),
             eval_batch_size, graphed,
         )  # fmt: skip
-        log(f"{data.disease}: EAO training {plan.describe()}")
+        logger.info("%s: EAO training %s", data.disease, plan.describe())
         check_memory(plan)
         eao_data = EAOData(reader, rows[train], y_tr, rows[val], y_va, list(classes))
         with _progress(progress, f"{data.disease} eao", config.epochs) as on_epoch:

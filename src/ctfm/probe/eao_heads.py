@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctfm.core.errors import ConfigError
-from ctfm.probe.heads import register_head
 
 
 def _valid(mask: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
@@ -368,7 +367,3 @@ EAO_HEADS: dict[str, Callable[..., MemberHead]] = {
     "abmil": ABMILHead,
     "mlp": MLPHead,
 }
-
-
-for _name, _factory in EAO_HEADS.items():
-    register_head(_name)(_factory)

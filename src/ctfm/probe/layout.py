@@ -68,6 +68,16 @@ class RunLayout:
 
 
 @dataclass(frozen=True)
+class SavedCheckpoint:
+    """One strategy's checkpoint of one finished run, and the split column the run trained and selected on."""
+
+    path: Path
+    strategy: str
+    tag: str = ""
+    split_column: str = "split"
+
+
+@dataclass(frozen=True)
 class DiseaseLayout:
     """One disease's probe folder for one model and task."""
 
@@ -115,12 +125,18 @@ class DiseaseLayout:
     def run_tags(self) -> list[str]:
         return [run["tag"] for run in self.runs()]
 
-    def checkpoints(self, strategy: str) -> dict[str, Path]:
-        """Run tag -> checkpoint path of ``strategy`` for every finished run of this disease."""
+    def checkpoints(self) -> list[SavedCheckpoint]:
+        """Every checkpoint the finished runs of this disease wrote: one per run and strategy."""
         if not self.is_done():
             raise DataError(f"{self.dir}: the probe did not finish (no DONE); rerun `ctfm probe {self.task}`")
-        found = {tag: self.run(tag).checkpoint(strategy) for tag in self.run_tags()}
-        absent = [str(p) for p in found.values() if not p.is_file()]
+        found = [
+            SavedCheckpoint(
+                self.run(run["tag"]).checkpoint(strategy), strategy, run["tag"], run["split_column"]
+            )
+            for run in self.runs()
+            for strategy in run["selections"]
+        ]
+        absent = [str(c.path) for c in found if not c.path.is_file()]
         if absent:
             raise DataError(f"checkpoint missing: {absent[0]}; rerun the probe with --force")
         return found

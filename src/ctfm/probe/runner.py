@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -22,21 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.markup import escape
 
 from ctfm import __version__
 from ctfm.core.benchmark import load_benchmark
 from ctfm.core.errors import ConfigError, CtfmError, DataError
 from ctfm.core.fsutil import exclusive_use, remove_partials, write_text_atomic
-from ctfm.probe.data import DiseaseData, current_input_key, few_shot, fold_columns, load_disease
+from ctfm.probe.data import DiseaseData, current_input_key, few_shot, fold_columns
 from ctfm.probe.figure import FigureWorker
 from ctfm.probe.layout import DiseaseLayout, RunLayout
-from ctfm.probe.reference import save_lp
-from ctfm.probe.report import selected_train_loss, write_reports
-from ctfm.probe.training import FitResult, Selection, TrainConfig, mean_std, seed_everything
+from ctfm.probe.report import write_reports
+from ctfm.probe.training import FitResult, TrainConfig, mean_std, seed_everything
 
 SUMMARY_METRICS = ("balanced_acc", "auroc", "acc", "f1", "ap", "sensitivity", "specificity", "loss")
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 OnRun = Callable[[str, str], None]  # (disease, run tag) after each finished, skipped or failed run
 
 
@@ -299,7 +298,6 @@ def run_disease(
     options: ProbeOptions,
     task: ProbeTask,
     disease: str,
-    log: Log,
     on_run: OnRun | None = None,
     figures: FigureWorker | None = None,
 ) -> DiseaseOutcome:
@@ -315,7 +313,7 @@ def run_disease(
             raise ConfigError(
                 f"{layout.dir} is out of date: {why}; pass --force to retrain it, or choose another --out"
             )
-        log(f"{disease}: {escape(why)}: retraining")
+        logger.info("%s: %s: retraining", disease, why)
     started = time.perf_counter()
     final = layout
     shutil.rmtree(layout.dir / RETRAIN, ignore_errors=True)  # an interrupted retrain's half-written runs
@@ -327,9 +325,8 @@ def run_disease(
     missing = data.missing_in()
     if missing:
         shown = ", ".join(missing[:10]) + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else "")
-        log(
-            f"[yellow]{disease}: {len(missing)} train/val case(s) have no ok embedding and are left out: "
-            f"{escape(shown)}[/]"
+        logger.warning(
+            "%s: %d train/val case(s) have no ok embedding and are left out: %s", disease, len(missing), shown
         )
     runs = []
     for spec in options.run_specs():
@@ -354,7 +351,7 @@ def run_disease(
                 "selections": fit.summary(),
             }
         )
-        log(
+        logger.info(
             f"{disease}{' ' + spec.tag if spec.tag else ''}: {fit.num_train} train / {fit.num_val} val, "
             f"{len(fit.heads)} heads, {fit.epochs_run} epochs, {fit.seconds:.1f} s"
         )
@@ -431,7 +428,6 @@ def _remove(path: Path) -> None:
 def run_probe(
     options: ProbeOptions,
     task: ProbeTask,
-    log: Log | None = None,
     stop_on_error: bool = False,
     on_run: OnRun | None = None,
 ) -> list[DiseaseOutcome]:
@@ -443,12 +439,11 @@ def run_probe(
     from ctfm.store import Store
 
     Store(options.store).check_model(options.model, task.name)
-    log = log or (lambda _msg: None)
     outcomes = []
     planned = len(options.run_specs())
     with FigureWorker() as figures:
         for disease in options.diseases:
-            outcomes.append(_run_one(options, task, disease, log, planned, on_run, stop_on_error, figures))
+            outcomes.append(_run_one(options, task, disease, planned, on_run, stop_on_error, figures))
     return outcomes
 
 
@@ -456,7 +451,6 @@ def _run_one(
     options: ProbeOptions,
     task: ProbeTask,
     disease: str,
-    log: Log,
     planned: int,
     on_run: OnRun | None,
     stop_on_error: bool,
@@ -473,117 +467,12 @@ def _run_one(
     try:
         layout = DiseaseLayout.of(options.out, options.model, disease, task.name)
         with exclusive_use(layout.dir):  # a second probe of this disease into this folder is refused
-            outcome = run_disease(options, task, disease, log, counted, figures)
+            outcome = run_disease(options, task, disease, counted, figures)
     except CtfmError as exc:
         if stop_on_error:
             raise
-        log(f"[red]{disease}: {escape(str(exc))}[/]")
+        logger.error("%s: %s", disease, exc)
         outcome = DiseaseOutcome(disease, "failed", error=str(exc))
     for _ in range(planned - len(reported)):
         counted(disease, "")
     return outcome
-
-
-# ----------------------------------------------------------------------------- linear probing task
-
-
-def save_selection(
-    layout: RunLayout,
-    name: str,
-    sel: Selection,
-    data: DiseaseData,
-    config: TrainConfig,
-    fit: FitResult,
-    *,
-    kind: str,
-    head_name: str,
-    head_kwargs: dict[str, Any],
-    state_dict: dict[str, Any],
-    norm: dict[str, Any],
-) -> None:
-    """Save strategy ``name``'s selected head with the provenance shared by every probe kind."""
-    from ctfm.probe.checkpoint import save_checkpoint
-
-    save_checkpoint(
-        layout.checkpoint(name),
-        kind=kind,
-        head_name=head_name,
-        head_kwargs=head_kwargs,
-        state_dict=state_dict,
-        norm=norm,
-        grid_point=fit.heads[sel.head],
-        feature_dim=data.feature_dim,
-        classes=fit.classes,
-        disease=data.disease,
-        strategy=name,
-        store=data.store_key,
-        val_metrics=sel.metrics,
-        seed=config.seed,
-        extra={"epoch": sel.epoch, "head_index": sel.head, "monitor": config.monitor},
-    )
-
-
-def save_linear_checkpoints(
-    fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig, reference: bool = True
-) -> dict[str, str]:
-    """One checkpoint per strategy: the selected head's weights, its norm statistics and provenance; with
-    ``reference``, the same heads in the reference LP trainer's format too (grid heads only: the reference
-    names its heads ``clf_lr_...``). Returns strategy -> reference file (run-relative)."""
-    # an older run's reference files would be picked up with these
-    shutil.rmtree(layout.reference_dir, ignore_errors=True)
-    written = {}
-    for name, sel in fit.selections.items():
-        head = fit.heads[sel.head]
-        weight, bias = sel.state["weight"], sel.state["bias"]
-        norm = fit.extra["norms"][head["norm"]]
-        if reference:
-            path = save_lp(
-                layout.reference_dir,
-                strategy=name,
-                score=sel.score,
-                epoch=sel.epoch,
-                head=head["name"],
-                weight=weight,
-                bias=bias,
-                norm=norm,
-                betas=tuple(head["betas"]),
-                eps=head["eps"],
-                val_metrics={**sel.metrics, "train_loss": selected_train_loss(fit, sel)},
-            )
-            written[name] = path.relative_to(layout.dir).as_posix()
-        save_selection(
-            layout,
-            name,
-            sel,
-            data,
-            config,
-            fit,
-            kind="lp",
-            head_name="linear",
-            head_kwargs={"in_dim": int(weight.shape[1]), "out_dim": int(weight.shape[0])},
-            state_dict={"linear.weight": weight, "linear.bias": bias},
-            norm=norm.to_dict(),
-        )
-    return written
-
-
-def linear_task(options: ProbeOptions, log: Log | None = None) -> ProbeTask:
-    """Task 1: the batched linear grid (``probe='grid'``) or the logistic-regression sweep (``'logreg'``)."""
-    from ctfm.probe.linear import LOGREG_CS, build_grid, fit_linear_grid, fit_logreg
-
-    grid = build_grid(options.lrs, options.weight_decays, options.norms, options.betas, options.eps)
-
-    def load(disease: str) -> DiseaseData:
-        return load_disease(options.store, options.model, options.labels, disease, "lp")
-
-    def fit(data: DiseaseData, train: np.ndarray, val: np.ndarray, config: TrainConfig) -> FitResult:
-        x_tr, y_tr = data.arrays(train)
-        x_va, y_va = data.arrays(val)
-        if options.probe == "logreg":
-            return fit_logreg(x_tr, y_tr, x_va, y_va, options.norms, config, options.logreg_cs or LOGREG_CS)
-        return fit_linear_grid(x_tr, y_tr, x_va, y_va, grid, config)
-
-    def save(fit: FitResult, layout: RunLayout, data: DiseaseData, config: TrainConfig) -> dict[str, str]:
-        return save_linear_checkpoints(fit, layout, data, config, reference=options.probe == "grid")
-
-    return ProbeTask("lp", load, fit, save)

@@ -30,6 +30,7 @@ import torch
 
 from ctfm.core.benchmark import load_benchmark
 from ctfm.core.errors import ConfigError
+from ctfm.core.metrics import class_probabilities, reference_metrics
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("none", "cosine", "onecycle")
@@ -349,35 +350,17 @@ class StrategyTracker:
 # ----------------------------------------------------------------------------- metrics
 
 
-def probabilities(logits: np.ndarray) -> np.ndarray:
-    """Class probabilities ``[..., C]`` from logits ``[..., C]`` (softmax)."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def loss_per_head(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy per head: logits ``[H, N, C]``, targets ``[N]`` -> ``[H]``."""
     logp = torch.log_softmax(logits, dim=-1)
     return -logp.gather(2, y.view(1, -1, 1).expand(logits.shape[0], -1, 1))[..., 0].mean(1)
 
 
-def reference_probabilities(logits: np.ndarray) -> np.ndarray:
-    """Softmax in float32, as torchmetrics turns the reference trainer's float32 logits into probabilities:
-    AUROC ranks and ties (saturated heads) are then the reference's."""
-    return torch.softmax(torch.as_tensor(np.asarray(logits, dtype=np.float32)), dim=-1).numpy()
-
-
 def batched_metrics(y: np.ndarray, logits: np.ndarray, loss: np.ndarray) -> dict[str, np.ndarray]:
     """The selection metrics per head: the given val loss, and the reference's balanced accuracy and AUROC
-    (:func:`ctfm.evaluate.metrics.reference_metrics`) of logits ``[H, N, C]``; ``y`` holds class indices."""
-    from ctfm.evaluate.metrics import reference_metrics
-
+    (:func:`ctfm.core.metrics.reference_metrics`) of logits ``[H, N, C]``; ``y`` holds class indices."""
     logits = np.asarray(logits)
-    m = reference_metrics(
-        np.broadcast_to(y, logits.shape[:2]), reference_probabilities(logits), logits.shape[-1]
-    )
+    m = reference_metrics(np.broadcast_to(y, logits.shape[:2]), class_probabilities(logits), logits.shape[-1])
     return {
         "val_loss": np.asarray(loss, dtype=np.float64),
         "val_balanced_acc": np.asarray(m["balanced_acc"]),
@@ -387,14 +370,11 @@ def batched_metrics(y: np.ndarray, logits: np.ndarray, loss: np.ndarray) -> dict
 
 def full_metrics(y: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     """Every val metric of one head as the reference trainer records it (its val_metrics / val_report.csv):
-    the reference's seven metrics (:func:`ctfm.evaluate.metrics.reference_metrics`), the cross-entropy and the
+    the reference's seven metrics (:func:`ctfm.core.metrics.reference_metrics`), the cross-entropy and the
     two composite scores of the ``val_balacc_auroc`` and ``val_balacc_loss`` strategies."""
-    from ctfm.evaluate.metrics import reference_metrics
-
     y, logits = np.asarray(y), np.asarray(logits, dtype=np.float32)
     out = {
-        k: float(v)
-        for k, v in reference_metrics(y, reference_probabilities(logits), logits.shape[-1]).items()
+        k: float(v) for k, v in reference_metrics(y, class_probabilities(logits), logits.shape[-1]).items()
     }
     out["loss"] = float(loss_per_head(torch.as_tensor(logits[None]), torch.as_tensor(y))[0])
     out["val_balacc_auroc"] = 0.5 * out["balanced_acc"] + 0.5 * out["auroc"]

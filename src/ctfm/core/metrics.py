@@ -415,6 +415,18 @@ def reference_metrics(y: np.ndarray, probs: np.ndarray, n_classes: int) -> dict[
 # ------------------------------------------------------------------------------------------------- all
 
 
+def class_probabilities(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities ``[..., C]`` from logits ``[..., C]``, exactly as the reference makes them: torch's
+    softmax of float32 logits (its inference writes these as ``prob_class_<i>``; torchmetrics scores them).
+    The exact bits decide ties (saturated cases at 1 - k ulp, two failures' ``+-10`` logits), which move
+    AUROC and AP, so every probability ctfm writes or scores comes from here (returned as float64)."""
+    import torch
+
+    with torch.no_grad():
+        probs = torch.softmax(torch.as_tensor(np.asarray(logits, dtype=np.float32)), dim=-1)
+    return probs.numpy().astype(np.float64)
+
+
 def predict(prob: np.ndarray, multilabel: bool = False) -> np.ndarray:
     """Hard predictions: arg-max class (first on ties), or probability >= 0.5 per label for multilabel."""
     prob = np.asarray(prob, dtype=float)
