@@ -14,7 +14,7 @@ from ctfm.store.untrusted import DATASET, inspect_y_hat
 def read_y_hat(path: Path) -> np.ndarray:
     """Read dataset ``y_hat`` of a file this store wrote; an unreadable file raises :class:`StoreError`.
 
-    Files from elsewhere go through :class:`ctfm.untrusted_h5.H5Reader` (:meth:`View.import_file`); the same
+    Files from elsewhere go through :class:`ctfm.store.untrusted.H5Reader` (:meth:`View.import_file`); the same
     layout checks guard the store's own files in case one was replaced.
     """
     import h5py
