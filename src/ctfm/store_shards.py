@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctfm.fsutil import ABANDONED_S, remove_partials, write_text_atomic
-from ctfm.store import EMBEDDINGS, MANIFEST, CaseRecord, View, check_case
+from ctfm.store import EMBEDDINGS, MANIFEST, MODEL_NAME, CaseRecord, View, check_case
 
 SHARDS = "shards"
 CLOSED = "closed"  # in a shard folder: its task ended (ok or not); no more rows will come
@@ -117,6 +117,8 @@ def merge_shards(view: View) -> MergeReport:
             report.removed += 1
         else:
             report.open += 1
+    with contextlib.suppress(OSError):
+        (view.dir / SHARDS).rmdir()  # only when empty
     return report
 
 
@@ -167,3 +169,15 @@ def shard_session(view: View) -> Iterator[None]:
         yield
     finally:
         view.close()
+
+
+def view_at(folder: Path) -> View:
+    """The view whose folder is ``<root>/<model>/<task>/<view>``, under the model name that owns it."""
+    import json
+
+    folder = Path(folder)
+    try:
+        name = json.loads((folder.parents[1] / MODEL_NAME).read_text())["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        name = folder.parents[1].name
+    return View(folder.parents[2], name, folder.parent.name, folder.name)
