@@ -27,6 +27,7 @@ import yaml
 
 from ctfm.benchmark import configs_dir, configured, load_benchmark
 from ctfm.errors import ConfigError
+from ctfm.executor.config import ExecutorConfig
 
 
 @dataclass
@@ -128,6 +129,7 @@ class RunConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     leaderboard: LeaderboardSection = field(default_factory=LeaderboardSection)
     seed: int = 42
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # ctfm.executor: local or slurm
 
     def disease_list(self) -> list[str]:
         bench = load_benchmark()
@@ -224,7 +226,7 @@ def _build(cls: type, raw: Any, prefix: str, problems: _Problems, base: Path) ->
             problems.add(f"{prefix}.{name}" if prefix else name, "required key is missing")
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ConfigError) as exc:  # ConfigError: a section that checks its own values
         problems.add(prefix or "config", str(exc))
         return None
 
