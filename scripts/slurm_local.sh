@@ -20,6 +20,7 @@ fi
 host=$(hostname -s)
 cpus=$(nproc)
 mem_mb=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)
+mem_per_cpu=$((mem_mb / cpus))  # a task without --mem takes this per CPU, not the whole node
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
 cat >/etc/slurm/slurm.conf <<CONF
 ClusterName=ctfm
@@ -29,6 +30,7 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=$mem_per_cpu
 AccountingStorageType=accounting_storage/slurmdbd
 JobAcctGatherType=jobacct_gather/linux
 JobCompType=jobcomp/none

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,36 +82,64 @@ def extract_on_cluster(
                                 weights=c.weights and Path(c.weights).resolve()) for c in cfgs]  # fmt: skip
     prepared = [prepare_run(cfg) for cfg in cfgs]
     views = [view for view, _, _ in prepared]
-    with contextlib.ExitStack() as held:
-        for view in views:
-            held.enter_context(exclusive_use(view.dir))
-            held.enter_context(shard_session(view))  # what earlier tasks stored counts as stored
+    with _held(views):
         todo, skipped, refused = _plan(cfgs, prepared)
         if not todo:
             return ClusterRun(None, [], _summaries(views, [], skipped, refused))
-        size = executor.cases_per_task
-        chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
 
         def calls(job: JobDir) -> list[TaskCall]:
             return [
                 TaskCall(
-                    label=f"{chunk[0]}..{chunk[-1]} ({len(chunk)} cases)",
-                    fn=extract_shard,
-                    kwargs={
-                        "cfgs": [dataclasses.replace(c, cases=chunk, shard=f"{job.key}-{i}") for c in cfgs]
-                    },
+                    _label(chunk),
+                    extract_shard,
+                    {"cfgs": [dataclasses.replace(c, cases=chunk, shard=f"{job.key}-{i}") for c in cfgs]},
                 )
-                for i, chunk in enumerate(chunks)
+                for i, chunk in enumerate(_chunks(todo, executor.cases_per_task))
             ]
 
-        job = submit_job(jobs, f"extract-{views[0].model}", view_targets(views), executor, calls, log)
-        if detach:
-            held.close()  # the tasks go on without this process; the next command merges their shards
-            return ClusterRun(job, [], [])
-        states = wait(job, executor.poll_s, progress)
+        run = _submit(views, f"extract-{views[0].model}", calls, executor, jobs, detach, progress, log)
+        run.summaries = [] if detach else _summaries(views, todo, skipped, refused)
+        return run
+
+
+@contextlib.contextmanager
+def _held(views: list[View]) -> Iterator[None]:
+    """Hold the views on this machine (a local run into them is refused) after folding in what earlier tasks
+    stored, which then counts as stored."""
+    with contextlib.ExitStack() as held:
         for view in views:
-            merge_shards(view)
-        return ClusterRun(job, states, _summaries(views, todo, skipped, refused))
+            held.enter_context(exclusive_use(view.dir))
+            held.enter_context(shard_session(view))
+        yield
+
+
+def _submit(
+    views: list[View],
+    name: str,
+    calls: Callable[[JobDir], list[TaskCall]],
+    executor: ExecutorConfig,
+    jobs: Path,
+    detach: bool,
+    progress: bool,
+    log: Callable[[str], None] | None,
+) -> ClusterRun:
+    """Submit the tasks writing ``views``; unless detached, wait for them and merge their shards (a detached
+    job's shards are merged by the next command on the views)."""
+    job = submit_job(jobs, name, view_targets(views), executor, calls, log)
+    if detach:
+        return ClusterRun(job, [], [])
+    states = wait(job, executor.poll_s, progress)
+    for view in views:
+        merge_shards(view)
+    return ClusterRun(job, states, [])
+
+
+def _chunks(names: list[str], size: int) -> list[list[str]]:
+    return [names[i : i + size] for i in range(0, len(names), size)]
+
+
+def _label(chunk: list[str]) -> str:
+    return f"{chunk[0]}..{chunk[-1]} ({len(chunk)} cases)"
 
 
 def _plan(
@@ -198,8 +226,6 @@ def containers_on_cluster(
     views = [Store(store).view(team, settings.task, view) for team in teams]
     selected, refused = select_cases(images, cases)
     names = [case for case, _ in selected] + sorted(refused)
-    size = executor.cases_per_task
-    chunks = [names[i : i + size] for i in range(0, len(names), size)]
     common = {"store": store, "images_dir": images, "tags": list(tags), "view": view,
               "tarballs_dir": tarballs_dir and Path(tarballs_dir).resolve(),
               "masks_dir": masks_dir and Path(masks_dir).resolve()}  # fmt: skip
@@ -207,27 +233,13 @@ def containers_on_cluster(
     def calls(job: JobDir) -> list[TaskCall]:
         return [
             TaskCall(
-                label=f"{chunk[0]}..{chunk[-1]} ({len(chunk)} cases)",
-                fn=containers_shard,
-                kwargs={
-                    **common,
-                    "cases": chunk,
-                    "settings": dataclasses.replace(settings, shard=f"{job.key}-{i}"),
-                },
+                _label(chunk),
+                containers_shard,
+                {**common, "cases": chunk, "settings": dataclasses.replace(settings, shard=f"{job.key}-{i}")},
             )
-            for i, chunk in enumerate(chunks)
+            for i, chunk in enumerate(_chunks(names, executor.cases_per_task))
         ]
 
-    with contextlib.ExitStack() as held:
-        for v in views:
-            held.enter_context(exclusive_use(v.dir))
-            held.enter_context(shard_session(v))
-        job = submit_job(
-            jobs, f"containers-{settings.task}-{view}", view_targets(views), executor, calls, log
-        )
-        if detach:
-            return ClusterRun(job, [], [])
-        states = wait(job, executor.poll_s, progress)
-        for v in views:
-            merge_shards(v)
-    return ClusterRun(job, states, [])
+    with _held(views):
+        name = f"containers-{settings.task}-{view}"
+        return _submit(views, name, calls, executor, jobs, detach, progress, log)
