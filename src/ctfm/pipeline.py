@@ -279,6 +279,8 @@ class Pipeline:
         shared = _SharedPass(
             {(t, v): self._extract_config(spec, model, t, v) for t in tasks for v in self.views},
             self.progress,
+            self.cfg.executor,
+            self.out,
         )
         keys: dict[str, list[str | None]] = {}
         for task in tasks:
@@ -421,8 +423,17 @@ class Pipeline:
         def run() -> str:
             from ctfm.probe.runner import run_probe
 
-            options, probe_task = self._probe_options(task, model, out)
-            outcomes = run_probe(options, probe_task)
+            options, make_task, task_kwargs = self._probe_options(task, model, out)
+            if self.cfg.executor.kind == "slurm":
+                from ctfm.executor.jobs import jobs_root
+                from ctfm.executor.probe import probe_on_cluster
+
+                _, outcomes = probe_on_cluster(
+                    options, task, make_task, task_kwargs, self.cfg.executor, jobs_root(self.out),
+                    progress=self.progress,
+                )  # fmt: skip
+            else:
+                outcomes = run_probe(options, make_task(options, **task_kwargs))
             failed = [o for o in outcomes if o.status == "failed"]
             for o in failed:
                 logger.warning("probe %s %s %s: %s", task, model, o.disease, o.error)
@@ -434,7 +445,8 @@ class Pipeline:
 
         return Stage(f"probe/{task}/{model}", key, run)
 
-    def _probe_options(self, task: str, model: str, out: Path) -> tuple[Any, Any]:
+    def _probe_options(self, task: str, model: str, out: Path) -> tuple[Any, Any, dict[str, Any]]:
+        """The probe options of ``task`` and how to build its probe task: ``make_task(options, **kwargs)``."""
         from ctfm.probe.lp_task import linear_task
         from ctfm.probe.runner import ProbeOptions
         from ctfm.probe.training import TrainConfig
@@ -461,7 +473,7 @@ class Pipeline:
             options = ProbeOptions.defaults(
                 train=train, lrs=lp.lrs, weight_decays=lp.weight_decays, norms=lp.norms, **common
             )
-            return options, linear_task(options)
+            return options, linear_task, {}
         from ctfm.probe.eao import eao_head_specs, eao_task
 
         eao = self.cfg.probe.eao
@@ -477,7 +489,7 @@ class Pipeline:
         options = ProbeOptions.defaults(
             section="eao", train=train, probe="+".join(s.name for s in specs), lrs=eao.lrs, **common
         )
-        return options, eao_task(options, specs)
+        return options, eao_task, {"specs": specs}
 
     def eval_stage(self, task: str, model: str, probe_key: str) -> Stage:
         from ctfm.evaluate.results import RESULT_FORMAT
@@ -564,8 +576,11 @@ class _SharedPass:
     (``run_local_many``: each image is read once). Later stages of the extractor take their summary from it;
     views whose stage was already up to date cost the pass a stamp check per case."""
 
-    def __init__(self, configs: dict[tuple[str, str], ExtractConfig], progress: bool) -> None:
+    def __init__(
+        self, configs: dict[tuple[str, str], ExtractConfig], progress: bool, executor: Any, out: Path
+    ) -> None:
         self.configs, self.progress = configs, progress
+        self.executor, self.out = executor, out  # ExecutorConfig; out holds the cluster jobs
         self._done: dict[tuple[str, str], ExtractSummary] | Exception | None = None
 
     @property
@@ -573,12 +588,23 @@ class _SharedPass:
         """Whether an earlier stage already ran the pass."""
         return self._done is not None
 
-    def summary(self, task: str, view: str) -> ExtractSummary:
+    def _extract(self) -> list[ExtractSummary]:
         from ctfm.extract.local import run_local_many
 
+        if self.executor.kind != "slurm":
+            return run_local_many(list(self.configs.values()), progress=self.progress)
+        from ctfm.executor.extract import extract_on_cluster
+        from ctfm.executor.jobs import jobs_root
+
+        run = extract_on_cluster(
+            list(self.configs.values()), self.executor, jobs_root(self.out), progress=self.progress
+        )
+        return run.summaries
+
+    def summary(self, task: str, view: str) -> ExtractSummary:
         if self._done is None:
             try:
-                summaries = run_local_many(list(self.configs.values()), progress=self.progress)
+                summaries = self._extract()
             except Exception as exc:  # every stage of the extractor reports it, none retries it
                 self._done = exc
                 raise

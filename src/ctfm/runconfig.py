@@ -25,6 +25,7 @@ import yaml
 
 from ctfm.core.benchmark import configs_dir, configured, load_benchmark
 from ctfm.core.errors import ConfigError
+from ctfm.executor.config import ExecutorConfig
 
 
 @dataclass
@@ -126,6 +127,7 @@ class RunConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     leaderboard: LeaderboardSection = field(default_factory=LeaderboardSection)
     seed: int = 42
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # ctfm.executor: local or slurm
 
     def disease_list(self) -> list[str]:
         bench = load_benchmark()
@@ -216,7 +218,7 @@ def _build(cls: type, raw: Any, prefix: str, problems: _Problems, base: Path) ->
             problems.add(f"{prefix}.{name}" if prefix else name, "required key is missing")
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ConfigError) as exc:  # ConfigError: a section that checks its own values
         problems.add(prefix or "config", str(exc))
         return None
 

@@ -39,6 +39,8 @@ def extract_with_containers(
     batch_cases: int,
     keep_images: bool,
     cpuset: str | None,
+    executor: Any = None,
+    detach: bool = False,
 ) -> None:
     """``ctfm extract --containers DIR | --image TAG``: run, print the team table, exit 1 on any failure."""
     from ctfm.extract.containers import run_containers, team_table
@@ -59,6 +61,12 @@ def extract_with_containers(
         cpuset=cpuset,
         force=force,
     )
+    if executor is not None and executor.kind == "slurm":
+        from ctfm.cli.cluster import containers_via_slurm
+
+        containers_via_slurm(store, detach, executor, images=images, settings=settings, tarballs_dir=containers,
+                             tags=tags, masks_dir=mask_dir, view=view, cases=read_case_list(cases))  # fmt: skip
+        return
     reports = run_containers(
         store,
         images,

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from ctfm.cli import default, first_names, new_console, one_value, plain, print_table, split_list
+from ctfm.cli.cluster import DetachOpt, ExecutorOpt, SlurmOpt
 
 
 def extract_cmd(
@@ -64,8 +65,14 @@ def extract_cmd(
     batch_cases: int = typer.Option(16, "--batch-cases", help="Containers: cases per container."),
     keep_images: bool = typer.Option(False, "--keep-images", help="Containers: keep loaded images."),
     cpuset: str | None = typer.Option(None, "--cpuset", help="Containers: CPU set, e.g. 0-7."),
+    executor: ExecutorOpt = "local",
+    slurm: SlurmOpt = None,
+    detach: DetachOpt = False,
 ) -> None:
     """Extract embeddings into the store; resumable, failed cases recorded, exit 1 if any failed."""
+    from ctfm.executor.config import executor_from_options
+
+    cluster = executor_from_options(executor, slurm)
     if (containers is not None or image) and extractor:
         from ctfm.core.errors import ConfigError
 
@@ -91,6 +98,8 @@ def extract_cmd(
             batch_cases,
             keep_images,
             cpuset,
+            cluster,
+            detach,
         )
         return
     from ctfm.core.errors import ConfigError
@@ -110,6 +119,11 @@ def extract_cmd(
         for t in split_list([task]) or ["lp"]
         for d in split_list(diseases) or [None]
     ]
+    if cluster.kind == "slurm":
+        from ctfm.cli.cluster import extract_via_slurm
+
+        extract_via_slurm(cfgs, cluster, store, detach)
+        return
     summaries = run_local_many(cfgs)
     for summary in summaries:
         print_summary(console, summary)

@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "probe",
     "evaluate",
     "run",
+    "cluster",
 ]
 
 app = typer.Typer(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ctfm.cli import library_log, new_console, plain, print_table, split_list
+from ctfm.cli.cluster import DetachOpt, ExecutorOpt, SlurmOpt
 from ctfm.core.benchmark import load_benchmark
 
 if TYPE_CHECKING:
@@ -288,9 +289,14 @@ def lp(
     ] = 1,
     wandb: WandbOpt = False,
     force: ForceOpt = False,
+    executor: ExecutorOpt = "local",
+    slurm: SlurmOpt = None,
+    detach: DetachOpt = False,
 ) -> None:
     """See ``LP_SUMMARY``; ``--help`` adds the protocol defaults."""
+    from ctfm.cli.cluster import probe_via_slurm
     from ctfm.core.errors import ConfigError
+    from ctfm.executor.config import executor_from_options
     from ctfm.probe.lp_task import linear_task
     from ctfm.probe.runner import ProbeOptions
 
@@ -319,7 +325,13 @@ def lp(
         force=force,
         wandb=wandb,
     )
-    outcomes = run_with_progress(options, linear_task(options), "probe lp")
+    cluster = executor_from_options(executor, slurm)
+    if cluster.kind == "slurm":
+        outcomes = probe_via_slurm(options, "lp", linear_task, {}, cluster, detach)
+        if outcomes is None:
+            return
+    else:
+        outcomes = run_with_progress(options, linear_task(options), "probe lp")
     _report(outcomes, f"ctfm probe lp — {options.model} -> {options.out}")
 
 
@@ -391,8 +403,13 @@ def eao(
     device: DeviceOpt = "auto",
     wandb: WandbOpt = False,
     force: ForceOpt = False,
+    executor: ExecutorOpt = "local",
+    slurm: SlurmOpt = None,
+    detach: DetachOpt = False,
 ) -> None:
     """See ``EAO_SUMMARY``; ``--help`` adds the protocol defaults."""
+    from ctfm.cli.cluster import probe_via_slurm
+    from ctfm.executor.config import executor_from_options
     from ctfm.probe.eao import eao_head_specs, eao_task
     from ctfm.probe.runner import ProbeOptions, run_probe
 
@@ -426,6 +443,18 @@ def eao(
         wandb=wandb,
     )
 
+    cluster = executor_from_options(executor, slurm)
+    if cluster.kind == "slurm":
+        task_kwargs = {
+            "specs": specs,
+            "dtype": dtype,
+            "eval_batch_size": eval_batch_size,
+            "cuda_graphs": cuda_graphs,
+        }
+        if (outcomes := probe_via_slurm(options, "eao", eao_task, task_kwargs, cluster, detach)) is None:
+            return
+        _report(outcomes, f"ctfm probe eao — {options.model} -> {options.out}")
+        return
     task = eao_task(
         options, specs, dtype, eval_batch_size, progress=console.is_terminal, cuda_graphs=cuda_graphs
     )

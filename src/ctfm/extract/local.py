@@ -30,6 +30,7 @@ from ctfm.core.fsutil import exclusive_use, file_stamp
 from ctfm.core.hashing import digest, sha256_file
 from ctfm.extract.inputs import case_inputs, is_current, mask_of, select_cases
 from ctfm.store import FULL_VIEW, CaseRecord, Store, View
+from ctfm.store.shards import open_view, shard_session
 
 
 @dataclass
@@ -50,6 +51,7 @@ class ExtractConfig:
     force: bool = False
     cases: list[str] | None = None
     seed: int = 0
+    shard: str | None = None  # a cluster task's own part of each view (ctfm.store.shards)
 
 
 @dataclass
@@ -378,13 +380,13 @@ def prepare_run(cfg: ExtractConfig) -> tuple[View, Path | None, Any]:
         raise ConfigError(f"--weights {cfg.weights}: file not found")
     view_name, mask_dir = resolve_view(cfg.masks, cfg.disease)
     extractor = get_extractor(cfg.extractor)
-    view = Store(cfg.store).view(cfg.model or extractor.name, cfg.task, view_name)
+    view = open_view(Store(cfg.store).view(cfg.model or extractor.name, cfg.task, view_name), cfg.shard)
     return view, mask_dir, extractor
 
 
 # What every job of one pass must share: they run one extractor over one set of images.
 _SHARED = ("extractor", "images", "store", "model", "workers", "batch_size", "device", "weights", "force",
-           "cases", "seed")  # fmt: skip
+           "cases", "seed", "shard")  # fmt: skip
 
 
 def run_local(cfg: ExtractConfig, progress: bool = True) -> ExtractSummary:
@@ -411,7 +413,8 @@ def run_local_many(cfgs: list[ExtractConfig], progress: bool = True) -> list[Ext
     extractor = prepared[0][2]
     with contextlib.ExitStack() as held:
         for view, _, _ in prepared:
-            held.enter_context(exclusive_use(view.dir))
+            held.enter_context(exclusive_use(view.lock_dir))
+            held.enter_context(shard_session(view))
             view.remove_abandoned()
         return _extract_pass(cfgs, prepared, extractor, device, progress)
 

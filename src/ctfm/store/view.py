@@ -75,6 +75,11 @@ class View:
     def key(self) -> tuple[str, str, str]:
         return (self.model, self.task, self.view)
 
+    @property
+    def lock_dir(self) -> Path:
+        """The folder a writer holds (``exclusive_use``) while it writes this view (a shard: its own)."""
+        return self.dir
+
     def case_path(self, case: str) -> Path:
         return self.embeddings_dir / f"{check_case(case)}.h5"
 

@@ -70,6 +70,7 @@ class RunSettings:
     poll_s: float = 0.05
     measure_memory: bool = False
     log_max_size: str = "20m"
+    shard: str | None = None  # a cluster task's own part of the store view (ctfm.store.shards)
 
     def __post_init__(self) -> None:
         if self.task not in ("lp", "eao"):

@@ -105,15 +105,17 @@ def run_team(
     that cannot be written (a full disk) ends this team with one line; the caller goes on."""
     from ctfm.extract.inputs import is_current
     from ctfm.store import Store
+    from ctfm.store.shards import open_view, shard_session
 
     s = runner.settings
     report = TeamReport(
         team=image.team, task=s.task, view=view, image_id=image.image_id, image_size=image.size
     )
     try:
-        store_view = Store(runner.store_root).view(image.team, s.task, view)
+        store_view = open_view(Store(runner.store_root).view(image.team, s.task, view), s.shard)
         report.team = store_view.model
-        with exclusive_use(store_view.dir):  # a second runner on this team's view is refused
+        # a second runner on this team's view is refused; a cluster task holds only its shard
+        with exclusive_use(store_view.lock_dir), shard_session(store_view):
             all_inputs, no_mask, refused = collect_inputs(images_dir, masks_dir, cases)
             todo = []
             for ci in all_inputs:

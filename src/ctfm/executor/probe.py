@@ -1,0 +1,100 @@
+"""Probes as Slurm array tasks: one task per (disease, model), each training into its own disease folder.
+
+Disease folders never share a file, so the tasks need no shard: each holds its folder as a local run does.
+The submitter packs every view the tasks read first, so no two tasks build the same packed cache at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ctfm.executor.config import ExecutorConfig
+from ctfm.executor.jobs import JobDir, TaskCall, TaskState
+from ctfm.executor.submit import submit_job, wait
+
+
+def probe_disease(options: Any, make_task: Callable[..., Any], task_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The array task: ``run_probe`` on one disease; its outcome goes back in the task's report."""
+    from ctfm.probe.runner import run_probe
+
+    outcomes = run_probe(options, make_task(options, **task_kwargs))
+    failed = [o for o in outcomes if o.status == "failed"]
+    for o in failed:
+        print(f"failed {o.disease}: {o.error}", flush=True)
+    return {
+        "rc": int(bool(failed)),
+        "reason": "; ".join(f"{o.disease}: {o.error}" for o in failed),
+        "outcomes": [dataclasses.asdict(o) for o in outcomes],
+    }
+
+
+def outcomes_of(states: list[TaskState]) -> list[Any]:
+    """The per-disease outcomes the tasks reported; a task that reported none is its disease's failure."""
+    from ctfm.probe.runner import DiseaseOutcome
+
+    out = []
+    for state in states:
+        reported = state.result.get("outcomes")
+        if reported:
+            out += [DiseaseOutcome(**o) for o in reported]
+        else:
+            disease = state.label.split(" ")[0]
+            out.append(
+                DiseaseOutcome(disease, "failed", error=f"task {state.job_id}: {state.reason} ({state.log})")
+            )
+    return out
+
+
+def probe_on_cluster(
+    options: Any,
+    task: str,
+    make_task: Callable[..., Any],
+    task_kwargs: dict[str, Any],
+    executor: ExecutorConfig,
+    jobs: Path,
+    detach: bool = False,
+    progress: bool = True,
+    dtype: str = "float32",
+) -> tuple[JobDir, list[Any]]:
+    """Submit one task per disease of ``options`` (``task``: lp or eao; ``make_task(options, **task_kwargs)``
+    builds the probe task in each array task) and (unless ``detach``) wait; returns the job and the
+    outcomes, in the diseases' order."""
+    from ctfm.core.benchmark import load_benchmark
+    from ctfm.core.errors import StoreError
+    from ctfm.probe.layout import DiseaseLayout
+    from ctfm.store import Store
+
+    options = dataclasses.replace(
+        options, store=Path(options.store).resolve(), labels=Path(options.labels).resolve(),
+        out=Path(options.out).resolve(),
+    )  # fmt: skip
+    store = Store(options.store)
+    store.check_model(options.model, task)
+    bench = load_benchmark()
+    for view in sorted({bench.view_of(d) for d in options.diseases}):
+        with contextlib.suppress(StoreError):  # the disease's task reports it, as a local run would
+            store.view(options.model, task, view).packed(dtype)
+
+    def calls(job: JobDir) -> list[TaskCall]:
+        return [
+            TaskCall(
+                label=f"{disease} ({options.model}, {task})",
+                fn=probe_disease,
+                kwargs={
+                    "options": dataclasses.replace(options, diseases=[disease]),
+                    "make_task": make_task,
+                    "task_kwargs": task_kwargs,
+                },
+            )
+            for disease in options.diseases
+        ]
+
+    targets = [str(DiseaseLayout.of(options.out, options.model, d, task).dir) for d in options.diseases]
+    job = submit_job(jobs, f"probe-{task}-{options.model}", targets, executor, calls)
+    if detach:
+        return job, []
+    return job, outcomes_of(wait(job, executor.poll_s, progress))
