@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # A one-node Slurm cluster on this machine, with accounting (sacct), for the slurm tests and trying
 # `--executor slurm`: Debian's slurm-wlm, munge, slurmdbd and MariaDB. Run as root on a Debian machine.
-# Leaves a running cluster alone; otherwise writes /etc/slurm/{slurm,slurmdbd}.conf for this host
-# (its name, `nproc` CPUs, 90 % of its memory) and starts munged, MariaDB, slurmdbd, slurmctld and slurmd.
+# Leaves a running cluster with working accounting alone; otherwise writes /etc/slurm/{slurm,slurmdbd}.conf
+# for this host (its name, `nproc` CPUs, 90 % of its memory) and starts whichever of munged, MariaDB,
+# slurmdbd, slurmctld and slurmd is not running.
 set -euo pipefail
 
-if sinfo -h -o %t 2>/dev/null | grep -qE '^(idle|mix|alloc)'; then
-  echo "slurm: a controller is up ($(sinfo -h -o '%n %c CPUs %t' | head -1))"
+if sinfo -h -o %t 2>/dev/null | grep -qE '^(idle|mix|alloc)' && sacct -n -X -S now >/dev/null 2>&1; then
+  echo "slurm: a controller with accounting is up ($(sinfo -h -o '%n %c CPUs %t' | head -1))"
   exit 0
 fi
 

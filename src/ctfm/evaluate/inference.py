@@ -27,6 +27,7 @@ from ctfm.evaluate.results import (
     write_outputs,
     write_reference_layout,
 )
+from ctfm.probe.layout import RunLayout
 from ctfm.store import sanitize_name
 
 
@@ -176,6 +177,7 @@ def evaluate_checkpoint(
     reference's layout under ``reference_root`` when given)."""
     preds, meta = predict_checkpoint(checkpoint, store_root, labels_dir, split, split_column)
     src = meta.get("store") or {}
+    strategy = str(meta.get("strategy", Path(checkpoint).stem))
     result = scored_result(
         preds,
         n_boot,
@@ -184,9 +186,9 @@ def evaluate_checkpoint(
         model=str(src.get("model", "")),
         task=str(src.get("task", meta.get("kind", "lp"))),
         disease=str(meta["disease"]),
-        strategy=str(meta.get("strategy", Path(checkpoint).stem)),
+        strategy=strategy,
         split=split,
-        checkpoint=str(checkpoint),
+        checkpoint=RunLayout(checkpoint.parent.parent).reference_checkpoint(strategy) or checkpoint.name,
         meta={k: v for k, v in meta.items() if k != "state_dict"},
         tag=tag,
         tags=reference_tags(meta, split_column),

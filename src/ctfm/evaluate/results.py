@@ -113,7 +113,7 @@ class EvalResult:
     failed_cases: int
     metrics: dict[str, Interval]
     failed: list[str] = field(default_factory=list)
-    checkpoint: str = ""
+    checkpoint: str = ""  # the reference tag: the reference-format file of the head (else ctfm's own file)
     meta: dict[str, Any] = field(default_factory=dict)
     tag: str = ""  # probe run tag (fold, seed, few-shot try); "" for a single run
     tags: dict[str, Any] = field(default_factory=dict)  # the reference's norm, betas, eps, fold, head_name

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,16 @@ class RunLayout:
     @property
     def val_report(self) -> Path:
         return self.dir / "val_report.csv"
+
+    def reference_checkpoint(self, strategy: str) -> str:
+        """The name of the reference-format file saved for ``strategy`` (``val_report.csv``'s ``checkpoint``
+        column), or "" where the run saved none (EAO strategies other than the reference's, older runs)."""
+        try:
+            with self.val_report.open(newline="") as fh:
+                rows = {row[""]: row for row in csv.DictReader(fh) if "" in row}
+        except (OSError, csv.Error):
+            return ""
+        return Path(rows.get(strategy, {}).get("checkpoint") or "").name
 
     @property
     def grid_report(self) -> Path:
