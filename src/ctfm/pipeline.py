@@ -40,6 +40,7 @@ from ctfm.runconfig import ContainerSpec, ExtractorSpec, RunConfig
 
 if TYPE_CHECKING:
     from ctfm.extract.local import ExtractConfig, ExtractSummary
+    from ctfm.probe.options import ProbeOptions
 
 logger = logging.getLogger(__name__)
 
@@ -421,75 +422,60 @@ class Pipeline:
         out = self.out / "probes" / task
 
         def run() -> str:
-            from ctfm.probe.runner import run_probe
+            from ctfm.probe.stage import run_probe
 
-            options, make_task, task_kwargs = self._probe_options(task, model, out)
+            options = self._probe_options(task, model, out)
             if self.cfg.executor.kind == "slurm":
                 from ctfm.executor.jobs import jobs_root
                 from ctfm.executor.probe import probe_on_cluster
 
-                _, outcomes = probe_on_cluster(
-                    options, task, make_task, task_kwargs, self.cfg.executor, jobs_root(self.out),
-                    progress=self.progress,
-                )  # fmt: skip
+                _, result = probe_on_cluster(
+                    options, self.cfg.executor, jobs_root(self.out), progress=self.progress
+                )
             else:
-                outcomes = run_probe(options, make_task(options, **task_kwargs))
-            failed = [o for o in outcomes if o.status == "failed"]
-            for o in failed:
+                result = run_probe(options)
+            for o in result.failed:
                 logger.warning("probe %s %s %s: %s", task, model, o.disease, o.error)
-            done = sum(o.status in ("done", "skipped") for o in outcomes)
-            detail = f"probe {task} {model}: {done} disease(s) trained, {len(failed)} failed"
-            if failed:
-                raise (StageIncomplete if done else CtfmError)(detail)
+            detail = f"probe {task} {model}: {result.trained} disease(s) trained, {len(result.failed)} failed"
+            if result.failed:
+                raise (StageIncomplete if result.trained else CtfmError)(detail)
             return detail
 
         return Stage(f"probe/{task}/{model}", key, run)
 
-    def _probe_options(self, task: str, model: str, out: Path) -> tuple[Any, Any, dict[str, Any]]:
-        """The probe options of ``task`` and how to build its probe task: ``make_task(options, **kwargs)``."""
-        from ctfm.probe.lp_task import linear_task
-        from ctfm.probe.runner import ProbeOptions
+    def _probe_options(self, task: str, model: str, out: Path) -> ProbeOptions:
+        """The probe options of ``task`` for ``model``."""
+        from ctfm.probe.eao_grid import eao_head_specs
+        from ctfm.probe.options import ProbeOptions
         from ctfm.probe.training import TrainConfig
 
-        common = {
-            "store": self.store_root,
-            "model": model,
-            "labels": self.data_root / "labels",
-            "out": out,
-            "diseases": self.diseases,
-            "seeds": self.cfg.probe.seeds,
-            "retrain_changed": True,  # the config is the truth: a disease trained otherwise is redone
-        }
-        if task == "lp":
-            lp = self.cfg.probe.lp
-            train = TrainConfig.from_benchmark(
-                "linear_probe",
-                epochs=lp.epochs,
-                batch_size=lp.batch_size,
-                patience=lp.patience,
-                min_epoch=lp.min_epoch,
-                device=self.cfg.probe.device,
-            )
-            options = ProbeOptions.defaults(
-                train=train, lrs=lp.lrs, weight_decays=lp.weight_decays, norms=lp.norms, **common
-            )
-            return options, linear_task, {}
-        from ctfm.probe.eao import eao_head_specs, eao_task
-
-        eao = self.cfg.probe.eao
+        settings = self.cfg.probe.lp if task == "lp" else self.cfg.probe.eao
         train = TrainConfig.from_benchmark(
-            "eao",
-            epochs=eao.epochs,
-            batch_size=eao.batch_size,
-            patience=eao.patience,
-            min_epoch=eao.min_epoch,
+            "linear_probe" if task == "lp" else "eao",
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            patience=settings.patience,
+            min_epoch=settings.min_epoch,
             device=self.cfg.probe.device,
         )
-        specs = eao_head_specs(eao.heads)
-        options = ProbeOptions.defaults(
-            section="eao", train=train, probe="+".join(s.name for s in specs), lrs=eao.lrs, **common
+        extra = (
+            {"weight_decays": settings.weight_decays, "norms": settings.norms}
+            if task == "lp"
+            else {"heads": eao_head_specs(settings.heads)}
         )
-        return options, eao_task, {"specs": specs}
+        return ProbeOptions.defaults(
+            task,
+            store=self.store_root,
+            model=model,
+            labels=self.data_root / "labels",
+            out=out,
+            diseases=self.diseases,
+            seeds=self.cfg.probe.seeds,
+            retrain_changed=True,  # the config is the truth: a disease trained otherwise is redone
+            train=train,
+            lrs=settings.lrs,
+            **extra,
+        )
 
     def eval_stage(self, task: str, model: str, probe_key: str) -> Stage:
         from ctfm.evaluate.results import RESULT_FORMAT

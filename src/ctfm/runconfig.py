@@ -274,8 +274,8 @@ def _check_semantics(cfg: RunConfig, problems: _Problems) -> None:
 def _check_probe_settings(probe: ProbeSection, problems: _Problems) -> None:
     """The probe sections, checked as the probe stages will check them, so a bad value fails before
     extraction starts rather than after it."""
-    from ctfm.probe.eao import eao_head_specs
-    from ctfm.probe.runner import check_grid_values
+    from ctfm.probe.eao_grid import eao_head_specs
+    from ctfm.probe.options import check_grid_values
     from ctfm.probe.training import TrainConfig
 
     for key, section, rules in (("probe.lp", probe.lp, "linear_probe"), ("probe.eao", probe.eao, "eao")):

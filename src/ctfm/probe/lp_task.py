@@ -10,9 +10,10 @@ import numpy as np
 from ctfm.probe.checkpoint import save_selection
 from ctfm.probe.data import DiseaseData, load_disease
 from ctfm.probe.layout import RunLayout
+from ctfm.probe.options import ProbeOptions
 from ctfm.probe.reference import save_lp
 from ctfm.probe.report import selected_train_loss
-from ctfm.probe.runner import ProbeOptions, ProbeTask
+from ctfm.probe.runner import ProbeTask
 from ctfm.probe.training import FitResult, TrainConfig
 
 
