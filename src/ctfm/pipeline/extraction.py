@@ -75,7 +75,7 @@ def _extract_config(ctx: RunContext, spec: ExtractorSpec, model: str, task: str,
     )
 
 
-def _extract_runner(ctx: RunContext, shared: _SharedPass, task: str, view: str) -> Callable[[], str]:
+def _extract_runner(shared: _SharedPass, task: str, view: str) -> Callable[[], str]:
     def run() -> str:
         ran = shared.ran
         summary = shared.summary(task, view)
