@@ -5,10 +5,10 @@ Usage: python scripts/compare_outputs.py A B [--tol 1e-9] [--most 40]
 Used to check that a change of code leaves behaviour unchanged: the same store (manifests, embeddings, packed
 caches), probes (summaries, reports, histories, checkpoints), eval results and leaderboards. Numbers count as
 equal within ``--tol`` (absolute or relative). What legitimately differs between two runs is left out:
-timings and timestamps (keys and columns such as ``seconds``, ``written_at``, ``finished``), absolute paths (each
-root is replaced by ``<root>``), checksums over files holding those (``manifest_checksum``, a manifest row's
-``checksum`` of its own h5 file), lock files, logs, stage stamps and figures (their presence is compared, not
-their pixels).
+timings and timestamps (keys and columns such as ``seconds``, ``written_at``, ``finished``, ``RunningTime``),
+input file stamps (``inputs``: mtimes), absolute paths (each root is replaced by ``<root>``), checksums over
+files holding those (``manifest_checksum`` and the packed caches named by it, a manifest row's ``checksum`` of
+its own h5 file), lock files, logs, stage stamps and figures (their presence is compared, not their pixels).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ import numpy as np
 # Keys (JSON, CSV columns, h5 / checkpoint metadata) whose values are timings, timestamps or hashes of them.
 VOLATILE = re.compile(
     r"(^|_)(seconds|elapsed|duration|started|finished|written_at|timestamp|created|mtime|manifest_checksum)$"
+    r"|^(RunningTime|inputs)$"  # the reference's per-case timing column; a case's input file stamps (mtimes)
 )
+PACK_KEY = re.compile(r"-[0-9a-f]{16}(?=\.)")  # packed caches are named by their manifest's checksum
 SKIP_NAMES = {".ctfm.lock", "DONE"}  # locks; DONE holds only its finish time
 SKIP_PARTS = {".ctfm", "jobs"}  # stage stamps, cluster job folders
 SKIP_SUFFIXES = {".log", ".lock"}
@@ -42,7 +44,7 @@ class Differences(list):
 
 def _files(root: Path) -> dict[str, Path]:
     return {
-        p.relative_to(root).as_posix(): p
+        PACK_KEY.sub("-<key>", p.relative_to(root).as_posix()): p
         for p in sorted(root.rglob("*"))
         if p.is_file()
         and p.name not in SKIP_NAMES
@@ -60,6 +62,7 @@ def _normal(value: Any, roots: tuple[str, str]) -> Any:
     if isinstance(value, str):
         for root in roots:
             value = value.replace(root, "<root>")
+        return PACK_KEY.sub("-<key>", value)
     return value
 
 
@@ -119,11 +122,16 @@ def _load(path: Path, roots: tuple[str, str]) -> Any:
     """A file as comparable data (volatile parts dropped), or None for a byte comparison."""
     name = path.name
     if name.endswith(".json"):
-        return _normal(json.loads(path.read_text()), roots)
+        data = json.loads(path.read_text())
+        if path.parent.name == "packed":  # the manifest checksum the cache was packed from
+            data.pop("checksum", None)
+        return _normal(data, roots)
     if name.endswith(".jsonl"):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if name == "manifest.jsonl":  # a row's checksum hashes its h5 file, whose attributes hold timings
-            rows = [{k: v for k, v in r.items() if k != "checksum"} for r in rows]
+        if name == "manifest.jsonl":  # append-only: a case's last row is its state; its checksum hashes its
+            # h5 file, whose attributes hold timings
+            last = {r.get("case"): {k: v for k, v in r.items() if k != "checksum"} for r in rows}
+            return _normal(last, roots)
         return _normal(rows, roots)
     if name.endswith((".yaml", ".yml")):
         import yaml
