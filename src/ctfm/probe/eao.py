@@ -338,19 +338,14 @@ def save_eao_checkpoints(
         written[REFERENCE_STRATEGY] = path.relative_to(layout.dir).as_posix()
     for name, sel in fit.selections.items():
         spec = specs[sel.head]
-        save_selection(
-            layout,
-            name,
-            sel,
-            data,
-            config,
-            fit,
-            kind="eao",
-            head_name=spec["name"],
-            head_kwargs={"dim": data.feature_dim, "num_classes": len(fit.classes), **spec["kwargs"]},
-            state_dict=sel.state,
-            norm={"type": "raw", "mean": None, "std": None},
-        )
+        head = {
+            "kind": "eao",
+            "head_name": spec["name"],
+            "head_kwargs": {"dim": data.feature_dim, "num_classes": len(fit.classes), **spec["kwargs"]},
+            "state_dict": sel.state,
+            "norm": {"type": "raw", "mean": None, "std": None},
+        }
+        save_selection(layout, name, sel, data, config, fit, **head)
     return written
 
 

@@ -45,19 +45,14 @@ def save_linear_checkpoints(
                 val_metrics={**sel.metrics, "train_loss": selected_train_loss(fit, sel)},
             )
             written[name] = path.relative_to(layout.dir).as_posix()
-        save_selection(
-            layout,
-            name,
-            sel,
-            data,
-            config,
-            fit,
-            kind="lp",
-            head_name="linear",
-            head_kwargs={"in_dim": int(weight.shape[1]), "out_dim": int(weight.shape[0])},
-            state_dict={"linear.weight": weight, "linear.bias": bias},
-            norm=norm.to_dict(),
-        )
+        head = {
+            "kind": "lp",
+            "head_name": "linear",
+            "head_kwargs": {"in_dim": int(weight.shape[1]), "out_dim": int(weight.shape[0])},
+            "state_dict": {"linear.weight": weight, "linear.bias": bias},
+            "norm": norm.to_dict(),
+        }
+        save_selection(layout, name, sel, data, config, fit, **head)
     return written
 
 
