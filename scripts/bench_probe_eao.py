@@ -213,10 +213,10 @@ def _ctfm(args: dict, queue: mp.Queue) -> None:
         TokenReader,
         available_bytes,
         cuda_graphed,
-        eao_head_specs,
         fit_eao,
         plan_memory,
     )
+    from ctfm.probe.eao_grid import eao_head_specs
     from ctfm.probe.training import TrainConfig
     from ctfm.store import Store
 

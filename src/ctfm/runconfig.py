@@ -4,6 +4,12 @@ A config describes one benchmark run from data to leaderboard. Unknown keys, wro
 and extractors and missing folders are reported together, each on one line with its dotted key path, before
 any work starts.
 
+The stage settings parse straight into the library's own option types, checked by their own constructors:
+``eval`` into :class:`~ctfm.evaluate.stage.EvalOptions`, ``leaderboard`` into
+:class:`~ctfm.evaluate.stage.LeaderboardOptions`, ``executor`` into :class:`~ctfm.executor.config.ExecutorConfig`,
+and ``probe`` (whose YAML shape groups both tasks) into one :class:`~ctfm.probe.options.ProbeOptions` per task
+(:attr:`RunConfig.probes`). What a stage reads and writes (folders, model) the pipeline fills in per stage.
+
 Example:
     >>> cfg = load_run_config(configs_dir() / "demo.yaml")  # doctest: +SKIP
     >>> cfg.diseases[:2]  # doctest: +SKIP
@@ -25,7 +31,9 @@ import yaml
 
 from ctfm.core.benchmark import configs_dir, configured, load_benchmark
 from ctfm.core.errors import ConfigError
+from ctfm.evaluate.stage import EvalOptions, LeaderboardOptions
 from ctfm.executor.config import ExecutorConfig
+from ctfm.probe.options import ProbeOptions
 
 
 @dataclass
@@ -101,17 +109,28 @@ class ProbeSection:
     device: str = "auto"
 
 
-@dataclass
-class EvalSection:
-    split: Literal["val", "test"] = field(default_factory=configured("evaluation", "split", str))
-    strategies: list[str] = field(default_factory=lambda: ["val_balanced_acc"])
-    bootstrap: int = field(default_factory=configured("evaluation", "bootstrap", int))
+# Where a stage reads and writes: set per stage by the pipeline (dataclasses.replace), never by the YAML.
+UNSET = Path("<set per stage>")
+# The library option types a section parses into: the keys the YAML may set, the run config's own defaults.
+SECTION_KEYS: dict[type, tuple[str, ...]] = {
+    EvalOptions: ("split", "strategies", "bootstrap", "resampling"),
+    LeaderboardOptions: ("metrics", "bootstrap", "resampling"),
+}
+_RUN_DEFAULTS: dict[type, Callable[[], dict[str, Any]]] = {
+    EvalOptions: lambda: {"runs": UNSET, "store": UNSET, "labels": UNSET, "out": UNSET,
+                          "strategies": ["val_balanced_acc"]},
+    LeaderboardOptions: lambda: {"results": UNSET, "out": UNSET, "metrics": load_benchmark().ranking_metrics},
+}  # fmt: skip
 
 
-@dataclass
-class LeaderboardSection:
-    metrics: list[str] = field(default_factory=lambda: load_benchmark().ranking_metrics)
-    bootstrap: int = field(default_factory=configured("ranking", "bootstrap", int))
+def section_values(options: Any) -> dict[str, Any]:
+    """The values a run config section set on a library option type (what its stages' keys fingerprint)."""
+    return {k: getattr(options, k) for k in SECTION_KEYS[type(options)]}
+
+
+def section_options(cls: type, **given: Any) -> Any:
+    """A library option type as a run config section makes it: the run's defaults, then ``given``."""
+    return cls(**{**_RUN_DEFAULTS[cls](), **given})
 
 
 @dataclass
@@ -124,20 +143,29 @@ class RunConfig:
     containers: list[ContainerSpec] = field(default_factory=list)
     masks: MasksSection = field(default_factory=MasksSection)
     probe: ProbeSection = field(default_factory=ProbeSection)
-    eval: EvalSection = field(default_factory=EvalSection)
-    leaderboard: LeaderboardSection = field(default_factory=LeaderboardSection)
+    eval: EvalOptions = field(default_factory=lambda: section_options(EvalOptions))
+    leaderboard: LeaderboardOptions = field(default_factory=lambda: section_options(LeaderboardOptions))
     seed: int = 42
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # ctfm.executor: local or slurm
+    # task -> the probe options ``probe`` parses into (all but model, out, store, labels and diseases)
+    probes: dict[str, ProbeOptions] = field(default_factory=dict, init=False, repr=False)
 
     def disease_list(self) -> list[str]:
         bench = load_benchmark()
         return list(bench.diseases) if self.diseases == "all" else list(self.diseases)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        """The config as YAML keys (``config.resolved.yaml``): each section with the keys it accepts."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        for name, value in out.items():
+            if type(value) in SECTION_KEYS:
+                out[name] = section_values(value)
+        return _plain(out)
 
 
 def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -200,8 +228,10 @@ def _build(cls: type, raw: Any, prefix: str, problems: _Problems, base: Path) ->
     if not isinstance(raw, dict):
         problems.add(prefix or "config", f"expected a mapping, got {type(raw).__name__}")
         return None
+    before = len(problems)
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    keys = SECTION_KEYS.get(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and (keys is None or f.name in keys)}
     kwargs = {}
     for key, value in raw.items():
         path = f"{prefix}.{key}" if prefix else str(key)
@@ -216,8 +246,13 @@ def _build(cls: type, raw: Any, prefix: str, problems: _Problems, base: Path) ->
             and f.default_factory is dataclasses.MISSING
         ):
             problems.add(f"{prefix}.{name}" if prefix else name, "required key is missing")
+    for name, known in _NAMED.get(cls, {}).items():
+        if name in kwargs:
+            _check_names(problems, f"{prefix}.{name}", kwargs[name], known())
+    if len(problems) > before:
+        return None
     try:
-        return cls(**kwargs)
+        return section_options(cls, **kwargs) if keys else cls(**kwargs)
     except (TypeError, ConfigError) as exc:  # ConfigError: a section that checks its own values
         problems.add(prefix or "config", str(exc))
         return None
@@ -262,43 +297,43 @@ def _check_semantics(cfg: RunConfig, problems: _Problems) -> None:
         )
     if not cfg.extractors and not cfg.containers:
         problems.add("extractors", "name at least one extractor or container to score")
-    _check_names(
-        problems, "eval.strategies", cfg.eval.strategies, bench.section("linear_probe")["strategies"]
-    )
-    from ctfm.core.metrics import METRICS
-
-    _check_names(problems, "leaderboard.metrics", cfg.leaderboard.metrics, METRICS)
-    _check_probe_settings(cfg.probe, problems)
+    cfg.probes = _probe_options(cfg, problems)
 
 
-def _check_probe_settings(probe: ProbeSection, problems: _Problems) -> None:
-    """The probe sections, checked as the probe stages will check them, so a bad value fails before
-    extraction starts rather than after it."""
-    from ctfm.probe.eao import eao_head_specs
-    from ctfm.probe.runner import check_grid_values
+def _probe_options(cfg: RunConfig, problems: _Problems) -> dict[str, ProbeOptions]:
+    """One :class:`ProbeOptions` per task from the ``probe`` section, made (and so checked) now, so a bad
+    value fails before extraction starts rather than after it; every problem is collected."""
+    from ctfm.probe.eao_grid import eao_head_specs
     from ctfm.probe.training import TrainConfig
 
-    for key, section, rules in (("probe.lp", probe.lp, "linear_probe"), ("probe.eao", probe.eao, "eao")):
+    made = {}
+    for task, section, rules in (("lp", cfg.probe.lp, "linear_probe"), ("eao", cfg.probe.eao, "eao")):
+        key = f"probe.{task}"
         sizes = {
             "epochs": section.epochs,
             "batch_size": section.batch_size,
             "patience": section.patience,
             "min_epoch": section.min_epoch,
         }
-        _collect(problems, key, TrainConfig.from_benchmark, rules, **sizes)
-        _collect(
-            problems, key, check_grid_values, section.lrs or [], getattr(section, "weight_decays", None) or []
-        )
-        if isinstance(section, EaoProbeSection):
-            _collect(problems, key, eao_head_specs, section.heads)
+        train = _collect(problems, key, TrainConfig.from_benchmark, rules, device=cfg.probe.device, **sizes)
+        heads = _collect(problems, key, eao_head_specs, section.heads) if task == "eao" else None
+        axes = {"weight_decays": section.weight_decays, "norms": section.norms} if task == "lp" else {}
+        made[task] = _collect(
+            problems, key, ProbeOptions.defaults, task, store=UNSET, model="", labels=UNSET, out=UNSET,
+            diseases=cfg.disease_list(), train=train, lrs=section.lrs, seeds=cfg.probe.seeds, heads=heads,
+            retrain_changed=True,  # the config is the truth: a disease trained otherwise is redone
+            **axes,
+        )  # fmt: skip
+    return made
 
 
-def _collect(problems: _Problems, key: str, check: Callable[..., object], *args: Any, **kwargs: Any) -> None:
-    """Run one check; its ConfigError becomes a problem of ``key`` (so every problem is reported at once)."""
+def _collect(problems: _Problems, key: str, make: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``make(...)``, or None with its ConfigError a problem of ``key`` (so every problem is reported at once)."""
     try:
-        check(*args, **kwargs)
+        return make(*args, **kwargs)
     except ConfigError as exc:
         problems.add(key, str(exc))
+        return None
 
 
 def _check_names(problems: _Problems, key: str, names: list[str], known: Sequence[str]) -> None:
@@ -308,6 +343,19 @@ def _check_names(problems: _Problems, key: str, names: list[str], known: Sequenc
     for i, name in enumerate(names):
         if name not in known:
             problems.add(f"{key}[{i}]", f"{name!r} is not one of {', '.join(known)}")
+
+
+def _known_metrics() -> Sequence[str]:
+    from ctfm.core.metrics import METRICS
+
+    return METRICS
+
+
+# List fields of a library section whose names are checked one by one (each wrong one named with its index).
+_NAMED: dict[type, dict[str, Callable[[], Sequence[str]]]] = {
+    EvalOptions: {"strategies": lambda: load_benchmark().section("linear_probe")["strategies"]},
+    LeaderboardOptions: {"metrics": _known_metrics},
+}
 
 
 def parse_run_config(raw: Any, base: Path) -> RunConfig:

@@ -11,8 +11,8 @@ import pytest
 
 from ctfm.core.errors import ConfigError, StoreError
 from ctfm.probe.layout import DiseaseLayout, list_diseases
-from ctfm.probe.lp_task import linear_task
-from ctfm.probe.runner import ProbeOptions, run_probe
+from ctfm.probe.options import ProbeOptions
+from ctfm.probe.stage import run_probe
 from ctfm.probe.training import TrainConfig
 from ctfm.store import Store
 from probe_fixtures import MODEL, write_bench
@@ -40,7 +40,7 @@ def test_runner_writes_layout_aggregates_seeds_and_resumes(tmp_path, caplog):
     )
     calls: list[tuple[str, str]] = []
     with caplog.at_level(logging.INFO, logger="ctfm"):
-        outcomes = run_probe(options, linear_task(options), on_run=lambda d, t: calls.append((d, t)))
+        outcomes = run_probe(options, on_run=lambda d, t: calls.append((d, t))).outcomes
     assert calls == [("fatty_liver", "seed0"), ("fatty_liver", "seed1"), ("ascites", ""), ("ascites", "")]
     assert [o.status for o in outcomes] == [
         "done",
@@ -91,20 +91,20 @@ def test_runner_writes_layout_aggregates_seeds_and_resumes(tmp_path, caplog):
 
     (layout.dir / "user_notes.txt").write_text("mine")
     stamp = layout.done.stat().st_mtime_ns
-    again = run_probe(options, linear_task(options))
+    again = run_probe(options).outcomes
     assert again[0].status == "skipped" and layout.done.stat().st_mtime_ns == stamp
     options.force = True
     options.diseases = ["fatty_liver"]
-    assert run_probe(options, linear_task(options))[0].status == "done"
+    assert run_probe(options).outcomes[0].status == "done"
     assert (layout.dir / "user_notes.txt").read_text() == "mine"  # never deletes the user's folder
     # `ctfm run` retrains a disease trained with other options (the config is the truth); the CLI refuses
     options.force, options.lrs = False, [1e-3]
     with pytest.raises(ConfigError, match="trained with other --lrs"):
-        run_probe(options, linear_task(options), stop_on_error=True)
+        run_probe(options, stop_on_error=True)
     options.retrain_changed = True
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ctfm"):
-        assert run_probe(options, linear_task(options))[0].status == "done"
+        assert run_probe(options).outcomes[0].status == "done"
     assert any("retraining" in r.getMessage() for r in caplog.records)
     assert json.loads(layout.summary.read_text())["options"]["lrs"] == [1e-3]
 
@@ -124,7 +124,7 @@ def test_a_model_the_store_lacks_is_refused_before_any_disease(tmp_path):
     with pytest.raises(
         StoreError, match=f"no lp embeddings of model 'typo'; it has lp embeddings of {MODEL}"
     ):
-        run_probe(options, linear_task(options), on_run=lambda d, t: calls.append((d, t)))
+        run_probe(options, on_run=lambda d, t: calls.append((d, t)))
     assert calls == [] and not out.exists()
     with pytest.raises(StoreError, match="it has no eao embeddings"):
         Store(store).check_model(MODEL, "eao")
@@ -140,7 +140,7 @@ def test_label_row_order_and_test_labels_do_not_change_a_probe(tmp_path):
             store=store, model=MODEL, labels=labels, out=out, diseases=["fatty_liver"], train=_config(),
             lrs=[1e-2], weight_decays=[1e-4], norms=["std"], **kw,
         )  # fmt: skip
-        return run_probe(options, linear_task(options))[0]
+        return run_probe(options).outcomes[0]
 
     assert run(tmp_path / "a").status == "done"
     csv = labels / "fatty_liver.csv"
@@ -175,7 +175,7 @@ def test_an_interrupted_forced_retrain_keeps_the_finished_result(tmp_path):
         )  # fmt: skip
 
     first = options(seeds=[0, 1])
-    run_probe(first, linear_task(first))
+    run_probe(first)
     layout = DiseaseLayout.of(out, MODEL, "fatty_liver")
     before = {p: p.read_bytes() for p in layout.dir.rglob("*") if p.is_file() and p.name != ".ctfm.lock"}
 
@@ -184,12 +184,12 @@ def test_an_interrupted_forced_retrain_keeps_the_finished_result(tmp_path):
 
     forced = options(seeds=[0, 1], force=True)
     with pytest.raises(KeyboardInterrupt):
-        run_probe(forced, linear_task(forced), on_run=stop_after_first_run)
+        run_probe(forced, on_run=stop_after_first_run)
     assert layout.is_done() and {c.tag for c in layout.checkpoints()} == {"seed0", "seed1"}
     assert all(p.read_bytes() == data for p, data in before.items())
 
     single = options(seeds=[3], force=True)
-    (outcome,) = run_probe(single, linear_task(single))
+    (outcome,) = run_probe(single).outcomes
     assert outcome.status == "done" and layout.is_done() and layout.run_tags() == [""]
     assert {c.tag for c in layout.checkpoints()} == {""}
     names = {p.name for p in layout.dir.iterdir()}

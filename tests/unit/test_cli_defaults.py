@@ -8,8 +8,9 @@ from typer.main import get_command
 
 from ctfm.cli.main import app
 from ctfm.core.benchmark import load_benchmark
+from ctfm.evaluate.stage import EvalOptions, LeaderboardOptions
 from ctfm.extract.containers import RunSettings
-from ctfm.runconfig import ContainerSpec, EvalSection, LeaderboardSection
+from ctfm.runconfig import ContainerSpec, section_options
 
 
 def option_default(command: str, name: str) -> Any:
@@ -32,13 +33,15 @@ def test_scoring_defaults_are_the_same_from_the_cli_and_a_run_config() -> None:
     bench = load_benchmark()
     assert (
         option_default("eval", "bootstrap")
-        == EvalSection().bootstrap
+        == section_options(EvalOptions).bootstrap
         == bench.default("evaluation", "bootstrap")
     )
-    assert EvalSection().split == bench.default("evaluation", "split") == "val"  # public labels: train/val
+    assert (
+        section_options(EvalOptions).split == bench.default("evaluation", "split") == "val"
+    )  # public labels: train/val
     assert (
         option_default("leaderboard", "bootstrap")
-        == LeaderboardSection().bootstrap
+        == section_options(LeaderboardOptions).bootstrap
         == bench.default("ranking", "bootstrap")
     )
 

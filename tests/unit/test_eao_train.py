@@ -19,14 +19,13 @@ from ctfm.probe.eao import (
     available_bytes,
     check_memory,
     cuda_graphed,
-    eao_head_specs,
     eval_batch,
     fit_eao,
     mem_available_bytes,
     plan_memory,
     save_eao_checkpoints,
 )
-from ctfm.probe.eao_grid import HeadGrid, HeadSpec, graph_length
+from ctfm.probe.eao_grid import HeadGrid, HeadSpec, eao_head_specs, graph_length
 from ctfm.probe.figure import panel_groups
 from ctfm.probe.layout import DiseaseLayout
 from ctfm.probe.tokens import TokenReader, bucketed_batches

@@ -8,7 +8,8 @@ import pytest
 
 from ctfm.core.errors import DataError, StoreError
 from ctfm.probe.data import few_shot, load_disease
-from ctfm.probe.runner import plan_runs, select_rows
+from ctfm.probe.options import plan_runs
+from ctfm.probe.runner import select_rows
 from probe_fixtures import MODEL, write_bench
 
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
+from ctfm.core.benchmark import load_benchmark
 from ctfm.core.errors import ConfigError
-from ctfm.probe.runner import ProbeOptions
+from ctfm.probe.options import ProbeOptions
 from ctfm.probe.training import (
     BatchSampler,
     EarlyStopping,
@@ -292,3 +293,23 @@ def test_full_metrics_of_a_head_whose_val_lacks_a_class_follow_the_reference_rul
     assert m["sensitivity"] == pytest.approx(skm.recall_score(y, pred, average="macro"))
     assert m["balanced_acc"] == pytest.approx((3 * _reference_balanced_accuracy(y, pred, 3) + 0.5) / 4)
     assert m["auroc"] == pytest.approx(sum(skm.roc_auc_score(y == c, p[:, c]) for c in range(3)) / 4)
+
+
+@pytest.mark.parametrize(
+    ("task", "options", "message"),
+    [
+        ("lp", {"probe": "forest"}, r"--probe 'forest' is not one of grid, logreg"),
+        ("eao", {"dtype": "int8"}, r"--dtype 'int8' is not one of"),
+        ("eao", {"eval_batch_size": 0}, r"--eval-batch-size must be at least 1, not 0"),
+        ("eao", {"weight_decays": [0.0, 1e-4]}, r"EAO trains with one weight decay per run"),
+        ("seg", {}, r"probe task 'seg' is not one of lp, eao"),
+    ],
+)
+def test_probe_options_check_the_task_settings_when_made(tmp_path, task, options, message):
+    """A bad task setting is one error when the options are made, before any disease (or Slurm task)."""
+    where = {"store": tmp_path, "model": "m", "labels": tmp_path, "out": tmp_path, "diseases": ["x"]}
+    with pytest.raises(ConfigError, match=message):
+        ProbeOptions.defaults(task, **where, **options)
+    eao = ProbeOptions.defaults("eao", **where)  # the heads default to the configured one
+    assert [s.name for s in eao.heads] == [load_benchmark().section("eao")["head"]]
+    assert eao.probe == eao.heads[0].name and "heads" not in eao.describe()

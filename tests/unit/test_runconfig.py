@@ -91,7 +91,7 @@ def test_every_probe_problem_is_reported_at_once(tmp_path):
         load_run_config(_write(tmp_path, {**BASE, "probe": probe}))
     lines = str(info.value).splitlines()[1:]
     assert [line.split(":")[0].strip() for line in lines] == ["probe.lp", "probe.eao", "probe.eao"]
-    assert "--head 'transformer'" in lines[2] and "--lrs values must be positive, not -1" in lines[1]
+    assert "--head 'transformer'" in lines[1] and "--lrs values must be positive, not -1" in lines[2]
 
 
 def test_missing_required_key_and_several_problems_reported_together(tmp_path):
@@ -104,21 +104,21 @@ def test_missing_required_key_and_several_problems_reported_together(tmp_path):
 
 
 def test_an_incomplete_stage_never_lets_its_dependents_count_as_up_to_date(tmp_path):
-    from ctfm.pipeline import Pipeline, Stage, StageIncomplete, _task_keys
+    from ctfm.pipeline.stages import RunContext, Stage, StageIncomplete, task_keys
 
-    pipeline = Pipeline(load_run_config(_write(tmp_path, BASE)))
+    pipeline = RunContext(load_run_config(_write(tmp_path, BASE)))
 
     def partial() -> str:
         raise StageIncomplete("2 extracted, 1 failed")
 
-    first = pipeline._run_one(Stage("extract/x", "k", partial))
-    again = pipeline._run_one(Stage("extract/x", "k", partial))
-    done = pipeline._run_one(Stage("extract/x", "k", lambda: "all extracted"))
+    first = pipeline.run_one(Stage("extract/x", "k", partial))
+    again = pipeline.run_one(Stage("extract/x", "k", partial))
+    done = pipeline.run_one(Stage("extract/x", "k", lambda: "all extracted"))
     assert len({first, again, done}) == 3 and done == "k"  # dependents rerun until the stage completes
-    assert pipeline._run_one(Stage("extract/x", "k", partial)) == "k"  # stamped: up to date from now on
+    assert pipeline.run_one(Stage("extract/x", "k", partial)) == "k"  # stamped: up to date from now on
     # a task with a failed view is not probed at all; the others keep their key
-    keys = _task_keys({"lp": ["a", "b"], "eao": ["c", None]})
-    assert list(keys) == ["lp"] and keys["lp"] != _task_keys({"lp": ["a", "c"]})["lp"]
+    keys = task_keys({"lp": ["a", "b"], "eao": ["c", None]})
+    assert list(keys) == ["lp"] and keys["lp"] != task_keys({"lp": ["a", "c"]})["lp"]
 
 
 def test_short_lp_runs_set_min_epoch_in_the_config(tmp_path):
@@ -126,4 +126,4 @@ def test_short_lp_runs_set_min_epoch_in_the_config(tmp_path):
     with pytest.raises(ConfigError, match=r"probe\.lp: --epochs 4 is below --min-epoch 6"):
         load_run_config(_write(tmp_path, {**BASE, "probe": {"lp": {"epochs": 4}}}))
     cfg = load_run_config(_write(tmp_path, {**BASE, "probe": {"lp": {"epochs": 4, "min_epoch": 2}}}))
-    assert cfg.probe.lp.min_epoch == 2
+    assert cfg.probe.lp.min_epoch == 2 and cfg.probes["lp"].train.min_epoch == 2

@@ -160,16 +160,12 @@ def containers_via_slurm(store: Path, detach: bool, executor: Any, **kwargs: Any
         raise typer.Exit(1)
 
 
-def probe_via_slurm(
-    options: Any, task: str, make_task: Any, task_kwargs: dict[str, Any], executor: Any, detach: bool
-) -> list[Any] | None:
-    """``ctfm probe lp|eao --executor slurm``: the diseases' outcomes, or None when detached."""
+def probe_via_slurm(options: Any, executor: Any, detach: bool) -> Any:
+    """``ctfm probe lp|eao --executor slurm``: the probe's result, or None when detached."""
     from ctfm.executor.jobs import jobs_root
     from ctfm.executor.probe import probe_on_cluster
 
     console = new_console()
     with library_log(console):
-        job, outcomes = probe_on_cluster(
-            options, task, make_task, task_kwargs, executor, jobs_root(options.out), detach=detach
-        )
-    return None if _detached(job, detach, options.out, console) else outcomes
+        job, result = probe_on_cluster(options, executor, jobs_root(options.out), detach=detach)
+    return None if _detached(job, detach, options.out, console) else result

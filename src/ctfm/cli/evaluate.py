@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 console = new_console(stderr=True)
 METRIC_KEYS = 3  # model, disease, strategy: repeated when a narrow terminal splits the metrics table
 LEADERBOARD_KEYS = 2  # rank, model
+# Options ``eval`` and ``leaderboard`` share (declared once).
+RESAMPLING_OPTION = typer.Option(
+    default("evaluation", "resampling"),
+    "--resampling",
+    help="Bootstrap scheme: stratified (cases drawn within each class) or plain (from all cases).",
+)
+SEED_OPTION = typer.Option(0, "--seed", help="Bootstrap seed.")
 
 
 def register(app: typer.Typer) -> None:
@@ -109,12 +116,8 @@ def eval_command(
         help="Bootstrap resamples for the 95 % intervals (0: none).",
         min=0,
     ),
-    resampling: str = typer.Option(
-        default("evaluation", "resampling"),
-        "--resampling",
-        help="Bootstrap scheme: stratified (cases drawn within each class) or plain (from all cases).",
-    ),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    resampling: str = RESAMPLING_OPTION,
+    seed: int = SEED_OPTION,
     reference_layout: Path = typer.Option(
         None,
         "--reference-layout",
@@ -253,12 +256,8 @@ def leaderboard_command(
         help="Case resamples per disease for rank stability (0: none).",
         min=0,
     ),
-    resampling: str = typer.Option(
-        default("evaluation", "resampling"),
-        "--resampling",
-        help="Bootstrap scheme: stratified (cases drawn within each class) or plain (from all cases).",
-    ),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    resampling: str = RESAMPLING_OPTION,
+    seed: int = SEED_OPTION,
     title: str = typer.Option("ctfm leaderboard", "--title", help="Page title."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
 ) -> None:

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 probe_app = typer.Typer(help="Train probes on stored embeddings.", no_args_is_help=True)
 console = new_console(stderr=True)
 
-PROBES = ("grid", "logreg")
 LP_SUMMARY = (
     "Linear probing (task 1): the reference grid of linear heads, trained as one batched computation."
 )
@@ -107,7 +106,7 @@ def resolve_diseases(diseases: list[str] | None, all_: bool) -> list[str]:
 
 
 def print_outcomes(outcomes: list[Any], title: str) -> None:
-    """A table of per-disease results (a failed disease is only marked; :func:`_report` lists its error)."""
+    """A table of per-disease results (a failed disease is only marked; :func:`_run` lists its error)."""
     from rich.table import Table
 
     table = Table(title=title)
@@ -142,11 +141,11 @@ def print_outcomes(outcomes: list[Any], title: str) -> None:
     print_table(table)  # key column: disease
 
 
-def run_with_progress(options: Any, task: Any, title: str) -> list[Any]:
+def run_with_progress(options: Any, title: str) -> Any:
     """Run every disease with a rich progress bar over runs (messages print above it)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ctfm.probe.runner import run_probe
+    from ctfm.probe.stage import run_probe
 
     total = len(options.diseases) * len(options.run_specs())
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -155,7 +154,6 @@ def run_with_progress(options: Any, task: Any, title: str) -> list[Any]:
         with library_log(bar.console):
             return run_probe(
                 options,
-                task,
                 on_run=lambda disease, tag: bar.update(
                     job, advance=1, description=f"{title} {disease} {tag}"
                 ),
@@ -232,14 +230,47 @@ def _train_config(section: str, args: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_benchmark(section, **given)
 
 
-def _report(outcomes: list, title: str) -> None:
-    """The per-disease outcome table; exit 1 when any disease failed."""
-    print_outcomes(outcomes, title)
-    failed = [o for o in outcomes if o.status == "failed"]
-    for o in failed:
+def _shared_options(args: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`~ctfm.probe.options.ProbeOptions` fields ``lp`` and ``eao`` both take from their arguments."""
+    return {
+        "store": args["store"],
+        "model": args["model"],
+        "labels": args["labels"],
+        "out": args["out"],
+        "diseases": resolve_diseases(args["disease"], args["all_"]),
+        "lrs": _numbers(args["lrs"], float, "--lrs"),
+        "weight_decays": _numbers(args["wds"], float, "--weight-decays"),
+        "split_column": args["split_column"],
+        "folds": args["folds"],
+        "seeds": _numbers(args["seeds"], int, "--seeds"),
+        "shots": args["shots"],
+        "tries": args["tries"],
+        "force": args["force"],
+        "wandb": args["wandb"],
+    }
+
+
+def _run(options: Any, args: dict[str, Any]) -> None:
+    """Run the probe stage here or on Slurm, print the per-disease table; exit 1 when any disease failed."""
+    from ctfm.cli.cluster import probe_via_slurm
+    from ctfm.executor.config import executor_from_options
+    from ctfm.probe.stage import run_probe
+
+    cluster = executor_from_options(args["executor"], args["slurm"])
+    if cluster.kind == "slurm":
+        result = probe_via_slurm(options, cluster, args["detach"])
+        if result is None:
+            return
+    elif options.task == "lp":
+        result = run_with_progress(options, "probe lp")
+    else:  # eao draws a bar over each disease's epochs
+        with library_log(console):
+            result = run_probe(options, progress=console.is_terminal)
+    print_outcomes(result.outcomes, f"ctfm probe {options.task} — {options.model} -> {options.out}")
+    for o in result.failed:
         console.print(f"[red]failed {o.disease}: {plain(o.error)}[/]", highlight=False)
-    if failed:
-        console.print(f"[red]{len(failed)} disease(s) failed[/]")
+    if result.failed:
+        console.print(f"[red]{len(result.failed)} disease(s) failed[/]")
         raise typer.Exit(1)
 
 
@@ -294,45 +325,20 @@ def lp(
     detach: DetachOpt = False,
 ) -> None:
     """See ``LP_SUMMARY``; ``--help`` adds the protocol defaults."""
-    from ctfm.cli.cluster import probe_via_slurm
-    from ctfm.core.errors import ConfigError
-    from ctfm.executor.config import executor_from_options
-    from ctfm.probe.lp_task import linear_task
-    from ctfm.probe.runner import ProbeOptions
+    from ctfm.probe.options import ProbeOptions
 
-    train = _train_config("linear_probe", locals())
-    if probe not in PROBES:
-        raise ConfigError(f"--probe {probe!r} is not one of {', '.join(PROBES)}")
+    args = locals()
     options = ProbeOptions.defaults(
-        store=store,
-        model=model,
-        labels=labels,
-        out=out,
-        diseases=resolve_diseases(disease, all_),
-        train=train,
+        "lp",
+        train=_train_config("linear_probe", args),
         probe=probe,
-        lrs=_numbers(lrs, float, "--lrs"),
-        weight_decays=_numbers(wds, float, "--weight-decays"),
         norms=split_list(norms) or None,
         betas=_betas(betas),
         eps=_numbers(eps, float, "--eps"),
         logreg_cs=_numbers(cs, float, "--cs"),
-        split_column=split_column,
-        folds=folds,
-        seeds=_numbers(seeds, int, "--seeds"),
-        shots=shots,
-        tries=tries,
-        force=force,
-        wandb=wandb,
+        **_shared_options(args),
     )
-    cluster = executor_from_options(executor, slurm)
-    if cluster.kind == "slurm":
-        outcomes = probe_via_slurm(options, "lp", linear_task, {}, cluster, detach)
-        if outcomes is None:
-            return
-    else:
-        outcomes = run_with_progress(options, linear_task(options), "probe lp")
-    _report(outcomes, f"ctfm probe lp — {options.model} -> {options.out}")
+    _run(options, args)
 
 
 @probe_app.command("eao", help=protocol_help("eao", EAO_SUMMARY))
@@ -408,12 +414,10 @@ def eao(
     detach: DetachOpt = False,
 ) -> None:
     """See ``EAO_SUMMARY``; ``--help`` adds the protocol defaults."""
-    from ctfm.cli.cluster import probe_via_slurm
-    from ctfm.executor.config import executor_from_options
-    from ctfm.probe.eao import eao_head_specs, eao_task
-    from ctfm.probe.runner import ProbeOptions, run_probe
+    from ctfm.probe.eao_grid import eao_head_specs
+    from ctfm.probe.options import ProbeOptions
 
-    train = _train_config("eao", locals())
+    args = locals()
     specs = eao_head_specs(
         split_list(head) or None,
         num_queries=num_queries,
@@ -424,40 +428,12 @@ def eao(
         hidden=hidden,
     )
     options = ProbeOptions.defaults(
-        section="eao",
-        store=store,
-        model=model,
-        labels=labels,
-        out=out,
-        diseases=resolve_diseases(disease, all_),
-        train=train,
-        probe="+".join(s.name for s in specs),
-        lrs=_numbers(lrs, float, "--lrs"),
-        weight_decays=_numbers(wds, float, "--weight-decays"),
-        split_column=split_column,
-        folds=folds,
-        seeds=_numbers(seeds, int, "--seeds"),
-        shots=shots,
-        tries=tries,
-        force=force,
-        wandb=wandb,
+        "eao",
+        train=_train_config("eao", args),
+        heads=specs,
+        dtype=dtype,
+        eval_batch_size=eval_batch_size,
+        cuda_graphs=cuda_graphs,
+        **_shared_options(args),
     )
-
-    cluster = executor_from_options(executor, slurm)
-    if cluster.kind == "slurm":
-        task_kwargs = {
-            "specs": specs,
-            "dtype": dtype,
-            "eval_batch_size": eval_batch_size,
-            "cuda_graphs": cuda_graphs,
-        }
-        if (outcomes := probe_via_slurm(options, "eao", eao_task, task_kwargs, cluster, detach)) is None:
-            return
-        _report(outcomes, f"ctfm probe eao — {options.model} -> {options.out}")
-        return
-    task = eao_task(
-        options, specs, dtype, eval_batch_size, progress=console.is_terminal, cuda_graphs=cuda_graphs
-    )
-    with library_log(console):
-        outcomes = run_probe(options, task)
-    _report(outcomes, f"ctfm probe eao — {options.model} -> {options.out}")
+    _run(options, args)

@@ -8,34 +8,34 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ctfm.executor.config import ExecutorConfig
 from ctfm.executor.jobs import JobDir, TaskCall, TaskState
 from ctfm.executor.submit import submit_job, wait
+from ctfm.probe.options import ProbeOptions
+from ctfm.probe.runner import DiseaseOutcome
+from ctfm.probe.stage import ProbeResult
 
 
-def probe_disease(options: Any, make_task: Callable[..., Any], task_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The array task: ``run_probe`` on one disease; its outcome goes back in the task's report."""
-    from ctfm.probe.runner import run_probe
+def probe_disease(options: ProbeOptions) -> dict[str, Any]:
+    """The array task: :func:`~ctfm.probe.stage.run_probe` on one disease; its outcome goes back in the task's
+    report."""
+    from ctfm.probe.stage import run_probe
 
-    outcomes = run_probe(options, make_task(options, **task_kwargs))
-    failed = [o for o in outcomes if o.status == "failed"]
-    for o in failed:
+    result = run_probe(options)
+    for o in result.failed:
         print(f"failed {o.disease}: {o.error}", flush=True)
     return {
-        "rc": int(bool(failed)),
-        "reason": "; ".join(f"{o.disease}: {o.error}" for o in failed),
-        "outcomes": [dataclasses.asdict(o) for o in outcomes],
+        "rc": int(bool(result.failed)),
+        "reason": "; ".join(f"{o.disease}: {o.error}" for o in result.failed),
+        "outcomes": [dataclasses.asdict(o) for o in result.outcomes],
     }
 
 
-def outcomes_of(states: list[TaskState]) -> list[Any]:
+def outcomes_of(states: list[TaskState]) -> list[DiseaseOutcome]:
     """The per-disease outcomes the tasks reported; a task that reported none is its disease's failure."""
-    from ctfm.probe.runner import DiseaseOutcome
-
     out = []
     for state in states:
         reported = state.result.get("outcomes")
@@ -50,19 +50,10 @@ def outcomes_of(states: list[TaskState]) -> list[Any]:
 
 
 def probe_on_cluster(
-    options: Any,
-    task: str,
-    make_task: Callable[..., Any],
-    task_kwargs: dict[str, Any],
-    executor: ExecutorConfig,
-    jobs: Path,
-    detach: bool = False,
-    progress: bool = True,
-    dtype: str = "float32",
-) -> tuple[JobDir, list[Any]]:
-    """Submit one task per disease of ``options`` (``task``: lp or eao; ``make_task(options, **task_kwargs)``
-    builds the probe task in each array task) and (unless ``detach``) wait; returns the job and the
-    outcomes, in the diseases' order."""
+    options: ProbeOptions, executor: ExecutorConfig, jobs: Path, detach: bool = False, progress: bool = True
+) -> tuple[JobDir, ProbeResult]:
+    """Submit one task per disease of ``options`` and (unless ``detach``) wait; returns the job and the
+    result, its outcomes in the diseases' order (none when detached)."""
     from ctfm.core.benchmark import load_benchmark
     from ctfm.core.errors import StoreError
     from ctfm.probe.layout import DiseaseLayout
@@ -73,22 +64,19 @@ def probe_on_cluster(
         out=Path(options.out).resolve(),
     )  # fmt: skip
     store = Store(options.store)
+    task = options.task
     store.check_model(options.model, task)
     bench = load_benchmark()
     for view in sorted({bench.view_of(d) for d in options.diseases}):
         with contextlib.suppress(StoreError):  # the disease's task reports it, as a local run would
-            store.view(options.model, task, view).packed(dtype)
+            store.view(options.model, task, view).packed(options.dtype)
 
     def calls(job: JobDir) -> list[TaskCall]:
         return [
             TaskCall(
                 label=f"{disease} ({options.model}, {task})",
                 fn=probe_disease,
-                kwargs={
-                    "options": dataclasses.replace(options, diseases=[disease]),
-                    "make_task": make_task,
-                    "task_kwargs": task_kwargs,
-                },
+                kwargs={"options": dataclasses.replace(options, diseases=[disease])},
             )
             for disease in options.diseases
         ]
@@ -96,5 +84,5 @@ def probe_on_cluster(
     targets = [str(DiseaseLayout.of(options.out, options.model, d, task).dir) for d in options.diseases]
     job = submit_job(jobs, f"probe-{task}-{options.model}", targets, executor, calls)
     if detach:
-        return job, []
-    return job, outcomes_of(wait(job, executor.poll_s, progress))
+        return job, ProbeResult(options, [])
+    return job, ProbeResult(options, outcomes_of(wait(job, executor.poll_s, progress)))

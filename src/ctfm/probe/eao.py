@@ -9,7 +9,6 @@ the rules shared with task 1, and saves and serves the checkpoints.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import shutil
 import time
@@ -20,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctfm.core.benchmark import load_benchmark
 from ctfm.core.device import resolve_device
 from ctfm.core.errors import ConfigError
 from ctfm.probe.checkpoint import save_selection
@@ -30,8 +28,9 @@ from ctfm.probe.eao_heads import attn_pool_reference_state
 from ctfm.probe.heads import build_head
 from ctfm.probe.layout import RunLayout
 from ctfm.probe.linear import encode_labels
+from ctfm.probe.options import ProbeOptions
 from ctfm.probe.reference import eao_head_name, save_eao
-from ctfm.probe.runner import ProbeOptions, ProbeTask
+from ctfm.probe.runner import ProbeTask
 from ctfm.probe.tokens import TokenReader, bucketed_batches
 from ctfm.probe.training import (
     STRATEGIES,
@@ -49,7 +48,6 @@ from ctfm.probe.training import (
     reuse_freed_memory,
     seed_everything,
 )
-from ctfm.store import PACK_DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -340,19 +338,14 @@ def save_eao_checkpoints(
         written[REFERENCE_STRATEGY] = path.relative_to(layout.dir).as_posix()
     for name, sel in fit.selections.items():
         spec = specs[sel.head]
-        save_selection(
-            layout,
-            name,
-            sel,
-            data,
-            config,
-            fit,
-            kind="eao",
-            head_name=spec["name"],
-            head_kwargs={"dim": data.feature_dim, "num_classes": len(fit.classes), **spec["kwargs"]},
-            state_dict=sel.state,
-            norm={"type": "raw", "mean": None, "std": None},
-        )
+        head = {
+            "kind": "eao",
+            "head_name": spec["name"],
+            "head_kwargs": {"dim": data.feature_dim, "num_classes": len(fit.classes), **spec["kwargs"]},
+            "state_dict": sel.state,
+            "norm": {"type": "raw", "mean": None, "std": None},
+        }
+        save_selection(layout, name, sel, data, config, fit, **head)
     return written
 
 
@@ -360,21 +353,10 @@ def save_eao_checkpoints(
 # The `ctfm probe eao` task
 
 
-def eao_task(
-    options: ProbeOptions,
-    specs: Sequence[HeadSpec],
-    dtype: str = "float32",
-    eval_batch_size: int | None = None,
-    progress: bool = False,
-    cuda_graphs: bool = True,
-) -> ProbeTask:
-    """Task 2 for the shared runner: packed tokens in, every (head x lr) member trained in one pass."""
-    if dtype not in PACK_DTYPES:
-        raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(PACK_DTYPES)}")
-    if eval_batch_size is not None and eval_batch_size < 1:
-        raise ConfigError(f"--eval-batch-size must be at least 1, not {eval_batch_size}")
-    if len(options.weight_decays) != 1:
-        raise ConfigError(f"EAO trains with one weight decay per run, not {options.weight_decays}")
+def eao_task(options: ProbeOptions, progress: bool = False) -> ProbeTask:
+    """Task 2 for the shared runner: packed tokens in, every (head x lr) member of ``options.heads`` trained
+    in one pass (``options`` checked these settings when it was made)."""
+    specs, dtype = options.heads, options.dtype
     weight_decay = float(options.weight_decays[0])
 
     def load(disease: str) -> DiseaseData:
@@ -386,18 +368,19 @@ def eao_task(
         rows = data.table["row"].to_numpy()
         reader = TokenReader.from_packed(data.packed)
         device = resolve_device(config.device)
-        graphed = cuda_graphed(device, config, cuda_graphs)
+        graphed = cuda_graphed(device, config, options.cuda_graphs)
         plan = plan_memory(
             specs, len(options.lrs), reader, config.batch_size, len(classes), available_bytes(device),
-            eval_batch_size, graphed,
+            options.eval_batch_size, graphed,
         )  # fmt: skip
         logger.info("%s: EAO training %s", data.disease, plan.describe())
         check_memory(plan)
         eao_data = EAOData(reader, rows[train], y_tr, rows[val], y_va, list(classes))
         with _progress(progress, f"{data.disease} eao", config.epochs) as on_epoch:
             return fit_eao(
-                eao_data, specs, options.lrs, config, weight_decay, eval_batch_size, on_epoch, cuda_graphs
-            )
+                eao_data, specs, options.lrs, config, weight_decay, options.eval_batch_size, on_epoch,
+                options.cuda_graphs,
+            )  # fmt: skip
 
     settings = {"heads": [{"name": s.name, **s.kwargs} for s in specs], "dtype": dtype}
     return ProbeTask("eao", load, fit, save_eao_checkpoints, settings)
@@ -418,42 +401,3 @@ def _progress(enabled: bool, label: str, epochs: int) -> Iterator[Callable[[int,
             bar.update(task, completed=epoch, description=f"{label} ({active} heads training)")
 
         yield on_epoch
-
-
-def eao_head_specs(names: Sequence[str] | None = None, **options: object) -> list[HeadSpec]:
-    """Head specs for ``names`` (default: the config's ``eao.head``) from the given head options.
-
-    Each head receives only the options its constructor accepts (``None`` = the head's default); attn-pool's
-    queries, heads and layers default to the ``eao`` section of ``configs/benchmark.yaml``.
-    """
-    from ctfm.probe.eao_heads import EAO_HEADS
-
-    conf = load_benchmark().section("eao")
-    names = list(names or [conf["head"]])
-    specs = []
-    for name in dict.fromkeys(names):
-        if name not in EAO_HEADS:
-            raise ConfigError(f"--head {name!r} is not one of {', '.join(EAO_HEADS)}")
-        accepted = set(inspect.signature(EAO_HEADS[name]).parameters) - {"dim", "num_classes", "members"}
-        kwargs = {k: conf[k] for k in accepted if k in conf}
-        kwargs.update({k: v for k, v in options.items() if k in accepted and v is not None})
-        for key, value in kwargs.items():
-            _check_head_option(name, key, value)
-        specs.append(HeadSpec(name, dict(sorted(kwargs.items()))))
-    return specs
-
-
-# Valid ranges of the head options (a value outside would crash or silently build a degenerate head).
-_HEAD_OPTION_AT_LEAST = {"num_queries": 1, "num_heads": 1, "num_layers": 0, "hidden": 1, "embed_dim": 1}
-
-
-def _check_head_option(head: str, key: str, value: object) -> None:
-    """One clear line naming the option (as its CLI flag) when a head option is out of range."""
-    flag = f"--{key.replace('_', '-')}"
-    least = _HEAD_OPTION_AT_LEAST.get(key)
-    if least is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-        raise ConfigError(f"{head}: {flag} must be an integer of at least {least}, not {value!r}")
-    if key == "ffn_mult" and not (isinstance(value, int | float) and value > 0):
-        raise ConfigError(f"{head}: {flag} must be a positive number, not {value!r}")
-    if key == "dropout" and not (isinstance(value, int | float) and 0 <= value < 1):
-        raise ConfigError(f"{head}: {flag} must be in [0, 1), not {value!r}")

@@ -9,6 +9,7 @@ that stops early is cut out of its module and stops costing compute.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ctfm.core.benchmark import load_benchmark
 from ctfm.core.errors import ConfigError
-from ctfm.probe.eao_heads import MemberHead
+from ctfm.probe.eao_heads import EAO_HEADS, MemberHead
 from ctfm.probe.heads import build_head
 from ctfm.probe.tokens import TokenBatch, TokenReader, eval_batches
 from ctfm.probe.training import SGD_MOMENTUM
@@ -356,3 +358,40 @@ def _member_losses(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor |
         return per.mean(1)
     w = weight[y]
     return (per * w).sum(1) / w.sum()
+
+
+def eao_head_specs(names: Sequence[str] | None = None, **options: object) -> list[HeadSpec]:
+    """Head specs for ``names`` (default: the config's ``eao.head``) from the given head options.
+
+    Each head receives only the options its constructor accepts (``None`` = the head's default); attn-pool's
+    queries, heads and layers default to the ``eao`` section of ``configs/benchmark.yaml``.
+    """
+    conf = load_benchmark().section("eao")
+    names = list(names or [conf["head"]])
+    specs = []
+    for name in dict.fromkeys(names):
+        if name not in EAO_HEADS:
+            raise ConfigError(f"--head {name!r} is not one of {', '.join(EAO_HEADS)}")
+        accepted = set(inspect.signature(EAO_HEADS[name]).parameters) - {"dim", "num_classes", "members"}
+        kwargs = {k: conf[k] for k in accepted if k in conf}
+        kwargs.update({k: v for k, v in options.items() if k in accepted and v is not None})
+        for key, value in kwargs.items():
+            _check_head_option(name, key, value)
+        specs.append(HeadSpec(name, dict(sorted(kwargs.items()))))
+    return specs
+
+
+# Valid ranges of the head options (a value outside would crash or silently build a degenerate head).
+_HEAD_OPTION_AT_LEAST = {"num_queries": 1, "num_heads": 1, "num_layers": 0, "hidden": 1, "embed_dim": 1}
+
+
+def _check_head_option(head: str, key: str, value: object) -> None:
+    """One clear line naming the option (as its CLI flag) when a head option is out of range."""
+    flag = f"--{key.replace('_', '-')}"
+    least = _HEAD_OPTION_AT_LEAST.get(key)
+    if least is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+        raise ConfigError(f"{head}: {flag} must be an integer of at least {least}, not {value!r}")
+    if key == "ffn_mult" and not (isinstance(value, int | float) and value > 0):
+        raise ConfigError(f"{head}: {flag} must be a positive number, not {value!r}")
+    if key == "dropout" and not (isinstance(value, int | float) and 0 <= value < 1):
+        raise ConfigError(f"{head}: {flag} must be in [0, 1), not {value!r}")

@@ -290,19 +290,18 @@ def fit_linear_grid(
     config.validated()
     device = resolve_device(config.device)
     with torch_threads(device, config.threads):
-        return _fit_grid(x_train, y_train, x_val, y_val, grid, config, device, progress)
+        return _fit_grid((x_train, y_train, x_val, y_val), grid, config, device, progress)
 
 
 def _fit_grid(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     grid: Sequence[GridPoint],
     config: TrainConfig,
     device: torch.device,
     progress: ProgressFn | None,
 ) -> FitResult:
+    """:func:`fit_linear_grid` on ``device``; ``arrays``: train features and labels, then val."""
+    x_train, y_train, x_val, y_val = arrays
     started = time.perf_counter()
     ytr, yva, classes = encode_labels(np.asarray(y_train), np.asarray(y_val))
     n_classes = len(classes)

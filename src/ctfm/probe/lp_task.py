@@ -10,9 +10,10 @@ import numpy as np
 from ctfm.probe.checkpoint import save_selection
 from ctfm.probe.data import DiseaseData, load_disease
 from ctfm.probe.layout import RunLayout
+from ctfm.probe.options import ProbeOptions
 from ctfm.probe.reference import save_lp
 from ctfm.probe.report import selected_train_loss
-from ctfm.probe.runner import ProbeOptions, ProbeTask
+from ctfm.probe.runner import ProbeTask
 from ctfm.probe.training import FitResult, TrainConfig
 
 
@@ -44,19 +45,14 @@ def save_linear_checkpoints(
                 val_metrics={**sel.metrics, "train_loss": selected_train_loss(fit, sel)},
             )
             written[name] = path.relative_to(layout.dir).as_posix()
-        save_selection(
-            layout,
-            name,
-            sel,
-            data,
-            config,
-            fit,
-            kind="lp",
-            head_name="linear",
-            head_kwargs={"in_dim": int(weight.shape[1]), "out_dim": int(weight.shape[0])},
-            state_dict={"linear.weight": weight, "linear.bias": bias},
-            norm=norm.to_dict(),
-        )
+        head = {
+            "kind": "lp",
+            "head_name": "linear",
+            "head_kwargs": {"in_dim": int(weight.shape[1]), "out_dim": int(weight.shape[0])},
+            "state_dict": {"linear.weight": weight, "linear.bias": bias},
+            "norm": norm.to_dict(),
+        }
+        save_selection(layout, name, sel, data, config, fit, **head)
     return written
 
 

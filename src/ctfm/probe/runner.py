@@ -5,9 +5,9 @@ disease, fit one run and save its checkpoints; everything else (run planning, re
 mean/std over runs, missing-case reporting, wandb, skipping finished diseases) lives here once.
 
 Example:
-    >>> options = ProbeOptions.defaults(store=Path("store"), model="m", labels=Path("labels"),
-    ...                                 out=Path("probes"), diseases=["fatty_liver"])  # doctest: +SKIP
-    >>> outcomes = run_probe(options, linear_task(options))  # doctest: +SKIP
+    >>> outcomes = probe_diseases(options, linear_task(options))  # doctest: +SKIP
+
+Callers outside :mod:`ctfm.probe` use :func:`ctfm.probe.stage.run_probe`, which picks the task.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,129 +25,18 @@ from typing import Any
 import numpy as np
 
 from ctfm import __version__
-from ctfm.core.benchmark import load_benchmark
 from ctfm.core.errors import ConfigError, CtfmError, DataError
 from ctfm.core.fsutil import exclusive_use, remove_partials, write_text_atomic
-from ctfm.probe.data import DiseaseData, current_input_key, few_shot, fold_columns
+from ctfm.probe.data import DiseaseData, current_input_key, few_shot
 from ctfm.probe.figure import FigureWorker
 from ctfm.probe.layout import DiseaseLayout, RunLayout
+from ctfm.probe.options import ProbeOptions, RunSpec
 from ctfm.probe.report import write_reports
 from ctfm.probe.training import FitResult, TrainConfig, mean_std, seed_everything
 
 SUMMARY_METRICS = ("balanced_acc", "auroc", "acc", "f1", "ap", "sensitivity", "specificity", "loss")
 logger = logging.getLogger(__name__)
 OnRun = Callable[[str, str], None]  # (disease, run tag) after each finished, skipped or failed run
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One training run of a disease: which split column, seed and few-shot draw."""
-
-    tag: str
-    seed: int
-    split_column: str
-    shots: int = 0
-    try_index: int = 0
-
-
-def plan_runs(split_column: str, folds: int, seeds: list[int], shots: int, tries: int) -> list[RunSpec]:
-    """Every (split column, seed, try); tags name only the axes that vary (``""`` for a single run)."""
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise ConfigError(
-            f"--seeds lists {', '.join(map(str, repeated))} more than once (each run needs its own)"
-        )
-    columns = fold_columns(folds) if folds else [split_column]
-    draws = list(range(tries)) if shots else [0]
-    runs = []
-    for column in columns:
-        for seed in seeds:
-            for t in draws:
-                parts = []
-                if folds:
-                    parts.append(column)
-                if len(seeds) > 1:
-                    parts.append(f"seed{seed}")
-                if shots:
-                    parts.append(f"shots{shots}-try{t}")
-                runs.append(RunSpec("_".join(parts), seed, column, shots, t))
-    return runs
-
-
-@dataclass
-class ProbeOptions:
-    """Everything one ``ctfm probe`` invocation needs (the CLI fills it; tests build it directly)."""
-
-    store: Path
-    model: str
-    labels: Path
-    out: Path
-    diseases: list[str]
-    train: TrainConfig
-    probe: str = "grid"
-    lrs: list[float] = field(default_factory=list)
-    weight_decays: list[float] = field(default_factory=list)
-    norms: list[str] = field(default_factory=list)
-    betas: list[tuple[float, float]] = field(default_factory=lambda: [(0.9, 0.999)])
-    eps: list[float] = field(default_factory=lambda: [1e-8])
-    split_column: str = "split"
-    folds: int = 0
-    seeds: list[int] = field(default_factory=list)
-    shots: int = 0
-    tries: int = 1
-    force: bool = False
-    retrain_changed: bool = False  # a finished disease trained with other options is retrained, not refused
-    wandb: bool = False
-    wandb_project: str = "ctfm"
-    logreg_cs: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        check_grid_values(self.lrs, self.weight_decays, self.eps, self.betas, self.logreg_cs)
-
-    @classmethod
-    def defaults(cls, section: str = "linear_probe", **kwargs: Any) -> ProbeOptions:
-        """Grid axes and training rules from ``configs/benchmark.yaml`` unless given (None = default)."""
-        conf = load_benchmark().section(section)
-        train = kwargs.pop("train", None) or TrainConfig.from_benchmark(section)
-        given = {k: v for k, v in kwargs.items() if v is not None}
-        given.setdefault("lrs", list(conf.get("lrs", [])))
-        given.setdefault("weight_decays", list(conf.get("weight_decays", [])))
-        given.setdefault("norms", list(conf.get("norms", ["raw"])))
-        return cls(train=train, **given)
-
-    def run_specs(self) -> list[RunSpec]:
-        seeds = self.seeds or [self.train.seed]
-        return plan_runs(self.split_column, self.folds, seeds, self.shots, self.tries)
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-ready record of the options (for summary.json and wandb)."""
-        d = asdict(self)
-        d.update({k: str(v) for k, v in d.items() if isinstance(v, Path)})
-        d["train"] = asdict(self.train)
-        return d
-
-
-def check_grid_values(
-    lrs: Sequence[float],
-    weight_decays: Sequence[float] = (),
-    eps: Sequence[float] = (),
-    betas: Sequence[tuple[float, float]] = (),
-    cs: Sequence[float] = (),
-) -> None:
-    """Optimiser values out of range would train silently wrong heads (a negative lr climbs the loss) or
-    crash deep inside a run; they are one clear error before any disease is touched."""
-    _check_all("--lrs", lrs, lambda v: v > 0, "positive")
-    _check_all("weight decay (--weight-decays)", weight_decays, lambda v: v >= 0, "at least 0")
-    _check_all("--eps", eps, lambda v: v > 0, "positive")
-    _check_all("--cs", cs, lambda v: v > 0, "positive")
-    for pair in betas:
-        _check_all("--betas", pair, lambda v: 0 <= v < 1, "in [0, 1)")
-
-
-def _check_all(flag: str, values: Sequence[float], ok: Callable[[float], bool], wording: str) -> None:
-    bad = [v for v in values if not ok(v)]
-    if bad:
-        raise ConfigError(f"{flag} values must be {wording}, not {bad[0]:g}")
 
 
 FitFn = Callable[[DiseaseData, np.ndarray, np.ndarray, TrainConfig], FitResult]
@@ -425,7 +314,7 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def run_probe(
+def probe_diseases(
     options: ProbeOptions,
     task: ProbeTask,
     stop_on_error: bool = False,
@@ -456,7 +345,7 @@ def _run_one(
     stop_on_error: bool,
     figures: FigureWorker,
 ) -> DiseaseOutcome:
-    """One disease of :func:`run_probe`: its outcome, with ``on_run`` called once per planned run."""
+    """One disease of :func:`probe_diseases`: its outcome, with ``on_run`` called once per planned run."""
     reported: list[str] = []
 
     def counted(name: str, tag: str) -> None:
