@@ -36,6 +36,7 @@ import yaml
 from ctfm.core.errors import CtfmError, DataError
 from ctfm.core.fsutil import exclusive_use, file_stamp, write_text_atomic
 from ctfm.core.hashing import digest
+from ctfm.core.progress import NO_PROGRESS, Progress
 from ctfm.runconfig import ContainerSpec, ExtractorSpec, RunConfig
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def docker_status() -> str | None:
 class Pipeline:
     """Plans and runs the stages of one :class:`RunConfig`."""
 
-    def __init__(self, cfg: RunConfig, progress: bool = False) -> None:
+    def __init__(self, cfg: RunConfig, progress: Progress = NO_PROGRESS) -> None:
         self.cfg = cfg
         self.out = Path(cfg.output)
         self.progress = progress
@@ -381,19 +382,18 @@ class Pipeline:
 
     def _container_runner(self, spec: ContainerSpec, task: str, view: str) -> Callable[[], str]:
         def run() -> str:
-            from ctfm.extract.containers import RunSettings, run_containers
+            from ctfm.extract.containers import ContainerRunOptions, RunSettings, run_containers
 
-            reports = run_containers(
+            options = ContainerRunOptions(
                 self.store_root,
                 self.data_root / "images",
                 RunSettings(task=task, memory=spec.memory, timeout_per_case=spec.timeout_per_case),
-                tarballs_dir=spec.folder,
-                tags=[] if spec.folder is not None else [spec.image or self._baseline_tag()],
-                masks_dir=None if view == "full" else self.masks_root / view,
+                tarballs=spec.folder,
+                tags=() if spec.folder is not None else (spec.image or self._baseline_tag(),),
+                masks=None if view == "full" else self.masks_root / view,
                 view=view,
-                log=logger.info,
-                progress=self.progress,
             )
+            reports = run_containers(options, log=logger.info, progress=self.progress)
             parts = []
             for r in reports:
                 if r.error:
@@ -563,7 +563,7 @@ class Pipeline:
         return Stage(f"leaderboard/{task}", key, run)
 
 
-def run_pipeline(cfg: RunConfig, progress: bool = False) -> RunResult:
+def run_pipeline(cfg: RunConfig, progress: Progress = NO_PROGRESS) -> RunResult:
     """Run (or resume) everything ``cfg`` describes; see the module docstring for the layout. A second run on
     the same output folder is refused while this one runs."""
     pipeline = Pipeline(cfg, progress)
@@ -577,7 +577,7 @@ class _SharedPass:
     views whose stage was already up to date cost the pass a stamp check per case."""
 
     def __init__(
-        self, configs: dict[tuple[str, str], ExtractConfig], progress: bool, executor: Any, out: Path
+        self, configs: dict[tuple[str, str], ExtractConfig], progress: Progress, executor: Any, out: Path
     ) -> None:
         self.configs, self.progress = configs, progress
         self.executor, self.out = executor, out  # ExecutorConfig; out holds the cluster jobs

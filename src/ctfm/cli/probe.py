@@ -409,6 +409,7 @@ def eao(
 ) -> None:
     """See ``EAO_SUMMARY``; ``--help`` adds the protocol defaults."""
     from ctfm.cli.cluster import probe_via_slurm
+    from ctfm.cli.progress import BarProgress
     from ctfm.executor.config import executor_from_options
     from ctfm.probe.eao import eao_head_specs, eao_task
     from ctfm.probe.runner import ProbeOptions, run_probe
@@ -456,7 +457,7 @@ def eao(
         _report(outcomes, f"ctfm probe eao — {options.model} -> {options.out}")
         return
     task = eao_task(
-        options, specs, dtype, eval_batch_size, progress=console.is_terminal, cuda_graphs=cuda_graphs
+        options, specs, dtype, eval_batch_size, progress=BarProgress(transient=True), cuda_graphs=cuda_graphs
     )
     with library_log(console):
         outcomes = run_probe(options, task)

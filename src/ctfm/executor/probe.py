@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ctfm.core.progress import NO_PROGRESS, Progress
 from ctfm.executor.config import ExecutorConfig
 from ctfm.executor.jobs import JobDir, TaskCall, TaskState
 from ctfm.executor.submit import submit_job, wait
@@ -57,7 +58,7 @@ def probe_on_cluster(
     executor: ExecutorConfig,
     jobs: Path,
     detach: bool = False,
-    progress: bool = True,
+    progress: Progress = NO_PROGRESS,
     dtype: str = "float32",
 ) -> tuple[JobDir, list[Any]]:
     """Submit one task per disease of ``options`` (``task``: lp or eao; ``make_task(options, **task_kwargs)``
