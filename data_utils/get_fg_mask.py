@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ctfm.cli.progress import BarProgress
     from ctfm.core.errors import CtfmError
     from ctfm.masks import build_masks, cases_from_labels
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=max(1, args.num_workers),
             margin_mm=args.margin_mm,
             force=args.force,
-            progress=sys.stderr.isatty(),
+            progress=BarProgress(),  # drawn only on a terminal
         )
     except CtfmError as exc:
         print(f"error: {exc}", file=sys.stderr)

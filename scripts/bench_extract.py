@@ -61,10 +61,10 @@ def one_pass_vs_view_by_view(bench: Path, root: Path, extractor: str, diseases: 
 
     t0 = time.perf_counter()
     for cfg in configs(root / "by-view"):
-        run_local(cfg, progress=False)
+        run_local(cfg)
     by_view = time.perf_counter() - t0
     t0 = time.perf_counter()
-    summaries = run_local_many(configs(root / "one-pass"), progress=False)
+    summaries = run_local_many(configs(root / "one-pass"))
     one_pass = time.perf_counter() - t0
     failed = [case for s in summaries for case, _ in s.failed]
     if failed:
@@ -92,7 +92,7 @@ def run(
         batch_size=batch,
         device=device,
     )
-    summary = run_local(cfg, progress=False)
+    summary = run_local(cfg)
     if summary.failed:
         raise SystemExit(f"{extractor}: {len(summary.failed)} case(s) failed, e.g. {summary.failed[0]}")
     return summary

@@ -64,10 +64,11 @@ def run_ctfm(images: Path, store: Path, **settings) -> tuple[float, list[float]]
     """Wall time of a whole ctfm run, and the RunningTime it recorded per case."""
     import pandas as pd
 
-    from ctfm.extract.containers import RunSettings, run_containers
+    from ctfm.extract.containers import ContainerRunOptions, RunSettings, run_containers
 
+    options = ContainerRunOptions(store, images, RunSettings(memory="1g", **settings), tags=(TAG,))
     t0 = time.perf_counter()
-    (report,) = run_containers(store, images, RunSettings(memory="1g", **settings), tags=[TAG])
+    (report,) = run_containers(options)
     wall = time.perf_counter() - t0
     assert report.all_ok and len(report.outcomes) == len(list(images.glob("*.nii.gz"))), report.outcomes
     return wall, list(pd.read_csv(report.timing_csv).RunningTime)

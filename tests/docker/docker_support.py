@@ -37,10 +37,10 @@ def ctfm_containers(client, pid: int | None = None) -> list[str]:
 
 def run_tag(store: Path, tag: str, images: Path, **settings) -> object:
     """One team, given by tag, through the library's whole-run entry point."""
-    from ctfm.extract.containers import RunSettings, run_containers
+    from ctfm.extract.containers import ContainerRunOptions, RunSettings, run_containers
 
     settings.setdefault("memory", "1g")
-    (report,) = run_containers(store, images, RunSettings(**settings), tags=[tag])
+    (report,) = run_containers(ContainerRunOptions(store, images, RunSettings(**settings), tags=(tag,)))
     return report
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from docker_support import BAD_CASE, run_tag, statuses, write_cases
 
-from ctfm.extract.containers import RunSettings, run_containers
+from ctfm.extract.containers import ContainerRunOptions, RunSettings, run_containers
 from ctfm.extract.containers.folders import mount_tmpfs, remove_tree
 from ctfm.store import Store
 
@@ -60,10 +60,12 @@ def test_writes_over_the_scratch_cap_fail_that_case_with_the_reason_and_the_run_
     docker_client.images.get(test_image("fill", FILL_DIR=".", FILL_MIB="100")).tag("ctfm-fill", "1")
     try:
         filled, after = run_containers(
-            tmp_path / "s",
-            cases4,
-            RunSettings(memory="1g", scratch="32m"),
-            tags=["ctfm-fill:1", test_image("good")],
+            ContainerRunOptions(
+                tmp_path / "s",
+                cases4,
+                RunSettings(memory="1g", scratch="32m"),
+                tags=("ctfm-fill:1", test_image("good")),
+            )
         )
     finally:
         docker_client.images.remove("ctfm-fill:1")
@@ -134,8 +136,9 @@ def test_fuzzed_outputs_fail_alone_and_the_next_team_runs(tmp_path, test_image, 
     fuzz, good = test_image("fuzz"), test_image("good")
     docker_client.images.get(fuzz).tag("ctfm-fuzz", "1")
     try:
+        settings = RunSettings(memory="1g", batch_cases=n)
         fuzzed, after = run_containers(
-            tmp_path / "s", images, RunSettings(memory="1g", batch_cases=n), tags=["ctfm-fuzz:1", good]
+            ContainerRunOptions(tmp_path / "s", images, settings, tags=("ctfm-fuzz:1", good))
         )
     finally:
         docker_client.images.remove("ctfm-fuzz:1")

@@ -26,7 +26,13 @@ from docker_support import (
 )
 
 from ctfm.core.errors import ContainerError
-from ctfm.extract.containers import ContainerRunner, RunSettings, run_containers, run_team
+from ctfm.extract.containers import (
+    ContainerRunner,
+    ContainerRunOptions,
+    RunSettings,
+    run_containers,
+    run_team,
+)
 from ctfm.store import Store
 
 pytestmark = pytest.mark.docker
@@ -214,9 +220,8 @@ def test_tarball_with_unusual_tag_is_loaded_untagged_recorded_and_removed(
     save_tarball(docker_client, image_id, teams / "acme_lp.tar.gz", ["registry.local/acme-sub:v7"])
     docker_client.images.remove(image_id)
     said: list[str] = []
-    (report,) = run_containers(
-        tmp_path / "s", cases4, RunSettings(memory="1g"), tarballs_dir=teams, log=said.append
-    )
+    options = ContainerRunOptions(tmp_path / "s", cases4, RunSettings(memory="1g"), tarballs=teams)
+    (report,) = run_containers(options, log=said.append)
     assert report.team == "acme" and report.all_ok and report.image_id == image_id
     view = Store(tmp_path / "s").view("acme", "lp", "full")
     assert {view.record(c).image_id for c in view.cases()} == {image_id}
@@ -251,7 +256,7 @@ def test_a_tarball_never_moves_a_tag_even_when_the_runner_is_killed_mid_load(
     try:
         monkeypatch.chdir(tmp_path)
         thief, victim = run_containers(
-            Path("s"), cases4, RunSettings(memory="1g"), tarballs_dir=teams, tags=["ctfm-victim:1"]
+            ContainerRunOptions(Path("s"), cases4, RunSettings(memory="1g"), teams, ("ctfm-victim:1",))
         )
         assert thief.all_ok and victim.all_ok
         assert (thief.image_id, victim.image_id) == (thief_id, organizer.id)
@@ -469,8 +474,9 @@ def test_reference_and_ctfm_give_a_reference_contract_container_equal_outputs(
         (work / "inputs" / image.name).unlink()
     for mode in ({"batch_cases": 3}, {"per_case": True}):
         store = tmp_path / f"s{len(mode)}{next(iter(mode))}"
+        settings = RunSettings(memory="1g", **mode)
         (report,) = run_containers(
-            store, images, RunSettings(memory="1g", **mode), tags=[tag], masks_dir=masks, view="liver_cyst"
+            ContainerRunOptions(store, images, settings, tags=(tag,), masks=masks, view="liver_cyst")
         )
         assert report.all_ok and len(report.outcomes) == 8, report.outcomes
         assert (

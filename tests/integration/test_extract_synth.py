@@ -40,7 +40,7 @@ def test_hu_stats_roi_embeddings_separate_findings(bench200: Path, tmp_path: Pat
         extractor="hu-stats", images=bench200 / "images", store=store, masks=bench200 / "fg_masks",
         disease=disease, workers=2,
     )  # fmt: skip
-    summary = run_local(cfg, progress=False)
+    summary = run_local(cfg)
     assert summary.failed == [] and len(summary.ok) == 200
     packed = Store(store).view("hu-stats", "lp", disease).packed()
     labels = read_labels(bench200 / "labels" / f"{disease}.csv", disease)

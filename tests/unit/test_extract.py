@@ -333,3 +333,27 @@ def test_baseline_image_recipe_ships_inside_the_package():
         path = (BUILD_SCRIPT.parent / rel).resolve()
         assert path.is_file() and package in path.parents, rel
     assert not re.search(r"\b(src|scripts|docker)/", script)  # nothing found in a checkout's folders
+
+
+def test_cnn3d_refuses_an_unknown_task() -> None:
+    from ctfm.extract.extractors.cnn3d import Cnn3dExtractor
+
+    with pytest.raises(ValueError, match="unknown task 'lpp'"):
+        Cnn3dExtractor().extract(np.zeros((1, 8, 8, 8), np.float32), None, (3.0, 3.0, 3.0), "lpp")
+
+
+def test_container_run_options_are_checked_when_built_and_when_changed(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from ctfm.extract.containers import ContainerRunOptions, RunSettings
+
+    with pytest.raises(ConfigError, match=r"--containers DIR .* or --image TAG"):
+        ContainerRunOptions(tmp_path / "s", tmp_path / "images")
+    options = ContainerRunOptions(str(tmp_path / "s"), tmp_path / "images", tags=["team:1"], cases=["a"])
+    assert options.store == tmp_path / "s" and options.tags == ("team:1",) and options.cases == ("a",)
+    assert options.settings == RunSettings() and options.view == "full"
+    for view, masks in (("liver_cyst", None), ("full", tmp_path / "masks")):
+        with pytest.raises(ConfigError, match="an ROI view needs its mask folder"):
+            replace(options, view=view, masks=masks)
+    roi = replace(options, view="liver_cyst", masks=Path("masks"))
+    assert roi.resolved().masks == Path("masks").resolve() and roi.resolved().images.is_absolute()

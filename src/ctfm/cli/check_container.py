@@ -6,78 +6,53 @@ options and prints.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from ctfm.cli import default, new_console, one_value, plain
 
+GpusOpt = Annotated[
+    str, typer.Option("--gpus", help="Containers: GPU ids, e.g. 0,1 (one container per GPU).")
+]
+MemoryOpt = Annotated[str, typer.Option("--memory", help="Containers: memory limit (swap equal).")]
+ScratchOpt = Annotated[
+    str,
+    typer.Option(
+        "--scratch", help="Containers: what each may write in its own file system (kernel-enforced)."
+    ),
+]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option("--timeout-per-case", help="Containers: wall-clock seconds per case (batch: x cases)."),
+]
 
-def _settings(**kwargs: Any) -> Any:
+
+def container_settings(gpus: str, **settings: Any) -> Any:
+    """The containers' :class:`~ctfm.extract.containers.RunSettings` from the options (``--gpus 0,1``)."""
     from ctfm.extract.containers import RunSettings
 
-    gpus = kwargs.pop("gpus", "") or ""
-    return RunSettings(gpus=tuple(g.strip() for g in gpus.split(",") if g.strip()), **kwargs)
+    return RunSettings(gpus=tuple(g.strip() for g in gpus.split(",") if g.strip()), **settings)
 
 
-def extract_with_containers(
-    containers: Path | None,
-    tags: list[str],
-    images: Path,
-    store: Path,
-    task: str,
-    masks: Path | None,
-    disease: str | None,
-    cases: str | None,
-    force: bool,
-    gpus: str,
-    memory: str,
-    scratch: str,
-    timeout_per_case: float,
-    per_case: bool,
-    batch_cases: int,
-    keep_images: bool,
-    cpuset: str | None,
-    executor: Any = None,
-    detach: bool = False,
-) -> None:
-    """``ctfm extract --containers DIR | --image TAG``: run, print the team table, exit 1 on any failure."""
-    from ctfm.extract.containers import run_containers, team_table
-    from ctfm.extract.inputs import read_case_list
-    from ctfm.extract.local import resolve_view
+def extract_with_containers(options: Any, executor: Any = None, detach: bool = False) -> None:
+    """``ctfm extract --containers DIR | --image TAG`` (a :class:`~ctfm.extract.containers.ContainerRunOptions`):
+    run here or on the cluster, print the team table, exit 1 on any failure."""
+    from ctfm.cli.progress import BarProgress
+    from ctfm.extract.containers import run_containers
 
-    console = new_console()
-    view, mask_dir = resolve_view(masks, disease)
-    settings = _settings(
-        task=task,
-        gpus=gpus,
-        memory=memory,
-        scratch=scratch,
-        timeout_per_case=timeout_per_case,
-        per_case=per_case,
-        batch_cases=batch_cases,
-        keep_images=keep_images,
-        cpuset=cpuset,
-        force=force,
-    )
     if executor is not None and executor.kind == "slurm":
         from ctfm.cli.cluster import containers_via_slurm
 
-        containers_via_slurm(store, detach, executor, images=images, settings=settings, tarballs_dir=containers,
-                             tags=tags, masks_dir=mask_dir, view=view, cases=read_case_list(cases))  # fmt: skip
+        containers_via_slurm(options, executor, detach)
         return
+    console = new_console()
     reports = run_containers(
-        store,
-        images,
-        settings,
-        tarballs_dir=containers,
-        tags=tags,
-        masks_dir=mask_dir,
-        view=view,
-        cases=read_case_list(cases),
+        options,
         log=lambda msg: console.print(f"[yellow]{plain(msg)}[/]", highlight=False, soft_wrap=True),
-        progress=True,
+        progress=BarProgress(),
     )
     console.print(team_table(reports))
     failed = False
@@ -114,6 +89,31 @@ def extract_with_containers(
         raise typer.Exit(1)
 
 
+def team_table(reports: Sequence[Any]) -> Any:
+    """The end-of-run table: team, ok, failed, timeout, skipped, median s/case, image size."""
+    from rich.table import Table
+
+    from ctfm.extract.containers.teams import human_bytes
+
+    table = Table(title="container extraction")
+    for col in ("team", "ok", "failed", "timeout", "skipped", "median s/case", "image size"):
+        table.add_column(col, justify="left" if col == "team" else "right", overflow="fold")
+    for r in reports:
+        if r.error and not r.outcomes:
+            table.add_row(plain(r.team), "-", "not run", "-", "-", "-", "-")
+            continue
+        table.add_row(
+            plain(r.team),
+            str(r.count("ok")),
+            str(r.count("failed")),
+            str(r.count("timeout")),
+            str(r.skipped),
+            "-" if r.median_s is None else f"{r.median_s:.2f}",
+            human_bytes(r.image_size),
+        )
+    return table
+
+
 def _demo_inputs(images: Path | None, disease: str | None, tmp: Path) -> tuple[Path, Path | None]:
     """Images (and the disease's masks) to try: ``--images`` (a test_demo folder or plain images) or synthetic."""
     if images is None:
@@ -147,18 +147,10 @@ def check_container_cmd(
     images: Path | None = typer.Option(
         None, "--images", help="test_demo folder or folder of .nii.gz (default: a synthetic test_demo)."
     ),
-    gpus: str = typer.Option("", "--gpus", help="GPU ids, e.g. 0."),
-    memory: str = typer.Option(
-        default("container_limits", "memory"), "--memory", help="Memory limit (swap equal)."
-    ),
-    scratch: str = typer.Option(
-        default("container_limits", "scratch"),
-        "--scratch",
-        help="What the container may write in its own file system (kernel-enforced).",
-    ),
-    timeout_per_case: float = typer.Option(
-        default("container_limits", "timeout_per_case_s"), "--timeout-per-case", help="Seconds per case."
-    ),
+    gpus: GpusOpt = "",
+    memory: MemoryOpt = default("container_limits", "memory"),
+    scratch: ScratchOpt = default("container_limits", "scratch"),
+    timeout_per_case: TimeoutOpt = default("container_limits", "timeout_per_case_s"),
     log: Path | None = typer.Option(None, "--log", help="Write the container's stdout/stderr here."),
 ) -> None:
     """Dry-run a team image under the production settings; prints pass/fail per check, exit 1 on fail."""
@@ -169,8 +161,8 @@ def check_container_cmd(
     disease = one_value(diseases, "--disease")
 
     console = new_console()
-    settings = _settings(
-        task=task, gpus=gpus, memory=memory, scratch=scratch, timeout_per_case=timeout_per_case
+    settings = container_settings(
+        gpus, task=task, memory=memory, scratch=scratch, timeout_per_case=timeout_per_case
     )
     with temporary_folder("ctfm-demo-") as tmp:
         img_dir, masks = _demo_inputs(images, disease, tmp)

@@ -120,12 +120,13 @@ def task_cmd(job: Path = typer.Argument(...), index: int = typer.Argument(...)) 
 def extract_via_slurm(cfgs: list[Any], executor: Any, store: Path, detach: bool) -> None:
     """``ctfm extract --executor slurm`` with built-in extractors: submit, wait (or detach), report per view."""
     from ctfm.cli.extract import print_summary
+    from ctfm.cli.progress import BarProgress
     from ctfm.executor.extract import extract_on_cluster
     from ctfm.executor.jobs import jobs_root
 
     console = new_console()
     with library_log(console):
-        run = extract_on_cluster(cfgs, executor, jobs_root(store), detach=detach)
+        run = extract_on_cluster(cfgs, executor, jobs_root(store), detach, BarProgress())
     if _detached(run.job, detach, store, console):
         return
     for summary in run.summaries:
@@ -144,17 +145,16 @@ def _detached(job: Any, detach: bool, out: Path, console: Any) -> bool:
     return detach
 
 
-def containers_via_slurm(store: Path, detach: bool, executor: Any, **kwargs: Any) -> None:
+def containers_via_slurm(options: Any, executor: Any, detach: bool) -> None:
     """``ctfm extract --containers ... --executor slurm``: the tasks' states (team tables in their logs)."""
+    from ctfm.cli.progress import BarProgress
     from ctfm.executor.extract import containers_on_cluster
     from ctfm.executor.jobs import jobs_root
 
     console = new_console()
     with library_log(console):
-        run = containers_on_cluster(
-            store=store, executor=executor, jobs=jobs_root(store), detach=detach, **kwargs
-        )
-    if _detached(run.job, detach, store, console):
+        run = containers_on_cluster(options, executor, jobs_root(options.store), detach, BarProgress())
+    if _detached(run.job, detach, options.store, console):
         return
     if print_tasks(run.states, console) or any(s.state != "done" for s in run.states):
         raise typer.Exit(1)
@@ -162,10 +162,11 @@ def containers_via_slurm(store: Path, detach: bool, executor: Any, **kwargs: Any
 
 def probe_via_slurm(options: Any, executor: Any, detach: bool) -> Any:
     """``ctfm probe lp|eao --executor slurm``: the probe's result, or None when detached."""
+    from ctfm.cli.progress import BarProgress
     from ctfm.executor.jobs import jobs_root
     from ctfm.executor.probe import probe_on_cluster
 
     console = new_console()
     with library_log(console):
-        job, result = probe_on_cluster(options, executor, jobs_root(options.out), detach=detach)
+        job, result = probe_on_cluster(options, executor, jobs_root(options.out), detach, BarProgress())
     return None if _detached(job, detach, options.out, console) else result

@@ -28,6 +28,7 @@ def synth(
     ),
 ) -> None:
     """Generate synthetic abdominal CT phantoms with planted findings, in the public benchmark layout."""
+    from ctfm.cli.progress import BarProgress
     from ctfm.data.synth import generate_benchmark
 
     start = time.perf_counter()
@@ -38,7 +39,7 @@ def synth(
         shape=shape,
         workers=workers,
         totalseg_folders=totalseg_folders,
-        progress=True,
+        progress=BarProgress(),
     )
     took = time.perf_counter() - start
     console.print(f"wrote {cases} {shape} cases to {root} in {took:.1f} s (seed {seed})", markup=False)
@@ -55,9 +56,10 @@ def check(
     """Validate a benchmark folder; prints every problem and exits 1 if there is any."""
     from rich.table import Table
 
+    from ctfm.cli.progress import BarProgress
     from ctfm.data.check import check_benchmark
 
-    report = check_benchmark(folder, workers=workers, progress=True, class_map=class_map)
+    report = check_benchmark(folder, workers=workers, progress=BarProgress(), class_map=class_map)
     counts = ", ".join(f"{n} {k}" for k, n in report.counts.items())
     if report.ignored:
         console.print(

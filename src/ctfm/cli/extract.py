@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from ctfm.cli import default, first_names, new_console, one_value, plain, print_table, split_list
+from ctfm.cli.check_container import GpusOpt, MemoryOpt, ScratchOpt, TimeoutOpt
 from ctfm.cli.cluster import DetachOpt, ExecutorOpt, SlurmOpt
 
 
@@ -47,20 +48,10 @@ def extract_cmd(
         None, "--containers", help="Run team containers: folder of <team>_lp.tar.gz / <team>_eao.tar.gz."
     ),
     image: list[str] = typer.Option([], "--image", help="Run a local team image by tag (repeatable)."),
-    gpus: str = typer.Option("", "--gpus", help="Containers: GPU ids, e.g. 0,1 (one container per GPU)."),
-    memory: str = typer.Option(
-        default("container_limits", "memory"), "--memory", help="Containers: memory limit (swap equal)."
-    ),
-    scratch: str = typer.Option(
-        default("container_limits", "scratch"),
-        "--scratch",
-        help="Containers: what each may write in its own file system (kernel-enforced).",
-    ),
-    timeout_per_case: float = typer.Option(
-        default("container_limits", "timeout_per_case_s"),
-        "--timeout-per-case",
-        help="Containers: wall-clock seconds per case (batch: x cases).",
-    ),
+    gpus: GpusOpt = "",
+    memory: MemoryOpt = default("container_limits", "memory"),
+    scratch: ScratchOpt = default("container_limits", "scratch"),
+    timeout_per_case: TimeoutOpt = default("container_limits", "timeout_per_case_s"),
     per_case: bool = typer.Option(False, "--per-case", help="Containers: one container per case."),
     batch_cases: int = typer.Option(16, "--batch-cases", help="Containers: cases per container."),
     keep_images: bool = typer.Option(False, "--keep-images", help="Containers: keep loaded images."),
@@ -78,30 +69,21 @@ def extract_cmd(
 
         raise ConfigError("--extractor runs a built-in extractor, --containers/--image team images: pass one")
     if containers is not None or image:
-        from ctfm.cli.check_container import extract_with_containers
+        from ctfm.cli.check_container import container_settings, extract_with_containers
+        from ctfm.extract.containers import ContainerRunOptions
+        from ctfm.extract.inputs import read_case_list
+        from ctfm.extract.local import resolve_view
 
-        extract_with_containers(
-            containers,
-            image,
-            images,
-            store,
-            task,
-            masks,
-            one_value(diseases, "--disease"),
-            cases,
-            force,
-            gpus,
-            memory,
-            scratch,
-            timeout_per_case,
-            per_case,
-            batch_cases,
-            keep_images,
-            cpuset,
-            cluster,
-            detach,
-        )
+        view, mask_dir = resolve_view(masks, one_value(diseases, "--disease"))
+        settings = container_settings(gpus, task=task, memory=memory, scratch=scratch,
+                                      timeout_per_case=timeout_per_case, per_case=per_case,
+                                      batch_cases=batch_cases, keep_images=keep_images, cpuset=cpuset,
+                                      force=force)  # fmt: skip
+        options = ContainerRunOptions(store, images, settings, containers, tuple(image), mask_dir, view,
+                                      read_case_list(cases))  # fmt: skip
+        extract_with_containers(options, cluster, detach)
         return
+    from ctfm.cli.progress import BarProgress
     from ctfm.core.errors import ConfigError
     from ctfm.extract.inputs import read_case_list
     from ctfm.extract.local import ExtractConfig, run_local_many
@@ -124,7 +106,7 @@ def extract_cmd(
 
         extract_via_slurm(cfgs, cluster, store, detach)
         return
-    summaries = run_local_many(cfgs)
+    summaries = run_local_many(cfgs, BarProgress())
     for summary in summaries:
         print_summary(console, summary)
     if any(summary.failed for summary in summaries):

@@ -37,6 +37,7 @@ def masks(
 ) -> None:
     """Build the foreground mask of each ROI disease (union of its organs) for every case."""
 
+    from ctfm.cli.progress import BarProgress
     from ctfm.core.errors import ConfigError
     from ctfm.masks import build_masks, cases_from_labels, run_totalsegmentator, totalsegmentator_missing
 
@@ -61,7 +62,7 @@ def masks(
         margin_mm=margin_mm,
         force=force,
         class_map=class_map,
-        progress=True,
+        progress=BarProgress(),
     )
     _summarise(report, console)
     if not report.ok:

@@ -264,8 +264,10 @@ def _run(options: Any, args: dict[str, Any]) -> None:
     elif options.task == "lp":
         result = run_with_progress(options, "probe lp")
     else:  # eao draws a bar over each disease's epochs
+        from ctfm.cli.progress import BarProgress
+
         with library_log(console):
-            result = run_probe(options, progress=console.is_terminal)
+            result = run_probe(options, progress=BarProgress(transient=True))
     print_outcomes(result.outcomes, f"ctfm probe {options.task} — {options.model} -> {options.out}")
     for o in result.failed:
         console.print(f"[red]failed {o.disease}: {plain(o.error)}[/]", highlight=False)

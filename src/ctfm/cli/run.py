@@ -22,6 +22,7 @@ def _execute(config: Path, out: Path | None) -> None:
     from rich.table import Table
 
     from ctfm.cli.evaluate import LEADERBOARD_KEYS, leaderboard_table
+    from ctfm.cli.progress import BarProgress
     from ctfm.evaluate.splits import split_note, split_warning
     from ctfm.pipeline import run_pipeline
     from ctfm.runconfig import load_run_config
@@ -29,7 +30,7 @@ def _execute(config: Path, out: Path | None) -> None:
     cfg = load_run_config(config, overrides={"output": str(out.resolve()) if out else None})
     started = time.perf_counter()
     with library_log(console):
-        result = run_pipeline(cfg, progress=True)
+        result = run_pipeline(cfg, progress=BarProgress())
     stages = Table(title=f"stages ({time.perf_counter() - started:.0f} s)")
     for col in ("stage", "status", "seconds"):
         stages.add_column(col, justify="right" if col == "seconds" else "left")

@@ -37,6 +37,7 @@ from ctfm.core.nifti import (
     read_image_fast,
     voxel_problem,
 )
+from ctfm.core.progress import NO_PROGRESS, Progress, tracked
 from ctfm.data.synth import read_manifest
 
 
@@ -258,7 +259,7 @@ def _check_duplicates(root: Path, jobs: list[_VolumeJob], report: DatasetReport)
 def check_benchmark(
     root: Path,
     workers: int = 2,
-    progress: bool = False,
+    progress: Progress = NO_PROGRESS,
     class_map: str = "v2",
 ) -> DatasetReport:
     """Check a benchmark folder; reads every volume in a thread pool (zlib and numpy release the GIL)."""
@@ -283,11 +284,8 @@ def check_benchmark(
     _check_duplicates(root, jobs, report)
     for kind in ("image", "totalseg", "mask"):
         report.counts[f"{kind}s" if kind != "totalseg" else "label maps"] = sum(j.kind == kind for j in jobs)
-    from ctfm.progress import progress_bar
-
-    with progress_bar("check", progress) as bar, ThreadPoolExecutor(max(1, workers)) as pool:
-        task = bar.add_task("volumes", total=len(jobs))
+    with tracked(progress, "check", len(jobs)) as advance, ThreadPoolExecutor(max(1, workers)) as pool:
         for found in pool.map(lambda j: _check_volume(root, j, class_map), jobs):
             report.problems.extend(found)
-            bar.advance(task)
+            advance(1)
     return report

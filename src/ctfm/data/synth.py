@@ -19,8 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -34,6 +33,8 @@ from ctfm.core.benchmark import load_benchmark
 from ctfm.core.errors import ConfigError
 from ctfm.core.fsutil import link_or_copy, write_text_atomic
 from ctfm.core.nifti import NII_SUFFIX, read_array, write
+from ctfm.core.pool import run_jobs
+from ctfm.core.progress import NO_PROGRESS, Progress
 from ctfm.data.geometry import SHAPES
 from ctfm.data.phantom import render_case
 
@@ -131,27 +132,6 @@ def render_and_write(job: CaseJob) -> CaseResult:
     )
 
 
-def _run_jobs(jobs: list[CaseJob], workers: int, progress: bool) -> Iterator[CaseResult]:
-    """Render jobs inline or in a process pool, with a rich progress bar."""
-    from ctfm.progress import progress_bar
-
-    if workers <= 1:
-        with progress_bar("synth", progress) as bar:
-            task = bar.add_task("cases", total=len(jobs))
-            for job in jobs:
-                yield render_and_write(job)
-                bar.advance(task)
-        return
-    # Workers are forked before the progress bar starts its refresh thread.
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        futures = [pool.submit(render_and_write, job) for job in jobs]
-        with progress_bar("synth", progress) as bar:
-            task = bar.add_task("cases", total=len(jobs))
-            for fut in as_completed(futures):
-                yield fut.result()
-                bar.advance(task)
-
-
 def _write_labels(out: Path, table: pd.DataFrame, diseases: tuple[str, ...]) -> None:
     folds = [f"fold{k}" for k in range(N_FOLDS)]
     files = table["case"] + NII_SUFFIX
@@ -244,7 +224,7 @@ def generate_benchmark(
     shape: Literal["demo", "full"] = "demo",
     workers: int = 1,
     totalseg_folders: bool = False,
-    progress: bool = False,
+    progress: Progress = NO_PROGRESS,
 ) -> Path:
     """Write a synthetic benchmark folder; deterministic in (cases, seed, shape), whatever ``workers`` is."""
     _check_args(cases, seed, shape, workers)
@@ -266,7 +246,7 @@ def generate_benchmark(
     ]
     arguments = {"cases": cases, "seed": int(seed), "shape": shape, "totalseg_folders": totalseg_folders}
     _prepare_out(out, arguments, set(table["case"]))
-    results = {r.name: r for r in _run_jobs(jobs, workers, progress)}
+    results = {r.name: r for r in run_jobs(render_and_write, jobs, workers, progress, "synth")}
     _write_labels(out, table, diseases)
     test_cases = sorted(table.loc[table["split"] == "test", "case"]) or list(table["case"])  # tiny runs
     demo_cases = test_cases[:TEST_DEMO_CASES]

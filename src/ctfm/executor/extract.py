@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ctfm.core.fsutil import exclusive_use
+from ctfm.core.progress import NO_PROGRESS, Progress
 from ctfm.executor.config import ExecutorConfig
 from ctfm.executor.jobs import JobDir, TaskCall, TaskState
 from ctfm.executor.submit import submit_job, wait
+from ctfm.extract.containers.teams import ContainerRunOptions
 from ctfm.extract.local import ExtractConfig, ExtractSummary
 from ctfm.store import View
 from ctfm.store.shards import merge_shards, shard_session
@@ -37,7 +39,7 @@ def extract_shard(cfgs: list[ExtractConfig]) -> dict[str, Any]:
     """The array task: one pass of the in-process runner over this shard's cases (``cfg.shard`` set)."""
     from ctfm.extract.local import run_local_many
 
-    summaries = run_local_many(cfgs, progress=False)
+    summaries = run_local_many(cfgs)
     failed = [f"{s.view} {case}: {error}" for s in summaries for case, error in s.failed]
     for s in summaries:
         print(
@@ -48,12 +50,12 @@ def extract_shard(cfgs: list[ExtractConfig]) -> dict[str, Any]:
     return {"rc": int(bool(failed)), "reason": f"{len(failed)} case(s) failed" if failed else ""}
 
 
-def containers_shard(**kwargs: Any) -> dict[str, Any]:
+def containers_shard(options: ContainerRunOptions) -> dict[str, Any]:
     """The array task of team containers: ``run_containers`` on this shard's cases (``settings.shard`` set)."""
     from ctfm.extract.containers import run_containers
 
-    kwargs["settings"] = containers_shard_gpus(kwargs["settings"])
-    reports = run_containers(log=lambda m: print(m, flush=True), **kwargs)
+    options = dataclasses.replace(options, settings=containers_shard_gpus(options.settings))
+    reports = run_containers(options, log=lambda m: print(m, flush=True))
     bad = [r.team for r in reports if r.error or not r.all_ok]
     for r in reports:
         print(
@@ -71,7 +73,7 @@ def extract_on_cluster(
     executor: ExecutorConfig,
     jobs: Path,
     detach: bool = False,
-    progress: bool = True,
+    progress: Progress = NO_PROGRESS,
 ) -> ClusterRun:
     """Run one extraction pass (the configs of :func:`ctfm.extract.local.run_local_many`) as Slurm tasks."""
     from ctfm.extract.local import prepare_run
@@ -119,7 +121,7 @@ def _submit(
     executor: ExecutorConfig,
     jobs: Path,
     detach: bool,
-    progress: bool,
+    progress: Progress,
 ) -> ClusterRun:
     """Submit the tasks writing ``views``; unless detached, wait for them and merge their shards (a detached
     job's shards are merged by the next command on the views)."""
@@ -197,18 +199,11 @@ def containers_shard_gpus(settings: Any) -> Any:
 
 
 def containers_on_cluster(
-    store: Path,
-    images: Path,
-    settings: Any,
-    tarballs_dir: Path | None,
-    tags: list[str],
-    masks_dir: Path | None,
-    view: str,
-    cases: list[str] | None,
+    options: ContainerRunOptions,
     executor: ExecutorConfig,
     jobs: Path,
     detach: bool = False,
-    progress: bool = True,
+    progress: Progress = NO_PROGRESS,
 ) -> ClusterRun:
     """Team containers as Slurm tasks: every team over one shard of cases per task, with the same runner and
     limits as locally; each task loads the tarballs on its node. Returns the tasks' states (team tables are
@@ -217,26 +212,25 @@ def containers_on_cluster(
     from ctfm.extract.inputs import select_cases
     from ctfm.store import Store
 
-    store, images = Path(store).resolve(), Path(images).resolve()
-    teams = list(discover_tarballs(tarballs_dir, settings.task)) if tarballs_dir else []
-    teams += [team_from_tag(tag) for tag in tags]
-    views = [Store(store).view(team, settings.task, view) for team in teams]
-    selected, refused = select_cases(images, cases)
+    options = options.resolved()
+    task = options.settings.task
+    teams = list(discover_tarballs(options.tarballs, task)) if options.tarballs else []
+    teams += [team_from_tag(tag) for tag in options.tags]
+    views = [Store(options.store).view(team, task, options.view) for team in teams]
+    selected, refused = select_cases(options.images, options.cases)
     names = [case for case, _ in selected] + sorted(refused)
-    common = {"store": store, "images_dir": images, "tags": list(tags), "view": view,
-              "tarballs_dir": tarballs_dir and Path(tarballs_dir).resolve(),
-              "masks_dir": masks_dir and Path(masks_dir).resolve()}  # fmt: skip
+
+    def shard(chunk: list[str], name: str) -> ContainerRunOptions:
+        settings = dataclasses.replace(options.settings, shard=name)
+        return dataclasses.replace(options, cases=tuple(chunk), settings=settings)
 
     def calls(job: JobDir) -> list[TaskCall]:
+        chunks = _chunks(names, executor.cases_per_task)
         return [
-            TaskCall(
-                _label(chunk),
-                containers_shard,
-                {**common, "cases": chunk, "settings": dataclasses.replace(settings, shard=f"{job.key}-{i}")},
-            )
-            for i, chunk in enumerate(_chunks(names, executor.cases_per_task))
+            TaskCall(_label(chunk), containers_shard, {"options": shard(chunk, f"{job.key}-{i}")})
+            for i, chunk in enumerate(chunks)
         ]
 
     with _held(views):
-        name = f"containers-{settings.task}-{view}"
+        name = f"containers-{task}-{options.view}"
         return _submit(views, name, calls, executor, jobs, detach, progress)

@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ctfm.core.progress import NO_PROGRESS, Progress
 from ctfm.executor.config import ExecutorConfig
 from ctfm.executor.jobs import JobDir, TaskCall, TaskState
 from ctfm.executor.submit import submit_job, wait
@@ -50,7 +51,11 @@ def outcomes_of(states: list[TaskState]) -> list[DiseaseOutcome]:
 
 
 def probe_on_cluster(
-    options: ProbeOptions, executor: ExecutorConfig, jobs: Path, detach: bool = False, progress: bool = True
+    options: ProbeOptions,
+    executor: ExecutorConfig,
+    jobs: Path,
+    detach: bool = False,
+    progress: Progress = NO_PROGRESS,
 ) -> tuple[JobDir, ProbeResult]:
     """Submit one task per disease of ``options`` and (unless ``detach``) wait; returns the job and the
     result, its outcomes in the diseases' order (none when detached)."""

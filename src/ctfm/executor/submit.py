@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ctfm.core.errors import DataError
+from ctfm.core.progress import NO_PROGRESS, Progress, tracked
 from ctfm.executor import slurm
 from ctfm.executor.config import ExecutorConfig
 from ctfm.executor.jobs import JobDir, TaskCall, TaskState, list_jobs
@@ -83,18 +84,17 @@ def submit_job(
     return job
 
 
-def wait(job: JobDir, poll_s: float, progress: bool = True) -> list[TaskState]:
-    """Follow the job's tasks with a progress bar until every one has finished; returns their states.
-    Ctrl-C stops only the waiting: the tasks go on (``ctfm status``, ``scancel``)."""
-    from ctfm.progress import progress_bar
-
+def wait(job: JobDir, poll_s: float, progress: Progress = NO_PROGRESS) -> list[TaskState]:
+    """Follow the job's tasks (finished ones told to ``progress``) until every one has finished; returns their
+    states. Ctrl-C stops only the waiting: the tasks go on (``ctfm status``, ``scancel``)."""
     states = task_states(job)
-    label = f"[bold]slurm {job.slurm_id}[/] {job.meta()['name']}"
-    with progress_bar(label, enabled=progress) as bar:
-        bar_task = bar.add_task("tasks", total=len(states))
+    told = 0
+    with tracked(progress, f"slurm {job.slurm_id} {job.meta()['name']}", len(states)) as advance:
         while True:
-            bar.update(bar_task, completed=sum(s.finished for s in states))
-            if all(s.finished for s in states):
+            finished = sum(s.finished for s in states)
+            advance(finished - told)
+            told = finished
+            if finished == len(states):
                 return states
             time.sleep(poll_s)
             states = task_states(job)

@@ -28,6 +28,7 @@ from ctfm.core.device import resolve_device
 from ctfm.core.errors import ConfigError, CtfmError, DataError, StoreError
 from ctfm.core.fsutil import exclusive_use, file_stamp
 from ctfm.core.hashing import digest, sha256_file
+from ctfm.core.progress import NO_PROGRESS, Progress, tracked
 from ctfm.extract.inputs import case_inputs, is_current, mask_of, select_cases
 from ctfm.store import FULL_VIEW, CaseRecord, Store, View
 from ctfm.store.shards import open_view, shard_session
@@ -389,13 +390,13 @@ _SHARED = ("extractor", "images", "store", "model", "workers", "batch_size", "de
            "cases", "seed", "shard")  # fmt: skip
 
 
-def run_local(cfg: ExtractConfig, progress: bool = True) -> ExtractSummary:
+def run_local(cfg: ExtractConfig, progress: Progress = NO_PROGRESS) -> ExtractSummary:
     """Extract every selected case into the store in this process; returns what happened. The view is held
     for the run: a second process extracting into it is refused."""
     return run_local_many([cfg], progress)[0]
 
 
-def run_local_many(cfgs: list[ExtractConfig], progress: bool = True) -> list[ExtractSummary]:
+def run_local_many(cfgs: list[ExtractConfig], progress: Progress = NO_PROGRESS) -> list[ExtractSummary]:
     """Several tasks and views of one extractor in one pass over the images: each image is read and hashed
     once for all of them (a real scan takes about a second to decompress; a benchmark run has a dozen views
     and two tasks). Returns each config's summary, in order; every view is held for the pass."""
@@ -421,7 +422,7 @@ def run_local_many(cfgs: list[ExtractConfig], progress: bool = True) -> list[Ext
 
 def _extract_pass(
     cfgs: list[ExtractConfig], prepared: list[tuple[View, Path | None, Any]], extractor: Any, device: str,
-    progress: bool,
+    progress: Progress,
 ) -> list[ExtractSummary]:  # fmt: skip
     from ctfm.extract.preprocess import Preprocessor, resolve_spec
 
@@ -455,7 +456,7 @@ def _extract_pass(
     loader = make_loader(todo, Preprocessor(spec, with_mask=False), cfgs[0].workers, cfgs[0].batch_size)
     label = summaries[0].view if len(jobs) == 1 else f"{jobs[0].view.model} ({len(jobs)} views)"
     start = time.perf_counter()
-    with _progress(progress, sum(len(w.parts) for w in todo), label) as advance:
+    with tracked(progress, f"extract {label}", sum(len(w.parts) for w in todo)) as advance:
         for batch in loader:
             runner.handle(batch)
             advance(len(batch))
@@ -463,25 +464,3 @@ def _extract_pass(
     for summary in summaries:
         summary.wall_seconds = wall  # the pass's, shared by its jobs
     return summaries
-
-
-class _progress:
-    """A rich progress bar, or nothing (tests, benchmarks)."""
-
-    def __init__(self, enabled: bool, total: int, label: str) -> None:
-        self.enabled, self.total, self.label = enabled, total, label
-        self._bar: Any = None
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return lambda n: None
-        from ctfm.progress import progress_bar
-
-        self._bar = progress_bar("[bold]extract[/] {task.description}")
-        self._bar.__enter__()
-        task = self._bar.add_task(self.label, total=self.total)
-        return lambda n: self._bar.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)

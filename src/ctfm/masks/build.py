@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from ctfm.core import nifti
 from ctfm.core.benchmark import ClassMap
 from ctfm.core.errors import ConfigError, DataError
 from ctfm.core.fsutil import ABANDONED_S, exclusive_use, remove_partials
-from ctfm.masks.case import CaseResult, MaskJob, drop_stale_mask, mask_path, process_case
+from ctfm.core.pool import run_jobs
+from ctfm.core.progress import NO_PROGRESS, Progress
+from ctfm.masks.case import MaskJob, drop_stale_mask, mask_path, process_case
 from ctfm.masks.discovery import find_label_maps
 from ctfm.masks.plan import check_covers, check_diseases, resolve_class_map
 from ctfm.masks.records import FAILED, REPORT_NAME, LabelSource, MaskReport, MaskRow, write_report
@@ -26,7 +27,7 @@ def build_masks(
     margin_mm: float = 0.0,
     force: bool = False,
     class_map: ClassMap | str | Path | None = None,
-    progress: bool = False,
+    progress: Progress = NO_PROGRESS,
 ) -> MaskReport:
     """Write ``<out_dir>/<disease>/<case>.nii.gz`` for every case and disease, and ``masks_report.csv``.
 
@@ -65,7 +66,7 @@ def build_masks(
                 )
             )
         report.workers = min(workers, max(1, len(jobs)))
-        for result in _run_jobs(jobs, workers, progress):
+        for result in run_jobs(process_case, jobs, workers, progress, "masks"):
             report.rows += result.rows
             report.written += result.written
             report.skipped += result.skipped
@@ -88,24 +89,3 @@ def _case_diseases(
             case: [d for d in names if d in set(ds)] for case, ds in cases.items() if set(ds) & set(names)
         }
     return {nifti.case_id(case): list(names) for case in cases}
-
-
-def _run_jobs(jobs: list[MaskJob], workers: int, progress: bool) -> Iterable[CaseResult]:
-    """Cases in a process pool (or in-process for one worker), with a rich progress bar when asked."""
-    from ctfm.progress import progress_bar
-
-    bar = progress_bar("masks", progress)
-    if workers == 1 or len(jobs) <= 1:
-        with bar:
-            task = bar.add_task("masks", total=len(jobs))
-            for job in jobs:
-                yield process_case(job)
-                bar.advance(task)
-        return
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        futures = [pool.submit(process_case, job) for job in jobs]  # workers start before the bar's thread
-        with bar:
-            task = bar.add_task("masks", total=len(jobs))
-            for future in as_completed(futures):
-                yield future.result()
-                bar.advance(task)

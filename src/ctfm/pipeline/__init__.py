@@ -30,6 +30,7 @@ from __future__ import annotations
 import yaml
 
 from ctfm.core.fsutil import exclusive_use, write_text_atomic
+from ctfm.core.progress import NO_PROGRESS, Progress
 from ctfm.pipeline.extraction import container_models, extractor_models
 from ctfm.pipeline.inputs import data_stage, masks_stage
 from ctfm.pipeline.scoring import leaderboard_stage, probe_and_eval
@@ -63,7 +64,7 @@ def run_stages(ctx: RunContext) -> RunResult:
     return ctx.result
 
 
-def run_pipeline(cfg: RunConfig, progress: bool = False) -> RunResult:
+def run_pipeline(cfg: RunConfig, progress: Progress = NO_PROGRESS) -> RunResult:
     """Run (or resume) everything ``cfg`` describes; see the module docstring for the layout. A second run on
     the same output folder is refused while this one runs."""
     ctx = RunContext(cfg, progress)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ctfm.core.errors import CtfmError
 from ctfm.core.hashing import digest
+from ctfm.core.progress import Progress
 from ctfm.pipeline.stages import RunContext, Stage, StageIncomplete, StageOutcome, task_keys
 from ctfm.runconfig import ContainerSpec, ExtractorSpec
 
@@ -149,19 +150,18 @@ def _baseline_tag(ctx: RunContext) -> str:
 
 def _container_runner(ctx: RunContext, spec: ContainerSpec, task: str, view: str) -> Callable[[], str]:
     def run() -> str:
-        from ctfm.extract.containers import RunSettings, run_containers
+        from ctfm.extract.containers import ContainerRunOptions, RunSettings, run_containers
 
-        reports = run_containers(
+        options = ContainerRunOptions(
             ctx.store_root,
             ctx.data_root / "images",
             RunSettings(task=task, memory=spec.memory, timeout_per_case=spec.timeout_per_case),
-            tarballs_dir=spec.folder,
-            tags=[] if spec.folder is not None else [spec.image or _baseline_tag(ctx)],
-            masks_dir=None if view == "full" else ctx.masks_root / view,
+            tarballs=spec.folder,
+            tags=() if spec.folder is not None else (spec.image or _baseline_tag(ctx),),
+            masks=None if view == "full" else ctx.masks_root / view,
             view=view,
-            log=logger.info,
-            progress=ctx.progress,
         )
+        reports = run_containers(options, log=logger.info, progress=ctx.progress)
         parts = []
         for r in reports:
             if r.error:
@@ -185,7 +185,7 @@ class _SharedPass:
     views whose stage was already up to date cost the pass a stamp check per case."""
 
     def __init__(
-        self, configs: dict[tuple[str, str], ExtractConfig], progress: bool, executor: Any, out: Path
+        self, configs: dict[tuple[str, str], ExtractConfig], progress: Progress, executor: Any, out: Path
     ) -> None:
         self.configs, self.progress = configs, progress
         self.executor, self.out = executor, out  # ExecutorConfig; out holds the cluster jobs

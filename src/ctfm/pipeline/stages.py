@@ -18,6 +18,7 @@ from ctfm.core.benchmark import load_benchmark
 from ctfm.core.errors import CtfmError
 from ctfm.core.fsutil import write_text_atomic
 from ctfm.core.hashing import digest
+from ctfm.core.progress import NO_PROGRESS, Progress
 from ctfm.runconfig import RunConfig
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class StageStamps:
 class RunContext:
     """One run's settings, folders and record, and the driver every stage goes through."""
 
-    def __init__(self, cfg: RunConfig, progress: bool = False) -> None:
+    def __init__(self, cfg: RunConfig, progress: Progress = NO_PROGRESS) -> None:
         self.cfg = cfg
         self.out = Path(cfg.output)
         self.progress = progress

@@ -8,11 +8,10 @@ the rules shared with task 1, and saves and serves the checkpoints.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 
 from ctfm.core.device import resolve_device
 from ctfm.core.errors import ConfigError
+from ctfm.core.progress import NO_PROGRESS, Progress, tracked
 from ctfm.probe.checkpoint import save_selection
 from ctfm.probe.data import DiseaseData, load_disease
 from ctfm.probe.eao_grid import GridMember, HeadGrid, HeadSpec, graph_length
@@ -353,7 +353,7 @@ def save_eao_checkpoints(
 # The `ctfm probe eao` task
 
 
-def eao_task(options: ProbeOptions, progress: bool = False) -> ProbeTask:
+def eao_task(options: ProbeOptions, progress: Progress = NO_PROGRESS) -> ProbeTask:
     """Task 2 for the shared runner: packed tokens in, every (head x lr) member of ``options.heads`` trained
     in one pass (``options`` checked these settings when it was made)."""
     specs, dtype = options.heads, options.dtype
@@ -376,28 +376,17 @@ def eao_task(options: ProbeOptions, progress: bool = False) -> ProbeTask:
         logger.info("%s: EAO training %s", data.disease, plan.describe())
         check_memory(plan)
         eao_data = EAOData(reader, rows[train], y_tr, rows[val], y_va, list(classes))
-        with _progress(progress, f"{data.disease} eao", config.epochs) as on_epoch:
+        label = f"{data.disease} eao"
+        with tracked(progress, label, config.epochs):
             return fit_eao(
-                eao_data, specs, options.lrs, config, weight_decay, options.eval_batch_size, on_epoch,
-                options.cuda_graphs,
+                eao_data, specs, options.lrs, config, weight_decay, options.eval_batch_size,
+                _epochs_told(progress, label), options.cuda_graphs,
             )  # fmt: skip
 
     settings = {"heads": [{"name": s.name, **s.kwargs} for s in specs], "dtype": dtype}
     return ProbeTask("eao", load, fit, save_eao_checkpoints, settings)
 
 
-@contextlib.contextmanager
-def _progress(enabled: bool, label: str, epochs: int) -> Iterator[Callable[[int, int], None] | None]:
-    """A rich progress bar over epochs (None when disabled, e.g. in tests)."""
-    if not enabled:
-        yield None
-        return
-    from ctfm.progress import progress_bar
-
-    with progress_bar("{task.description}", transient=True) as bar:
-        task = bar.add_task(label, total=epochs)
-
-        def on_epoch(epoch: int, active: int) -> None:
-            bar.update(task, completed=epoch, description=f"{label} ({active} heads training)")
-
-        yield on_epoch
+def _epochs_told(progress: Progress, label: str) -> Callable[[int, int], None]:
+    """``on_epoch`` of :func:`fit_eao`, telling ``progress`` how many heads still train."""
+    return lambda epoch, active: progress.advance(1, label=f"{label} ({active} heads training)")

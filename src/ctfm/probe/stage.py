@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ctfm.core.progress import NO_PROGRESS, Progress
 from ctfm.probe.options import ProbeOptions
 from ctfm.probe.runner import DiseaseOutcome, OnRun, ProbeTask, probe_diseases
 
@@ -36,7 +37,7 @@ class ProbeResult:
         return sum(o.status in ("done", "skipped") for o in self.outcomes)
 
 
-def probe_task(options: ProbeOptions, progress: bool = False) -> ProbeTask:
+def probe_task(options: ProbeOptions, progress: Progress = NO_PROGRESS) -> ProbeTask:
     """The task ``options.task`` names: the linear grid (lp) or the token heads (eao, ``progress``: a bar
     over epochs)."""
     if options.task == "lp":
@@ -49,7 +50,10 @@ def probe_task(options: ProbeOptions, progress: bool = False) -> ProbeTask:
 
 
 def run_probe(
-    options: ProbeOptions, on_run: OnRun | None = None, stop_on_error: bool = False, progress: bool = False
+    options: ProbeOptions,
+    on_run: OnRun | None = None,
+    stop_on_error: bool = False,
+    progress: Progress = NO_PROGRESS,
 ) -> ProbeResult:
     """Train every disease of ``options`` (resumably; a failed disease is recorded and the next one runs
     unless ``stop_on_error``). ``on_run(disease, tag)`` follows each planned run."""

@@ -14,11 +14,18 @@ from ctfm.extract.containers.engine import RunSettings, parse_bytes
 from ctfm.extract.containers.folders import CaseInput
 from ctfm.extract.containers.runner import ContainerRunner
 from ctfm.extract.containers.tarballs import TeamImage, discover_tarballs, team_from_tag
-from ctfm.extract.containers.teams import TeamReport, collect_inputs, run_containers, run_team, team_table
+from ctfm.extract.containers.teams import (
+    ContainerRunOptions,
+    TeamReport,
+    collect_inputs,
+    run_containers,
+    run_team,
+)
 
 __all__ = [
     "CaseInput",
     "CheckReport",
+    "ContainerRunOptions",
     "ContainerRunner",
     "RunSettings",
     "TeamImage",
@@ -30,6 +37,5 @@ __all__ = [
     "run_containers",
     "run_team",
     "team_from_tag",
-    "team_table",
     "temporary_folder",
 ]

@@ -14,11 +14,10 @@ gets a comparable, non-zero figure; a case retried alone gets that container's t
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,14 @@ import numpy as np
 
 from ctfm.core.errors import ConfigError, ContainerError, StoreError
 from ctfm.core.fsutil import exclusive_use
+from ctfm.core.progress import NO_PROGRESS, Progress, tracked
 from ctfm.extract.containers import tarballs
 from ctfm.extract.containers.engine import EngineSetupError, RunSettings, split_cpus
 from ctfm.extract.containers.folders import CaseInput
 from ctfm.extract.containers.outputs import feature_dim
 from ctfm.extract.containers.runner import DISK_FULL, ContainerResult, ContainerRunner, one_line
 from ctfm.extract.containers.tarballs import TeamImage
+from ctfm.store import FULL_VIEW
 
 
 @dataclass
@@ -99,7 +100,7 @@ def run_team(
     masks_dir: Path | None = None,
     view: str = "full",
     cases: Sequence[str] | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> TeamReport:
     """Run one team's image over ``images_dir`` into the store view; resumable per image id. A store
     that cannot be written (a full disk) ends this team with one line; the caller goes on."""
@@ -123,8 +124,7 @@ def run_team(
                     report.skipped += 1
                     continue
                 todo.append(ci)
-            if progress is not None and report.skipped:
-                progress(report.skipped)
+            progress.advance(report.skipped)
             store_view.remove_abandoned()
             report.log_path = store_view.dir / "container.log"
             team = _TeamState(runner, image, store_view, report, progress)
@@ -159,7 +159,7 @@ class _TeamState:
         image: TeamImage,
         view: Any,
         report: TeamReport,
-        progress: Callable[[int], None] | None,
+        progress: Progress,
     ) -> None:
         self.runner = runner
         self.image = image
@@ -218,8 +218,8 @@ class _TeamState:
     def set(self, outcome: CaseOutcome) -> None:
         new = outcome.case not in self.report.outcomes
         self.report.outcomes[outcome.case] = outcome
-        if new and self.progress is not None:
-            self.progress(1)
+        if new:
+            self.progress.advance(1)
 
     def run_chunk(self, chunk: list[CaseInput], gpu: str | None, cpuset: str) -> None:
         """Run one chunk; anything unforeseen fails its unsettled cases with the reason, not the run."""
@@ -324,102 +324,106 @@ def _run_parallel(chunks: list, slots: list, cpusets: list[str], fn: Callable) -
         raise errors[0]
 
 
+@dataclass(frozen=True)
+class ContainerRunOptions:
+    """One run of team images (``ctfm extract --containers DIR | --image TAG``), checked when built: which
+    images, over which scans, into which store view."""
+
+    store: Path
+    images: Path  # the folder of <case>.nii.gz scans
+    settings: RunSettings = field(default_factory=RunSettings)
+    tarballs: Path | None = None  # a folder of <team>_lp.tar.gz / <team>_eao.tar.gz
+    tags: tuple[str, ...] = ()  # local images, by tag
+    masks: Path | None = None  # the view's mask folder (fg_masks/<disease>); None for view full
+    view: str = FULL_VIEW
+    cases: tuple[str, ...] | None = None  # None: every case of ``images``
+
+    def __post_init__(self) -> None:
+        for name, kind in (("store", Path), ("images", Path), ("tarballs", Path), ("masks", Path),
+                           ("tags", tuple), ("cases", tuple)):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, kind(value))
+        if self.tarballs is None and not self.tags:
+            raise ConfigError(
+                "pass --containers DIR (of <team>_lp.tar.gz / <team>_eao.tar.gz) or --image TAG"
+            )
+        if (self.masks is None) != (self.view == FULL_VIEW):
+            raise ConfigError(
+                f"view {self.view!r} with masks {self.masks}: an ROI view needs its mask folder, view "
+                f"{FULL_VIEW!r} none"
+            )
+
+    def resolved(self) -> ContainerRunOptions:
+        """The same run with absolute paths (for tasks that run in another folder or on another node)."""
+        return replace(self, store=self.store.resolve(), images=self.images.resolve(),
+                       tarballs=self.tarballs and self.tarballs.resolve(),
+                       masks=self.masks and self.masks.resolve())  # fmt: skip
+
+
 def run_containers(
-    store: Path,
-    images_dir: Path,
-    settings: RunSettings,
-    tarballs_dir: Path | None = None,
-    tags: Sequence[str] = (),
-    masks_dir: Path | None = None,
-    view: str = "full",
-    cases: Sequence[str] | None = None,
-    log: Callable[[str], None] | None = None,
-    progress: bool = False,
+    options: ContainerRunOptions, log: Callable[[str], None] | None = None, progress: Progress = NO_PROGRESS
 ) -> list[TeamReport]:
-    """``ctfm extract --containers DIR | --image TAG``: every team, one after the other (chunks over GPUs).
-    One team's broken tarball, refused container or unwritable store never stops the teams after it."""
-    if tarballs_dir is None and not tags:
-        raise ConfigError("pass --containers DIR (of <team>_lp.tar.gz / <team>_eao.tar.gz) or --image TAG")
+    """Every team of ``options``, one after the other (chunks over GPUs); one report per team. One team's
+    broken tarball, refused container or unwritable store never stops the teams after it; ``log`` gets a line
+    for each such problem."""
+    settings = options.settings
     sources: list[tuple[str, Path | str]] = []
-    if tarballs_dir is not None:
-        found = tarballs.discover_tarballs(tarballs_dir, settings.task)
-        sources += list(found.items())
-    sources += [(tarballs.team_from_tag(tag), tag) for tag in tags]
+    if options.tarballs is not None:
+        sources += list(tarballs.discover_tarballs(options.tarballs, settings.task).items())
+    sources += [(tarballs.team_from_tag(tag), tag) for tag in options.tags]
     teams = [team for team, _ in sources]
     dupes = sorted({t for t in teams if teams.count(t) > 1})
     if dupes:
         raise ConfigError(
             f"two images map to team {dupes[0]!r} (one store model per team); give distinct names"
         )
-    n_cases = len(cases) if cases is not None else len(_case_names(images_dir))
+    n_cases = len(options.cases) if options.cases is not None else len(_case_names(options.images))
     say = log or (lambda m: None)
     reports = []
-    with ContainerRunner(store, settings, log=log) as runner, _progress(progress) as bar:
+    with ContainerRunner(options.store, settings, log=log) as runner:
         for team, source in sources:
-            task_id = bar.add_task(team, total=n_cases) if bar else None
-            try:
-                if isinstance(source, Path):
-                    image = runner.load_tarball(source, team)
-                    for problem in tarballs.naming_problems(source, image.tags, settings.task):
-                        say(f"{source.name}: the reference runner would not run it: {problem}")
-                else:
-                    image = runner.resolve_tag(source, team)
-            except ContainerError as exc:  # one team's broken tarball must not stop the others
-                say(f"{team}: {exc}")
-                reports.append(TeamReport(team=team, task=settings.task, view=view, error=str(exc)))
-                continue
-            try:
-                advance = (lambda n, t=task_id: bar.advance(t, n)) if bar else None
-                reports.append(run_team(runner, image, images_dir, masks_dir, view, cases, advance))
-            except EngineSetupError:
-                raise
-            except ContainerError as exc:  # the engine refused this team's container
-                say(f"{team}: {exc}")
-                reports.append(TeamReport(team=team, task=settings.task, view=view, error=str(exc)))
-            finally:
-                runner.release(image)
+            with tracked(progress, team, n_cases):
+                reports.append(_run_source(runner, team, source, options, say, progress))
     return reports
+
+
+def _run_source(
+    runner: ContainerRunner,
+    team: str,
+    source: Path | str,
+    options: ContainerRunOptions,
+    say: Callable[[str], None],
+    progress: Progress,
+) -> TeamReport:
+    """One team's image (a tarball or a tag) over the run's cases; a broken tarball or a container the
+    engine refuses gives a report with the error instead of stopping the run."""
+    task = options.settings.task
+    try:
+        if isinstance(source, Path):
+            image = runner.load_tarball(source, team)
+            for problem in tarballs.naming_problems(source, image.tags, task):
+                say(f"{source.name}: the reference runner would not run it: {problem}")
+        else:
+            image = runner.resolve_tag(source, team)
+    except ContainerError as exc:  # one team's broken tarball must not stop the others
+        say(f"{team}: {exc}")
+        return TeamReport(team=team, task=task, view=options.view, error=str(exc))
+    try:
+        return run_team(runner, image, options.images, options.masks, options.view, options.cases, progress)
+    except EngineSetupError:
+        raise
+    except ContainerError as exc:  # the engine refused this team's container
+        say(f"{team}: {exc}")
+        return TeamReport(team=team, task=task, view=options.view, error=str(exc))
+    finally:
+        runner.release(image)
 
 
 def _case_names(images_dir: Path) -> list[str]:
     from ctfm.core.nifti import case_id, list_volumes
 
     return [case_id(p) for p in list_volumes(Path(images_dir))]
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool) -> Iterator[Any]:
-    if not enabled:
-        yield None
-        return
-    from ctfm.progress import progress_bar
-
-    with progress_bar("{task.description}") as bar:
-        yield bar
-
-
-def team_table(reports: Sequence[TeamReport]) -> Any:
-    """The end-of-run table: team, ok, failed, timeout, skipped, median s/case, image size."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title="container extraction")
-    for col in ("team", "ok", "failed", "timeout", "skipped", "median s/case", "image size"):
-        table.add_column(col, justify="left" if col == "team" else "right", overflow="fold")
-    for r in reports:
-        if r.error and not r.outcomes:
-            table.add_row(escape(r.team), "-", "not run", "-", "-", "-", "-")
-            continue
-        table.add_row(
-            escape(r.team),
-            str(r.count("ok")),
-            str(r.count("failed")),
-            str(r.count("timeout")),
-            str(r.skipped),
-            "-" if r.median_s is None else f"{r.median_s:.2f}",
-            human_bytes(r.image_size),
-        )
-    return table
 
 
 def human_bytes(n: int) -> str:

@@ -24,6 +24,8 @@ import numpy as np
 from ctfm.core.errors import ConfigError
 
 ENTRY_POINT_GROUP = "ctfm.extractors"
+TASKS = ("lp", "eao")
+Spacing = tuple[float, float, float]  # voxel size in mm, RAS order
 
 # name -> "module:attribute" (imported on demand so listing extractors costs nothing)
 BUILTINS: dict[str, str] = {
@@ -54,7 +56,7 @@ class Extractor(Protocol):
         self,
         images: np.ndarray,
         masks: np.ndarray | None,
-        spacing: tuple[float, float, float],
+        spacing: Spacing,
         task: str,
     ) -> list[np.ndarray]: ...
 

@@ -17,6 +17,7 @@ from monai.networks.blocks import Convolution
 from torch import nn
 
 from ctfm.core.errors import ConfigError
+from ctfm.extract.extractors import TASKS
 
 NAME = "cnn3d"
 VERSION = "1.0"
@@ -86,13 +87,11 @@ class Cnn3dExtractor:
         self.model = model.to(self.device).eval()
 
     @torch.inference_mode()
-    def extract(
-        self,
-        images: np.ndarray,
-        masks: np.ndarray | None,
-        spacing: tuple[float, float, float],
-        task: str,
-    ) -> list[np.ndarray]:
+    def extract(self, images: np.ndarray, masks: object, spacing: object, task: str) -> list[np.ndarray]:
+        """One embedding per volume of the batch; ``masks`` and ``spacing`` are not used (the runner has
+        already cropped around the mask and resampled to :attr:`preprocess`'s spacing)."""
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; use {' or '.join(TASKS)}")
         if self.model is None:
             self.setup()
         assert self.model is not None
