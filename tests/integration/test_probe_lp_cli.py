@@ -100,7 +100,7 @@ def test_lp_grid_outputs_and_resume(cli, bench):
     # eval's `checkpoint` tag names what the reference's does: the reference-format file each strategy scored
     scored = tmp / "eval"
     cli("eval", "--runs", str(out), "--store", str(store), "--labels", str(labels), "--split", "val",
-        "--disease", "fatty_liver", "--bootstrap", "0", "--out", str(scored))  # fmt: skip
+        "--bootstrap", "0", "--out", str(scored))  # fmt: skip
     reference = {p.name for p in (disease / "reference_checkpoints").iterdir()}
     for name in strategies:
         row = pd.read_csv(scored / MODEL / "lp" / "fatty_liver" / name / "val_metrics.csv").iloc[0]
