@@ -21,6 +21,7 @@ import torch
 from ctfm.core.device import resolve_device
 from ctfm.core.errors import ConfigError
 from ctfm.core.progress import NO_PROGRESS, Progress, tracked
+from ctfm.probe import training
 from ctfm.probe.checkpoint import save_selection
 from ctfm.probe.data import DiseaseData, load_disease
 from ctfm.probe.eao_grid import GridMember, HeadGrid, HeadSpec, graph_length
@@ -32,22 +33,7 @@ from ctfm.probe.options import ProbeOptions
 from ctfm.probe.reference import eao_head_name, save_eao
 from ctfm.probe.runner import ProbeTask
 from ctfm.probe.tokens import TokenReader, bucketed_batches
-from ctfm.probe.training import (
-    STRATEGIES,
-    BatchSampler,
-    EarlyStopping,
-    FitResult,
-    StrategyTracker,
-    TrainConfig,
-    batched_metrics,
-    build_schedule,
-    class_weights,
-    finish_selections,
-    history_frame,
-    loss_per_head,
-    reuse_freed_memory,
-    seed_everything,
-)
+from ctfm.probe.training import FitResult, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -220,9 +206,9 @@ def fit_eao(
     (:func:`~ctfm.probe.training.reuse_freed_memory`).
     """
     start = time.perf_counter()
-    seed_everything(config.seed)
+    training.seed_everything(config.seed)
     device = resolve_device(config.device)
-    reuse_freed_memory()
+    training.reuse_freed_memory()
     num_classes = len(data.classes)
     grid = HeadGrid(
         specs, lrs, data.reader.dim, num_classes, config.seed, weight_decay, config.optimizer, device=device
@@ -230,14 +216,19 @@ def fit_eao(
     graphed = cuda_graphed(device, config, cuda_graphs)
     if graphed:
         grid.use_cuda_graphs(data.reader.longest)
-    sampler = BatchSampler(data.y_train, config.batch_size, config.sampling, config.seed, num_classes)
-    schedule = build_schedule(config.schedule, config.epochs, sampler.steps_per_epoch, config.warmup_epochs)
+    sampler = training.BatchSampler(
+        data.y_train, config.batch_size, config.sampling, config.seed, num_classes
+    )
+    schedule = training.build_schedule(
+        config.schedule, config.epochs, sampler.steps_per_epoch, config.warmup_epochs
+    )
     weight = None
     if config.sampling == "loss-weight":
-        weight = torch.as_tensor(class_weights(data.y_train, num_classes), dtype=torch.float32).to(device)
-    mode = STRATEGIES[config.monitor][0]
-    stopper = EarlyStopping(len(grid), mode, config.ema_decay, config.patience, config.min_epoch)
-    tracker = StrategyTracker(config.strategies, config.min_epoch)
+        weights = training.class_weights(data.y_train, num_classes)
+        weight = torch.as_tensor(weights, dtype=torch.float32).to(device)
+    mode = training.STRATEGIES[config.monitor][0]
+    stopper = training.EarlyStopping(len(grid), mode, config.ema_decay, config.patience, config.min_epoch)
+    tracker = training.StrategyTracker(config.strategies, config.min_epoch)
     rng = np.random.default_rng(config.seed)
     y_train_t = torch.as_tensor(data.y_train, dtype=torch.long)
     y_val_t = torch.as_tensor(data.y_val, dtype=torch.long)
@@ -261,9 +252,9 @@ def fit_eao(
             step += 1
         train_loss = np.array([float(running[int(h)]) / len(batches) for h in heads])
         logits = grid.logits(data.reader, data.val_rows, eval_bs)  # aligned with `heads`
-        val_loss = loss_per_head(torch.from_numpy(logits), y_val_t).numpy()
-        metrics = batched_metrics(data.y_val, logits, val_loss)
-        stopped = stopper.update(epoch, heads, STRATEGIES[config.monitor][1](metrics))
+        val_loss = training.loss_per_head(torch.from_numpy(logits), y_val_t).numpy()
+        metrics = training.batched_metrics(data.y_val, logits, val_loss)
+        stopped = stopper.update(epoch, heads, training.STRATEGIES[config.monitor][1](metrics))
         records.append(
             {
                 "epoch": np.full(len(heads), epoch),
@@ -284,11 +275,11 @@ def fit_eao(
         grid.stop(stopped)
         if on_epoch is not None:
             on_epoch(epoch, len(grid.active))
-    finish_selections(tracker.best, data.y_val)
+    training.finish_selections(tracker.best, data.y_val)
     return FitResult(
         heads=[_head_point(m) for m in grid.members],
         selections=tracker.best,
-        history=history_frame(records),
+        history=training.history_frame(records),
         stopped_epoch=stopper.stopped_epoch,
         epochs_run=epoch,
         seconds=time.perf_counter() - start,
