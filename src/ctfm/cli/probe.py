@@ -5,8 +5,11 @@ List options take comma-separated values or repeat: ``--lrs 1e-3,1e-2`` or ``--s
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
 
 import typer
 
@@ -219,6 +222,53 @@ TRAIN_OPTIONS = (
 )  # fmt: skip
 
 
+def _inputs(
+    store: StoreOpt,
+    model: ModelOpt,
+    labels: LabelsOpt,
+    out: OutOpt,
+    disease: DiseaseOpt = None,
+    all_: AllOpt = False,
+) -> None:
+    """The options both probe commands start with (:func:`_with_run_options` adds them)."""
+
+
+def _run_options(
+    seeds: SeedsOpt = None,
+    shots: ShotsOpt = 0,
+    tries: TriesOpt = 1,
+    device: DeviceOpt = "auto",
+    wandb: WandbOpt = False,
+    force: ForceOpt = False,
+    executor: ExecutorOpt = "local",
+    slurm: SlurmOpt = None,
+    detach: DetachOpt = False,
+) -> None:
+    """The options both probe commands end with, declared once (:func:`_with_run_options` adds them)."""
+
+
+def _with_run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` between :func:`_inputs`' and :func:`_run_options`' parameters, which reach it in ``**run``:
+    Typer reads the combined signature, so each option shared by ``lp`` and ``eao`` is declared once."""
+    hints = {
+        k: v
+        for f in (_inputs, command, _run_options)
+        for k, v in get_type_hints(f, include_extras=True).items()
+    }
+    own = [p for p in inspect.signature(command).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    lead, tail = (list(inspect.signature(f).parameters.values()) for f in (_inputs, _run_options))
+    params = [p.replace(annotation=hints[p.name]) for p in lead + own + tail]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        command(**kwargs)
+
+    del wrapper.__wrapped__  # Typer reads the signature below, not the command's
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
 def _train_config(section: str, args: dict[str, Any]) -> TrainConfig:
     """Check the run options and build ``section``'s training rules from a command's arguments (None: config)."""
     from ctfm.core.errors import ConfigError
@@ -277,13 +327,8 @@ def _run(options: Any, args: dict[str, Any]) -> None:
 
 
 @probe_app.command("lp", help=protocol_help("linear_probe", LP_SUMMARY))
+@_with_run_options
 def lp(
-    store: StoreOpt,
-    model: ModelOpt,
-    labels: LabelsOpt,
-    out: OutOpt,
-    disease: DiseaseOpt = None,
-    all_: AllOpt = False,
     probe: Annotated[
         str, typer.Option("--probe", help="grid (batched linear heads) or logreg (scikit-learn).")
     ] = "grid",
@@ -313,23 +358,15 @@ def lp(
     folds: Annotated[
         int, typer.Option("--folds", help="k-fold mode: run fold0..fold<k-1>, each fold's val is its val.")
     ] = 0,
-    seeds: SeedsOpt = None,
-    shots: ShotsOpt = 0,
-    tries: TriesOpt = 1,
-    device: DeviceOpt = "auto",
     threads: Annotated[
         int, typer.Option("--threads", help="CPU threads while training (0: torch default).")
     ] = 1,
-    wandb: WandbOpt = False,
-    force: ForceOpt = False,
-    executor: ExecutorOpt = "local",
-    slurm: SlurmOpt = None,
-    detach: DetachOpt = False,
+    **run: Any,
 ) -> None:
     """See ``LP_SUMMARY``; ``--help`` adds the protocol defaults."""
     from ctfm.probe.options import ProbeOptions
 
-    args = locals()
+    args = locals() | run
     options = ProbeOptions.defaults(
         "lp",
         train=_train_config("linear_probe", args),
@@ -344,13 +381,8 @@ def lp(
 
 
 @probe_app.command("eao", help=protocol_help("eao", EAO_SUMMARY))
+@_with_run_options
 def eao(
-    store: StoreOpt,
-    model: ModelOpt,
-    labels: LabelsOpt,
-    out: OutOpt,
-    disease: DiseaseOpt = None,
-    all_: AllOpt = False,
     head: Annotated[
         list[str] | None,
         typer.Option("--head", help="Head(s): attn-pool, mean-linear, abmil, mlp."),
@@ -405,21 +437,13 @@ def eao(
     ] = "float32",
     split_column: SplitColumnOpt = "split",
     folds: Annotated[int, typer.Option("--folds", help="k-fold mode: run fold0..fold<k-1>.")] = 0,
-    seeds: SeedsOpt = None,
-    shots: ShotsOpt = 0,
-    tries: TriesOpt = 1,
-    device: DeviceOpt = "auto",
-    wandb: WandbOpt = False,
-    force: ForceOpt = False,
-    executor: ExecutorOpt = "local",
-    slurm: SlurmOpt = None,
-    detach: DetachOpt = False,
+    **run: Any,
 ) -> None:
     """See ``EAO_SUMMARY``; ``--help`` adds the protocol defaults."""
     from ctfm.probe.eao_grid import eao_head_specs
     from ctfm.probe.options import ProbeOptions
 
-    args = locals()
+    args = locals() | run
     specs = eao_head_specs(
         split_list(head) or None,
         num_queries=num_queries,
