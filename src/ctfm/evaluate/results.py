@@ -113,7 +113,8 @@ class EvalResult:
     failed_cases: int
     metrics: dict[str, Interval]
     failed: list[str] = field(default_factory=list)
-    checkpoint: str = ""  # the reference tag: the reference-format file of the head (else ctfm's own file)
+    checkpoint: str = ""
+    reference_checkpoint: str = ""  # the reference-format file of the same head, the reference's tag names it
     meta: dict[str, Any] = field(default_factory=dict)
     tag: str = ""  # probe run tag (fold, seed, few-shot try); "" for a single run
     tags: dict[str, Any] = field(default_factory=dict)  # the reference's norm, betas, eps, fold, head_name
@@ -128,7 +129,7 @@ class EvalResult:
             "betas": self.tags.get("betas"),
             "eps": self.tags.get("eps"),
             "fold": self.tags.get("fold"),
-            "checkpoint": Path(self.checkpoint).name,
+            "checkpoint": self.reference_checkpoint or Path(self.checkpoint).name,
             "head_name": self.tags.get("head_name"),
             "n_real": self.n_cases - self.failed_cases,
             "n_missing_failed": self.failed_cases,
