@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -32,3 +33,15 @@ def require_slurm() -> None:
     if IN_CI:
         pytest.fail(f"CI=true but Slurm is not usable: {why} (.ci/run starts it)")
     pytest.skip(f"no Slurm controller ({why})")
+
+
+def completed_tasks(job_id: str, n_tasks: int) -> list[str]:
+    """sacct's ``<job>_<i>|<state>`` rows of a job's array tasks, sorted, once all ``n_tasks`` are COMPLETED or
+    after 20 s (slurmdbd records a task a moment after it ends)."""
+    for _ in range(20):
+        cmd = ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "JobID,State"]
+        rows = subprocess.run(cmd, capture_output=True, text=True).stdout.split()
+        if len(rows) == n_tasks and all(row.endswith("COMPLETED") for row in rows):
+            break
+        time.sleep(1)
+    return sorted(rows)

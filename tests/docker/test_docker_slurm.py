@@ -5,8 +5,6 @@ stores, and sacct lists the tasks."""
 from __future__ import annotations
 
 import os
-import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from docker_support import write_cases
 
 from ctfm.executor.jobs import jobs_root, list_jobs
 from ctfm.store import Store
-from slurm_support import require_slurm
+from slurm_support import completed_tasks, require_slurm
 
 pytestmark = [pytest.mark.docker, pytest.mark.slurm]
 
@@ -42,11 +40,4 @@ def test_team_tarball_on_slurm_stores_what_a_local_run_stores(baseline, tmp_path
         np.testing.assert_array_equal(view.read_case(case), other.read_case(case))
 
     job_id = list_jobs(jobs_root(tmp_path / "slurm"))[-1].slurm_id
-    for _ in range(20):  # slurmdbd records a finished task a moment after it ends
-        acct = subprocess.run(
-            ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "JobID,State"], capture_output=True, text=True
-        ).stdout.split()
-        if len(acct) == 2 and all(line.endswith("COMPLETED") for line in acct):
-            break
-        time.sleep(1)
-    assert sorted(acct) == [f"{job_id}_{i}|COMPLETED" for i in range(2)]
+    assert completed_tasks(job_id, 2) == [f"{job_id}_{i}|COMPLETED" for i in range(2)]

@@ -17,6 +17,7 @@ import torch
 from ctfm.executor.jobs import jobs_root, list_jobs
 from ctfm.store import Store
 from ctfm.store.shards import ShardView, shard_dirs
+from slurm_support import completed_tasks
 
 pytestmark = pytest.mark.slurm
 FAST = ("--slurm", "poll_s=0.5")
@@ -56,15 +57,8 @@ def test_extract_and_probe_on_slurm_equal_local(cli, bench: Path, tmp_path: Path
     assert "submitted Slurm job" in done.stdout
     _assert_same_store(tmp_path / "local", tmp_path / "slurm")
     job_id = _slurm_id(tmp_path / "slurm")
-    if _accounting_on():  # CI sets up slurmdbd; sacct may lag the tasks' end by a moment
-        for _ in range(20):
-            acct = subprocess.run(
-                ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "JobID,State"], capture_output=True, text=True
-            ).stdout.split()
-            if len(acct) == 3 and all(line.endswith("COMPLETED") for line in acct):
-                break
-            time.sleep(1)
-        assert sorted(acct) == [f"{job_id}_{i}|COMPLETED" for i in range(3)]
+    if _accounting_on():  # CI sets up slurmdbd
+        assert completed_tasks(job_id, 3) == [f"{job_id}_{i}|COMPLETED" for i in range(3)]
 
     again = cli(*common, "--store", tmp_path / "slurm", "--executor", "slurm", *FAST)
     assert "nothing to submit" in again.stdout  # a rerun finds everything stored
