@@ -13,7 +13,7 @@ import torch
 from ctfm.core.errors import ConfigError, DataError
 from ctfm.extract import extractors as registry
 from ctfm.extract.extractors import available, get_extractor, hu_stats
-from ctfm.extract.local import resolve_mask_dir, resolve_view
+from ctfm.extract.inputs import resolve_mask_dir, resolve_view
 from ctfm.extract.preprocess import Preprocessor, mask_bbox, resolve_spec
 from extract_fixtures import SHAPE, affine, make_case
 

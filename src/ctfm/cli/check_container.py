@@ -132,7 +132,7 @@ def _demo_inputs(images: Path | None, disease: str | None, tmp: Path) -> tuple[P
         from ctfm.core.benchmark import load_benchmark
 
         if load_benchmark().is_roi(disease):
-            from ctfm.extract.local import resolve_mask_dir
+            from ctfm.extract.inputs import resolve_mask_dir
 
             masks = resolve_mask_dir(root / "fg_masks" if (root / "fg_masks").is_dir() else root, disease)
     return img_dir, masks

@@ -71,8 +71,7 @@ def extract_cmd(
     if containers is not None or image:
         from ctfm.cli.check_container import container_settings, extract_with_containers
         from ctfm.extract.containers import ContainerRunOptions
-        from ctfm.extract.inputs import read_case_list
-        from ctfm.extract.local import resolve_view
+        from ctfm.extract.inputs import read_case_list, resolve_view
 
         view, mask_dir = resolve_view(masks, one_value(diseases, "--disease"))
         settings = container_settings(gpus, task=task, memory=memory, scratch=scratch,

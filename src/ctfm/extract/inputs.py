@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ctfm.core.errors import DataError, StoreError
+from ctfm.core.benchmark import load_benchmark
+from ctfm.core.errors import ConfigError, DataError, StoreError
 from ctfm.core.fsutil import file_stamp
 from ctfm.core.hashing import digest, sha256_file
 from ctfm.core.nifti import (
@@ -18,7 +19,7 @@ from ctfm.core.nifti import (
     odd_entries,
     refuse_duplicates,
 )
-from ctfm.store import View
+from ctfm.store import FULL_VIEW, View
 
 
 def read_case_list(value: str | None) -> list[str] | None:
@@ -104,3 +105,33 @@ def is_current(
         return False
     view.restamp(case, inputs)
     return True
+
+
+def resolve_mask_dir(masks: Path, disease: str) -> Path:
+    """``--masks`` is ``fg_masks/<disease>`` or the ``fg_masks`` root (then ``<disease>/`` inside is used)."""
+    masks = Path(masks)
+    if (masks / disease).is_dir():
+        return masks / disease
+    if masks.is_dir():
+        if masks.name == disease or not any(p.is_dir() for p in masks.iterdir()):
+            return masks
+        raise DataError(f"{masks}: has no {disease}/ folder; pass fg_masks/{disease} or the fg_masks root")
+    raise DataError(f"{masks}: mask folder not found")
+
+
+def resolve_view(masks: Path | None, disease: str | None) -> tuple[str, Path | None]:
+    """(view name, mask folder). No masks: view ``full``; masks need an ROI disease."""
+    bench = load_benchmark()
+    if masks is None:
+        if disease is not None and bench.is_roi(disease):
+            raise ConfigError(f"{disease} is an ROI disease: pass --masks fg_masks (or fg_masks/{disease})")
+        return FULL_VIEW, None
+    if disease is None:
+        disease = Path(masks).name
+        if disease not in bench.roi_diseases:
+            raise ConfigError(
+                "--masks needs --disease NAME (an ROI disease) unless the folder is named after it"
+            )
+    if not bench.is_roi(disease):
+        raise ConfigError(f"{disease} is a whole-scan disease: extract it without --masks (view full)")
+    return disease, resolve_mask_dir(masks, disease)

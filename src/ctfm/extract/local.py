@@ -23,14 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from ctfm.core.benchmark import load_benchmark
 from ctfm.core.device import resolve_device
-from ctfm.core.errors import ConfigError, CtfmError, DataError, StoreError
+from ctfm.core.errors import ConfigError, CtfmError, StoreError
 from ctfm.core.fsutil import exclusive_use, file_stamp
 from ctfm.core.hashing import digest, sha256_file
 from ctfm.core.progress import NO_PROGRESS, Progress, tracked
-from ctfm.extract.inputs import case_inputs, is_current, mask_of, select_cases
-from ctfm.store import FULL_VIEW, CaseRecord, Store, View
+from ctfm.extract.inputs import case_inputs, is_current, mask_of, resolve_view, select_cases
+from ctfm.store import CaseRecord, Store, View
 from ctfm.store.shards import open_view, shard_session
 
 
@@ -88,36 +87,6 @@ class ExtractSummary:
 
 
 # -- inputs -------------------------------------------------------------------------------------------------
-def resolve_mask_dir(masks: Path, disease: str) -> Path:
-    """``--masks`` is ``fg_masks/<disease>`` or the ``fg_masks`` root (then ``<disease>/`` inside is used)."""
-    masks = Path(masks)
-    if (masks / disease).is_dir():
-        return masks / disease
-    if masks.is_dir():
-        if masks.name == disease or not any(p.is_dir() for p in masks.iterdir()):
-            return masks
-        raise DataError(f"{masks}: has no {disease}/ folder; pass fg_masks/{disease} or the fg_masks root")
-    raise DataError(f"{masks}: mask folder not found")
-
-
-def resolve_view(masks: Path | None, disease: str | None) -> tuple[str, Path | None]:
-    """(view name, mask folder). No masks: view ``full``; masks need an ROI disease."""
-    bench = load_benchmark()
-    if masks is None:
-        if disease is not None and bench.is_roi(disease):
-            raise ConfigError(f"{disease} is an ROI disease: pass --masks fg_masks (or fg_masks/{disease})")
-        return FULL_VIEW, None
-    if disease is None:
-        disease = Path(masks).name
-        if disease not in bench.roi_diseases:
-            raise ConfigError(
-                "--masks needs --disease NAME (an ROI disease) unless the folder is named after it"
-            )
-    if not bench.is_roi(disease):
-        raise ConfigError(f"{disease} is a whole-scan disease: extract it without --masks (view full)")
-    return disease, resolve_mask_dir(masks, disease)
-
-
 def plan_items(
     selection: tuple[list[tuple[str, Path]], dict[str, str]],
     cfg: ExtractConfig,
