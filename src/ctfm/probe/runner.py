@@ -73,8 +73,10 @@ _NOT_RESULTS_TRAIN = {"device", "threads"}
 
 
 def recorded_options(options: ProbeOptions, task_settings: dict[str, Any]) -> dict[str, Any]:
-    """The options ``summary.json`` records: the shared ones and the task's own (EAO heads, dtype)."""
-    return {**options.describe(), **task_settings}
+    """The options ``summary.json`` records: the shared ones and the task's own (EAO heads, dtype); not which
+    diseases ran beside this one, so a disease's record is the same from one command or one cluster task."""
+    shared = {k: v for k, v in options.describe().items() if k != "diseases"}
+    return {**shared, **task_settings}
 
 
 def changed_options(
