@@ -68,6 +68,20 @@ def test_array_script_asks_for_the_resources(tmp_path: Path) -> None:
     assert "--gres" not in batch_script(job, ExecutorConfig(kind="slurm"), 2)
 
 
+def test_a_container_task_takes_the_gpus_slurm_allocated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--gres=gpu:N`` Slurm names the task's GPUs (host indices) in SLURM_JOB_GPUS: the task's
+    containers get those, one container per GPU; without an allocation the settings stay as given."""
+    from ctfm.executor.extract import containers_shard_gpus
+    from ctfm.extract.containers import RunSettings
+
+    settings = RunSettings(task="lp", memory="2g")
+    monkeypatch.delenv("SLURM_JOB_GPUS", raising=False)
+    monkeypatch.delenv("SLURM_STEP_GPUS", raising=False)
+    assert containers_shard_gpus(settings) == settings
+    monkeypatch.setenv("SLURM_JOB_GPUS", "2,5")
+    assert containers_shard_gpus(settings).gpus == ("2", "5")
+
+
 def test_queue_and_accounting_lines_by_array_index() -> None:
     assert _by_index("12_0 RUNNING\n12_3 PENDING\n13_1 RUNNING\n", "12", " ") == {0: "RUNNING", 3: "PENDING"}
     assert _by_index("12_1|CANCELLED by 0\n12_2|TIMEOUT\n", "12", "|") == {1: "CANCELLED", 2: "TIMEOUT"}
