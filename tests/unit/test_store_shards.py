@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from ctfm.store import CaseRecord, Store
-from ctfm.store.shards import CLOSED, SHARDS, ShardView, merge_shards, shard_dirs, shard_session
+from ctfm.store.shards import (
+    CLOSED,
+    SHARDS,
+    ShardView,
+    done_in_shard,
+    merge_shards,
+    shard_dirs,
+    shard_session,
+)
 
 
 def _rec(case: str) -> CaseRecord:
@@ -98,3 +106,15 @@ def test_shard_names_are_checked(tmp_path: Path) -> None:
     view = Store(tmp_path).view("m", "lp", "full")
     with pytest.raises(Exception, match="safe file name"):
         ShardView(view, "../x")
+
+
+def test_under_force_a_requeued_task_redoes_only_what_its_shard_has_not_finished(tmp_path: Path) -> None:
+    view = Store(tmp_path).view("m", "lp", "full")
+    view.write_case("a", _arr(1), _rec("a"))
+    shard = ShardView(view, "job-0")
+    shard.write_case("b", _arr(2), _rec("b"))
+    shard.record_failure("c", "failed", "broken")
+    assert not done_in_shard(shard, "a")  # stored before the job: --force redoes it
+    assert done_in_shard(ShardView(view, "job-0"), "b")  # the first attempt's, seen by the requeued task
+    assert not done_in_shard(shard, "c") and not done_in_shard(shard, "d")
+    assert not done_in_shard(view, "a")  # a local run: --force redoes everything

@@ -30,7 +30,7 @@ from ctfm.core.hashing import digest, sha256_file
 from ctfm.core.progress import NO_PROGRESS, Progress, tracked
 from ctfm.extract.inputs import case_inputs, is_current, mask_of, resolve_view, select_cases
 from ctfm.store import CaseRecord, Store, View
-from ctfm.store.shards import open_view, shard_session
+from ctfm.store.shards import done_in_shard, open_view, shard_session
 
 
 @dataclass
@@ -112,6 +112,9 @@ def plan_items(
             continue
         mask = None if item.error else item.mask
         item.inputs = case_inputs(image, mask, settings)
+        if cfg.force and done_in_shard(view, case):
+            skipped.append(case)
+            continue
         if not cfg.force and not item.error and is_current(view, case, image, mask, settings, hash_file):
             skipped.append(case)
             continue

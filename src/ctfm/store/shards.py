@@ -97,6 +97,15 @@ class ShardView(View):
         write_text_atomic(self.shard_dir / CLOSED, f"{time.time()}\n")
 
 
+def done_in_shard(view: View, case: str) -> bool:
+    """True when ``view`` is a cluster task's shard that already stored ``case`` ok: under ``--force`` a task
+    requeued by Slurm redoes what was stored before its job, never what its own first attempt finished."""
+    if not isinstance(view, ShardView):
+        return False
+    rec = view.own_records().get(case)
+    return rec is not None and rec.status == "ok"
+
+
 def open_view(view: View, shard: str | None) -> View:
     """``view`` itself, or the shard ``shard`` of it (a cluster task's)."""
     return view if shard is None else ShardView(view, shard)

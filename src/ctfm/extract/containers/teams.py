@@ -106,7 +106,7 @@ def run_team(
     that cannot be written (a full disk) ends this team with one line; the caller goes on."""
     from ctfm.extract.inputs import is_current
     from ctfm.store import Store
-    from ctfm.store.shards import open_view, shard_session
+    from ctfm.store.shards import done_in_shard, open_view, shard_session
 
     s = runner.settings
     report = TeamReport(
@@ -120,7 +120,11 @@ def run_team(
             all_inputs, no_mask, refused = collect_inputs(images_dir, masks_dir, cases)
             todo = []
             for ci in all_inputs:
-                if not s.force and is_current(store_view, ci.case, ci.image, ci.mask, image.image_id):
+                if (
+                    done_in_shard(store_view, ci.case)
+                    if s.force
+                    else is_current(store_view, ci.case, ci.image, ci.mask, image.image_id)
+                ):
                     report.skipped += 1
                     continue
                 todo.append(ci)
