@@ -183,14 +183,11 @@ def _score_predictions(predictions: Path, out: Path, labels: Path | None, *args:
 
 def _score_checkpoints(options: Any) -> None:
     """``ctfm eval --runs``: score every head with a progress bar, print the table, exit 1 on any error."""
-    from rich.progress import Progress
-
+    from ctfm.cli.progress import BarProgress
     from ctfm.core.errors import CtfmError
     from ctfm.evaluate.stage import run_eval
 
-    with Progress(console=console, transient=True) as progress:
-        bar = progress.add_task("evaluating", total=None)
-        run = run_eval(options, on_head=lambda done, total: progress.update(bar, completed=done, total=total))
+    run = run_eval(options, progress=BarProgress(transient=True))
     for folder in run.removed:
         console.print(
             f"removed the earlier {options.split} result in {folder}: no current head made it", markup=False

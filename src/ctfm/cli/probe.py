@@ -145,22 +145,14 @@ def print_outcomes(outcomes: list[Any], title: str) -> None:
 
 
 def run_with_progress(options: Any, title: str) -> Any:
-    """Run every disease with a rich progress bar over runs (messages print above it)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    """Run every disease with a progress bar over runs (messages print above it)."""
+    from ctfm.cli.progress import BarProgress
+    from ctfm.core.progress import tracked
     from ctfm.probe.stage import run_probe
 
     total = len(options.diseases) * len(options.run_specs())
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
-        job = bar.add_task(title, total=total)
-        with library_log(bar.console):
-            return run_probe(
-                options,
-                on_run=lambda disease, tag: bar.update(
-                    job, advance=1, description=f"{title} {disease} {tag}"
-                ),
-            )
+    with library_log(console), tracked(BarProgress(transient=True), title, total) as advance:
+        return run_probe(options, on_run=lambda disease, tag: advance(1, label=f"{title} {disease} {tag}"))
 
 
 # Options shared by ``lp`` and ``eao`` (declared once; options whose help differs stay in each command).

@@ -11,14 +11,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctfm.core.benchmark import configured, load_benchmark
 from ctfm.core.errors import ConfigError, CtfmError
+from ctfm.core.progress import NO_PROGRESS, Progress, tracked
 from ctfm.evaluate.bootstrap import SCHEMES
-from ctfm.evaluate.checkpoints import find_checkpoints
+from ctfm.evaluate.checkpoints import HeadRef, find_checkpoints
 from ctfm.evaluate.inference import evaluate_checkpoint
 from ctfm.evaluate.leaderboard import Leaderboard, build_leaderboard, gather
 from ctfm.evaluate.report import write_leaderboard
@@ -98,38 +99,43 @@ class EvalRun:
         return self.problems + self.errors
 
 
-def run_eval(options: EvalOptions, on_head: Callable[[int, int], None] | None = None) -> EvalRun:
+def run_eval(options: EvalOptions, progress: Progress = NO_PROGRESS) -> EvalRun:
     """Score every head of the runs on ``options.split`` and write every file; a head that fails is recorded
-    and the others are still scored. ``on_head(done, total)`` reports progress."""
+    and the others are still scored. ``progress`` advances once per head."""
     found = find_checkpoints(options.runs, options.strategies, options.diseases, options.model)
     heads = found.only(options.strategies)
     run = EvalRun([], len(heads), problems=list(found.problems))
     stratified = check_resampling(options.resampling)
-    for done, ref in enumerate(heads, 1):
-        try:
-            run.results.append(
-                evaluate_checkpoint(
-                    ref.path,
-                    options.store,
-                    options.labels,
-                    options.split,
-                    options.out,
-                    options.bootstrap,
-                    options.seed,
-                    ref.tag,
-                    ref.split_column,
-                    stratified,
-                    options.reference_layout,
-                )
-            )
-        except CtfmError as exc:  # recorded; the others are still scored
-            run.errors.append(str(exc))
-        if on_head is not None:
-            on_head(done, len(heads))
+    with tracked(progress, f"eval {options.split}", len(heads)) as advance:
+        for ref in heads:
+            _score_head(options, ref, stratified, run)
+            advance()
     if run.results:
         run.removed = drop_stale_results(options.out, options.split, run.results, found)
         run.summary = write_summary(options.out, options.split)
     return run
+
+
+def _score_head(options: EvalOptions, ref: HeadRef, stratified: bool, run: EvalRun) -> None:
+    """One head of :func:`run_eval`: its result, or its error recorded (the others are still scored)."""
+    try:
+        run.results.append(
+            evaluate_checkpoint(
+                ref.path,
+                options.store,
+                options.labels,
+                options.split,
+                options.out,
+                options.bootstrap,
+                options.seed,
+                ref.tag,
+                ref.split_column,
+                stratified,
+                options.reference_layout,
+            )
+        )
+    except CtfmError as exc:
+        run.errors.append(str(exc))
 
 
 @dataclass
