@@ -599,3 +599,17 @@ def test_leaderboard_ranks_one_task_at_a_time(evaluated: Path, tmp_path: Path, c
         2,
         f"error: {results}: no result has split test and task lp",
     )
+
+
+def test_run_eval_tells_its_progress_once_per_head(bench: dict, tmp_path: Path) -> None:
+    from ctfm.evaluate.stage import EvalOptions, run_eval
+    from progress_support import Recorder
+
+    seen = Recorder()
+    options = EvalOptions(
+        bench["runs"], bench["store"], bench["labels"], tmp_path / "out", split="val", bootstrap=0
+    )
+    run = run_eval(options, progress=seen)
+    heads = len(run.results) + len(run.errors)
+    assert heads == run.heads > 0
+    assert seen.events == [("start", "eval val", heads), *[("advance", 1)] * heads, ("done",)]

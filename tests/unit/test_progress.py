@@ -6,22 +6,7 @@ import pytest
 
 from ctfm.core.pool import run_jobs
 from ctfm.core.progress import NO_PROGRESS, tracked
-
-
-class Recorder:
-    """A Progress that writes down what it is told."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple] = []
-
-    def start(self, label: str, total: int) -> None:
-        self.events.append(("start", label, total))
-
-    def advance(self, n: int = 1, label: str | None = None) -> None:
-        self.events.append(("advance", n))
-
-    def done(self) -> None:
-        self.events.append(("done",))
+from progress_support import Recorder
 
 
 def square(x: int) -> int:
