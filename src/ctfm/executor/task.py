@@ -31,11 +31,14 @@ def run_task(path: Path, index: int) -> int:
     slurm_id = f"{os.environ.get('SLURM_ARRAY_JOB_ID', '')}_{index}"
     attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
     started = time.time()
-    job.write_report(index, state="running", job_id=slurm_id, attempt=attempt, started=started)
-    previous = signal.signal(signal.SIGTERM, _on_term)
+    previous = signal.getsignal(signal.SIGTERM)
     state, reason, result = "failed", "", {}
     try:
+        # Unpickling the call imports its modules. SIGTERM becomes ours only after that: an exception raised by
+        # a handler inside an import's callback is swallowed ("Exception ignored"), and the task would go on.
         call = job.load_call(index)
+        signal.signal(signal.SIGTERM, _on_term)
+        job.write_report(index, state="running", job_id=slurm_id, attempt=attempt, started=started)
         result = call.fn(**call.kwargs)
         state = "done" if int(result.get("rc", 0)) == 0 else "incomplete"
         reason = str(result.get("reason", ""))
